@@ -1,0 +1,516 @@
+//! The GPU context: adapter/device acquisition with the adapter's real limits,
+//! optional-feature detection, a pipeline cache keyed by shader + entry point +
+//! specialisation constants, and [`Recorder`], which records many dispatches
+//! into one command submission.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::tensor::{BufferPool, PooledBuffer};
+
+/// One WGSL kernel: its source is the concatenation of `sources` (shared
+/// helpers first), compiled once per device and specialised per constants.
+pub struct Kernel {
+    pub name: &'static str,
+    pub sources: &'static [&'static str],
+    pub entry: &'static str,
+}
+
+/// Shared WGSL helpers (portable sin/cos/erf, grid indexing), prepended to kernels that need them.
+pub const MATH_WGSL: &str = include_str!("../../shaders/common/math.wgsl");
+
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    pub power_preference: wgpu::PowerPreference,
+    /// Cap on a single storage binding, below the adapter's own limit (tests use
+    /// it to force the binding-split paths on small tensors).
+    pub max_binding_cap: Option<u64>,
+    /// Use `shader-f16` when the adapter has it.
+    pub allow_f16: bool,
+    /// Fill every new tensor with NaN (tests: unwritten outputs must fail).
+    pub poison: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            max_binding_cap: None,
+            allow_f16: true,
+            poison: false,
+        }
+    }
+}
+
+/// What the adapter is and what we found on it (printed by `webglide info`).
+#[derive(Clone, Debug)]
+pub struct GpuReport {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub shader_f16: bool,
+    pub subgroups: bool,
+    pub timestamps: bool,
+    pub max_storage_binding: u64,
+    pub max_buffer_size: u64,
+    pub max_invocations_per_workgroup: u32,
+    pub max_workgroup_storage: u32,
+    pub max_workgroups_per_dim: u32,
+}
+
+impl std::fmt::Display for GpuReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = if self.name.is_empty() {
+            "(unnamed)"
+        } else {
+            &self.name
+        };
+        writeln!(f, "adapter:   {name}")?;
+        writeln!(f, "backend:   {} ({})", self.backend, self.device_type)?;
+        if !self.driver.is_empty() {
+            writeln!(f, "driver:    {}", self.driver)?;
+        }
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        writeln!(
+            f,
+            "features:  shader-f16 {}, subgroups {}, timestamp-query {}",
+            yn(self.shader_f16),
+            yn(self.subgroups),
+            yn(self.timestamps)
+        )?;
+        writeln!(
+            f,
+            "limits:    storage binding {} MiB, buffer {} MiB, {} invocations/workgroup, {} KiB workgroup storage",
+            self.max_storage_binding >> 20,
+            self.max_buffer_size >> 20,
+            self.max_invocations_per_workgroup,
+            self.max_workgroup_storage >> 10
+        )
+    }
+}
+
+/// Size of one slot of the per-submission uniform arena (the WebGPU maximum of
+/// `minUniformBufferOffsetAlignment`, so it is valid everywhere).
+const PARAM_SLOT: u64 = 256;
+/// Slots per arena; a submission that records more dispatches is flushed early.
+const ARENA_SLOTS: u64 = 1024;
+
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub report: GpuReport,
+    /// Largest storage binding the launchers may create (bytes).
+    pub max_binding: u64,
+    pub(crate) poison: bool,
+    pub(crate) pool: Arc<BufferPool>,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
+    /// Bound where a kernel has an optional input that is absent.
+    pub(crate) dummy: wgpu::Buffer,
+    errors: Arc<Mutex<Option<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
+    submissions: Mutex<u64>,
+}
+
+impl Gpu {
+    /// Opens the best adapter (honours `WGPU_BACKEND` / `WGPU_ADAPTER_NAME` natively).
+    pub async fn new(opts: GpuOptions) -> Result<Gpu> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: opts.power_preference,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::NoAdapter(e.to_string()))?;
+        Self::from_adapter(adapter, opts).await
+    }
+
+    pub async fn from_adapter(adapter: wgpu::Adapter, opts: GpuOptions) -> Result<Gpu> {
+        let available = adapter.features();
+        let mut features = wgpu::Features::empty();
+        for f in [
+            wgpu::Features::SHADER_F16,
+            wgpu::Features::SUBGROUP,
+            wgpu::Features::TIMESTAMP_QUERY,
+        ] {
+            if available.contains(f) && (f != wgpu::Features::SHADER_F16 || opts.allow_f16) {
+                features |= f;
+            }
+        }
+        // Ask for everything the adapter really offers, not the WebGPU defaults.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("webglide"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        let info = adapter.get_info();
+        let report = GpuReport {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            max_buffer_size: limits.max_buffer_size,
+            max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
+            max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+        };
+        Ok(Self::from_parts(device, queue, report, opts))
+    }
+
+    /// Wraps an existing device (e.g. one shared with burn in the trainer).
+    pub fn from_parts(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        report: GpuReport,
+        opts: GpuOptions,
+    ) -> Gpu {
+        let errors: Arc<Mutex<Option<String>>> = Arc::default();
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        {
+            let errors = errors.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = errors.lock().unwrap();
+                if slot.is_none() {
+                    *slot = Some(e.to_string());
+                }
+            }));
+            let lost = lost.clone();
+            device.set_device_lost_callback(move |reason, msg| {
+                *lost.lock().unwrap() = Some(format!("{reason:?}: {msg}"));
+            });
+        }
+        let max_binding = match opts.max_binding_cap {
+            Some(cap) => cap.min(report.max_storage_binding),
+            None => report.max_storage_binding,
+        };
+        let dummy = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dummy"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let pool = Arc::new(BufferPool::new(device.clone()));
+        Gpu {
+            device,
+            queue,
+            report,
+            max_binding,
+            poison: opts.poison,
+            pool,
+            modules: Mutex::default(),
+            pipelines: Mutex::default(),
+            dummy,
+            errors,
+            lost,
+            submissions: Mutex::new(0),
+        }
+    }
+
+    /// Fails if the device was lost or an earlier command raised a GPU error.
+    pub fn check(&self) -> Result<()> {
+        if let Some(msg) = self.lost.lock().unwrap().clone() {
+            return Err(Error::DeviceLost(msg));
+        }
+        if let Some(msg) = self.errors.lock().unwrap().take() {
+            return Err(Error::Gpu(msg));
+        }
+        Ok(())
+    }
+
+    /// Number of command submissions so far (tests check one per model step).
+    pub fn submissions(&self) -> u64 {
+        *self.submissions.lock().unwrap()
+    }
+
+    /// Buffer-pool statistics: (buffers created, bytes live in GPU buffers, peak bytes).
+    pub fn memory_stats(&self) -> crate::tensor::PoolStats {
+        self.pool.stats()
+    }
+
+    pub(crate) fn pipeline(
+        &self,
+        kernel: &Kernel,
+        constants: &[(&str, f64)],
+    ) -> wgpu::ComputePipeline {
+        let mut key = format!("{}:{}", kernel.name, kernel.entry);
+        for (k, v) in constants {
+            key.push_str(&format!(":{k}={v}"));
+        }
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return p.clone();
+        }
+        let module = {
+            let mut modules = self.modules.lock().unwrap();
+            modules
+                .entry(kernel.name)
+                .or_insert_with(|| {
+                    let source: String = kernel.sources.concat();
+                    self.device
+                        .create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(kernel.name),
+                            source: wgpu::ShaderSource::Wgsl(source.into()),
+                        })
+                })
+                .clone()
+        };
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&key),
+                layout: None,
+                module: &module,
+                entry_point: Some(kernel.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        self.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// Starts recording one command submission.
+    pub fn recorder(&self) -> Recorder<'_> {
+        Recorder::new(self)
+    }
+
+    /// Blocks (native) or yields (wasm) until all submitted work is done.
+    pub async fn wait_idle(&self) -> Result<()> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        rx.await.map_err(|_| Error::Gpu("queue dropped".into()))?;
+        self.check()
+    }
+
+    fn count_submission(&self) {
+        *self.submissions.lock().unwrap() += 1;
+    }
+}
+
+/// A storage binding: a byte range of a buffer.
+#[derive(Clone, Copy)]
+pub struct Bind<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Records dispatches into one command encoder; [`Recorder::submit`] sends
+/// them as one submission. Kernel parameters go into a pooled uniform arena
+/// written once per submission, so steady-state recording allocates no GPU
+/// buffers.
+pub struct Recorder<'g> {
+    gpu: &'g Gpu,
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    params: Vec<u8>,
+    arena: PooledBuffer,
+    dispatches: u64,
+}
+
+impl<'g> Recorder<'g> {
+    fn new(gpu: &'g Gpu) -> Self {
+        let arena = gpu.pool.get(
+            PARAM_SLOT * ARENA_SLOTS,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        );
+        Recorder {
+            gpu,
+            encoder: None,
+            pass: None,
+            params: Vec::new(),
+            arena,
+            dispatches: 0,
+        }
+    }
+
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// Number of dispatches recorded so far.
+    pub fn dispatches(&self) -> u64 {
+        self.dispatches
+    }
+
+    fn encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.encoder.get_or_insert_with(|| {
+            self.gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        })
+    }
+
+    fn end_pass(&mut self) {
+        self.pass = None;
+    }
+
+    /// Records one dispatch. `params` (≤ 256 bytes of u32/f32 words) is bound at
+    /// binding 0 as a uniform; `binds` follow at bindings 1, 2, ….
+    pub fn dispatch(
+        &mut self,
+        kernel: &Kernel,
+        constants: &[(&str, f64)],
+        params: &[u32],
+        binds: &[Bind<'_>],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        assert!(
+            params.len() * 4 <= PARAM_SLOT as usize,
+            "kernel params exceed one slot"
+        );
+        let max_groups = self.gpu.report.max_workgroups_per_dim;
+        if groups.iter().any(|&g| g > max_groups) {
+            return Err(Error::TooLarge {
+                what: format!("{} dispatch {:?} workgroups", kernel.name, groups),
+                bytes: *groups.iter().max().unwrap() as u64,
+                limit: max_groups as u64,
+            });
+        }
+        if groups.contains(&0) {
+            return Ok(());
+        }
+        for b in binds {
+            if b.size > self.gpu.max_binding {
+                return Err(Error::TooLarge {
+                    what: format!("a {} binding", kernel.name),
+                    bytes: b.size,
+                    limit: self.gpu.max_binding,
+                });
+            }
+        }
+        if self.params.len() as u64 >= PARAM_SLOT * ARENA_SLOTS {
+            self.flush();
+        }
+        let offset = self.params.len() as u64;
+        let mut words = params.to_vec();
+        words.resize(words.len().div_ceil(4).max(1) * 4, 0);
+        self.params.extend_from_slice(bytemuck::cast_slice(&words));
+        self.params.resize((offset + PARAM_SLOT) as usize, 0);
+
+        let pipeline = self.gpu.pipeline(kernel, constants);
+        let layout = pipeline.get_bind_group_layout(0);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.arena.buffer,
+                offset,
+                size: wgpu::BufferSize::new((words.len() * 4) as u64),
+            }),
+        }];
+        for (i, b) in binds.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b.buffer,
+                    offset: b.offset,
+                    size: wgpu::BufferSize::new(b.size.max(4)),
+                }),
+            });
+        }
+        let bind_group = self
+            .gpu
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &layout,
+                entries: &entries,
+            });
+        if self.pass.is_none() {
+            let pass = self
+                .encoder()
+                .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                .forget_lifetime();
+            self.pass = Some(pass);
+        }
+        let pass = self.pass.as_mut().unwrap();
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        self.dispatches += 1;
+        Ok(())
+    }
+
+    /// Records a buffer-to-buffer copy (ends the current compute pass).
+    pub fn copy(
+        &mut self,
+        src: &wgpu::Buffer,
+        src_off: u64,
+        dst: &wgpu::Buffer,
+        dst_off: u64,
+        size: u64,
+    ) {
+        self.end_pass();
+        self.encoder()
+            .copy_buffer_to_buffer(src, src_off, dst, dst_off, size);
+    }
+
+    /// Access to the raw encoder (ends the current compute pass).
+    pub fn raw_encoder(&mut self) -> &mut wgpu::CommandEncoder {
+        self.end_pass();
+        self.encoder()
+    }
+
+    /// Writes the parameter arena and submits everything recorded so far.
+    fn flush(&mut self) {
+        self.end_pass();
+        if let Some(encoder) = self.encoder.take() {
+            if !self.params.is_empty() {
+                self.gpu
+                    .queue
+                    .write_buffer(&self.arena.buffer, 0, &self.params);
+            }
+            self.gpu.queue.submit([encoder.finish()]);
+            self.gpu.count_submission();
+        }
+        self.params.clear();
+    }
+
+    /// Submits the recorded work (one submission unless the arena overflowed).
+    pub fn submit(mut self) -> Result<()> {
+        self.flush();
+        self.gpu.check()
+    }
+}
+
+impl Drop for Recorder<'_> {
+    fn drop(&mut self) {
+        // Work recorded but never submitted is still sent: dropping silently
+        // would leave outputs unwritten.
+        self.flush();
+    }
+}
+
+/// Splits a 1-D count of workgroups over x/y so no dimension exceeds the limit.
+/// Kernels rebuild the linear id as `wg.x + wg.y * num_workgroups.x`.
+pub fn grid(groups: u64) -> [u32; 3] {
+    const MAX: u64 = 65535;
+    if groups <= MAX {
+        [groups as u32, 1, 1]
+    } else {
+        let y = groups.div_ceil(MAX);
+        [groups.div_ceil(y) as u32, y as u32, 1]
+    }
+}

@@ -1,0 +1,105 @@
+//! `copy.wgsl`: channel-slice copies — concatenation and splitting along dim 1.
+
+use super::kernel;
+use crate::error::{shape_err, Result};
+use crate::gpu::{grid, Recorder};
+use crate::tensor::Tensor;
+
+kernel!(COPY, "copy.wgsl", "main");
+
+fn split(t: &Tensor) -> Result<(usize, usize, usize)> {
+    match t.shape() {
+        [n, c, rest @ ..] => Ok((*n, *c, rest.iter().product())),
+        s => shape_err("copy", format!("need [N, C, ...], got {s:?}")),
+    }
+}
+
+/// Copies channels `src_off..src_off+count` of `src` into `dst` at `dst_off`.
+pub fn copy_channels(
+    rec: &mut Recorder,
+    src: &Tensor,
+    src_off: usize,
+    dst: &Tensor,
+    dst_off: usize,
+    count: usize,
+) -> Result<()> {
+    let gpu = rec.gpu();
+    let (n, sc, inner) = split(src)?;
+    let (dn, dc, dinner) = split(dst)?;
+    if n != dn || inner != dinner || src_off + count > sc || dst_off + count > dc {
+        return shape_err(
+            "copy",
+            format!(
+                "{count} channels {:?}@{src_off} -> {:?}@{dst_off}",
+                src.shape(),
+                dst.shape()
+            ),
+        );
+    }
+    for (n0, nc) in gpu.batch_chunks(n, &[(sc * inner) as u64 * 4, (dc * inner) as u64 * 4])? {
+        let total = (nc * count * inner) as u64;
+        rec.dispatch(
+            &COPY,
+            &[],
+            &[
+                nc as u32,
+                count as u32,
+                inner as u32,
+                sc as u32,
+                src_off as u32,
+                dc as u32,
+                dst_off as u32,
+            ],
+            &[src.bind_items(n0, nc), dst.bind_items(n0, nc)],
+            grid(total.div_ceil(256)),
+        )?;
+    }
+    Ok(())
+}
+
+/// `torch.cat(parts, dim=1)`.
+pub fn concat_channels(rec: &mut Recorder, parts: &[&Tensor]) -> Result<Tensor> {
+    let Some(first) = parts.first() else {
+        return shape_err("concat", "nothing to concatenate");
+    };
+    let mut shape = first.shape().to_vec();
+    if shape.len() < 2 {
+        return shape_err("concat", format!("need [N, C, ...], got {shape:?}"));
+    }
+    let mut total = 0;
+    for p in parts {
+        let s = p.shape();
+        if s.len() != shape.len() || s[0] != shape[0] || s[2..] != shape[2..] {
+            return shape_err(
+                "concat",
+                format!("{s:?} does not match {shape:?} outside dim 1"),
+            );
+        }
+        total += s[1];
+    }
+    shape[1] = total;
+    let out = rec.gpu().empty(&shape)?;
+    let mut off = 0;
+    for p in parts {
+        copy_channels(rec, p, 0, &out, off, p.shape()[1])?;
+        off += p.shape()[1];
+    }
+    Ok(out)
+}
+
+/// Channels `start..start+count` as a new tensor.
+pub fn slice_channels(
+    rec: &mut Recorder,
+    x: &Tensor,
+    start: usize,
+    count: usize,
+) -> Result<Tensor> {
+    let mut shape = x.shape().to_vec();
+    if shape.len() < 2 {
+        return shape_err("slice", format!("need [N, C, ...], got {shape:?}"));
+    }
+    shape[1] = count;
+    let out = rec.gpu().empty(&shape)?;
+    copy_channels(rec, x, start, &out, 0, count)?;
+    Ok(out)
+}

@@ -1,0 +1,25 @@
+//! webglide engine: a small wgpu runtime plus hand-written WGSL kernels for
+//! diffusion inference (GLIDE, unCLIP). The same code runs natively
+//! (Vulkan/Metal/DX12) and in the browser (WebGPU).
+//!
+//! Layout:
+//! - [`gpu`]: adapter/device acquisition, feature report, pipeline cache,
+//!   command recording with a per-submission uniform arena.
+//! - [`tensor`]: GPU tensors backed by a reusing buffer pool; upload/read-back.
+//! - [`quant`]: weight storage types (f32, packed f16, block int8/int4).
+//! - [`kernels`]: one module per WGSL kernel family (launcher + shape checks).
+//! - [`reference`]: plain CPU references the kernels are tested against.
+//! - [`rng`]: Philox4x32-10 Gaussian noise, identical on GPU and CPU.
+
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod quant;
+pub mod reference;
+pub mod rng;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use gpu::{Gpu, GpuOptions, GpuReport, Recorder};
+pub use quant::{WeightDType, WeightData};
+pub use tensor::{Tensor, Weight};

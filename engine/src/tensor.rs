@@ -1,0 +1,401 @@
+//! GPU tensors and the buffer pool behind them.
+//!
+//! Activations are f32 (token ids u32), row-major, 4 bytes per element. A
+//! tensor owns a pooled buffer: when the last clone is dropped the buffer goes
+//! back to the pool, so a sampling loop that repeats the same shapes every step
+//! allocates nothing after the first step.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Bind, Gpu};
+use crate::quant::{WeightDType, WeightData};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// GPU buffers created so far (a steady-state loop must not raise this).
+    pub created: u64,
+    /// Bytes held in GPU buffers (in use or free in the pool).
+    pub bytes: u64,
+    /// Most bytes ever held.
+    pub peak_bytes: u64,
+}
+
+pub(crate) struct BufferPool {
+    device: wgpu::Device,
+    free: Mutex<HashMap<(u64, u32), Vec<wgpu::Buffer>>>,
+    stats: Mutex<PoolStats>,
+}
+
+/// A buffer on loan from the pool; returned on drop.
+pub struct PooledBuffer {
+    pub buffer: wgpu::Buffer,
+    size: u64,
+    usage: wgpu::BufferUsages,
+    pool: Weak<BufferPool>,
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.free
+                .lock()
+                .unwrap()
+                .entry((self.size, self.usage.bits()))
+                .or_default()
+                .push(self.buffer.clone());
+        }
+    }
+}
+
+impl BufferPool {
+    pub(crate) fn new(device: wgpu::Device) -> Self {
+        BufferPool {
+            device,
+            free: Mutex::default(),
+            stats: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        *self.stats.lock().unwrap()
+    }
+
+    /// A buffer of at least `size` bytes (rounded up to 256). Contents are arbitrary.
+    pub(crate) fn get(self: &Arc<Self>, size: u64, usage: wgpu::BufferUsages) -> PooledBuffer {
+        let size = size.max(16).div_ceil(256) * 256;
+        let reused = self
+            .free
+            .lock()
+            .unwrap()
+            .get_mut(&(size, usage.bits()))
+            .and_then(|v| v.pop());
+        let buffer = reused.unwrap_or_else(|| {
+            let mut s = self.stats.lock().unwrap();
+            s.created += 1;
+            s.bytes += size;
+            s.peak_bytes = s.peak_bytes.max(s.bytes);
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size,
+                usage,
+                mapped_at_creation: false,
+            })
+        });
+        PooledBuffer {
+            buffer,
+            size,
+            usage,
+            pool: Arc::downgrade(self),
+        }
+    }
+
+    /// Destroys the free buffers (e.g. after a model is unloaded).
+    pub(crate) fn trim(&self) {
+        let mut free = self.free.lock().unwrap();
+        let mut s = self.stats.lock().unwrap();
+        for ((size, _), bufs) in free.drain() {
+            for b in bufs {
+                s.bytes -= size;
+                b.destroy();
+            }
+        }
+    }
+}
+
+const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_DST)
+    .union(wgpu::BufferUsages::COPY_SRC);
+
+/// A GPU tensor: shape + pooled storage of 4-byte elements.
+#[derive(Clone)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    buf: Arc<PooledBuffer>,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor{:?}", self.shape)
+    }
+}
+
+impl Tensor {
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.numel() as u64 * 4
+    }
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buf.buffer
+    }
+    /// Same storage, new shape (element count must match).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if shape.iter().product::<usize>() != self.numel() {
+            return crate::error::shape_err("reshape", format!("{:?} -> {:?}", self.shape, shape));
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            buf: self.buf.clone(),
+        })
+    }
+    /// Binding of the whole tensor.
+    pub fn bind(&self) -> Bind<'_> {
+        Bind {
+            buffer: &self.buf.buffer,
+            offset: 0,
+            size: self.bytes(),
+        }
+    }
+    /// Binding of items `start..start+count` along the first dimension.
+    pub fn bind_items(&self, start: usize, count: usize) -> Bind<'_> {
+        let item = self.bytes() / self.shape[0].max(1) as u64;
+        Bind {
+            buffer: &self.buf.buffer,
+            offset: start as u64 * item,
+            size: count as u64 * item,
+        }
+    }
+    /// True when both tensors share storage.
+    pub fn same_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.buf, &other.buf)
+    }
+}
+
+/// A weight matrix `[rows, cols]` in one of the storage types; conv weights
+/// are `[c_out, c_in·k·k]` (the PyTorch layout flattened).
+pub struct Weight {
+    pub dtype: WeightDType,
+    pub rows: usize,
+    pub cols: usize,
+    /// The original tensor shape (e.g. `[c_out, c_in, 3, 3]`).
+    pub shape: Vec<usize>,
+    buf: PooledBuffer,
+    words: usize,
+}
+
+impl Weight {
+    pub fn bind(&self) -> Bind<'_> {
+        Bind {
+            buffer: &self.buf.buffer,
+            offset: 0,
+            size: self.words as u64 * 4,
+        }
+    }
+    /// u32 words per row in the storage layout.
+    pub fn row_words(&self) -> usize {
+        self.dtype.row_words(self.cols)
+    }
+}
+
+impl Gpu {
+    /// An uninitialised tensor from the pool.
+    pub fn empty(&self, shape: &[usize]) -> Result<Tensor> {
+        let bytes = shape.iter().product::<usize>() as u64 * 4;
+        if bytes > self.report.max_buffer_size {
+            return Err(Error::TooLarge {
+                what: format!("tensor {shape:?}"),
+                bytes,
+                limit: self.report.max_buffer_size,
+            });
+        }
+        let t = Tensor {
+            shape: shape.to_vec(),
+            buf: Arc::new(self.pool.get(bytes, STORAGE)),
+        };
+        if self.poison && bytes > 0 {
+            let nan = vec![f32::NAN; bytes as usize / 4];
+            self.queue
+                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(&nan));
+        }
+        Ok(t)
+    }
+
+    /// A tensor in a buffer of its own, filled at creation (no queued write), so it
+    /// is safe to create while a [`crate::Recorder`] holds work. For constants.
+    pub fn constant(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        if shape.iter().product::<usize>() != data.len() {
+            return crate::error::shape_err(
+                "constant",
+                format!("shape {shape:?} but {} values", data.len()),
+            );
+        }
+        let size = (data.len() as u64 * 4).max(16).div_ceil(16) * 16;
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("constant"),
+            size,
+            usage: STORAGE,
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = buffer
+                .slice(..)
+                .get_mapped_range_mut()
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+            let mut bytes = vec![0u8; size as usize];
+            bytes[..data.len() * 4].copy_from_slice(bytemuck::cast_slice(data));
+            view.copy_from_slice(&bytes);
+        }
+        buffer.unmap();
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            buf: Arc::new(PooledBuffer {
+                buffer,
+                size,
+                usage: STORAGE,
+                pool: Weak::new(),
+            }),
+        })
+    }
+
+    pub fn upload(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        self.upload_words(shape, bytemuck::cast_slice(data))
+    }
+
+    pub fn upload_u32(&self, shape: &[usize], data: &[u32]) -> Result<Tensor> {
+        self.upload_words(shape, data)
+    }
+
+    fn upload_words(&self, shape: &[usize], data: &[u32]) -> Result<Tensor> {
+        if shape.iter().product::<usize>() != data.len() {
+            return crate::error::shape_err(
+                "upload",
+                format!("shape {shape:?} but {} values", data.len()),
+            );
+        }
+        let t = self.empty(shape)?;
+        if !data.is_empty() {
+            self.queue
+                .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+        }
+        Ok(t)
+    }
+
+    /// Overwrites a tensor's contents from the host.
+    pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
+        if t.numel() != data.len() {
+            return crate::error::shape_err(
+                "write",
+                format!("tensor {:?} but {} values", t.shape(), data.len()),
+            );
+        }
+        self.queue
+            .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    pub fn upload_weight(&self, w: &WeightData) -> Result<Weight> {
+        let bytes = w.words.len() as u64 * 4;
+        if bytes > self.max_binding {
+            return Err(Error::TooLarge {
+                what: format!("weight {:?}", w.shape),
+                bytes,
+                limit: self.max_binding,
+            });
+        }
+        let buf = self.pool.get(bytes, STORAGE);
+        self.queue
+            .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(&w.words));
+        Ok(Weight {
+            dtype: w.dtype,
+            rows: w.rows,
+            cols: w.cols,
+            shape: w.shape.clone(),
+            buf,
+            words: w.words.len(),
+        })
+    }
+
+    /// Reads a tensor back to the host as f32.
+    pub async fn read(&self, t: &Tensor) -> Result<Vec<f32>> {
+        let words = self.read_words(t.buffer(), t.bytes()).await?;
+        Ok(bytemuck::cast_slice(&words).to_vec())
+    }
+
+    pub async fn read_u32(&self, t: &Tensor) -> Result<Vec<u32>> {
+        self.read_words(t.buffer(), t.bytes()).await
+    }
+
+    async fn read_words(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u32>> {
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.pool.get(
+            bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        );
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        enc.copy_buffer_to_buffer(src, 0, &staging.buffer, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging
+            .buffer
+            .slice(..bytes)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        rx.await
+            .map_err(|_| Error::Readback("map callback dropped".into()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        self.check()?;
+        let out = {
+            let view = staging
+                .buffer
+                .slice(..bytes)
+                .get_mapped_range()
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            bytemuck::cast_slice::<u8, u32>(&view).to_vec()
+        };
+        staging.buffer.unmap();
+        Ok(out)
+    }
+
+    /// Frees the pooled buffers nobody uses.
+    pub fn trim_memory(&self) {
+        self.pool.trim();
+    }
+
+    /// Splits `n` items along the first dimension into chunks whose bindings
+    /// stay within `max_binding`. `item_bytes` lists the per-item size of each
+    /// batched binding. Items must start at 256-byte offsets when split.
+    pub(crate) fn batch_chunks(&self, n: usize, item_bytes: &[u64]) -> Result<Vec<(usize, usize)>> {
+        let limit = self.max_binding;
+        let biggest = item_bytes.iter().copied().max().unwrap_or(0);
+        if biggest * n as u64 <= limit || n == 0 {
+            return Ok(vec![(0, n)]);
+        }
+        if biggest > limit {
+            return Err(Error::TooLarge {
+                what: "one batch item of a binding".into(),
+                bytes: biggest,
+                limit,
+            });
+        }
+        if item_bytes.iter().any(|b| b % 256 != 0) {
+            return Err(Error::Invalid(format!(
+                "a tensor over the binding limit ({limit} bytes) must have batch items of a multiple of 256 bytes"
+            )));
+        }
+        let per = (limit / biggest) as usize;
+        Ok((0..n).step_by(per).map(|s| (s, per.min(n - s))).collect())
+    }
+}
+
+// Make the wgpu::Buffer accessible for ad-hoc binds from the pool type.
+impl std::ops::Deref for PooledBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}

@@ -1,0 +1,1169 @@
+//! Every WGSL kernel against the CPU references in `engine::reference`, on
+//! random inputs over several shapes (odd sizes, batch > 1), with outputs
+//! poisoned (NaN) before each kernel runs. Runs natively (lavapipe in CI) and
+//! in headless Chromium (WebGPU on SwiftShader) via wasm-bindgen-test.
+//!
+//! Error bounds (max error relative to the output's max magnitude):
+//! f32 arithmetic kernels 1e-5 (norms, resampling, copies: 1e-6 to 1e-5),
+//! transcendental kernels (GELU, SiLU, softmax, attention) 2e-5 to 1e-4.
+
+mod common;
+
+use common::{check, err, fixture, gpu, small_gpu, Rng, TestResult};
+use engine::kernels::{self, Act};
+use engine::reference as cpu;
+use engine::{Gpu, WeightDType, WeightData};
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
+
+static UNITS: &[u8] = include_bytes!("../../../shared/fixtures/glide/units/io.safetensors");
+static BICUBIC: &[u8] =
+    include_bytes!("../../../shared/fixtures/unclip/bicubic/resize.safetensors");
+
+const DTYPES: [WeightDType; 4] = [
+    WeightDType::F32,
+    WeightDType::F16,
+    WeightDType::Q8,
+    WeightDType::Q4,
+];
+
+async fn linear_case(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    m: usize,
+    k: usize,
+    n: usize,
+    dtype: WeightDType,
+    act: Act,
+    extras: bool,
+) -> TestResult {
+    let x = rng.normals(m * k, 1.0);
+    let w = rng.normals(n * k, 0.2);
+    let wd = WeightData::from_f32(&[n, k], &w, dtype).map_err(err)?;
+    let bias = rng.normals(n, 0.5);
+    let res = rng.normals(m * n, 1.0);
+    let xt = gpu.upload(&[m, k], &x).map_err(err)?;
+    let wt = gpu.upload_weight(&wd).map_err(err)?;
+    let bt = gpu.upload(&[n], &bias).map_err(err)?;
+    let rt = gpu.upload(&[m, n], &res).map_err(err)?;
+    let mut rec = gpu.recorder();
+    let y = kernels::matmul::linear(
+        &mut rec,
+        &xt,
+        &wt,
+        extras.then_some(&bt),
+        extras.then_some(&rt),
+        act,
+    )
+    .map_err(err)?;
+    rec.submit().map_err(err)?;
+    let got = gpu.read(&y).await.map_err(err)?;
+    let want = cpu::linear(
+        &x,
+        &wd.to_f32(),
+        n,
+        extras.then_some(&bias[..]),
+        extras.then_some(&res[..]),
+        act,
+    );
+    check(
+        &format!("linear {m}x{k}x{n} {dtype:?} {act:?}"),
+        &got,
+        &want,
+        2e-5,
+    )
+}
+
+async fn matmul_all_dtypes() -> TestResult {
+    let gpu = gpu().await;
+    let mut rng = Rng::new(1);
+    for &(m, k, n) in &[(1, 1, 1), (33, 47, 29), (130, 96, 70), (8, 512, 768)] {
+        for dtype in DTYPES {
+            linear_case(gpu, &mut rng, m, k, n, dtype, Act::None, false).await?;
+        }
+    }
+    linear_case(gpu, &mut rng, 77, 64, 65, WeightDType::F32, Act::Gelu, true).await?;
+    linear_case(gpu, &mut rng, 5, 100, 3, WeightDType::Q8, Act::Silu, true).await?;
+    linear_case(
+        gpu,
+        &mut rng,
+        17,
+        33,
+        9,
+        WeightDType::Q4,
+        Act::QuickGelu,
+        true,
+    )
+    .await
+}
+gpu_test!(matmul_all_dtypes);
+
+/// Quantisation error itself (not the kernel): q8 ≈ 0.4 %, q4 ≈ 7 % of the block max.
+async fn quantisation_error_is_bounded() -> TestResult {
+    let mut rng = Rng::new(2);
+    let w = rng.normals(64 * 96, 1.0);
+    for (dtype, tol) in [
+        (WeightDType::F16, 1e-3),
+        (WeightDType::Q8, 5e-3),
+        (WeightDType::Q4, 8e-2),
+    ] {
+        let back = WeightData::from_f32(&[64, 96], &w, dtype)
+            .map_err(err)?
+            .to_f32();
+        check(&format!("{dtype:?} round trip"), &back, &w, tol)?;
+    }
+    Ok(())
+}
+gpu_test!(quantisation_error_is_bounded);
+
+#[allow(clippy::too_many_arguments)]
+async fn conv_case(
+    gpu: &Gpu,
+    rng: &mut Rng,
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    ks: usize,
+    dtype: WeightDType,
+    norm: bool,
+    emb: bool,
+    res: bool,
+) -> TestResult {
+    let x = rng.normals(n * cin * h * w, 1.0);
+    let wv = rng.normals(cout * cin * ks * ks, 0.3);
+    let wd = WeightData::from_f32(&[cout, cin, ks, ks], &wv, dtype).map_err(err)?;
+    let bias = rng.normals(cout, 0.5);
+    let resv = rng.normals(n * cout * h * w, 1.0);
+    let xt = gpu.upload(&[n, cin, h, w], &x).map_err(err)?;
+    let wt = gpu.upload_weight(&wd).map_err(err)?;
+    let bt = gpu.upload(&[cout], &bias).map_err(err)?;
+    let rt = gpu.upload(&[n, cout, h, w], &resv).map_err(err)?;
+    let groups = if cin % 32 == 0 { 32 } else { 1 };
+    let gamma = rng
+        .normals(cin, 0.3)
+        .iter()
+        .map(|g| 1.0 + g)
+        .collect::<Vec<_>>();
+    let beta = rng.normals(cin, 0.3);
+    let embv = rng.normals(n * 2 * cin, 0.5);
+    let (gt, bet, et) = (
+        gpu.upload(&[cin], &gamma).map_err(err)?,
+        gpu.upload(&[cin], &beta).map_err(err)?,
+        gpu.upload(&[n, 2 * cin], &embv).map_err(err)?,
+    );
+    let mut rec = gpu.recorder();
+    let coef = if norm {
+        Some(
+            kernels::group_norm::norm_coeffs(
+                &mut rec,
+                &xt,
+                &gt,
+                &bet,
+                groups,
+                1e-5,
+                emb.then_some(&et),
+            )
+            .map_err(err)?,
+        )
+    } else {
+        None
+    };
+    let y = kernels::conv::conv2d(
+        &mut rec,
+        &xt,
+        &wt,
+        Some(&bt),
+        coef.as_ref().map(|c| kernels::conv::InputNorm {
+            coef: c,
+            silu: true,
+        }),
+        res.then_some(&rt),
+    )
+    .map_err(err)?;
+    rec.submit().map_err(err)?;
+    let got = gpu.read(&y).await.map_err(err)?;
+    let cpu_coef = cpu::group_norm_coeffs(
+        &x,
+        n,
+        cin,
+        groups,
+        1e-5,
+        &gamma,
+        &beta,
+        emb.then_some((&embv[..], 2 * cin)),
+    );
+    let want = cpu::conv2d(
+        &x,
+        n,
+        cin,
+        h,
+        w,
+        &wd.to_f32(),
+        cout,
+        ks,
+        Some(&bias),
+        norm.then_some((&cpu_coef[..], true)),
+        res.then_some(&resv[..]),
+    );
+    check(
+        &format!(
+            "conv{ks}x{ks} n{n} {cin}->{cout} {h}x{w} {dtype:?} norm {norm} emb {emb} res {res}"
+        ),
+        &got,
+        &want,
+        3e-5,
+    )
+}
+
+async fn conv2d_matches_cpu() -> TestResult {
+    let gpu = gpu().await;
+    let mut rng = Rng::new(3);
+    conv_case(
+        gpu,
+        &mut rng,
+        2,
+        5,
+        7,
+        9,
+        11,
+        3,
+        WeightDType::F32,
+        false,
+        false,
+        false,
+    )
+    .await?;
+    conv_case(
+        gpu,
+        &mut rng,
+        1,
+        3,
+        13,
+        5,
+        70,
+        3,
+        WeightDType::F32,
+        false,
+        false,
+        true,
+    )
+    .await?;
+    conv_case(
+        gpu,
+        &mut rng,
+        2,
+        32,
+        16,
+        16,
+        64,
+        3,
+        WeightDType::F32,
+        true,
+        true,
+        true,
+    )
+    .await?;
+    conv_case(
+        gpu,
+        &mut rng,
+        3,
+        64,
+        8,
+        8,
+        32,
+        1,
+        WeightDType::F16,
+        true,
+        false,
+        false,
+    )
+    .await?;
+    conv_case(
+        gpu,
+        &mut rng,
+        2,
+        64,
+        9,
+        7,
+        33,
+        3,
+        WeightDType::Q8,
+        true,
+        true,
+        false,
+    )
+    .await?;
+    conv_case(
+        gpu,
+        &mut rng,
+        1,
+        96,
+        4,
+        4,
+        65,
+        1,
+        WeightDType::Q4,
+        false,
+        false,
+        true,
+    )
+    .await
+}
+gpu_test!(conv2d_matches_cpu);
+
+async fn group_norm_matches_fixture_and_cpu() -> TestResult {
+    let gpu = gpu().await;
+    let (shape, x) = fixture(UNITS, "groupnorm.x");
+    let (_, g) = fixture(UNITS, "groupnorm.weight");
+    let (_, b) = fixture(UNITS, "groupnorm.bias");
+    let xt = gpu.upload(&shape, &x).map_err(err)?;
+    let gt = gpu.upload(&[g.len()], &g).map_err(err)?;
+    let bt = gpu.upload(&[b.len()], &b).map_err(err)?;
+    for (act, key) in [
+        (Act::None, "groupnorm.out"),
+        (Act::Silu, "groupnorm.out_silu"),
+    ] {
+        let mut rec = gpu.recorder();
+        let y = kernels::group_norm::group_norm(&mut rec, &xt, &gt, &bt, 32, 1e-5, None, act)
+            .map_err(err)?;
+        rec.submit().map_err(err)?;
+        check(
+            key,
+            &gpu.read(&y).await.map_err(err)?,
+            &fixture(UNITS, key).1,
+            1e-5,
+        )?;
+    }
+    // Random shapes with scale-shift, vs the CPU reference.
+    let mut rng = Rng::new(4);
+    for &(n, c, h, w) in &[(1, 32, 1, 1), (3, 64, 7, 5), (2, 96, 33, 17)] {
+        let x = rng
+            .normals(n * c * h * w, 2.0)
+            .iter()
+            .map(|v| v + 0.7)
+            .collect::<Vec<_>>();
+        let g = rng.normals(c, 0.5);
+        let b = rng.normals(c, 0.5);
+        let e = rng.normals(n * 2 * c, 0.5);
+        let mut rec = gpu.recorder();
+        let (xt, gt, bt, et) = (
+            gpu.upload(&[n, c, h, w], &x).map_err(err)?,
+            gpu.upload(&[c], &g).map_err(err)?,
+            gpu.upload(&[c], &b).map_err(err)?,
+            gpu.upload(&[n, 2 * c], &e).map_err(err)?,
+        );
+        let y = kernels::group_norm::group_norm(
+            &mut rec,
+            &xt,
+            &gt,
+            &bt,
+            32,
+            1e-5,
+            Some(&et),
+            Act::Silu,
+        )
+        .map_err(err)?;
+        rec.submit().map_err(err)?;
+        let coef = cpu::group_norm_coeffs(&x, n, c, 32, 1e-5, &g, &b, Some((&e, 2 * c)));
+        check(
+            &format!("group_norm {n}x{c}x{h}x{w}"),
+            &gpu.read(&y).await.map_err(err)?,
+            &cpu::norm_apply(&x, n, c, &coef, Act::Silu),
+            1e-5,
+        )?;
+    }
+    Ok(())
+}
+gpu_test!(group_norm_matches_fixture_and_cpu);
+
+async fn layer_norm_and_softmax_match_cpu() -> TestResult {
+    let gpu = gpu().await;
+    let mut rng = Rng::new(5);
+    for &(rows, dim) in &[(1, 1), (21, 37), (5, 512), (2, 1000)] {
+        let x = rng.normals(rows * dim, 3.0);
+        let g = rng.normals(dim, 0.5);
+        let b = rng.normals(dim, 0.5);
+        let (xt, gt, bt) = (
+            gpu.upload(&[rows, dim], &x).map_err(err)?,
+            gpu.upload(&[dim], &g).map_err(err)?,
+            gpu.upload(&[dim], &b).map_err(err)?,
+        );
+        let mask: Vec<f32> = (0..dim)
+            .map(|i| if i % 3 == 1 { f32::NEG_INFINITY } else { 0.0 })
+            .collect();
+        let mt = gpu.upload(&[1, dim], &mask).map_err(err)?;
+        let mut rec = gpu.recorder();
+        let ln = kernels::layer_norm::layer_norm(&mut rec, &xt, Some(&gt), Some(&bt), 1e-5)
+            .map_err(err)?;
+        let ln_plain =
+            kernels::layer_norm::layer_norm(&mut rec, &xt, None, None, 1e-5).map_err(err)?;
+        let sm = kernels::softmax::softmax(&mut rec, &xt, 0.7, None).map_err(err)?;
+        let smm = kernels::softmax::softmax(&mut rec, &xt, 1.0, Some(&mt)).map_err(err)?;
+        rec.submit().map_err(err)?;
+        if dim > 1 {
+            check(
+                "layer_norm",
+                &gpu.read(&ln).await.map_err(err)?,
+                &cpu::layer_norm(&x, dim, Some(&g), Some(&b), 1e-5),
+                1e-5,
+            )?;
+            check(
+                "layer_norm plain",
+                &gpu.read(&ln_plain).await.map_err(err)?,
+                &cpu::layer_norm(&x, dim, None, None, 1e-5),
+                1e-5,
+            )?;
+        }
+        check(
+            "softmax",
+            &gpu.read(&sm).await.map_err(err)?,
+            &cpu::softmax(&x, dim, 0.7, None),
+            2e-5,
+        )?;
+        if dim > 1 {
+            check(
+                "softmax masked",
+                &gpu.read(&smm).await.map_err(err)?,
+                &cpu::softmax(&x, dim, 1.0, Some(&mask)),
+                2e-5,
+            )?;
+        }
+    }
+    Ok(())
+}
+gpu_test!(layer_norm_and_softmax_match_cpu);
+
+async fn attention_matches_fixture_and_cpu() -> TestResult {
+    let gpu = gpu().await;
+    // Official QKVAttentionLegacy with and without encoder kv (H=3, C=4, T=10, S=5).
+    let (qs, qkv) = fixture(UNITS, "qkv_attention.qkv");
+    let (es, ekv) = fixture(UNITS, "qkv_attention.encoder_kv");
+    let qt = gpu.upload(&qs, &qkv).map_err(err)?;
+    let et = gpu.upload(&es, &ekv).map_err(err)?;
+    let mut rec = gpu.recorder();
+    let with = kernels::attention::legacy_qkv(&mut rec, &qt, Some(&et), 3).map_err(err)?;
+    let without = kernels::attention::legacy_qkv(&mut rec, &qt, None, 3).map_err(err)?;
+    // GLIDE text transformer attention (4 heads, W=16).
+    let (xs, xqkv) = fixture(UNITS, "xf_attention.qkv");
+    let xt = gpu.upload(&xs, &xqkv).map_err(err)?;
+    let xf = kernels::attention::per_head_qkv(&mut rec, &xt, 4, false, None).map_err(err)?;
+    rec.submit().map_err(err)?;
+    check(
+        "qkv_attention.out",
+        &gpu.read(&with).await.map_err(err)?,
+        &fixture(UNITS, "qkv_attention.out").1,
+        2e-5,
+    )?;
+    check(
+        "qkv_attention.out_no_encoder",
+        &gpu.read(&without).await.map_err(err)?,
+        &fixture(UNITS, "qkv_attention.out_no_encoder").1,
+        2e-5,
+    )?;
+    check(
+        "xf_attention.out",
+        &gpu.read(&xf).await.map_err(err)?,
+        &fixture(UNITS, "xf_attention.out").1,
+        2e-5,
+    )?;
+
+    // Random: GLIDE-like heads of 64 with 77 text tokens, odd token counts, several key tiles.
+    let mut rng = Rng::new(6);
+    for &(n, heads, d, t, s) in &[(2, 6, 64, 100, 16), (1, 2, 17, 65, 77), (3, 1, 8, 1, 3)] {
+        let qkv = rng.normals(n * heads * 3 * d * t, 1.0);
+        let ekv = rng.normals(n * heads * 2 * d * s, 1.0);
+        let qt = gpu.upload(&[n, heads * 3 * d, t], &qkv).map_err(err)?;
+        let et = gpu.upload(&[n, heads * 2 * d, s], &ekv).map_err(err)?;
+        let mut rec = gpu.recorder();
+        let o = kernels::attention::legacy_qkv(&mut rec, &qt, Some(&et), heads).map_err(err)?;
+        rec.submit().map_err(err)?;
+        check(
+            &format!("legacy attention n{n} h{heads} d{d} t{t} s{s}"),
+            &gpu.read(&o).await.map_err(err)?,
+            &cpu::legacy_qkv(&qkv, n, heads, t, Some((&ekv, s))),
+            5e-5,
+        )?;
+    }
+    for &(n, l, heads, d, causal) in &[(2, 77, 8, 64, true), (3, 33, 4, 16, false)] {
+        let qkv = rng.normals(n * l * heads * 3 * d, 1.0);
+        let mask: Vec<f32> = (0..n * l)
+            .map(|i| if i % l > l - 5 { -1e9 } else { 0.0 })
+            .collect();
+        let qt = gpu.upload(&[n, l, heads * 3 * d], &qkv).map_err(err)?;
+        let mt = gpu.upload(&[n, l], &mask).map_err(err)?;
+        let mut rec = gpu.recorder();
+        let o = kernels::attention::per_head_qkv(&mut rec, &qt, heads, causal, Some(&mt))
+            .map_err(err)?;
+        rec.submit().map_err(err)?;
+        check(
+            &format!("per-head attention n{n} l{l} causal {causal}"),
+            &gpu.read(&o).await.map_err(err)?,
+            &cpu::per_head_qkv(&qkv, n, l, heads, causal, Some(&mask)),
+            5e-5,
+        )?;
+    }
+    Ok(())
+}
+gpu_test!(attention_matches_fixture_and_cpu);
+
+async fn resampling_matches_fixtures_and_cpu() -> TestResult {
+    let gpu = gpu().await;
+    let (ls, low) = fixture(UNITS, "interp.low_res");
+    let lt = gpu.upload(&ls, &low).map_err(err)?;
+    let mut rec = gpu.recorder();
+    let b64 = kernels::resample::bilinear(&mut rec, &lt, 64, 64).map_err(err)?;
+    let b32 = kernels::resample::bilinear(&mut rec, &lt, 32, 32).map_err(err)?;
+    let nn = kernels::resample::nearest2x(&mut rec, &lt).map_err(err)?;
+    let ap = kernels::resample::avgpool2(&mut rec, &lt).map_err(err)?;
+    rec.submit().map_err(err)?;
+    check(
+        "interp.bilinear_64",
+        &gpu.read(&b64).await.map_err(err)?,
+        &fixture(UNITS, "interp.bilinear_64").1,
+        1e-6,
+    )?;
+    check(
+        "interp.bilinear_32",
+        &gpu.read(&b32).await.map_err(err)?,
+        &fixture(UNITS, "interp.bilinear_32").1,
+        1e-6,
+    )?;
+    check(
+        "interp.nearest_x2",
+        &gpu.read(&nn).await.map_err(err)?,
+        &fixture(UNITS, "interp.nearest_x2").1,
+        0.0,
+    )?;
+    check(
+        "interp.avgpool_2",
+        &gpu.read(&ap).await.map_err(err)?,
+        &fixture(UNITS, "interp.avgpool_2").1,
+        1e-6,
+    )?;
+    for key in ["x2", "x4"] {
+        let (s, x) = fixture(BICUBIC, &format!("{key}.in"));
+        let (os, want) = fixture(BICUBIC, &format!("{key}.out"));
+        let xt = gpu.upload(&s, &x).map_err(err)?;
+        let mut rec = gpu.recorder();
+        let y = kernels::resample::bicubic_aa(&mut rec, &xt, os[2], os[3]).map_err(err)?;
+        rec.submit().map_err(err)?;
+        check(
+            &format!("bicubic {key}"),
+            &gpu.read(&y).await.map_err(err)?,
+            &want,
+            2e-6,
+        )?;
+    }
+    // Random odd sizes, up and down, vs the CPU references.
+    let mut rng = Rng::new(7);
+    for &(n, c, h, w, ho, wo) in &[
+        (2, 3, 7, 5, 19, 11),
+        (1, 4, 30, 22, 9, 13),
+        (3, 2, 6, 8, 6, 8),
+    ] {
+        let x = rng.normals(n * c * h * w, 1.0);
+        let xt = gpu.upload(&[n, c, h, w], &x).map_err(err)?;
+        let mut rec = gpu.recorder();
+        let bl = kernels::resample::bilinear(&mut rec, &xt, ho, wo).map_err(err)?;
+        let bc = kernels::resample::bicubic_aa(&mut rec, &xt, ho, wo).map_err(err)?;
+        let nn = kernels::resample::nearest2x(&mut rec, &xt).map_err(err)?;
+        rec.submit().map_err(err)?;
+        let p = n * c;
+        check(
+            "bilinear random",
+            &gpu.read(&bl).await.map_err(err)?,
+            &cpu::bilinear(&x, p, h, w, ho, wo),
+            1e-5,
+        )?;
+        check(
+            "bicubic_aa random",
+            &gpu.read(&bc).await.map_err(err)?,
+            &cpu::bicubic_aa(&x, p, h, w, ho, wo),
+            1e-5,
+        )?;
+        check(
+            "nearest2x random",
+            &gpu.read(&nn).await.map_err(err)?,
+            &cpu::nearest2x(&x, p, h, w),
+            0.0,
+        )?;
+        if h % 2 == 0 && w % 2 == 0 {
+            let mut rec = gpu.recorder();
+            let ap = kernels::resample::avgpool2(&mut rec, &xt).map_err(err)?;
+            rec.submit().map_err(err)?;
+            check(
+                "avgpool2 random",
+                &gpu.read(&ap).await.map_err(err)?,
+                &cpu::avgpool2(&x, p, h, w),
+                1e-6,
+            )?;
+        }
+    }
+    Ok(())
+}
+gpu_test!(resampling_matches_fixtures_and_cpu);
+
+async fn elementwise_and_activations() -> TestResult {
+    let gpu = gpu().await;
+    let (gs, gx) = fixture(UNITS, "gelu.x");
+    let gt = gpu.upload(&gs, &gx).map_err(err)?;
+    let mut rec = gpu.recorder();
+    let gy = kernels::elementwise::unary(&mut rec, &gt, Act::Gelu, 1.0, 0.0).map_err(err)?;
+    rec.submit().map_err(err)?;
+    check(
+        "gelu (official)",
+        &gpu.read(&gy).await.map_err(err)?,
+        &fixture(UNITS, "gelu.y").1,
+        1e-6,
+    )?;
+
+    use kernels::elementwise::BinaryOp;
+    let mut rng = Rng::new(8);
+    let a_shape = [2usize, 5, 3, 7];
+    let a = rng.normals(210, 2.0);
+    let at = gpu.upload(&a_shape, &a).map_err(err)?;
+    for (b_shape, op, act) in [
+        (vec![2usize, 5, 3, 7], BinaryOp::Add, Act::None),
+        (vec![5, 1, 1], BinaryOp::Mul, Act::Silu),
+        (vec![2, 5, 1, 1], BinaryOp::Sub, Act::QuickGelu),
+        (vec![7], BinaryOp::Add, Act::Relu),
+        (vec![1], BinaryOp::Mul, Act::Gelu),
+    ] {
+        let bn: usize = b_shape.iter().product();
+        let b = rng.normals(bn, 1.0);
+        let bt = gpu.upload(&b_shape, &b).map_err(err)?;
+        let mut rec = gpu.recorder();
+        let y = kernels::elementwise::binary(&mut rec, &at, &bt, op, act).map_err(err)?;
+        rec.submit().map_err(err)?;
+        // NumPy broadcasting on the CPU.
+        let bfull: Vec<usize> = {
+            let mut s = vec![1; 4 - b_shape.len()];
+            s.extend(&b_shape);
+            s
+        };
+        let want: Vec<f32> = (0..210)
+            .map(|i| {
+                let idx = [i / 105, (i / 21) % 5, (i / 7) % 3, i % 7];
+                let mut bi = 0;
+                for d in 0..4 {
+                    bi = bi * bfull[d] + if bfull[d] == 1 { 0 } else { idx[d] };
+                }
+                let (x, y) = (a[i] as f64, b[bi] as f64);
+                let r = match op {
+                    BinaryOp::Add => x + y,
+                    BinaryOp::Mul => x * y,
+                    BinaryOp::Sub => x - y,
+                };
+                cpu::act(r, act) as f32
+            })
+            .collect();
+        check(
+            &format!("binary {op:?} {b_shape:?} {act:?}"),
+            &gpu.read(&y).await.map_err(err)?,
+            &want,
+            2e-6,
+        )?;
+    }
+    let mut rec = gpu.recorder();
+    let y = kernels::elementwise::unary(&mut rec, &at, Act::Silu, 0.5, -0.25).map_err(err)?;
+    rec.submit().map_err(err)?;
+    let want: Vec<f32> = a
+        .iter()
+        .map(|&x| cpu::act(0.5 * x as f64 - 0.25, Act::Silu) as f32)
+        .collect();
+    check("unary silu", &gpu.read(&y).await.map_err(err)?, &want, 2e-6)
+}
+gpu_test!(elementwise_and_activations);
+
+async fn copy_embedding_timestep() -> TestResult {
+    let gpu = gpu().await;
+    let mut rng = Rng::new(9);
+    // concat + slice
+    let a = rng.normals(2 * 3 * 5, 1.0);
+    let b = rng.normals(2 * 4 * 5, 1.0);
+    let (at, bt) = (
+        gpu.upload(&[2, 3, 5], &a).map_err(err)?,
+        gpu.upload(&[2, 4, 5], &b).map_err(err)?,
+    );
+    let mut rec = gpu.recorder();
+    let cat = kernels::copy::concat_channels(&mut rec, &[&at, &bt]).map_err(err)?;
+    let sl = kernels::copy::slice_channels(&mut rec, &cat, 2, 3).map_err(err)?;
+    rec.submit().map_err(err)?;
+    let mut want = Vec::new();
+    for n in 0..2 {
+        want.extend(&a[n * 15..(n + 1) * 15]);
+        want.extend(&b[n * 20..(n + 1) * 20]);
+    }
+    check("concat", &gpu.read(&cat).await.map_err(err)?, &want, 0.0)?;
+    let want_sl: Vec<f32> = (0..2)
+        .flat_map(|n| want[n * 35 + 10..n * 35 + 25].to_vec())
+        .collect();
+    check("slice", &gpu.read(&sl).await.map_err(err)?, &want_sl, 0.0)?;
+
+    // embedding with positional and padding tables, q8 table
+    let (bsz, l, d, vocab) = (3, 7, 12, 50);
+    let table = rng.normals(vocab * d, 1.0);
+    let pos = rng.normals(l * d, 1.0);
+    let pad = rng.normals(l * d, 1.0);
+    let ids: Vec<u32> = (0..bsz * l)
+        .map(|_| rng.below(vocab as u64) as u32)
+        .collect();
+    let mask: Vec<u32> = (0..bsz * l).map(|i| ((i % l) < 2 + i / l) as u32).collect();
+    for dtype in [WeightDType::F32, WeightDType::Q8] {
+        let wd = WeightData::from_f32(&[vocab, d], &table, dtype).map_err(err)?;
+        let deq = wd.to_f32();
+        let wt = gpu.upload_weight(&wd).map_err(err)?;
+        let (it, pt, pdt, mt) = (
+            gpu.upload_u32(&[bsz, l], &ids).map_err(err)?,
+            gpu.upload(&[l, d], &pos).map_err(err)?,
+            gpu.upload(&[l, d], &pad).map_err(err)?,
+            gpu.upload_u32(&[bsz, l], &mask).map_err(err)?,
+        );
+        let mut rec = gpu.recorder();
+        let e = kernels::embedding::embed(&mut rec, &it, &wt, Some(&pt), Some((&pdt, &mt)))
+            .map_err(err)?;
+        rec.submit().map_err(err)?;
+        let want: Vec<f32> = (0..bsz * l * d)
+            .map(|e| {
+                let (r, c) = (e / d, e % d);
+                let t = r % l;
+                if mask[r] == 0 {
+                    pad[t * d + c]
+                } else {
+                    deq[ids[r] as usize * d + c] + pos[t * d + c]
+                }
+            })
+            .collect();
+        check(
+            &format!("embedding {dtype:?}"),
+            &gpu.read(&e).await.map_err(err)?,
+            &want,
+            1e-6,
+        )?;
+    }
+
+    // timestep embedding vs the official values
+    let (_, t) = fixture(UNITS, "timestep_embedding.t");
+    let tt = gpu.upload(&[t.len()], &t).map_err(err)?;
+    for dim in [32, 192, 33] {
+        let mut rec = gpu.recorder();
+        let e = kernels::timestep::timestep_embedding(&mut rec, &tt, dim, false).map_err(err)?;
+        rec.submit().map_err(err)?;
+        let got = gpu.read(&e).await.map_err(err)?;
+        // t up to 999 multiplies the 1-ulp differences of exp() between libraries.
+        check(
+            &format!("timestep_embedding.dim{dim}"),
+            &got,
+            &fixture(UNITS, &format!("timestep_embedding.dim{dim}")).1,
+            5e-5,
+        )?;
+        check(
+            &format!("timestep_embedding cpu dim{dim}"),
+            &got,
+            &cpu::timestep_embedding(&t, dim, false),
+            5e-5,
+        )?;
+    }
+    let mut rec = gpu.recorder();
+    let e = kernels::timestep::timestep_embedding(&mut rec, &tt, 16, true).map_err(err)?;
+    rec.submit().map_err(err)?;
+    check(
+        "timestep sin_first",
+        &gpu.read(&e).await.map_err(err)?,
+        &cpu::timestep_embedding(&t, 16, true),
+        5e-5,
+    )
+}
+gpu_test!(copy_embedding_timestep);
+
+async fn philox_noise_matches_cpu() -> TestResult {
+    let gpu = gpu().await;
+    for &(n, seed, stream) in &[
+        (1usize, 0u64, 0u32),
+        (4099, 42, 3),
+        (100_003, 0xDEAD_BEEF_1234, 99),
+    ] {
+        let mut rec = gpu.recorder();
+        let t = kernels::rng::randn(&mut rec, &[n], seed, stream).map_err(err)?;
+        rec.submit().map_err(err)?;
+        let got = gpu.read(&t).await.map_err(err)?;
+        // Values are O(1..5): an absolute bound of 2e-5 is a relative one too.
+        check(
+            &format!("philox n{n}"),
+            &got,
+            &engine::rng::randn(n, seed, stream),
+            2e-5,
+        )?;
+    }
+    Ok(())
+}
+gpu_test!(philox_noise_matches_cpu);
+
+struct StepCase {
+    cfg: bool,
+    ddim: bool,
+    pin: bool,
+    grad: bool,
+    last: bool,
+    learned: bool,
+}
+
+async fn sampler_step_matches_cpu() -> TestResult {
+    let gpu = gpu().await;
+    let mut rng = Rng::new(10);
+    let (b, c, s) = (2usize, 3usize, 37usize);
+    for case in [
+        StepCase {
+            cfg: true,
+            ddim: false,
+            pin: false,
+            grad: false,
+            last: false,
+            learned: true,
+        },
+        StepCase {
+            cfg: true,
+            ddim: false,
+            pin: true,
+            grad: false,
+            last: false,
+            learned: true,
+        },
+        StepCase {
+            cfg: false,
+            ddim: true,
+            pin: false,
+            grad: false,
+            last: false,
+            learned: true,
+        },
+        StepCase {
+            cfg: false,
+            ddim: false,
+            pin: true,
+            grad: true,
+            last: true,
+            learned: true,
+        },
+        StepCase {
+            cfg: false,
+            ddim: false,
+            pin: false,
+            grad: false,
+            last: false,
+            learned: false,
+        },
+    ] {
+        let rows = if case.cfg { 2 * b } else { b };
+        let mc = if case.learned { 2 * c } else { c };
+        let mo = rng.normals(rows * mc * s, 1.0);
+        let x = rng.normals(b * c * s, 1.0);
+        let noise = rng.normals(b * c * s, 1.0);
+        let img = rng.uniforms(b * c * s, -1.0, 1.0);
+        let mask: Vec<f32> = (0..b * s).map(|i| (i % 3 == 0) as u32 as f32).collect();
+        let grad = rng.normals(b * c * s, 0.1);
+        let k = kernels::sampler::StepCoeffs {
+            sqrt_recip_ac: 1.7,
+            sqrt_recipm1_ac: 1.3,
+            posterior_coef1: 0.4,
+            posterior_coef2: 0.55,
+            max_log: -3.1,
+            min_log: -4.6,
+            sqrt_ac_prev: 0.8,
+            ddim_eps_coef: 0.6,
+            ddim_sigma: 0.05,
+            fixed_log_var: -4.0,
+        };
+        let g = 3.0f32;
+        let t = |shape: &[usize], v: &[f32]| gpu.upload(shape, v).map_err(err);
+        let (mot, xt, nt, it, mt, gt) = (
+            t(&[rows, mc, s], &mo)?,
+            t(&[b, c, s], &x)?,
+            t(&[b, c, s], &noise)?,
+            t(&[b, c, s], &img)?,
+            t(&[b, 1, s], &mask)?,
+            t(&[b, c, s], &grad)?,
+        );
+        let mut rec = gpu.recorder();
+        let (xn, px) = kernels::sampler::sampler_step(
+            &mut rec,
+            &kernels::sampler::Step {
+                model_out: &mot,
+                x_t: &xt,
+                noise: &nt,
+                guidance: case.cfg.then_some(g),
+                ddim: case.ddim,
+                predict_x0: false,
+                learned_variance: case.learned,
+                clip_denoised: true,
+                pin: case.pin.then_some((&it, &mt)),
+                grad: case.grad.then_some(&gt),
+                last: case.last,
+                replicate: case.cfg,
+                coeffs: k,
+            },
+        )
+        .map_err(err)?;
+        rec.submit().map_err(err)?;
+        let (mut want_x, mut want_p) = (vec![0f32; b * c * s], vec![0f32; b * c * s]);
+        for e in 0..b * c * s {
+            let (bi, ci, si) = (e / (c * s), (e / s) % c, e % s);
+            let at = |r: usize, ch: usize| mo[(r * mc + ch) * s + si] as f64;
+            let mut eps = at(bi, ci);
+            if case.cfg {
+                let u = at(bi + b, ci);
+                eps = u + g as f64 * (eps - u);
+            }
+            let xv = x[e] as f64;
+            let mut x0 = k.sqrt_recip_ac as f64 * xv - k.sqrt_recipm1_ac as f64 * eps;
+            if case.pin {
+                let m = mask[bi * s + si] as f64;
+                x0 = x0 * (1.0 - m) + img[e] as f64 * m;
+            }
+            x0 = x0.clamp(-1.0, 1.0);
+            let nz = if case.last { 0.0 } else { noise[e] as f64 };
+            let xn = if case.ddim {
+                let ep = (k.sqrt_recip_ac as f64 * xv - x0) / k.sqrt_recipm1_ac as f64;
+                x0 * k.sqrt_ac_prev as f64 + k.ddim_eps_coef as f64 * ep + k.ddim_sigma as f64 * nz
+            } else {
+                let lv = if case.learned {
+                    let frac = (at(bi, c + ci) + 1.0) / 2.0;
+                    frac * k.max_log as f64 + (1.0 - frac) * k.min_log as f64
+                } else {
+                    k.fixed_log_var as f64
+                };
+                let mut mean = k.posterior_coef1 as f64 * x0 + k.posterior_coef2 as f64 * xv;
+                if case.grad {
+                    mean += lv.exp() * grad[e] as f64;
+                }
+                mean + (0.5 * lv).exp() * nz
+            };
+            want_x[e] = xn as f32;
+            want_p[e] = x0 as f32;
+        }
+        let got_x = gpu.read(&xn).await.map_err(err)?;
+        check("pred_x0", &gpu.read(&px).await.map_err(err)?, &want_p, 2e-6)?;
+        check("x_next", &got_x[..b * c * s], &want_x, 2e-6)?;
+        if case.cfg {
+            check(
+                "x_next replica",
+                &got_x[b * c * s..],
+                &got_x[..b * c * s],
+                0.0,
+            )?;
+        }
+    }
+    Ok(())
+}
+gpu_test!(sampler_step_matches_cpu);
+
+/// With a 64 KiB binding cap, tensors of a few hundred KiB must be split along
+/// the batch (or flat) and still give the same results as the normal device.
+async fn binding_splits_match_unsplit() -> TestResult {
+    let big = gpu().await;
+    let small = small_gpu().await;
+    let mut rng = Rng::new(11);
+    let (n, c, h, w) = (6, 32, 8, 8); // 8 KiB per item, 48 KiB in all
+    let x = rng.normals(n * c * h * w, 1.0);
+    let wv = rng.normals(8 * c * 9, 0.2);
+    let g = rng.normals(c, 0.3);
+    let be = rng.normals(c, 0.3);
+    let mut outs = Vec::new();
+    for gpu in [big, small] {
+        let xt = gpu.upload(&[n, c, h, w], &x).map_err(err)?;
+        let wt = gpu
+            .upload_weight(
+                &WeightData::from_f32(&[8, c, 3, 3], &wv, WeightDType::F32).map_err(err)?,
+            )
+            .map_err(err)?;
+        let (gt, bt) = (
+            gpu.upload(&[c], &g).map_err(err)?,
+            gpu.upload(&[c], &be).map_err(err)?,
+        );
+        let mut rec = gpu.recorder();
+        let coef = kernels::group_norm::norm_coeffs(&mut rec, &xt, &gt, &bt, 32, 1e-5, None)
+            .map_err(err)?;
+        let conv = kernels::conv::conv2d(
+            &mut rec,
+            &xt,
+            &wt,
+            None,
+            Some(kernels::conv::InputNorm {
+                coef: &coef,
+                silu: true,
+            }),
+            None,
+        )
+        .map_err(err)?;
+        let gn = kernels::group_norm::apply(&mut rec, &xt, &coef, Act::Silu).map_err(err)?;
+        let sum = kernels::elementwise::binary(
+            &mut rec,
+            &xt,
+            &gn,
+            kernels::elementwise::BinaryOp::Add,
+            Act::None,
+        )
+        .map_err(err)?;
+        let down = kernels::resample::avgpool2(&mut rec, &xt).map_err(err)?;
+        let cat = kernels::copy::concat_channels(&mut rec, &[&xt, &gn]).map_err(err)?;
+        rec.submit().map_err(err)?;
+        let mut v = Vec::new();
+        for t in [&conv, &gn, &sum, &down, &cat] {
+            v.push(gpu.read(t).await.map_err(err)?);
+        }
+        outs.push(v);
+    }
+    for (i, name) in ["conv", "group_norm", "add", "avgpool2", "concat"]
+        .iter()
+        .enumerate()
+    {
+        check(&format!("split {name}"), &outs[1][i], &outs[0][i], 1e-6)?;
+    }
+    // One item larger than the cap is a clear error, not a crash.
+    let xt = small
+        .upload(&[1, 64, 32, 32], &vec![0.0; 64 * 1024])
+        .map_err(err)?;
+    let mut rec = small.recorder();
+    match kernels::resample::nearest2x(&mut rec, &xt) {
+        Err(engine::Error::TooLarge { .. }) => Ok(()),
+        other => Err(format!("expected TooLarge, got {other:?}")),
+    }
+}
+gpu_test!(binding_splits_match_unsplit);
+
+/// A repeated step allocates no new GPU buffers and costs one submission.
+async fn steady_state_allocates_nothing() -> TestResult {
+    // A device of its own: other tests allocate on the shared one concurrently.
+    let gpu = &common::fresh_gpu().await;
+    let mut rng = Rng::new(12);
+    let x0 = gpu
+        .upload(&[2, 32, 8, 8], &rng.normals(4096, 1.0))
+        .map_err(err)?;
+    let w = gpu
+        .upload_weight(
+            &WeightData::from_f32(&[32, 32, 3, 3], &rng.normals(9216, 0.1), WeightDType::Q8)
+                .map_err(err)?,
+        )
+        .map_err(err)?;
+    let (g, b) = (
+        gpu.upload(&[32], &[1.0; 32]).map_err(err)?,
+        gpu.upload(&[32], &[0.0; 32]).map_err(err)?,
+    );
+    let step = |x: &engine::Tensor| -> Result<engine::Tensor, String> {
+        let mut rec = gpu.recorder();
+        let coef =
+            kernels::group_norm::norm_coeffs(&mut rec, x, &g, &b, 32, 1e-5, None).map_err(err)?;
+        let h = kernels::conv::conv2d(
+            &mut rec,
+            x,
+            &w,
+            None,
+            Some(kernels::conv::InputNorm {
+                coef: &coef,
+                silu: true,
+            }),
+            Some(x),
+        )
+        .map_err(err)?;
+        let y = kernels::elementwise::unary(&mut rec, &h, Act::None, 0.5, 0.0).map_err(err)?;
+        rec.submit().map_err(err)?;
+        Ok(y)
+    };
+    let mut x = step(&x0)?;
+    x = step(&x)?;
+    let before = gpu.memory_stats().created;
+    let subs = gpu.submissions();
+    for _ in 0..5 {
+        x = step(&x)?;
+    }
+    gpu.wait_idle().await.map_err(err)?;
+    let after = gpu.memory_stats().created;
+    if after != before {
+        return Err(format!(
+            "steady-state steps created {} new buffers",
+            after - before
+        ));
+    }
+    if gpu.submissions() - subs != 5 {
+        return Err(format!(
+            "{} submissions for 5 steps",
+            gpu.submissions() - subs
+        ));
+    }
+    Ok(())
+}
+gpu_test!(steady_state_allocates_nothing);
+
+/// Bad shapes are errors before anything is dispatched.
+async fn shape_errors_are_reported() -> TestResult {
+    let gpu = gpu().await;
+    let x = gpu.upload(&[2, 3, 4, 4], &[0.0; 96]).map_err(err)?;
+    let w = gpu
+        .upload_weight(
+            &WeightData::from_f32(&[8, 5, 3, 3], &[0.0; 360], WeightDType::F32).map_err(err)?,
+        )
+        .map_err(err)?;
+    let lw = gpu
+        .upload_weight(&WeightData::from_f32(&[8, 5], &[0.0; 40], WeightDType::F32).map_err(err)?)
+        .map_err(err)?;
+    let mut rec = gpu.recorder();
+    let checks: Vec<(&str, bool)> = vec![
+        (
+            "conv channel mismatch",
+            kernels::conv::conv2d(&mut rec, &x, &w, None, None, None).is_err(),
+        ),
+        (
+            "linear K mismatch",
+            kernels::matmul::linear(&mut rec, &x, &lw, None, None, Act::None).is_err(),
+        ),
+        (
+            "group norm groups",
+            kernels::group_norm::stats(&mut rec, &x, 2, 1e-5).is_err(),
+        ),
+        (
+            "avgpool odd",
+            kernels::resample::avgpool2(
+                &mut rec,
+                &gpu.upload(&[1, 1, 3, 3], &[0.0; 9]).map_err(err)?,
+            )
+            .is_err(),
+        ),
+        (
+            "broadcast",
+            kernels::elementwise::binary(
+                &mut rec,
+                &x,
+                &gpu.upload(&[5], &[0.0; 5]).map_err(err)?,
+                kernels::elementwise::BinaryOp::Add,
+                Act::None,
+            )
+            .is_err(),
+        ),
+        (
+            "attention heads",
+            kernels::attention::legacy_qkv(
+                &mut rec,
+                &gpu.upload(&[1, 9, 4], &[0.0; 36]).map_err(err)?,
+                None,
+                2,
+            )
+            .is_err(),
+        ),
+        (
+            "weight shape",
+            WeightData::from_f32(&[3, 3], &[0.0; 8], WeightDType::Q8).is_err(),
+        ),
+        ("reshape", x.reshape(&[5, 5]).is_err()),
+    ];
+    rec.submit().map_err(err)?;
+    for (name, ok) in checks {
+        if !ok {
+            return Err(format!("{name}: accepted a bad shape"));
+        }
+    }
+    Ok(())
+}
+gpu_test!(shape_errors_are_reported);

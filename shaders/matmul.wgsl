@@ -1,0 +1,64 @@
+// y[m, n] = act(sum_k x[m, k] * W[n, k] + bias[n] + res[m, n])
+// Tiled 64x64 output per workgroup, 16-deep K slices in workgroup memory,
+// 256 threads computing 4x4 outputs each. W is dequantised on load.
+struct Params { m: u32, k: u32, n: u32, row_words: u32, has_bias: u32, has_res: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> res: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+override ACT: u32 = 0u;
+
+var<workgroup> xs: array<f32, 1024>; // [16 k][64 m]
+var<workgroup> ws: array<f32, 1024>; // [16 k][64 n]
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let n0 = wg.x * 64u;
+    let m0 = wg.y * 64u;
+    let tx = li % 16u;
+    let ty = li / 16u;
+    var acc: array<array<f32, 4>, 4>;
+    for (var k0 = 0u; k0 < p.k; k0 = k0 + 16u) {
+        for (var r = 0u; r < 4u; r = r + 1u) {
+            let e = li + r * 256u;      // 0..1023
+            let kk = e % 16u;
+            let rr = e / 16u;           // 0..63
+            let kg = k0 + kk;
+            var xv = 0.0;
+            if (m0 + rr < p.m && kg < p.k) { xv = x[(m0 + rr) * p.k + kg]; }
+            xs[kk * 64u + rr] = xv;
+            var wv = 0.0;
+            if (n0 + rr < p.n && kg < p.k) { wv = load_w((n0 + rr) * p.row_words, kg); }
+            ws[kk * 64u + rr] = wv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk = kk + 1u) {
+            var xr: array<f32, 4>;
+            var wr: array<f32, 4>;
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                xr[i] = xs[kk * 64u + ty + 16u * i];
+                wr[i] = ws[kk * 64u + tx + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                for (var j = 0u; j < 4u; j = j + 1u) {
+                    acc[i][j] = fma(xr[i], wr[j], acc[i][j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let m = m0 + ty + 16u * i;
+        if (m >= p.m) { continue; }
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let n = n0 + tx + 16u * j;
+            if (n >= p.n) { continue; }
+            var v = acc[i][j];
+            if (p.has_bias != 0u) { v = v + bias[n]; }
+            if (p.has_res != 0u) { v = v + res[m * p.n + n]; }
+            y[m * p.n + n] = activate(v, ACT);
+        }
+    }
+}
