@@ -11,7 +11,11 @@
 //! - [`reference`]: plain CPU references the kernels are tested against.
 //! - [`rng`]: Philox4x32-10 Gaussian noise, identical on GPU and CPU.
 
+// wgpu objects are !Send on wasm32; Arc still gives shared ownership there.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
+
 pub mod error;
+pub mod glide;
 pub mod gpu;
 pub mod kernels;
 pub mod quant;

@@ -28,6 +28,7 @@ const DTYPES: [WeightDType; 4] = [
     WeightDType::Q4,
 ];
 
+#[allow(clippy::too_many_arguments)]
 async fn linear_case(
     gpu: &Gpu,
     rng: &mut Rng,
@@ -141,7 +142,7 @@ async fn conv_case(
     let wt = gpu.upload_weight(&wd).map_err(err)?;
     let bt = gpu.upload(&[cout], &bias).map_err(err)?;
     let rt = gpu.upload(&[n, cout, h, w], &resv).map_err(err)?;
-    let groups = if cin % 32 == 0 { 32 } else { 1 };
+    let groups = if cin.is_multiple_of(32) { 32 } else { 1 };
     let gamma = rng
         .normals(cin, 0.3)
         .iter()

@@ -58,7 +58,7 @@ pub fn nearest2x(rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
 
 pub fn avgpool2(rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
     let s = x.shape().to_vec();
-    if s.len() != 4 || s[2] % 2 != 0 || s[3] % 2 != 0 {
+    if s.len() != 4 || !s[2].is_multiple_of(2) || !s[3].is_multiple_of(2) {
         return shape_err(
             "avgpool2",
             format!("input must be NCHW with even H, W, got {s:?}"),

@@ -1,0 +1,335 @@
+//! `webglide bench kernels`: every kernel family at the real GLIDE layer shapes.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use engine::kernels::{self, Act};
+use engine::{Gpu, Recorder, Tensor, WeightDType, WeightData};
+
+/// Runs `record` `iters` times in one submission after a warm-up; seconds per run.
+fn time(
+    gpu: &Gpu,
+    iters: u32,
+    mut record: impl FnMut(&mut Recorder) -> engine::Result<()>,
+) -> Result<f64> {
+    let mut rec = gpu.recorder();
+    record(&mut rec)?;
+    rec.submit()?;
+    pollster::block_on(gpu.wait_idle())?;
+    let start = Instant::now();
+    let mut rec = gpu.recorder();
+    for _ in 0..iters {
+        record(&mut rec)?;
+    }
+    rec.submit()?;
+    pollster::block_on(gpu.wait_idle())?;
+    Ok(start.elapsed().as_secs_f64() / iters as f64)
+}
+
+fn noise(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    Ok(gpu.upload(shape, &engine::rng::randn(n, seed, 0))?)
+}
+
+fn weight(gpu: &Gpu, shape: &[usize], dtype: WeightDType) -> Result<engine::Weight> {
+    let n: usize = shape.iter().product();
+    let w: Vec<f32> = engine::rng::randn(n, 7, 1)
+        .iter()
+        .map(|x| x * 0.02)
+        .collect();
+    Ok(gpu.upload_weight(&WeightData::from_f32(shape, &w, dtype)?)?)
+}
+
+struct Row {
+    name: String,
+    shape: String,
+    secs: f64,
+    flops: f64,
+    bytes: f64,
+}
+
+pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
+    print!("{}", gpu.report);
+    // Scale spatial sizes down for --quick so a CPU adapter finishes in seconds.
+    let s = |full: usize| if quick { (full / 4).max(4) } else { full };
+    let mut rows = Vec::new();
+
+    // Peak: a large square f32 matmul.
+    let pk = if quick { 512 } else { 2048 };
+    let a = noise(gpu, &[pk, pk], 1)?;
+    let wpk = weight(gpu, &[pk, pk], WeightDType::F32)?;
+    let secs = time(gpu, iters, |r| {
+        kernels::matmul::linear(r, &a, &wpk, None, None, Act::None).map(drop)
+    })?;
+    let peak = 2.0 * (pk as f64).powi(3) / secs;
+    println!(
+        "\nmeasured f32 matmul peak ({pk}^3): {:.1} GFLOP/s\n",
+        peak / 1e9
+    );
+
+    for dtype in [
+        WeightDType::F32,
+        WeightDType::F16,
+        WeightDType::Q8,
+        WeightDType::Q4,
+    ] {
+        // Text transformer MLP: 2 prompts x 128 tokens, 512 -> 2048.
+        let x = noise(gpu, &[256, 512], 2)?;
+        let w = weight(gpu, &[2048, 512], dtype)?;
+        let secs = time(gpu, iters, |r| {
+            kernels::matmul::linear(r, &x, &w, None, None, Act::Gelu).map(drop)
+        })?;
+        let wbytes = 2048.0 * dtype.row_words(512) as f64 * 4.0;
+        rows.push(Row {
+            name: format!("linear {}", dtype.name()),
+            shape: "256x512 -> 2048".into(),
+            secs,
+            flops: 2.0 * 256.0 * 512.0 * 2048.0,
+            bytes: wbytes + 4.0 * (256.0 * 512.0 + 256.0 * 2048.0),
+        });
+    }
+
+    for (cin, cout, hw, ks, dtype, fused) in [
+        (384, 384, 32, 3, WeightDType::F32, false),
+        (384, 384, 32, 3, WeightDType::F32, true),
+        (384, 384, 32, 3, WeightDType::Q8, true),
+        (192, 192, 64, 3, WeightDType::F16, true),
+        (768, 768, 8, 3, WeightDType::Q4, true),
+        (576, 384, 32, 1, WeightDType::F32, false),
+    ] {
+        let (h, n) = (s(hw), 2);
+        let x = noise(gpu, &[n, cin, h, h], 3)?;
+        let w = weight(gpu, &[cout, cin, ks, ks], dtype)?;
+        let bias = gpu.upload(&[cout], &vec![0.1; cout])?;
+        let (g, b) = (
+            gpu.upload(&[cin], &vec![1.0; cin])?,
+            gpu.upload(&[cin], &vec![0.0; cin])?,
+        );
+        let emb = noise(gpu, &[n, 2 * cin], 4)?;
+        let secs = time(gpu, iters, |r| {
+            let coef = if fused {
+                Some(kernels::group_norm::norm_coeffs(
+                    r,
+                    &x,
+                    &g,
+                    &b,
+                    32,
+                    1e-5,
+                    Some(&emb),
+                )?)
+            } else {
+                None
+            };
+            kernels::conv::conv2d(
+                r,
+                &x,
+                &w,
+                Some(&bias),
+                coef.as_ref().map(|c| kernels::conv::InputNorm {
+                    coef: c,
+                    silu: true,
+                }),
+                None,
+            )
+            .map(drop)
+        })?;
+        let flops = 2.0 * (n * cout * cin * ks * ks * h * h) as f64;
+        let bytes = 4.0 * (n * (cin + cout) * h * h) as f64
+            + (cout * dtype.row_words(cin * ks * ks) * 4) as f64;
+        let name = format!(
+            "conv{ks}x{ks} {}{}",
+            dtype.name(),
+            if fused { " +GN+SiLU" } else { "" }
+        );
+        rows.push(Row {
+            name,
+            shape: format!("2x{cin}x{h}x{h} -> {cout}"),
+            secs,
+            flops,
+            bytes,
+        });
+    }
+
+    // UNet attention at 32x32 (+128 text tokens), 6 heads of 64, CFG batch 2.
+    {
+        let (t, heads, d, sct, n) = (s(32) * s(32), 6, 64, 128, 2);
+        let qkv = noise(gpu, &[n, heads * 3 * d, t], 5)?;
+        let ekv = noise(gpu, &[n, heads * 2 * d, sct], 6)?;
+        let secs = time(gpu, iters, |r| {
+            kernels::attention::legacy_qkv(r, &qkv, Some(&ekv), heads).map(drop)
+        })?;
+        let flops = 4.0 * (n * heads * t * (t + sct) * d) as f64;
+        let bytes = 4.0 * (n * heads * d * (4 * t + 2 * sct)) as f64;
+        rows.push(Row {
+            name: "attention".into(),
+            shape: format!("2x{heads}h x {t}q x {}k, d{d}", t + sct),
+            secs,
+            flops,
+            bytes,
+        });
+    }
+    // Text transformer self-attention: 128 tokens, 8 heads of 64.
+    {
+        let qkv = noise(gpu, &[2, 128, 1536], 7)?;
+        let secs = time(gpu, iters, |r| {
+            kernels::attention::per_head_qkv(r, &qkv, 8, false, None).map(drop)
+        })?;
+        rows.push(Row {
+            name: "attention (text)".into(),
+            shape: "2x8h x 128 x 128, d64".into(),
+            secs,
+            flops: 4.0 * (2 * 8 * 128 * 128 * 64) as f64,
+            bytes: 4.0 * (2 * 128 * 2048) as f64,
+        });
+    }
+
+    // Memory-bound kernels.
+    let hw = s(64);
+    let x = noise(gpu, &[2, 192, hw, hw], 8)?;
+    let numel = (2 * 192 * hw * hw) as f64;
+    let (g, b) = (
+        gpu.upload(&[192], &[1.0; 192])?,
+        gpu.upload(&[192], &[0.0; 192])?,
+    );
+    let secs = time(gpu, iters, |r| {
+        kernels::group_norm::group_norm(r, &x, &g, &b, 32, 1e-5, None, Act::Silu).map(drop)
+    })?;
+    rows.push(Row {
+        name: "group_norm+SiLU".into(),
+        shape: format!("2x192x{hw}x{hw}"),
+        secs,
+        flops: 0.0,
+        bytes: 4.0 * 3.0 * numel,
+    });
+    let secs = time(gpu, iters, |r| {
+        kernels::elementwise::binary(r, &x, &x, kernels::elementwise::BinaryOp::Add, Act::None)
+            .map(drop)
+    })?;
+    rows.push(Row {
+        name: "add".into(),
+        shape: format!("2x192x{hw}x{hw}"),
+        secs,
+        flops: 0.0,
+        bytes: 4.0 * 3.0 * numel,
+    });
+    let secs = time(gpu, iters, |r| {
+        kernels::copy::concat_channels(r, &[&x, &x]).map(drop)
+    })?;
+    rows.push(Row {
+        name: "concat".into(),
+        shape: format!("2x(192+192)x{hw}x{hw}"),
+        secs,
+        flops: 0.0,
+        bytes: 4.0 * 4.0 * numel,
+    });
+    let secs = time(gpu, iters, |r| {
+        kernels::resample::nearest2x(r, &x).map(drop)
+    })?;
+    rows.push(Row {
+        name: "nearest2x".into(),
+        shape: format!("2x192x{hw}x{hw}"),
+        secs,
+        flops: 0.0,
+        bytes: 4.0 * 5.0 * numel,
+    });
+    let secs = time(gpu, iters, |r| kernels::resample::avgpool2(r, &x).map(drop))?;
+    rows.push(Row {
+        name: "avgpool2".into(),
+        shape: format!("2x192x{hw}x{hw}"),
+        secs,
+        flops: 0.0,
+        bytes: 4.0 * 1.25 * numel,
+    });
+
+    let lo = noise(gpu, &[1, 3, s(64), s(64)], 9)?;
+    let up = s(256);
+    let secs = time(gpu, iters, |r| {
+        kernels::resample::bilinear(r, &lo, up, up).map(drop)
+    })?;
+    rows.push(Row {
+        name: "bilinear".into(),
+        shape: format!("3x{0}x{0} -> {up}", s(64)),
+        secs,
+        flops: 0.0,
+        bytes: 4.0 * 3.0 * (up * up) as f64,
+    });
+    let secs = time(gpu, iters, |r| {
+        kernels::resample::bicubic_aa(r, &lo, up, up).map(drop)
+    })?;
+    rows.push(Row {
+        name: "bicubic_aa".into(),
+        shape: format!("3x{0}x{0} -> {up}", s(64)),
+        secs,
+        flops: 0.0,
+        bytes: 4.0 * 3.0 * (up * up) as f64,
+    });
+
+    let img = [1usize, 3, up, up];
+    let secs = time(gpu, iters, |r| kernels::rng::randn(r, &img, 1, 2).map(drop))?;
+    rows.push(Row {
+        name: "philox randn".into(),
+        shape: format!("{img:?}"),
+        secs,
+        flops: 0.0,
+        bytes: 4.0 * (3 * up * up) as f64,
+    });
+    let mo = noise(gpu, &[2, 6, up, up], 10)?;
+    let xt = noise(gpu, &[2, 3, up, up], 11)?;
+    let nz = noise(gpu, &[1, 3, up, up], 12)?;
+    let secs = time(gpu, iters, |r| {
+        kernels::sampler::sampler_step(
+            r,
+            &kernels::sampler::Step {
+                model_out: &mo,
+                x_t: &xt,
+                noise: &nz,
+                guidance: Some(3.0),
+                ddim: false,
+                predict_x0: false,
+                learned_variance: true,
+                clip_denoised: true,
+                pin: None,
+                grad: None,
+                last: false,
+                replicate: true,
+                coeffs: Default::default(),
+            },
+        )
+        .map(drop)
+    })?;
+    rows.push(Row {
+        name: "guidance+sampler step".into(),
+        shape: format!("CFG 2x6x{up}x{up}"),
+        secs,
+        flops: 0.0,
+        bytes: 4.0 * (3 * up * up * (12 + 1 + 1 + 4)) as f64,
+    });
+
+    println!(
+        "{:<24} {:<28} {:>10} {:>10} {:>9} {:>8}",
+        "kernel", "shape", "ms", "GFLOP/s", "GB/s", "% peak"
+    );
+    for r in rows {
+        let gflops = r.flops / r.secs / 1e9;
+        let pct = if r.flops > 0.0 {
+            format!("{:.0}%", 100.0 * r.flops / r.secs / peak)
+        } else {
+            "-".into()
+        };
+        let gf = if r.flops > 0.0 {
+            format!("{gflops:.1}")
+        } else {
+            "-".into()
+        };
+        println!(
+            "{:<24} {:<28} {:>10.3} {:>10} {:>9.2} {:>8}",
+            r.name,
+            r.shape,
+            r.secs * 1e3,
+            gf,
+            r.bytes / r.secs / 1e9,
+            pct
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! GLIDE host-side pieces against the official fixtures: tokenizer (exact on
+//! every case of tokens.json), beta schedules, respacing and the respaced
+//! arrays (schedules.safetensors, respacing_1000.json).
+#![cfg(not(target_arch = "wasm32"))]
+
+use engine::glide::schedule::{betas, space_timesteps, Schedule};
+use engine::glide::tokenizer::GlideTokenizer;
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/glide");
+
+fn read(path: &str) -> Vec<u8> {
+    std::fs::read(format!("{FIX}/{path}"))
+        .unwrap_or_else(|e| panic!("{path}: {e} (is ../shared present?)"))
+}
+
+#[test]
+fn tokenizer_matches_official_ids() {
+    let public = concat!(env!("CARGO_MANIFEST_DIR"), "/../public/tokenizer");
+    let tok = GlideTokenizer::from_gz(
+        &std::fs::read(format!("{public}/encoder.json.gz")).unwrap(),
+        &std::fs::read(format!("{public}/vocab.bpe.gz")).unwrap(),
+    )
+    .unwrap();
+    let cases: serde_json::Value = serde_json::from_slice(&read("tokenizer/tokens.json")).unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() >= 60);
+    for c in cases {
+        let prompt = c["prompt"].as_str().unwrap();
+        let ids: Vec<u32> = c["glide_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(prompt), ids, "prompt {prompt:?}");
+        let padded: Vec<u32> = c["glide_padded_128"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let mask: Vec<u32> = c["glide_mask_128"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_bool().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.padded(prompt, 128), (padded, mask), "padded {prompt:?}");
+    }
+}
+
+#[test]
+fn tokenizer_rejects_garbage_files() {
+    assert!(GlideTokenizer::from_gz(b"not gzip", b"also not").is_err());
+}
+
+fn f64s(st: &safetensors::SafeTensors, name: &str) -> Vec<f64> {
+    let t = st.tensor(name).unwrap_or_else(|_| panic!("{name}"));
+    match t.dtype() {
+        safetensors::Dtype::F64 => t
+            .data()
+            .chunks(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        safetensors::Dtype::I64 => t
+            .data()
+            .chunks(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        d => panic!("{name}: {d:?}"),
+    }
+}
+
+fn close(name: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{name} length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+            "{name}[{i}]: {g} vs {w}"
+        );
+    }
+}
+
+#[test]
+fn schedules_match_official_arrays() {
+    let bytes = read("schedules/schedules.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for name in ["squaredcos_cap_v2", "linear"] {
+        close(
+            name,
+            &betas(name, 1000).unwrap(),
+            &f64s(&st, &format!("{name}.betas_1000")),
+        );
+    }
+    for (sched, resp) in [
+        ("squaredcos_cap_v2", "100"),
+        ("squaredcos_cap_v2", "10"),
+        ("linear", "fast27"),
+        ("squaredcos_cap_v2", "fast27"),
+        ("linear", "100"),
+        ("squaredcos_cap_v2", "full"),
+    ] {
+        let spec = if resp == "full" { "" } else { resp };
+        let s = Schedule::new(sched, 1000, spec).unwrap();
+        let p = format!("{sched}.{resp}");
+        let map: Vec<f64> = s.timestep_map.iter().map(|&t| t as f64).collect();
+        close(
+            &format!("{p}.timestep_map"),
+            &map,
+            &f64s(&st, &format!("{p}.timestep_map")),
+        );
+        close(
+            &format!("{p}.betas"),
+            &s.betas,
+            &f64s(&st, &format!("{p}.betas")),
+        );
+        close(
+            &format!("{p}.alphas_cumprod"),
+            &s.alphas_cumprod,
+            &f64s(&st, &format!("{p}.alphas_cumprod")),
+        );
+        close(
+            &format!("{p}.alphas_cumprod_prev"),
+            &s.alphas_cumprod_prev,
+            &f64s(&st, &format!("{p}.alphas_cumprod_prev")),
+        );
+        close(
+            &format!("{p}.posterior_variance"),
+            &s.posterior_variance,
+            &f64s(&st, &format!("{p}.posterior_variance")),
+        );
+        close(
+            &format!("{p}.posterior_log_variance_clipped"),
+            &s.posterior_log_variance_clipped,
+            &f64s(&st, &format!("{p}.posterior_log_variance_clipped")),
+        );
+        close(
+            &format!("{p}.posterior_mean_coef1"),
+            &s.posterior_mean_coef1,
+            &f64s(&st, &format!("{p}.posterior_mean_coef1")),
+        );
+        close(
+            &format!("{p}.posterior_mean_coef2"),
+            &s.posterior_mean_coef2,
+            &f64s(&st, &format!("{p}.posterior_mean_coef2")),
+        );
+        let logb: Vec<f64> = s.betas.iter().map(|b| b.ln()).collect();
+        close(
+            &format!("{p}.log_betas"),
+            &logb,
+            &f64s(&st, &format!("{p}.log_betas")),
+        );
+    }
+}
+
+#[test]
+fn respacing_matches_all_official_specs() {
+    let v: serde_json::Value =
+        serde_json::from_slice(&read("schedules/respacing_1000.json")).unwrap();
+    let map = v["timesteps"].as_object().unwrap();
+    assert!(map.len() >= 200);
+    for (spec, want) in map {
+        let want: Vec<usize> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(space_timesteps(1000, spec).unwrap(), want, "spec {spec}");
+    }
+}

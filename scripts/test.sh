@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every check: formatting, clippy, native tests (wgpu on Vulkan: lavapipe
+# when there is no GPU), the kernel tests in headless Chromium (WebGPU on
+# SwiftShader), and the end-to-end tests of the built app.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export PATH="$PWD/tools/node_modules/.bin:$HOME/.cargo/bin:$PATH"
+# lavapipe complains on stderr without a runtime dir.
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy (native and wasm32)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p webglide-app -p webglide-engine --target wasm32-unknown-unknown --locked -- -D warnings
+step "native tests"
+cargo test --workspace --locked
+step "kernel tests in headless Chromium (WebGPU)"
+CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=600 \
+    CARGO_PROFILE_DEV_DEBUG=0 CARGO_PROFILE_TEST_DEBUG=0 \
+    cargo test -p webglide-engine --target wasm32-unknown-unknown --locked
+step "web app build + end-to-end tests"
+trunk build --release --offline --skip-version-check
+node e2e/e2e.js dist
