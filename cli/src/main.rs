@@ -20,6 +20,19 @@ struct Cli {
 enum Cmd {
     /// Show the GPU adapter, its optional features and limits.
     Info,
+    /// Replay a GLIDE fixture case folder (config.json, weights.safetensors,
+    /// io.safetensors, trace.safetensors): the forward pass with every
+    /// intermediate and the whole sampling trace with the recorded draws.
+    /// Exits non-zero when any tensor is over tolerance.
+    CheckFixture {
+        dir: std::path::PathBuf,
+        /// Relative tolerance (max |error| / max |expected|).
+        #[arg(long, default_value_t = 1e-4)]
+        tol: f64,
+        /// Weight storage type to test (quantised types need a looser --tol).
+        #[arg(long, default_value = "f32")]
+        quant: String,
+    },
     /// Benchmarks that print numbers.
     Bench {
         #[command(subcommand)]
@@ -41,14 +54,70 @@ enum BenchWhat {
     },
 }
 
-fn main() -> Result<()> {
+fn check_fixture(gpu: &engine::Gpu, dir: &std::path::Path, tol: f64, quant: &str) -> Result<bool> {
+    use anyhow::Context;
+    let dtype = engine::WeightDType::parse(quant)?;
+    let read = |f: &str| {
+        std::fs::read(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()))
+    };
+    let trace = if dir.join("trace.safetensors").exists() {
+        Some(read("trace.safetensors")?)
+    } else {
+        None
+    };
+    let report = pollster::block_on(engine::glide::check::check_case(
+        gpu,
+        &read("config.json")?,
+        &read("weights.safetensors")?,
+        &read("io.safetensors")?,
+        trace.as_deref(),
+        tol,
+        dtype,
+    ))?;
+    println!("{:<64} {:>11} {:>11}", "tensor", "max abs", "rel");
+    for r in &report.rows {
+        println!(
+            "{:<64} {:>11.3e} {:>11.3e} {}",
+            r.name,
+            r.max_abs,
+            r.rel,
+            if r.ok { "ok" } else { "OVER TOLERANCE" }
+        );
+    }
+    let bad = report.rows.iter().filter(|r| !r.ok).count();
+    println!(
+        "{}: {} tensors, {} over tolerance {tol:e} ({})",
+        dir.display(),
+        report.rows.len(),
+        bad,
+        dtype.name()
+    );
+    Ok(report.ok())
+}
+
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let gpu = pollster::block_on(engine::Gpu::new(engine::GpuOptions::default()))?;
     match cli.cmd {
         Cmd::Info => print!("{}", gpu.report),
         Cmd::Bench {
             what: BenchWhat::Kernels { iters, quick },
         } => bench::kernels(&gpu, iters.max(1), quick)?,
+        Cmd::CheckFixture { dir, tol, quant } => {
+            if !check_fixture(&gpu, &dir, tol, &quant)? {
+                std::process::exit(1);
+            }
+        }
     }
     Ok(())
 }

@@ -1,4 +1,7 @@
 //! OpenAI's filtered GLIDE: tokenizer, diffusion schedules and (next) the models.
 
+pub mod check;
+pub mod model;
 pub mod schedule;
 pub mod tokenizer;
+pub mod weights;

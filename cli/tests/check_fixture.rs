@@ -1,0 +1,69 @@
+//! `webglide check-fixture` on a shared case (must pass) and on a case whose
+//! weights were tampered with (must fail with a non-zero exit and a clear error).
+
+use std::process::Command;
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/glide");
+
+fn webglide(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_webglide"))
+        .args(args)
+        .output()
+        .expect("run webglide")
+}
+
+#[test]
+fn passes_on_the_official_base_case() {
+    let out = webglide(&["check-fixture", &format!("{FIX}/text2im_base")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("0 over tolerance"), "{stdout}");
+    assert!(stdout.contains("final.samples (end to end)"), "{stdout}");
+}
+
+#[test]
+fn fails_over_tolerance_and_on_bad_weights() {
+    // An impossible tolerance: exits 1 and says so.
+    let out = webglide(&[
+        "check-fixture",
+        &format!("{FIX}/text2im_base"),
+        "--tol",
+        "1e-12",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OVER TOLERANCE"));
+
+    // Weights of another architecture: a clear error naming the key, no panic.
+    let dir = std::env::temp_dir().join(format!("webglide-bad-case-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "io.safetensors"] {
+        std::fs::copy(format!("{FIX}/text2im_base/{f}"), dir.join(f)).unwrap();
+    }
+    std::fs::copy(
+        format!("{FIX}/inpaint_base/weights.safetensors"),
+        dir.join("weights.safetensors"),
+    )
+    .unwrap();
+    let out = webglide(&["check-fixture", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("weight '") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+
+    // A truncated weights file.
+    let full = std::fs::read(format!("{FIX}/text2im_base/weights.safetensors")).unwrap();
+    std::fs::write(dir.join("weights.safetensors"), &full[..full.len() / 2]).unwrap();
+    let out = webglide(&["check-fixture", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("safetensors") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
