@@ -1,6 +1,8 @@
 //! `webglide`: the native command line (desktop and GPU servers).
 
 mod bench;
+mod convert;
+mod pickle;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -32,6 +34,30 @@ enum Cmd {
         /// Weight storage type to test (quantised types need a looser --tol).
         #[arg(long, default_value = "f32")]
         quant: String,
+        /// Use a converted model folder (manifest.json + shards) instead of
+        /// the case's weights.safetensors.
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+    },
+    /// Convert a released GLIDE checkpoint (.pt, f32 or f16) to safetensors
+    /// shards of at most 64 MiB plus manifest.json (config, tensor -> shard,
+    /// storage type, sha256 of every shard).
+    Convert {
+        checkpoint: std::path::PathBuf,
+        #[arg(long)]
+        kind: String,
+        /// Storage type of the conv/linear weights: f32, f16, q8 or q4.
+        #[arg(long, default_value = "f32")]
+        quant: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Architecture as JSON (create_model_and_diffusion kwargs); default:
+        /// the released model of --kind.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Benchmarks that print numbers.
     Bench {
@@ -54,7 +80,13 @@ enum BenchWhat {
     },
 }
 
-fn check_fixture(gpu: &engine::Gpu, dir: &std::path::Path, tol: f64, quant: &str) -> Result<bool> {
+fn check_fixture(
+    gpu: &engine::Gpu,
+    dir: &std::path::Path,
+    tol: f64,
+    quant: &str,
+    model: Option<&std::path::Path>,
+) -> Result<bool> {
     use anyhow::Context;
     let dtype = engine::WeightDType::parse(quant)?;
     let read = |f: &str| {
@@ -65,10 +97,24 @@ fn check_fixture(gpu: &engine::Gpu, dir: &std::path::Path, tol: f64, quant: &str
     } else {
         None
     };
+    let (plain, converted);
+    let source = match model {
+        Some(m) => {
+            converted = convert::read_model_dir(m)?;
+            engine::glide::weights::WeightSource::shards(
+                converted.0.tensors.clone().into_iter().collect(),
+                &converted.1,
+            )?
+        }
+        None => {
+            plain = read("weights.safetensors")?;
+            engine::glide::weights::WeightSource::single(&plain)?
+        }
+    };
     let report = pollster::block_on(engine::glide::check::check_case(
         gpu,
         &read("config.json")?,
-        &read("weights.safetensors")?,
+        &source,
         &read("io.safetensors")?,
         trace.as_deref(),
         tol,
@@ -107,14 +153,41 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let gpu = pollster::block_on(engine::Gpu::new(engine::GpuOptions::default()))?;
+    // Only the commands that compute open a GPU (convert works without one).
+    let gpu = || pollster::block_on(engine::Gpu::new(engine::GpuOptions::default()));
     match cli.cmd {
-        Cmd::Info => print!("{}", gpu.report),
+        Cmd::Info => print!("{}", gpu()?.report),
         Cmd::Bench {
             what: BenchWhat::Kernels { iters, quick },
-        } => bench::kernels(&gpu, iters.max(1), quick)?,
-        Cmd::CheckFixture { dir, tol, quant } => {
-            if !check_fixture(&gpu, &dir, tol, &quant)? {
+        } => bench::kernels(&gpu()?, iters.max(1), quick)?,
+        Cmd::Convert {
+            checkpoint,
+            kind,
+            quant,
+            out,
+            config,
+            force,
+        } => {
+            let q = engine::WeightDType::parse(&quant)?;
+            let m = convert::convert(&checkpoint, &kind, q, config.as_deref(), &out, force)?;
+            let total: u64 = m.shards.iter().map(|s| s.bytes).sum();
+            println!(
+                "{} -> {}: {} tensors in {} shard(s), {:.1} MiB, {}",
+                checkpoint.display(),
+                out.display(),
+                m.tensors.len(),
+                m.shards.len(),
+                total as f64 / 1048576.0,
+                m.quant
+            );
+        }
+        Cmd::CheckFixture {
+            dir,
+            tol,
+            quant,
+            model,
+        } => {
+            if !check_fixture(&gpu()?, &dir, tol, &quant, model.as_deref())? {
                 std::process::exit(1);
             }
         }

@@ -169,3 +169,67 @@ fn respacing_matches_all_official_specs() {
         assert_eq!(space_timesteps(1000, spec).unwrap(), want, "spec {spec}");
     }
 }
+
+#[test]
+fn architecture_keys_equal_the_released_models() {
+    use engine::glide::model::GlideConfig;
+    for name in ["base", "upsample", "base-inpaint", "upsample-inpaint"] {
+        let v: serde_json::Value =
+            serde_json::from_slice(&read(&format!("keys/{name}.json"))).unwrap();
+        let cfg: GlideConfig = serde_json::from_value(v["options"].clone()).unwrap();
+        let ours = cfg.weight_shapes().unwrap();
+        let theirs: Vec<(String, Vec<usize>)> = v["keys"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    s["shape"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|d| d.as_u64().unwrap() as usize)
+                        .collect(),
+                )
+            })
+            .collect();
+        for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
+            assert_eq!(o, t, "{name}: key {i} (name, shape) in state_dict order");
+        }
+        assert_eq!(ours.len(), theirs.len(), "{name}: key count");
+        let params: usize = ours.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        assert_eq!(
+            params as u64,
+            v["n_params"].as_u64().unwrap(),
+            "{name}: parameter count"
+        );
+    }
+}
+
+#[test]
+fn architecture_keys_equal_the_fixture_weights() {
+    use engine::glide::model::GlideConfig;
+    for case in [
+        "text2im_base",
+        "upsample",
+        "inpaint_base",
+        "inpaint_upsample",
+    ] {
+        let v: serde_json::Value =
+            serde_json::from_slice(&read(&format!("{case}/config.json"))).unwrap();
+        let cfg: GlideConfig =
+            serde_json::from_value(v["create_model_and_diffusion_kwargs"].clone()).unwrap();
+        let bytes = read(&format!("{case}/weights.safetensors"));
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut file: Vec<(String, Vec<usize>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(k, t)| (k, t.shape().to_vec()))
+            .collect();
+        let mut ours = cfg.weight_shapes().unwrap();
+        file.sort();
+        ours.sort();
+        assert_eq!(ours, file, "{case}");
+    }
+}

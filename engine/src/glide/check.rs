@@ -187,7 +187,7 @@ fn stats(v: &[f32]) -> [f64; 6] {
 pub async fn check_case(
     gpu: &Gpu,
     config_json: &[u8],
-    weights: &[u8],
+    weights: &super::weights::WeightSource<'_>,
     io: &[u8],
     trace: Option<&[u8]>,
     tol: f64,

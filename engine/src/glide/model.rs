@@ -3,9 +3,9 @@
 //! kernels. Module and field names mirror the official state_dict keys
 //! (../shared/docs/glide-architecture.md §2–4), so spec and code read side by side.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::weights::Loader;
+use super::weights::{Loader, WeightSource};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder};
 use crate::kernels::attention::{attention, Attention, View};
@@ -15,7 +15,7 @@ use crate::quant::WeightDType;
 use crate::tensor::{Tensor, Weight};
 
 /// `create_model_and_diffusion` arguments (defaults: `model_and_diffusion_defaults()`).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct GlideConfig {
     pub image_size: usize,
@@ -79,6 +79,51 @@ impl Default for GlideConfig {
 }
 
 impl GlideConfig {
+    /// The released model's configuration for `kind` (base, upsample,
+    /// base-inpaint, upsample-inpaint): `model_and_diffusion_defaults()` and
+    /// `..._upsampler()` with the notebooks' respacing.
+    pub fn for_kind(kind: &str) -> Result<Self> {
+        let base = GlideConfig {
+            timestep_respacing: "100".into(),
+            ..Default::default()
+        };
+        let up = GlideConfig {
+            image_size: 256,
+            num_res_blocks: 2,
+            noise_schedule: "linear".into(),
+            timestep_respacing: "fast27".into(),
+            super_res: true,
+            ..Default::default()
+        };
+        Ok(match kind {
+            "base" => base,
+            "base-inpaint" => GlideConfig {
+                inpaint: true,
+                ..base
+            },
+            "upsample" => up,
+            "upsample-inpaint" => GlideConfig {
+                inpaint: true,
+                ..up
+            },
+            other => {
+                return Err(Error::Invalid(format!(
+                    "unknown model kind '{other}' (base, upsample, base-inpaint, upsample-inpaint)"
+                )))
+            }
+        })
+    }
+
+    /// The kind name matching this configuration's conditioning inputs.
+    pub fn kind(&self) -> &'static str {
+        match (self.super_res, self.inpaint) {
+            (false, false) => "base",
+            (false, true) => "base-inpaint",
+            (true, false) => "upsample",
+            (true, true) => "upsample-inpaint",
+        }
+    }
+
     pub fn channel_mult(&self) -> Result<Vec<usize>> {
         if self.channel_mult.trim().is_empty() {
             return match self.image_size {
@@ -143,6 +188,108 @@ impl GlideConfig {
         }
     }
 
+    /// Every weight the architecture needs, `(key, shape)`, in the official
+    /// `state_dict()` order. `Glide::load` checks files against this list;
+    /// tests check it against the full-size key lists of the released models.
+    pub fn weight_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        self.validate()?;
+        let (mc, w, ctx) = (self.num_channels, self.xf_width, self.text_ctx);
+        let emb = 4 * mc;
+        let mut k: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut add = |name: String, shape: Vec<usize>| k.push((name, shape));
+        fn pair(add: &mut dyn FnMut(String, Vec<usize>), name: &str, w: Vec<usize>) {
+            let out = w[0];
+            add(format!("{name}.weight"), w);
+            add(format!("{name}.bias"), vec![out]);
+        }
+        let res = |add: &mut dyn FnMut(String, Vec<usize>), p: &str, cin: usize, cout: usize| {
+            pair(add, &format!("{p}.in_layers.0"), vec![cin]);
+            pair(add, &format!("{p}.in_layers.2"), vec![cout, cin, 3, 3]);
+            pair(add, &format!("{p}.emb_layers.1"), vec![2 * cout, emb]);
+            pair(add, &format!("{p}.out_layers.0"), vec![cout]);
+            pair(add, &format!("{p}.out_layers.3"), vec![cout, cout, 3, 3]);
+            if cin != cout {
+                pair(add, &format!("{p}.skip_connection"), vec![cout, cin, 1, 1]);
+            }
+        };
+        let attn = |add: &mut dyn FnMut(String, Vec<usize>), p: &str, ch: usize| {
+            pair(add, &format!("{p}.norm"), vec![ch]);
+            pair(add, &format!("{p}.qkv"), vec![3 * ch, ch, 1]);
+            pair(add, &format!("{p}.encoder_kv"), vec![2 * ch, w, 1]);
+            pair(add, &format!("{p}.proj_out"), vec![ch, ch, 1]);
+        };
+        add("positional_embedding".into(), vec![ctx, w]);
+        if self.xf_padding {
+            add("padding_embedding".into(), vec![ctx, w]);
+        }
+        pair(&mut add, "time_embed.0", vec![emb, mc]);
+        pair(&mut add, "time_embed.2", vec![emb, emb]);
+        let mult = self.channel_mult()?;
+        let attn_ds = self.attention_ds()?;
+        pair(
+            &mut add,
+            "input_blocks.0.0",
+            vec![mc, self.in_channels(), 3, 3],
+        );
+        let (mut ch, mut ds, mut i) = (mc, 1, 1);
+        let mut skips = vec![mc];
+        for (level, &m) in mult.iter().enumerate() {
+            for _ in 0..self.num_res_blocks {
+                res(&mut add, &format!("input_blocks.{i}.0"), ch, m * mc);
+                ch = m * mc;
+                if attn_ds.contains(&ds) {
+                    attn(&mut add, &format!("input_blocks.{i}.1"), ch);
+                }
+                skips.push(ch);
+                i += 1;
+            }
+            if level + 1 != mult.len() {
+                res(&mut add, &format!("input_blocks.{i}.0"), ch, ch);
+                skips.push(ch);
+                ds *= 2;
+                i += 1;
+            }
+        }
+        res(&mut add, "middle_block.0", ch, ch);
+        attn(&mut add, "middle_block.1", ch);
+        res(&mut add, "middle_block.2", ch, ch);
+        let mut o = 0;
+        for (level, &m) in mult.iter().enumerate().rev() {
+            for j in 0..=self.num_res_blocks {
+                let sc = skips.pop().unwrap_or(0);
+                res(&mut add, &format!("output_blocks.{o}.0"), ch + sc, m * mc);
+                ch = m * mc;
+                let mut sub = 1;
+                if attn_ds.contains(&ds) {
+                    attn(&mut add, &format!("output_blocks.{o}.1"), ch);
+                    sub = 2;
+                }
+                if level > 0 && j == self.num_res_blocks {
+                    res(&mut add, &format!("output_blocks.{o}.{sub}"), ch, ch);
+                    ds /= 2;
+                }
+                o += 1;
+            }
+        }
+        pair(&mut add, "out.0", vec![ch]);
+        pair(&mut add, "out.2", vec![6, ch, 3, 3]);
+        for l in 0..self.xf_layers {
+            let p = format!("transformer.resblocks.{l}");
+            pair(&mut add, &format!("{p}.attn.c_qkv"), vec![3 * w, w]);
+            pair(&mut add, &format!("{p}.attn.c_proj"), vec![w, w]);
+            pair(&mut add, &format!("{p}.ln_1"), vec![w]);
+            pair(&mut add, &format!("{p}.mlp.c_fc"), vec![4 * w, w]);
+            pair(&mut add, &format!("{p}.mlp.c_proj"), vec![w, 4 * w]);
+            pair(&mut add, &format!("{p}.ln_2"), vec![w]);
+        }
+        if self.xf_final_ln {
+            pair(&mut add, "final_ln", vec![w]);
+        }
+        add("token_embedding.weight".into(), vec![self.n_vocab, w]);
+        pair(&mut add, "transformer_proj", vec![emb, w]);
+        Ok(k)
+    }
+
     /// Rejects configurations the architecture cannot build.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Invalid(format!("config: {m}")));
@@ -187,6 +334,17 @@ impl GlideConfig {
     }
 }
 
+/// Whether a weight is stored in the chosen quantised type (conv/linear
+/// matrices and the token embedding) or kept f32 (norms, biases, embedding
+/// tables, `time_embed` and `emb_layers`, which the official fp16 mode also
+/// keeps in f32). Shared by the loader and `webglide convert`.
+pub fn quantizable(name: &str, shape: &[usize]) -> bool {
+    shape.len() >= 2
+        && name.ends_with(".weight")
+        && !name.starts_with("time_embed.")
+        && !name.contains(".emb_layers.")
+}
+
 /// GroupNorm32 affine parameters.
 pub struct Norm {
     pub weight: Tensor,
@@ -228,18 +386,8 @@ impl Layer {
             bias: Some(l.tensor(&format!("{name}.bias"), &[cout])?),
         })
     }
-    fn linear(
-        l: &Loader,
-        name: &str,
-        out: usize,
-        inp: usize,
-        dtype: Option<WeightDType>,
-    ) -> Result<Self> {
-        let wn = format!("{name}.weight");
-        let weight = match dtype {
-            Some(d) => l.weight_as(&wn, &[out, inp], d)?,
-            None => l.weight(&wn, &[out, inp])?,
-        };
+    fn linear(l: &Loader, name: &str, out: usize, inp: usize) -> Result<Self> {
+        let weight = l.weight(&format!("{name}.weight"), &[out, inp])?;
         Ok(Layer {
             weight,
             bias: Some(l.tensor(&format!("{name}.bias"), &[out])?),
@@ -295,8 +443,7 @@ impl ResBlock {
         Ok(ResBlock {
             in_layers_0: Norm::load(l, &format!("{name}.in_layers.0"), cin)?,
             in_layers_2: Layer::conv(l, &format!("{name}.in_layers.2"), cout, cin, 3)?,
-            // emb_layers stay f32 in the official fp16 mode too; keep them exact.
-            emb_layers_1: Layer::linear(l, &format!("{name}.emb_layers.1"), 2 * cout, emb, None)?,
+            emb_layers_1: Layer::linear(l, &format!("{name}.emb_layers.1"), 2 * cout, emb)?,
             out_layers_0: Norm::load(l, &format!("{name}.out_layers.0"), cout)?,
             out_layers_3: Layer::conv(l, &format!("{name}.out_layers.3"), cout, cout, 3)?,
             skip_connection: if cin != cout {
@@ -513,7 +660,7 @@ impl Glide {
     pub fn load(
         gpu: &Gpu,
         config: GlideConfig,
-        weights: &[u8],
+        weights: &WeightSource,
         dtype: WeightDType,
     ) -> Result<Glide> {
         config.validate()?;
@@ -525,11 +672,11 @@ impl Glide {
             let p = format!("transformer.resblocks.{i}");
             Ok(XfBlock {
                 ln_1: Norm::load(&l, &format!("{p}.ln_1"), w)?,
-                attn_c_qkv: Layer::linear(&l, &format!("{p}.attn.c_qkv"), 3 * w, w, None)?,
-                attn_c_proj: Layer::linear(&l, &format!("{p}.attn.c_proj"), w, w, None)?,
+                attn_c_qkv: Layer::linear(&l, &format!("{p}.attn.c_qkv"), 3 * w, w)?,
+                attn_c_proj: Layer::linear(&l, &format!("{p}.attn.c_proj"), w, w)?,
                 ln_2: Norm::load(&l, &format!("{p}.ln_2"), w)?,
-                mlp_c_fc: Layer::linear(&l, &format!("{p}.mlp.c_fc"), 4 * w, w, None)?,
-                mlp_c_proj: Layer::linear(&l, &format!("{p}.mlp.c_proj"), w, 4 * w, None)?,
+                mlp_c_fc: Layer::linear(&l, &format!("{p}.mlp.c_fc"), 4 * w, w)?,
+                mlp_c_proj: Layer::linear(&l, &format!("{p}.mlp.c_proj"), w, 4 * w)?,
             })
         };
         let transformer = (0..c.xf_layers).map(xf_layer).collect::<Result<Vec<_>>>()?;
@@ -659,9 +806,9 @@ impl Glide {
             } else {
                 None
             },
-            transformer_proj: Layer::linear(&l, "transformer_proj", emb, w, None)?,
-            time_embed_0: Layer::linear(&l, "time_embed.0", emb, mc, Some(WeightDType::F32))?,
-            time_embed_2: Layer::linear(&l, "time_embed.2", emb, emb, Some(WeightDType::F32))?,
+            transformer_proj: Layer::linear(&l, "transformer_proj", emb, w)?,
+            time_embed_0: Layer::linear(&l, "time_embed.0", emb, mc)?,
+            time_embed_2: Layer::linear(&l, "time_embed.2", emb, emb)?,
             input_blocks,
             middle_block,
             output_blocks,

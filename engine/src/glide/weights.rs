@@ -10,8 +10,73 @@ use crate::gpu::Gpu;
 use crate::quant::{WeightDType, WeightData};
 use crate::tensor::{Tensor, Weight};
 
+/// How a tensor is stored in a converted model (from `manifest.json`).
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+pub struct StoredTensor {
+    pub shard: String,
+    /// "f32", "f16", "q8" or "q4".
+    pub dtype: String,
+    /// The logical (original) shape.
+    pub shape: Vec<usize>,
+}
+
+/// Weights as safetensors: one plain file (f32/f16/bf16 with the official
+/// names) or converted shards where matmul weights may be stored pre-packed
+/// (`webglide convert`; q8/q4 as u32 words `[rows, row_words]`).
+pub struct WeightSource<'a> {
+    shards: Vec<(String, safetensors::SafeTensors<'a>)>,
+    stored: std::collections::HashMap<String, StoredTensor>,
+}
+
+impl<'a> WeightSource<'a> {
+    pub fn single(bytes: &'a [u8]) -> Result<Self> {
+        let st = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| Error::Invalid(format!("not a valid safetensors file: {e}")))?;
+        Ok(WeightSource {
+            shards: vec![(String::new(), st)],
+            stored: Default::default(),
+        })
+    }
+
+    /// `shards`: (file name, bytes) of every shard listed in the manifest.
+    pub fn shards(
+        tensors: std::collections::HashMap<String, StoredTensor>,
+        shards: &'a [(String, Vec<u8>)],
+    ) -> Result<Self> {
+        let mut parsed = Vec::new();
+        for (name, bytes) in shards {
+            let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+                Error::Invalid(format!("shard {name}: not a valid safetensors file: {e}"))
+            })?;
+            parsed.push((name.clone(), st));
+        }
+        Ok(WeightSource {
+            shards: parsed,
+            stored: tensors,
+        })
+    }
+
+    fn find(&self, name: &str) -> Option<safetensors::tensor::TensorView<'_>> {
+        match self.stored.get(name) {
+            Some(s) => self
+                .shards
+                .iter()
+                .find(|(n, _)| *n == s.shard)
+                .and_then(|(_, st)| st.tensor(name).ok()),
+            None => self.shards.iter().find_map(|(_, st)| st.tensor(name).ok()),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.shards
+            .iter()
+            .flat_map(|(_, st)| st.names().into_iter().map(String::from))
+            .collect()
+    }
+}
+
 pub struct Loader<'a> {
-    st: safetensors::SafeTensors<'a>,
+    st: &'a WeightSource<'a>,
     gpu: &'a Gpu,
     /// Storage type for matmul/conv/embedding weights (norms, biases and
     /// embedding tables stay f32).
@@ -44,11 +109,9 @@ pub fn to_f32(name: &str, t: &safetensors::tensor::TensorView) -> Result<Vec<f32
 }
 
 impl<'a> Loader<'a> {
-    pub fn new(gpu: &'a Gpu, bytes: &'a [u8], dtype: WeightDType) -> Result<Self> {
-        let st = safetensors::SafeTensors::deserialize(bytes)
-            .map_err(|e| Error::Invalid(format!("not a valid safetensors file: {e}")))?;
+    pub fn new(gpu: &'a Gpu, source: &'a WeightSource<'a>, dtype: WeightDType) -> Result<Self> {
         Ok(Loader {
-            st,
+            st: source,
             gpu,
             dtype,
             used: RefCell::default(),
@@ -57,10 +120,18 @@ impl<'a> Loader<'a> {
 
     /// The tensor's values, checked against `shape`.
     pub fn raw(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Some(s) = self.st.stored.get(name) {
+            if s.dtype == "q8" || s.dtype == "q4" {
+                return Err(bad(
+                    name,
+                    "is stored quantised where the architecture needs f32",
+                ));
+            }
+        }
         let t = self
             .st
-            .tensor(name)
-            .map_err(|_| bad(name, "missing from the weights file"))?;
+            .find(name)
+            .ok_or_else(|| bad(name, "missing from the weights file"))?;
         if t.shape() != shape {
             return Err(bad(
                 name,
@@ -71,22 +142,66 @@ impl<'a> Loader<'a> {
         to_f32(name, &t)
     }
 
-    pub fn has(&self, name: &str) -> bool {
-        self.st.tensor(name).is_ok()
-    }
-
     /// An f32 tensor (norm params, biases, embedding tables).
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let v = self.raw(name, shape)?;
         self.gpu.upload(shape, &v)
     }
 
-    /// A matmul/conv weight in the loader's storage type; `shape` is the file's shape.
+    /// A matmul/conv weight: in the loader's storage type when
+    /// [`super::model::quantizable`], else f32. `shape` is the file's shape.
     pub fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight> {
-        self.weight_as(name, shape, self.dtype)
+        let dtype = if super::model::quantizable(name, shape) {
+            self.dtype
+        } else {
+            WeightDType::F32
+        };
+        self.weight_as(name, shape, dtype)
     }
 
     pub fn weight_as(&self, name: &str, shape: &[usize], dtype: WeightDType) -> Result<Weight> {
+        if let Some(s) = self.st.stored.get(name) {
+            if s.dtype == "q8" || s.dtype == "q4" {
+                // Pre-packed by `webglide convert`: upload the words as they are.
+                let q = WeightDType::parse(&s.dtype)?;
+                if s.shape != shape {
+                    return Err(bad(
+                        name,
+                        format!("shape {:?}, the architecture needs {shape:?}", s.shape),
+                    ));
+                }
+                let rows = shape[0];
+                let cols = shape.iter().product::<usize>() / rows.max(1);
+                let t = self
+                    .st
+                    .find(name)
+                    .ok_or_else(|| bad(name, "missing from its shard"))?;
+                if t.dtype() != safetensors::Dtype::U32 || t.shape() != [rows, q.row_words(cols)] {
+                    return Err(bad(
+                        name,
+                        format!(
+                            "stored as {:?} {:?}, expected U32 [{rows}, {}]",
+                            t.dtype(),
+                            t.shape(),
+                            q.row_words(cols)
+                        ),
+                    ));
+                }
+                self.used.borrow_mut().insert(name.to_string());
+                let words = t
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                return self.gpu.upload_weight(&WeightData {
+                    dtype: q,
+                    shape: shape.to_vec(),
+                    rows,
+                    cols,
+                    words,
+                });
+            }
+        }
         let v = self.raw(name, shape)?;
         self.gpu
             .upload_weight(&WeightData::from_f32(shape, &v, dtype)?)
@@ -99,8 +214,7 @@ impl<'a> Loader<'a> {
             .st
             .names()
             .into_iter()
-            .filter(|n| !used.contains(*n))
-            .map(String::from)
+            .filter(|n| !used.contains(n))
             .collect();
         if unknown.is_empty() {
             Ok(())
@@ -113,5 +227,73 @@ impl<'a> Loader<'a> {
                 if unknown.len() > 5 { ", …" } else { "" }
             )))
         }
+    }
+}
+
+/// `manifest.json` of a converted model folder (`webglide convert`).
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+pub struct Manifest {
+    pub format: String,
+    /// base | upsample | base-inpaint | upsample-inpaint
+    pub kind: String,
+    pub config: super::model::GlideConfig,
+    /// Storage type of the quantisable weights.
+    pub quant: String,
+    pub tensors: std::collections::BTreeMap<String, StoredTensor>,
+    pub shards: Vec<Shard>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+pub struct Shard {
+    pub file: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+pub const MANIFEST_FORMAT: &str = "webglide-glide/1";
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Manifest {
+    pub fn parse(json: &[u8]) -> Result<Self> {
+        let m: Manifest = serde_json::from_slice(json)
+            .map_err(|e| Error::Invalid(format!("manifest.json: {e}")))?;
+        if m.format != MANIFEST_FORMAT {
+            return Err(Error::Invalid(format!(
+                "manifest.json: format '{}', expected '{MANIFEST_FORMAT}'",
+                m.format
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Checks a downloaded/read shard against the manifest (size and sha256).
+    pub fn verify_shard(&self, file: &str, bytes: &[u8]) -> Result<()> {
+        let s = self
+            .shards
+            .iter()
+            .find(|s| s.file == file)
+            .ok_or_else(|| Error::Invalid(format!("shard '{file}' is not in the manifest")))?;
+        if s.bytes != bytes.len() as u64 {
+            return Err(Error::Invalid(format!(
+                "shard '{file}': {} bytes, the manifest says {} (truncated download?)",
+                bytes.len(),
+                s.bytes
+            )));
+        }
+        let h = sha256_hex(bytes);
+        if h != s.sha256 {
+            return Err(Error::Invalid(format!(
+                "shard '{file}': sha256 {h} does not match the manifest ({})",
+                s.sha256
+            )));
+        }
+        Ok(())
     }
 }
