@@ -13,10 +13,12 @@ fn run_case(case: &str) {
     let read =
         |f: &str| std::fs::read(format!("{dir}/{f}")).unwrap_or_else(|e| panic!("{dir}/{f}: {e}"));
     let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
+    let weights = read("weights.safetensors");
+    let source = engine::glide::weights::WeightSource::single(&weights).unwrap();
     let report = pollster::block_on(check_case(
         &gpu,
         &read("config.json"),
-        &read("weights.safetensors"),
+        &source,
         &read("io.safetensors"),
         Some(&read("trace.safetensors")),
         1e-4,
