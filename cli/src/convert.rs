@@ -11,7 +11,18 @@ use engine::glide::model::{quantizable, GlideConfig};
 use engine::glide::weights::{sha256_hex, Manifest, Shard, StoredTensor, MANIFEST_FORMAT};
 use engine::{WeightDType, WeightData};
 
-use crate::pickle::read_checkpoint;
+use crate::pickle::{read_checkpoint, Checkpoint, DType};
+
+fn read_safetensors(bytes: &[u8]) -> Result<Checkpoint> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .context("neither a torch.save zip nor a safetensors file")?;
+    let mut tensors = Vec::new();
+    for (name, t) in st.tensors() {
+        let vals = engine::glide::weights::to_f32(&name, &t)?;
+        tensors.push((name, t.shape().to_vec(), DType::F32, vals));
+    }
+    Ok(Checkpoint { tensors })
+}
 
 pub const SHARD_LIMIT: usize = 64 << 20;
 
@@ -56,8 +67,14 @@ pub fn convert(
     let expected = cfg.weight_shapes()?;
     let bytes =
         std::fs::read(checkpoint).with_context(|| format!("reading {}", checkpoint.display()))?;
-    let ckpt = read_checkpoint(&bytes)
-        .with_context(|| format!("reading checkpoint {}", checkpoint.display()))?;
+    // torch.save zips start with "PK"; a file with a .safetensors name is read
+    // as safetensors with the official key names (e.g. the fixture weights).
+    let ckpt = if checkpoint.extension().is_some_and(|e| e == "safetensors") {
+        read_safetensors(&bytes).with_context(|| format!("reading {}", checkpoint.display()))?
+    } else {
+        read_checkpoint(&bytes)
+            .with_context(|| format!("reading checkpoint {}", checkpoint.display()))?
+    };
     let mut by_name: BTreeMap<&str, (&Vec<usize>, &Vec<f32>)> = BTreeMap::new();
     for (name, shape, _, vals) in &ckpt.tensors {
         by_name.insert(name.as_str(), (shape, vals));

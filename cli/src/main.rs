@@ -2,6 +2,7 @@
 
 mod bench;
 mod convert;
+mod generate;
 mod pickle;
 
 use anyhow::Result;
@@ -22,6 +23,22 @@ struct Cli {
 enum Cmd {
     /// Show the GPU adapter, its optional features and limits.
     Info,
+    /// Text to image (the text2im notebook): base model with classifier-free
+    /// guidance, then the upsampler (DDIM).
+    Generate {
+        #[command(flatten)]
+        gen: GenArgs,
+    },
+    /// Inpainting (the inpaint notebook). Mask: white = regenerate, black = keep;
+    /// any image size (resized with antialiased bicubic like PIL).
+    Inpaint {
+        #[arg(long)]
+        image: std::path::PathBuf,
+        #[arg(long)]
+        mask: std::path::PathBuf,
+        #[command(flatten)]
+        gen: GenArgs,
+    },
     /// Replay a GLIDE fixture case folder (config.json, weights.safetensors,
     /// io.safetensors, trace.safetensors): the forward pass with every
     /// intermediate and the whole sampling trace with the recorded draws.
@@ -64,6 +81,63 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchWhat,
     },
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    #[arg(long)]
+    prompt: String,
+    /// Folder with converted models in base/, upsample/, base-inpaint/, upsample-inpaint/.
+    #[arg(long, default_value = "public/models/demo")]
+    model: std::path::PathBuf,
+    /// Classifier-free guidance scale (0 = unconditional, 1 = conditional only).
+    #[arg(long, default_value_t = 3.0)]
+    guidance: f32,
+    /// Base respacing: a step count ("100"), "ddimN", "fastNN" or section counts.
+    #[arg(long, default_value = "100")]
+    steps: String,
+    #[arg(long, default_value = "fast27")]
+    upsample_steps: String,
+    #[arg(long)]
+    no_upsample: bool,
+    /// Base sampler: ancestral (the notebooks) or ddim.
+    #[arg(long, default_value = "ancestral")]
+    sampler: String,
+    /// Random seed (default: random; printed with the result).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long)]
+    out: std::path::PathBuf,
+}
+
+impl GenArgs {
+    fn options(self) -> Result<generate::Options> {
+        let sampler = match self.sampler.as_str() {
+            "ancestral" => engine::glide::pipeline::Sampler::Ancestral,
+            "ddim" => engine::glide::pipeline::Sampler::Ddim,
+            s => anyhow::bail!("unknown sampler '{s}' (ancestral, ddim)"),
+        };
+        let seed = self.seed.unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32)
+        });
+        Ok(generate::Options {
+            prompt: self.prompt,
+            model: self.model,
+            guidance: self.guidance,
+            steps: self.steps,
+            upsample_steps: self.upsample_steps,
+            upsample: !self.no_upsample,
+            sampler,
+            seed,
+            batch: self.batch,
+            out: self.out,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -180,6 +254,10 @@ fn run(cli: Cli) -> Result<()> {
                 total as f64 / 1048576.0,
                 m.quant
             );
+        }
+        Cmd::Generate { gen } => generate::generate(&gpu()?, &gen.options()?)?,
+        Cmd::Inpaint { image, mask, gen } => {
+            generate::inpaint(&gpu()?, &gen.options()?, &image, &mask)?
         }
         Cmd::CheckFixture {
             dir,

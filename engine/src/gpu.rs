@@ -112,6 +112,7 @@ pub struct Gpu {
     errors: Arc<Mutex<Option<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     submissions: Mutex<u64>,
+    constants: Mutex<HashMap<String, crate::Tensor>>,
 }
 
 impl Gpu {
@@ -218,6 +219,7 @@ impl Gpu {
             errors,
             lost,
             submissions: Mutex::new(0),
+            constants: Mutex::default(),
         }
     }
 
@@ -230,6 +232,25 @@ impl Gpu {
             return Err(Error::Gpu(msg));
         }
         Ok(())
+    }
+
+    /// A constant tensor created once per device under `key` (e.g. frequency
+    /// tables), so repeated kernel launches allocate nothing.
+    pub fn cached_constant(
+        &self,
+        key: &str,
+        shape: &[usize],
+        make: impl FnOnce() -> Vec<f32>,
+    ) -> Result<crate::Tensor> {
+        if let Some(t) = self.constants.lock().unwrap().get(key) {
+            return Ok(t.clone());
+        }
+        let t = self.constant(shape, &make())?;
+        self.constants
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), t.clone());
+        Ok(t)
     }
 
     /// Number of command submissions so far (tests check one per model step).

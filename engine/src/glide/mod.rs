@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod model;
+pub mod pipeline;
 pub mod schedule;
 pub mod tokenizer;
 pub mod weights;

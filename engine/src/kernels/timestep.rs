@@ -35,7 +35,9 @@ pub fn timestep_embedding(
     }
     let n = t.numel();
     let gpu = rec.gpu();
-    let freqs = gpu.constant(&[dim / 2 + 1], &frequencies(dim))?;
+    let freqs = gpu.cached_constant(&format!("timestep_freqs:{dim}"), &[dim / 2 + 1], || {
+        frequencies(dim)
+    })?;
     let out = gpu.empty(&[n, dim])?;
     rec.dispatch(
         &TIMESTEP,

@@ -1,0 +1,340 @@
+//! `webglide generate` and `webglide inpaint`: the text2im and inpaint
+//! notebooks on converted models, with progress bars and PNG output that
+//! records the generation parameters in PNG text chunks.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use engine::glide::model::Glide;
+use engine::glide::pipeline::{quantize_low_res, to_rgb8, DiffusionLoop, Extra, Sampler};
+use engine::glide::tokenizer::GlideTokenizer;
+use engine::glide::weights::WeightSource;
+use engine::{Gpu, WeightDType};
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct Options {
+    pub prompt: String,
+    pub model: PathBuf,
+    pub guidance: f32,
+    pub steps: String,
+    pub upsample_steps: String,
+    pub upsample: bool,
+    pub sampler: Sampler,
+    pub seed: u64,
+    pub batch: usize,
+    pub out: PathBuf,
+}
+
+pub fn tokenizer() -> Result<GlideTokenizer> {
+    Ok(GlideTokenizer::from_gz(
+        include_bytes!("../../public/tokenizer/encoder.json.gz"),
+        include_bytes!("../../public/tokenizer/vocab.bpe.gz"),
+    )?)
+}
+
+/// Loads `dir/<kind>/` (a `webglide convert` folder).
+pub fn load_model(gpu: &Gpu, dir: &Path, kind: &str) -> Result<Option<Glide>> {
+    let sub = dir.join(kind);
+    if !sub.join("manifest.json").exists() {
+        return Ok(None);
+    }
+    let (manifest, shards) = crate::convert::read_model_dir(&sub)?;
+    if manifest.kind != kind {
+        bail!(
+            "{}: manifest says kind '{}', expected '{kind}'",
+            sub.display(),
+            manifest.kind
+        );
+    }
+    let source = WeightSource::shards(manifest.tensors.clone().into_iter().collect(), &shards)?;
+    let dtype = WeightDType::parse(&manifest.quant)?;
+    Ok(Some(
+        Glide::load(gpu, manifest.config.clone(), &source, dtype)
+            .with_context(|| format!("loading {}", sub.display()))?,
+    ))
+}
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>9} [{bar:32}] {pos}/{len} steps {elapsed_precise} ({per_sec})",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+fn run_loop(gpu: &Gpu, lp: &mut DiffusionLoop, what: &str) -> Result<Vec<f32>> {
+    let pb = bar(lp.total_steps(), what);
+    while lp.step(gpu)? {
+        pb.inc(1);
+    }
+    pb.inc(1);
+    // Reading the result waits for the GPU, so the bar's time is the real time.
+    let out = pollster::block_on(gpu.read(&lp.sample(gpu)?))?;
+    pb.finish();
+    Ok(out)
+}
+
+/// Writes RGB8 images as PNG with text chunks; `batch > 1` adds `-N` to the name.
+/// Each file is written to a temporary name and renamed, so no partial file remains.
+fn write_pngs(
+    out: &Path,
+    images: &[Vec<u8>],
+    size: usize,
+    params: &[(&str, String)],
+) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let path = if images.len() == 1 {
+            out.to_path_buf()
+        } else {
+            let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+            out.with_file_name(format!("{stem}-{}.png", i + 1))
+        };
+        let tmp = path.with_extension("png.partial");
+        let result = (|| -> Result<()> {
+            let file = std::io::BufWriter::new(
+                std::fs::File::create(&tmp)
+                    .with_context(|| format!("creating {}", tmp.display()))?,
+            );
+            let mut enc = png::Encoder::new(file, size as u32, size as u32);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            for (k, v) in params {
+                enc.add_itxt_chunk(k.to_string(), v.clone())?;
+            }
+            let mut w = enc.write_header()?;
+            w.write_image_data(img)?;
+            w.finish()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &path)?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+fn params(o: &Options, mode: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "Software",
+            format!("webglide {}", env!("CARGO_PKG_VERSION")),
+        ),
+        ("webglide:mode", mode.into()),
+        ("webglide:prompt", o.prompt.clone()),
+        ("webglide:guidance", o.guidance.to_string()),
+        ("webglide:steps", o.steps.clone()),
+        (
+            "webglide:sampler",
+            format!("{:?}", o.sampler).to_lowercase(),
+        ),
+        (
+            "webglide:upsample_steps",
+            if o.upsample {
+                o.upsample_steps.clone()
+            } else {
+                "none".into()
+            },
+        ),
+        ("webglide:seed", o.seed.to_string()),
+        ("webglide:model", o.model.display().to_string()),
+    ]
+}
+
+pub fn generate(gpu: &Gpu, o: &Options) -> Result<()> {
+    let tok = tokenizer()?;
+    let base = load_model(gpu, &o.model, "base")?.with_context(|| {
+        format!(
+            "{}/base/manifest.json not found (convert the base model with `webglide convert`)",
+            o.model.display()
+        )
+    })?;
+    let up = if o.upsample {
+        load_model(gpu, &o.model, "upsample")?
+    } else {
+        None
+    };
+    if o.upsample && up.is_none() {
+        bail!(
+            "{}/upsample/manifest.json not found (convert the upsampler, or pass --no-upsample)",
+            o.model.display()
+        );
+    }
+    let ids = tok.encode(&o.prompt);
+    let mut lp = DiffusionLoop::new(
+        gpu,
+        &base,
+        &ids,
+        o.batch,
+        &o.steps,
+        o.sampler,
+        Some(o.guidance),
+        o.seed,
+        1.0,
+        Extra::default(),
+    )?;
+    let mut img = run_loop(gpu, &mut lp, "base")?;
+    let mut size = base.config.image_size;
+    if let Some(up) = &up {
+        let low = gpu.upload(&[o.batch, 3, size, size], &quantize_low_res(&img))?;
+        let mut lp = DiffusionLoop::new(
+            gpu,
+            up,
+            &ids,
+            o.batch,
+            &o.upsample_steps,
+            Sampler::Ddim,
+            None,
+            o.seed,
+            0.997,
+            Extra {
+                low_res: Some(low),
+                inpaint: None,
+            },
+        )?;
+        img = run_loop(gpu, &mut lp, "upsample")?;
+        size = up.config.image_size;
+    }
+    let paths = write_pngs(
+        &o.out,
+        &to_rgb8(&img, o.batch, size),
+        size,
+        &params(o, "text2im"),
+    )?;
+    for p in paths {
+        println!("wrote {} (seed {})", p.display(), o.seed);
+    }
+    Ok(())
+}
+
+/// Decodes an image file to `[3, size, size]` in [-1, 1] (antialiased bicubic, as PIL's BICUBIC).
+fn load_image(path: &Path, size: usize) -> Result<Vec<f32>> {
+    let img = image::open(path)
+        .with_context(|| format!("{}: not a readable PNG/JPEG/WebP image", path.display()))?
+        .to_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w == 0 || h == 0 || w > 16384 || h > 16384 {
+        bail!("{}: image size {w}x{h} out of range", path.display());
+    }
+    let mut planes = vec![0f32; 3 * w * h];
+    for (i, p) in img.pixels().enumerate() {
+        for c in 0..3 {
+            planes[c * w * h + i] = p[c] as f32 / 127.5 - 1.0;
+        }
+    }
+    Ok(engine::reference::bicubic_aa(&planes, 3, h, w, size, size))
+}
+
+/// Mask file → keep-mask at `size` (1 = keep). White (≥ 50 %) marks the region to regenerate.
+fn load_mask(path: &Path, size: usize) -> Result<Vec<f32>> {
+    let img = image::open(path)
+        .with_context(|| format!("{}: not a readable PNG/JPEG/WebP mask", path.display()))?
+        .to_luma8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let plane: Vec<f32> = img.pixels().map(|p| p[0] as f32 / 255.0).collect();
+    let small = engine::reference::bicubic_aa(&plane, 1, h, w, size, size);
+    let keep: Vec<f32> = small
+        .iter()
+        .map(|&v| if v >= 0.5 { 0.0 } else { 1.0 })
+        .collect();
+    if keep.iter().all(|&k| k == 1.0) {
+        bail!(
+            "{}: the mask marks nothing to regenerate (paint the region white)",
+            path.display()
+        );
+    }
+    Ok(keep)
+}
+
+pub fn inpaint(gpu: &Gpu, o: &Options, image: &Path, mask: &Path) -> Result<()> {
+    let tok = tokenizer()?;
+    let base = load_model(gpu, &o.model, "base-inpaint")?
+        .with_context(|| format!("{}/base-inpaint/manifest.json not found", o.model.display()))?;
+    let up = if o.upsample {
+        load_model(gpu, &o.model, "upsample-inpaint")?
+    } else {
+        None
+    };
+    if o.upsample && up.is_none() {
+        bail!(
+            "{}/upsample-inpaint/manifest.json not found (or pass --no-upsample)",
+            o.model.display()
+        );
+    }
+    let s = base.config.image_size;
+    let src = load_image(image, s)?;
+    let keep = load_mask(mask, s)?;
+    let rep = |v: &[f32]| -> Vec<f32> { (0..o.batch).flat_map(|_| v.iter().copied()).collect() };
+    let ids = tok.encode(&o.prompt);
+    let extra = Extra {
+        low_res: None,
+        inpaint: Some((
+            gpu.upload(&[o.batch, 3, s, s], &rep(&src))?,
+            gpu.upload(&[o.batch, 1, s, s], &rep(&keep))?,
+        )),
+    };
+    let mut lp = DiffusionLoop::new(
+        gpu,
+        &base,
+        &ids,
+        o.batch,
+        &o.steps,
+        o.sampler,
+        Some(o.guidance),
+        o.seed,
+        1.0,
+        extra,
+    )?;
+    let mut img = run_loop(gpu, &mut lp, "base")?;
+    let mut size = s;
+    if let Some(up) = &up {
+        let big = up.config.image_size;
+        let src_hi = load_image(image, big)?;
+        // The notebook upsamples the 64-px mask with nearest neighbour.
+        let f = big / s;
+        let keep_hi: Vec<f32> = (0..big * big)
+            .map(|i| keep[(i / big / f) * s + (i % big) / f])
+            .collect();
+        let low = gpu.upload(&[o.batch, 3, s, s], &quantize_low_res(&img))?;
+        let extra = Extra {
+            low_res: Some(low),
+            inpaint: Some((
+                gpu.upload(&[o.batch, 3, big, big], &rep(&src_hi))?,
+                gpu.upload(&[o.batch, 1, big, big], &rep(&keep_hi))?,
+            )),
+        };
+        // The inpaint notebook upsamples with the ancestral sampler.
+        let mut lp = DiffusionLoop::new(
+            gpu,
+            up,
+            &ids,
+            o.batch,
+            &o.upsample_steps,
+            Sampler::Ancestral,
+            None,
+            o.seed,
+            0.997,
+            extra,
+        )?;
+        img = run_loop(gpu, &mut lp, "upsample")?;
+        size = big;
+    }
+    let paths = write_pngs(
+        &o.out,
+        &to_rgb8(&img, o.batch, size),
+        size,
+        &params(o, "inpaint"),
+    )?;
+    for p in paths {
+        println!("wrote {} (seed {})", p.display(), o.seed);
+    }
+    Ok(())
+}

@@ -1,0 +1,296 @@
+//! The notebooks' sampling procedures as a step-by-step loop that stays on the
+//! GPU: one submission per step (model forward + guidance/sampler kernel +
+//! Philox noise), nothing read back unless the caller asks for a preview.
+//! The caller drives it (`while lp.step()? {…}`), so CLI progress bars, the
+//! web UI's previews and Cancel all sit outside the loop.
+
+use super::model::{Conditioning, Glide, TextCond};
+use super::schedule::Schedule;
+use super::tokenizer::pad_tokens;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::{self, sampler::Step, Act};
+use crate::tensor::Tensor;
+
+/// Noise stream ids: base initial noise, per-step noise, upsampler.
+const STREAM_BASE: u32 = 0;
+const STREAM_UPSAMPLE: u32 = 1 << 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sampler {
+    Ancestral,
+    Ddim,
+}
+
+/// What to condition on besides text.
+#[derive(Default)]
+pub struct Extra {
+    /// `[B, 3, h, w]` low-res image for upsamplers (already 8-bit quantised).
+    pub low_res: Option<Tensor>,
+    /// Inpainting: source image `[B, 3, H, W]` in [-1, 1] and mask `[B, 1, H, W]` (1 = keep).
+    pub inpaint: Option<(Tensor, Tensor)>,
+}
+
+pub struct DiffusionLoop<'m> {
+    model: &'m Glide,
+    text: TextCond,
+    sched: Schedule,
+    /// Model input rows: `[x, x]` with CFG, else `x`.
+    x: Tensor,
+    b: usize,
+    shape: Vec<usize>,
+    guidance: Option<f32>,
+    sampler: Sampler,
+    seed: u64,
+    stream: u32,
+    step_index: usize,
+    low_res: Option<Tensor>,
+    /// Model kwargs (R rows) and sampler pinning (B rows).
+    inpaint_model: Option<(Tensor, Tensor)>,
+    pin: Option<(Tensor, Tensor)>,
+    pred: Option<Tensor>,
+}
+
+fn repeat_rows(gpu: &Gpu, t: &Tensor, times: usize) -> Result<Tensor> {
+    if times == 1 {
+        return Ok(t.clone());
+    }
+    let mut shape = t.shape().to_vec();
+    shape[0] *= times;
+    let out = gpu.empty(&shape)?;
+    let mut rec = gpu.recorder();
+    for i in 0..times {
+        rec.copy(t.buffer(), 0, out.buffer(), i as u64 * t.bytes(), t.bytes());
+    }
+    rec.submit()?;
+    Ok(out)
+}
+
+impl<'m> DiffusionLoop<'m> {
+    /// `tokens`: the prompt's ids (unpadded). `guidance`: CFG scale (None: no
+    /// CFG batch, as the upsamplers run). `temperature` scales the initial noise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &Gpu,
+        model: &'m Glide,
+        tokens: &[u32],
+        batch: usize,
+        respacing: &str,
+        sampler: Sampler,
+        guidance: Option<f32>,
+        seed: u64,
+        temperature: f32,
+        extra: Extra,
+    ) -> Result<Self> {
+        let cfg = &model.config;
+        if batch == 0 || batch > 64 {
+            return Err(Error::Invalid(format!("batch size {batch} (1..=64)")));
+        }
+        if let Some(g) = guidance {
+            if !g.is_finite() || !(0.0..=100.0).contains(&g) {
+                return Err(Error::Invalid(format!("guidance scale {g} (0..=100)")));
+            }
+        }
+        let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, respacing)?;
+        let rows = if guidance.is_some() { 2 } else { 1 };
+        // Text: [cond × B, uncond × B]; the unconditional prompt is all padding.
+        let (ct, cm) = pad_tokens(tokens, cfg.text_ctx);
+        let (ut, um) = pad_tokens(&[], cfg.text_ctx);
+        let mut tok = Vec::new();
+        let mut mask = Vec::new();
+        for r in 0..rows {
+            for _ in 0..batch {
+                tok.extend(if r == 0 { &ct } else { &ut });
+                mask.extend(if r == 0 { &cm } else { &um });
+            }
+        }
+        let tok_t = gpu.upload_u32(&[rows * batch, cfg.text_ctx], &tok)?;
+        let mask_t = gpu.upload_u32(&[rows * batch, cfg.text_ctx], &mask)?;
+        let mut rec = gpu.recorder();
+        let text = model.encode_text(&mut rec, &tok_t, &mask_t, None)?;
+        let size = cfg.image_size;
+        let shape = vec![batch, 3, size, size];
+        let stream = if cfg.super_res {
+            STREAM_UPSAMPLE
+        } else {
+            STREAM_BASE
+        };
+        let noise = kernels::rng::randn(&mut rec, &shape, seed, stream)?;
+        let noise = if temperature != 1.0 {
+            kernels::elementwise::unary(&mut rec, &noise, Act::None, temperature, 0.0)?
+        } else {
+            noise
+        };
+        rec.submit()?;
+        let x = repeat_rows(gpu, &noise, rows)?;
+        if cfg.super_res != extra.low_res.is_some() || cfg.inpaint != extra.inpaint.is_some() {
+            return Err(Error::Invalid(format!(
+                "a {} model needs {}",
+                cfg.kind(),
+                if cfg.super_res {
+                    "a low-resolution image"
+                } else {
+                    "no low-resolution image"
+                }
+            )));
+        }
+        let (inpaint_model, pin) = match extra.inpaint {
+            Some((img, mask)) => {
+                if img.shape() != shape.as_slice() || mask.shape() != [batch, 1, size, size] {
+                    return Err(Error::Invalid(format!(
+                        "inpaint image {:?} / mask {:?}, expected {shape:?}",
+                        img.shape(),
+                        mask.shape()
+                    )));
+                }
+                // The notebook passes image·mask; the model multiplies by the mask again.
+                let mut rec = gpu.recorder();
+                let mask3 = kernels::copy::concat_channels(&mut rec, &[&mask, &mask, &mask])?;
+                let known = kernels::elementwise::binary(
+                    &mut rec,
+                    &img,
+                    &mask3,
+                    kernels::elementwise::BinaryOp::Mul,
+                    Act::None,
+                )?;
+                rec.submit()?;
+                (
+                    Some((
+                        repeat_rows(gpu, &known, rows)?,
+                        repeat_rows(gpu, &mask, rows)?,
+                    )),
+                    Some((known, mask)),
+                )
+            }
+            None => (None, None),
+        };
+        let low_res = match extra.low_res {
+            Some(lr) => Some(repeat_rows(gpu, &lr, rows)?),
+            None => None,
+        };
+        Ok(DiffusionLoop {
+            model,
+            text,
+            sched,
+            x,
+            b: batch,
+            shape,
+            guidance,
+            sampler,
+            seed,
+            stream,
+            step_index: 0,
+            low_res,
+            inpaint_model,
+            pin,
+            pred: None,
+        })
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.sched.len()
+    }
+
+    pub fn steps_done(&self) -> usize {
+        self.step_index
+    }
+
+    /// Runs the next step (one submission). Returns false when sampling is finished.
+    pub fn step(&mut self, gpu: &Gpu) -> Result<bool> {
+        let n = self.sched.len();
+        if self.step_index >= n {
+            return Ok(false);
+        }
+        let t = n - 1 - self.step_index;
+        let rows = self.x.shape()[0];
+        let ts = vec![self.sched.timestep_map[t] as f32; rows];
+        let t_tensor = gpu.upload(&[rows], &ts)?;
+        let mut rec = gpu.recorder();
+        let cond = Conditioning {
+            low_res: self.low_res.as_ref(),
+            inpaint: self.inpaint_model.as_ref().map(|(a, b)| (a, b)),
+        };
+        let out = self
+            .model
+            .forward(&mut rec, &self.x, &t_tensor, &self.text, cond, None)?;
+        let noise = kernels::rng::randn(
+            &mut rec,
+            &self.shape,
+            self.seed,
+            self.stream + 1 + self.step_index as u32,
+        )?;
+        let (x_next, pred) = kernels::sampler::sampler_step(
+            &mut rec,
+            &Step {
+                model_out: &out,
+                x_t: &self.x,
+                noise: &noise,
+                guidance: self.guidance,
+                ddim: self.sampler == Sampler::Ddim,
+                predict_x0: false,
+                learned_variance: true,
+                clip_denoised: true,
+                pin: self.pin.as_ref().map(|(a, b)| (a, b)),
+                grad: None,
+                last: t == 0,
+                replicate: self.guidance.is_some(),
+                coeffs: self.sched.coeffs(t, 0.0),
+            },
+        )?;
+        rec.submit()?;
+        self.x = x_next;
+        self.pred = Some(pred);
+        self.step_index += 1;
+        Ok(self.step_index < n)
+    }
+
+    /// The current x0 prediction `[B, 3, H, W]` (for previews).
+    pub fn preview(&self) -> Option<&Tensor> {
+        self.pred.as_ref()
+    }
+
+    /// The current sample's first B rows `[B, 3, H, W]`.
+    pub fn sample(&self, gpu: &Gpu) -> Result<Tensor> {
+        if self.x.shape()[0] == self.b {
+            return Ok(self.x.clone());
+        }
+        let mut rec = gpu.recorder();
+        let out = kernels::copy::slice_channels(
+            &mut rec,
+            &self
+                .x
+                .reshape(&[1, self.x.shape()[0] * 3, self.shape[2], self.shape[3]])?,
+            0,
+            self.b * 3,
+        )?;
+        rec.submit()?;
+        out.reshape(&self.shape)
+    }
+}
+
+/// Image values in [-1, 1] → 8-bit RGB, `round((x + 1)·127.5)` clamped (the notebooks' display).
+pub fn to_rgb8(values: &[f32], batch: usize, size: usize) -> Vec<Vec<u8>> {
+    let plane = size * size;
+    (0..batch)
+        .map(|b| {
+            let img = &values[b * 3 * plane..(b + 1) * 3 * plane];
+            (0..plane)
+                .flat_map(|p| {
+                    (0..3).map(move |c| {
+                        ((img[c * plane + p] + 1.0) * 127.5)
+                            .round_ties_even()
+                            .clamp(0.0, 255.0) as u8
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The notebook's low-res hand-off: `round((x + 1)·127.5)/127.5 − 1` (half to even).
+pub fn quantize_low_res(values: &[f32]) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&x| ((x + 1.0) * 127.5).round_ties_even() / 127.5 - 1.0)
+        .collect()
+}
