@@ -333,3 +333,136 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// Random weights for `cfg` as an in-memory safetensors file (norm gains 1,
+/// biases 0, other tensors N(0, 1/fan_in)), so the real architecture runs
+/// without a checkpoint.
+fn random_weights(cfg: &engine::glide::model::GlideConfig, seed: u64) -> Result<Vec<u8>> {
+    let shapes = cfg.weight_shapes()?;
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (i, (name, shape)) in shapes.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let fan_in = if shape.len() > 1 { n / shape[0] } else { 1 };
+        let vals: Vec<f32> = if name.ends_with(".bias") {
+            vec![0.0; n]
+        } else if shape.len() == 1 {
+            vec![1.0; n]
+        } else {
+            let s = 1.0 / (fan_in as f32).sqrt();
+            engine::rng::randn(n, seed, i as u32)
+                .iter()
+                .map(|v| v * s)
+                .collect()
+        };
+        data.push((
+            name.clone(),
+            shape.clone(),
+            vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ));
+    }
+    let views = data
+        .iter()
+        .map(|(n, s, b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
+            ))
+        })
+        .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()?;
+    Ok(safetensors::tensor::serialize(views, None)?)
+}
+
+/// `webglide bench pipeline`: the text2im notebook procedure with random
+/// weights; prints ms per base / upsampler step, seconds per image and peak GPU memory.
+pub fn pipeline(
+    gpu: &Gpu,
+    size: &str,
+    quant: WeightDType,
+    steps: usize,
+    batch: usize,
+) -> Result<()> {
+    use engine::glide::model::{Glide, GlideConfig};
+    use engine::glide::pipeline::{DiffusionLoop, Extra, Sampler};
+    use engine::glide::weights::WeightSource;
+    let (mut base_cfg, mut up_cfg) = (
+        GlideConfig::for_kind("base")?,
+        GlideConfig::for_kind("upsample")?,
+    );
+    match size {
+        "full" => {}
+        "small" => {
+            for c in [&mut base_cfg, &mut up_cfg] {
+                c.num_channels = 32;
+                c.num_head_channels = 32;
+                c.xf_width = 64;
+                c.xf_heads = 2;
+                c.xf_layers = 2;
+            }
+        }
+        s => anyhow::bail!("unknown --size '{s}' (full, small)"),
+    }
+    print!("{}", gpu.report);
+    println!("pipeline: {size} GLIDE with random weights, {} storage, batch {batch}, CFG (base batch {})", quant.name(), 2 * batch);
+    let tokens: Vec<u32> = vec![272, 3056, 12036, 286, 257, 1162, 12397]; // "an oil painting of a corgi"
+    let mut results = Vec::new();
+    for (what, cfg, full_steps) in [("base", base_cfg, 100usize), ("upsample", up_cfg, 27usize)] {
+        let t0 = Instant::now();
+        let bytes = random_weights(&cfg, 1)?;
+        let source = WeightSource::single(&bytes)?;
+        let model = Glide::load(gpu, cfg.clone(), &source, quant)?;
+        drop(source);
+        drop(bytes);
+        pollster::block_on(gpu.wait_idle())?;
+        let load_s = t0.elapsed().as_secs_f64();
+        let (guidance, sampler, extra) = if cfg.super_res {
+            let low = gpu.upload(&[batch, 3, 64, 64], &vec![0.0; batch * 3 * 64 * 64])?;
+            (
+                None,
+                Sampler::Ddim,
+                Extra {
+                    low_res: Some(low),
+                    inpaint: None,
+                },
+            )
+        } else {
+            (Some(3.0), Sampler::Ancestral, Extra::default())
+        };
+        let mut lp = DiffusionLoop::new(
+            gpu,
+            &model,
+            &tokens,
+            batch,
+            &full_steps.to_string(),
+            sampler,
+            guidance,
+            1,
+            1.0,
+            extra,
+        )?;
+        lp.step(gpu)?; // warm-up: pipelines compile, buffers settle
+        pollster::block_on(gpu.wait_idle())?;
+        let t = Instant::now();
+        let n = steps.min(full_steps - 1).max(1);
+        for _ in 0..n {
+            lp.step(gpu)?;
+        }
+        pollster::block_on(gpu.wait_idle())?;
+        let ms = t.elapsed().as_secs_f64() * 1e3 / n as f64;
+        println!("{what:<9} load {load_s:6.1} s   {ms:9.1} ms/step ({n} timed steps)   x{full_steps} steps = {:.2} s", ms * full_steps as f64 / 1e3);
+        results.push(ms * full_steps as f64 / 1e3);
+        // Free this stage's weights and activations before the next one.
+        drop(lp);
+        drop(model);
+        gpu.trim_memory();
+    }
+    let stats = gpu.memory_stats();
+    println!(
+        "seconds per image (base + upsampler): {:.2} s",
+        results.iter().sum::<f64>()
+    );
+    println!(
+        "peak GPU memory held by the engine: {:.0} MiB",
+        stats.peak_bytes as f64 / 1048576.0
+    );
+    Ok(())
+}

@@ -142,6 +142,23 @@ impl GenArgs {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// The text2im notebook procedure (base with CFG + upsampler) with random
+    /// weights of the real architecture: ms/step, seconds per image, peak GPU memory.
+    Pipeline {
+        /// full (the released sizes) or small (narrow channels, same topology).
+        #[arg(long, default_value = "full")]
+        size: String,
+        /// Required: no checkpoint is used.
+        #[arg(long)]
+        random_weights: bool,
+        #[arg(long, default_value = "q8")]
+        quant: String,
+        /// Timed steps per model (after one warm-up step).
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+    },
     /// Each kernel at real GLIDE layer shapes: time, GFLOP/s, GB/s and the ratio
     /// to this adapter's measured f32 matmul peak.
     Kernels {
@@ -254,6 +271,27 @@ fn run(cli: Cli) -> Result<()> {
                 total as f64 / 1048576.0,
                 m.quant
             );
+        }
+        Cmd::Bench {
+            what:
+                BenchWhat::Pipeline {
+                    size,
+                    random_weights,
+                    quant,
+                    steps,
+                    batch,
+                },
+        } => {
+            if !random_weights {
+                anyhow::bail!("bench pipeline runs on random weights: pass --random-weights");
+            }
+            bench::pipeline(
+                &gpu()?,
+                &size,
+                engine::WeightDType::parse(&quant)?,
+                steps,
+                batch,
+            )?
         }
         Cmd::Generate { gen } => generate::generate(&gpu()?, &gen.options()?)?,
         Cmd::Inpaint { image, mask, gen } => {
