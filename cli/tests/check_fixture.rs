@@ -1,16 +1,8 @@
 //! `webglide check-fixture` on a shared case (must pass) and on a case whose
 //! weights were tampered with (must fail with a non-zero exit and a clear error).
 
-use std::process::Command;
-
-const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/glide");
-
-fn webglide(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_webglide"))
-        .args(args)
-        .output()
-        .expect("run webglide")
-}
+mod common;
+use common::{webglide, FIX};
 
 #[test]
 fn passes_on_the_official_base_case() {

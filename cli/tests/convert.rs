@@ -2,17 +2,10 @@
 //! equal weights.safetensors bit for bit (f16 checkpoints: the f16 values),
 //! shards are verified by sha256, and bad input leaves no output folder.
 
+mod common;
+use common::{webglide, FIX};
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/glide");
-
-fn webglide(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_webglide"))
-        .args(args)
-        .output()
-        .expect("run webglide")
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("webglide-convert-{}-{name}", std::process::id()));

@@ -3,18 +3,11 @@
 //! the notebook procedures runs): PNG size and text chunks, same seed → same
 //! image, guidance changes the image, inpainting keeps the unmasked pixels.
 
+mod common;
+use common::{webglide, FIX};
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
-
-const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/glide");
-
-fn webglide(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_webglide"))
-        .args(args)
-        .output()
-        .expect("run webglide")
-}
 
 fn models() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
