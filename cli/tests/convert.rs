@@ -175,9 +175,21 @@ fn bad_input_is_an_error_and_leaves_nothing() {
             ],
             "describes a 'base' model",
         ),
+        // A safetensors file that holds no model weights.
         (
             vec![
-                format!("{FIX}/text2im_base/weights.safetensors"),
+                format!("{FIX}/text2im_base/io.safetensors"),
+                "--kind".into(),
+                "base".into(),
+                "--config".into(),
+                format!("{FIX}/text2im_base/config.json"),
+            ],
+            "",
+        ),
+        // Not a checkpoint at all.
+        (
+            vec![
+                format!("{FIX}/text2im_base/config.json"),
                 "--kind".into(),
                 "base".into(),
                 "--config".into(),
