@@ -91,6 +91,21 @@ impl<'m> DiffusionLoop<'m> {
                 return Err(Error::Invalid(format!("guidance scale {g} (0..=100)")));
             }
         }
+        // Check the conditioning before any GPU work is recorded.
+        if cfg.super_res != extra.low_res.is_some() {
+            return Err(Error::Invalid(format!(
+                "a {} model {} a low-resolution image",
+                cfg.kind(),
+                if cfg.super_res { "needs" } else { "takes no" }
+            )));
+        }
+        if cfg.inpaint != extra.inpaint.is_some() {
+            return Err(Error::Invalid(format!(
+                "a {} model {} an inpainting image and mask",
+                cfg.kind(),
+                if cfg.inpaint { "needs" } else { "takes no" }
+            )));
+        }
         let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, respacing)?;
         let rows = if guidance.is_some() { 2 } else { 1 };
         // Text: [cond × B, uncond × B]; the unconditional prompt is all padding.
@@ -123,17 +138,6 @@ impl<'m> DiffusionLoop<'m> {
         };
         rec.submit()?;
         let x = repeat_rows(gpu, &noise, rows)?;
-        if cfg.super_res != extra.low_res.is_some() || cfg.inpaint != extra.inpaint.is_some() {
-            return Err(Error::Invalid(format!(
-                "a {} model needs {}",
-                cfg.kind(),
-                if cfg.super_res {
-                    "a low-resolution image"
-                } else {
-                    "no low-resolution image"
-                }
-            )));
-        }
         let (inpaint_model, pin) = match extra.inpaint {
             Some((img, mask)) => {
                 if img.shape() != shape.as_slice() || mask.shape() != [batch, 1, size, size] {
