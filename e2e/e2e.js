@@ -1,12 +1,19 @@
 // End-to-end tests of the built app (dist/) in Debian's headless Chromium,
 // with real WebGPU on SwiftShader. Serves dist/ on loopback only.
-// Usage: node e2e/e2e.js [dist-dir]   -> prints "N passed, N failed".
+// Usage: node e2e/e2e.js DIST [MODELS]   -> prints "N passed, N failed".
+// MODELS: a model set (base/, upsample/, base-inpaint/, upsample-inpaint/ as
+// written by `webglide convert`) served at /models/demo/ in place of the
+// bundled demo model, and with every shard corrupted at /models/corrupt/.
+// scripts/test.sh converts the tiny official-architecture fixtures for it.
 const http = require('http');
 const fs = require('fs');
 const path = require('path');
+const zlib = require('zlib');
 const { chromium } = require('playwright-core');
 
 const DIST = path.resolve(process.argv[2] || path.join(__dirname, '..', 'dist'));
+const MODELS = process.argv[3] ? path.resolve(process.argv[3]) : null;
+const ONLY = process.env.E2E_ONLY || '';
 const ARTIFACTS = path.join(__dirname, 'artifacts');
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm', '.css': 'text/css',
   '.json': 'application/json', '.png': 'image/png', '.safetensors': 'application/octet-stream', '.gz': 'application/gzip' };
@@ -14,15 +21,29 @@ const BASE_ARGS = ['--no-sandbox', '--disable-background-networking', '--disable
   '--disable-sync', '--no-first-run', '--disable-quic'];
 const WEBGPU_ARGS = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-vulkan=swiftshader',
   '--use-webgpu-adapter=swiftshader'];
+const STEP_TIMEOUT = 240000;
+
+function resolveFile(url) {
+  for (const [prefix, root] of [['/models/demo/', MODELS], ['/models/corrupt/', MODELS]]) {
+    if (root && url.startsWith(prefix)) return { file: path.join(root, url.slice(prefix.length)), root, corrupt: prefix.includes('corrupt') };
+  }
+  return { file: path.join(DIST, url === '/' ? 'index.html' : url), root: DIST, corrupt: false };
+}
 
 function serve() {
   const server = http.createServer((req, res) => {
     const url = decodeURIComponent(req.url.split('?')[0]);
-    let file = path.join(DIST, url === '/' ? 'index.html' : url);
-    if (!file.startsWith(DIST) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+    const { file, root, corrupt } = resolveFile(url);
+    if (!file.startsWith(root) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
       res.writeHead(404); res.end('not found'); return;
     }
     res.writeHead(200, { 'Content-Type': TYPES[path.extname(file)] || 'application/octet-stream' });
+    if (corrupt && file.endsWith('.safetensors')) {
+      const b = fs.readFileSync(file);
+      b[b.length - 1] ^= 0xff; // same size, wrong sha256
+      res.end(b);
+      return;
+    }
     fs.createReadStream(file).pipe(res);
   });
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
@@ -31,30 +52,126 @@ function serve() {
 async function withPage(url, args, fn) {
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args });
   try {
-    const page = await browser.newPage();
+    const context = await browser.newContext({ viewport: { width: 1100, height: 1000 } });
+    const page = await context.newPage();
     const logs = [];
-    page.on('console', (m) => logs.push(`[${m.type()}] ${m.text()}`));
+    page.on('console', (m) => { logs.push(`[${m.type()}] ${m.text()}`); if (process.env.E2E_VERBOSE && /TIMING/.test(m.text())) console.log(m.text()); });
     page.on('pageerror', (e) => logs.push(`[pageerror] ${e.message}`));
     await page.goto(url);
-    try { await fn(page); } catch (e) { e.message += '\nbrowser console:\n' + logs.join('\n'); throw e; }
+    try { await fn(page, context); } catch (e) {
+      await page.screenshot({ path: path.join(ARTIFACTS, 'failure.png'), fullPage: true }).catch(() => {});
+      e.message += '\nbrowser console:\n' + logs.slice(-40).join('\n');
+      throw e;
+    }
   } finally {
     await browser.close();
   }
 }
 
+function assert(cond, msg) { if (!cond) throw new Error(msg); }
+
+async function modelReady(page) {
+  await page.waitForFunction(() => {
+    const s = document.querySelector('[data-testid=model-status]');
+    const err = document.querySelector('[data-testid=error]');
+    return (s && s.textContent === 'ready') || err;
+  }, null, { timeout: STEP_TIMEOUT });
+  const status = await page.getByTestId('model-status').textContent();
+  if (status !== 'ready') throw new Error('model did not load: ' + await page.getByTestId('error').innerText());
+}
+
+async function setForm(page, { prompt, guidance, steps, seed, upsample, upsampleSteps, sampler }) {
+  if (prompt !== undefined) await page.getByTestId('prompt').fill(prompt);
+  if (guidance !== undefined) await page.getByTestId('guidance').fill(String(guidance));
+  if (steps !== undefined) await page.getByTestId('steps').fill(String(steps));
+  if (sampler !== undefined) await page.getByTestId('sampler').selectOption(sampler);
+  if (seed !== undefined) {
+    await page.getByTestId('random-seed').setChecked(false);
+    await page.getByTestId('seed').fill(String(seed));
+  }
+  if (upsample !== undefined) await page.getByTestId('upsample').setChecked(upsample);
+  if (upsampleSteps !== undefined) await page.getByTestId('upsample-steps').fill(String(upsampleSteps));
+}
+
+const figures = (page) => page.evaluate(() => document.querySelectorAll('.gallery figure').length);
+
+// Clicks Generate and waits for a new result; returns its pixels.
+async function generate(page) {
+  const t0 = Date.now();
+  const before = await figures(page);
+  await page.getByTestId('generate').click();
+  await page.waitForFunction((n) => document.querySelectorAll('.gallery figure').length > n
+    || document.querySelector('[data-testid=error]'), before, { timeout: STEP_TIMEOUT });
+  if (await figures(page) <= before) throw new Error('generation failed: ' + await page.getByTestId('error').innerText());
+  if (process.env.E2E_VERBOSE) console.log(`     generated in ${Date.now() - t0} ms: ${await page.getByTestId('run-status').textContent()}`);
+  return resultPixels(page);
+}
+
+async function resultPixels(page) {
+  return page.evaluate(async () => {
+    const img = document.querySelector('[data-testid=result]');
+    await img.decode();
+    const c = document.createElement('canvas');
+    c.width = img.naturalWidth; c.height = img.naturalHeight;
+    const ctx = c.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    return { w: c.width, h: c.height, data: Array.from(ctx.getImageData(0, 0, c.width, c.height).data) };
+  });
+}
+
+function maxDiff(a, b, keepPixel = () => true) {
+  let m = 0;
+  for (let y = 0; y < a.h; y++) for (let x = 0; x < a.w; x++) {
+    if (!keepPixel(x, y)) continue;
+    for (let c = 0; c < 3; c++) { const i = (y * a.w + x) * 4 + c; m = Math.max(m, Math.abs(a.data[i] - b.data[i])); }
+  }
+  return m;
+}
+
+// Paints a vertical stroke over the left part of the mask canvas.
+async function paintLeft(page) {
+  await page.getByTestId('brush-size').fill('96');
+  const box = await page.getByTestId('mask-canvas').boundingBox();
+  await page.mouse.move(box.x + box.width * 0.2, box.y + box.height * 0.05);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.2, box.y + box.height * 0.5, { steps: 5 });
+  await page.mouse.move(box.x + box.width * 0.2, box.y + box.height * 0.95, { steps: 5 });
+  await page.mouse.up();
+}
+
+// A solid-colour PNG (zlib from Node, no dependencies).
+function solidPng(w, h, rgb) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n; for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1; return c >>> 0;
+  });
+  const crc = (buf) => { let c = 0xffffffff; for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8); return (c ^ 0xffffffff) >>> 0; };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4); len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type), data]);
+    const c = Buffer.alloc(4); c.writeUInt32BE(crc(td));
+    return Buffer.concat([len, td, c]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0); ihdr.writeUInt32BE(h, 4); ihdr[8] = 8; ihdr[9] = 2;
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) raw.set(rgb, y * (w * 3 + 1) + 1 + x * 3);
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr),
+    chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
+}
+
 const tests = [
   ['page finds the WebGPU adapter and the kernels pass their self-check', async (url) => {
     await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
-      await page.getByTestId('adapter').waitFor({ timeout: 60000 });
-      const report = await page.getByTestId('adapter').innerText();
+      await page.getByTestId('adapter').waitFor({ state: 'attached', timeout: 60000 });
+      const report = await page.getByTestId('adapter').textContent();
       if (!/BrowserWebGpu/.test(report)) throw new Error('unexpected adapter report: ' + report);
       await page.waitForFunction(() => {
         const el = document.querySelector('[data-testid=self-check]');
         return el && el.textContent.length > 0;
       }, null, { timeout: 120000 });
-      const check = await page.getByTestId('self-check').innerText();
-      await page.screenshot({ path: path.join(ARTIFACTS, 'adapter.png'), fullPage: true });
+      const check = await page.getByTestId('self-check').textContent();
       if (!/passed/.test(check)) throw new Error('self-check: ' + check);
+      assert(/f32/.test(await page.getByTestId('f16').textContent()), 'f16 use not shown');
     });
   }],
   ['a browser without WebGPU sees the explanation', async (url) => {
@@ -63,6 +180,132 @@ const tests = [
       const text = await page.getByTestId('error').innerText();
       await page.screenshot({ path: path.join(ARTIFACTS, 'no-webgpu.png'), fullPage: true });
       if (!/WebGPU/.test(text)) throw new Error('no explanation: ' + text);
+    });
+  }],
+  ['the demo model loads; a prompt generates a non-blank image with live preview; settings persist', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      // SwiftShader runs the 64-px upsampler slowly: 2 upsampler steps instead of fast27.
+      await setForm(page, { prompt: 'a red circle above a blue square', steps: 3, seed: 11, upsample: true, upsampleSteps: 2 });
+      const px = await generate(page);
+      assert(px.w === 64 && px.h === 64, `result size ${px.w}x${px.h}, expected the upsampler's 64x64`);
+      let min = 255, max = 0;
+      for (let i = 0; i < px.data.length; i += 4) for (let c = 0; c < 3; c++) { min = Math.min(min, px.data[i + c]); max = Math.max(max, px.data[i + c]); }
+      assert(max - min > 20, `blank image (range ${min}..${max})`);
+      const prog = await page.getByTestId('progress-text').textContent();
+      assert(/upsample 2\/2/.test(prog), 'progress did not finish the upsampler: ' + prog);
+      const preview = await page.evaluate(() => {
+        const c = document.querySelector('[data-testid=preview]');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] + d[i + 1] + d[i + 2];
+        return { w: c.width, sum: s };
+      });
+      assert(preview.w === px.w && preview.sum > 0, 'preview not drawn: ' + JSON.stringify(preview));
+      assert(/seed 11/.test(await page.locator('.gallery figcaption').first().textContent()), 'seed not shown');
+      const href = await page.getByTestId('download').first().getAttribute('href');
+      const chunks = await page.evaluate(async (h) => {
+        const b = new Uint8Array(await (await fetch(h)).arrayBuffer());
+        return new TextDecoder('latin1').decode(b);
+      }, href);
+      assert(chunks.includes('webglide:prompt') && chunks.includes('a red circle above a blue square'), 'PNG lacks parameters');
+      await page.screenshot({ path: path.join(ARTIFACTS, 'text2im.png'), fullPage: true });
+      await page.reload();
+      await page.getByTestId('prompt').waitFor();
+      await page.waitForFunction(() => document.querySelector('[data-testid=prompt]').value === 'a red circle above a blue square',
+        null, { timeout: 30000 });
+      assert(await page.getByTestId('steps').inputValue() === '3', 'steps not restored');
+      await modelReady(page); // from Cache Storage this time
+    });
+  }],
+  ['the guidance slider changes the result for a fixed seed; the same settings repeat exactly', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      await setForm(page, { prompt: 'a green triangle', steps: 3, seed: 7, upsample: false, guidance: 0 });
+      const a = await generate(page);
+      await setForm(page, { guidance: 8 });
+      const b = await generate(page);
+      const b2 = await generate(page);
+      assert(maxDiff(a, b) > 2, 'guidance 0 and 8 gave the same image');
+      assert(maxDiff(b, b2) === 0, 'same seed and settings gave different images');
+      await page.screenshot({ path: path.join(ARTIFACTS, 'guidance.png'), fullPage: true });
+    });
+  }],
+  ['cancel stops within a step', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      await setForm(page, { steps: 1000, upsample: false, seed: 3 });
+      await page.getByTestId('generate').click();
+      await page.waitForFunction(() => Number(document.querySelector('[data-testid=progress]').value) >= 3,
+        null, { timeout: STEP_TIMEOUT });
+      await page.getByTestId('cancel').click();
+      const atCancel = Number(await page.getByTestId('progress').getAttribute('value'));
+      await page.waitForFunction(() => /cancelled/.test(document.querySelector('[data-testid=run-status]').textContent),
+        null, { timeout: 60000 });
+      const after = Number(await page.getByTestId('progress').getAttribute('value'));
+      assert(after <= atCancel + 1, `ran ${after - atCancel} steps after Cancel`);
+      assert(await figures(page) === 0, 'a cancelled run produced a result');
+      assert(await page.getByTestId('generate').isEnabled(), 'Generate stays disabled after cancel');
+    });
+  }],
+  ['inpainting keeps the unmasked pixels (generated and uploaded images); a bad image is an error', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      await setForm(page, { prompt: 'a corgi', steps: 3, seed: 5, upsample: false, guidance: 3 });
+      const src = await generate(page);
+      await page.getByTestId('send-to-inpaint').first().click();
+      assert(await page.getByTestId('mode').inputValue() === 'inpaint', 'mode did not switch');
+      await paintLeft(page);
+      const out = await generate(page);
+      assert(out.w === src.w, 'inpaint result has another size');
+      const keep = (x) => x >= Math.ceil(out.w * 0.6);
+      const kept = maxDiff(src, out, keep);
+      assert(kept <= 1, `unmasked pixels changed by up to ${kept}`);
+      assert(maxDiff(src, out, (x) => x < out.w * 0.1) > 4, 'masked region was not regenerated');
+      await page.screenshot({ path: path.join(ARTIFACTS, 'inpaint.png'), fullPage: true });
+
+      // An uploaded image of another size and aspect: resized like the notebook.
+      await page.getByTestId('upload').setInputFiles({ name: 'solid.png', mimeType: 'image/png', buffer: solidPng(37, 23, [200, 60, 40]) });
+      await page.waitForTimeout(300);
+      await paintLeft(page);
+      const up = await generate(page);
+      let worst = 0;
+      for (let y = 0; y < up.h; y++) for (let x = Math.ceil(up.w * 0.6); x < up.w; x++) {
+        const i = (y * up.w + x) * 4;
+        worst = Math.max(worst, Math.abs(up.data[i] - 200), Math.abs(up.data[i + 1] - 60), Math.abs(up.data[i + 2] - 40));
+      }
+      assert(worst <= 1, `uploaded image's unmasked pixels changed by up to ${worst}`);
+
+      await page.getByTestId('upload').setInputFiles({ name: 'bad.png', mimeType: 'image/png', buffer: Buffer.from('not an image') });
+      await page.getByTestId('error').waitFor({ timeout: 30000 });
+      assert(/not a readable image/.test(await page.getByTestId('error').innerText()), 'no bad-image message');
+    });
+  }],
+  ['a bad model URL and a corrupted shard show errors in the page', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      await page.getByTestId('model-url').fill(url + 'no-such-model/');
+      await page.getByTestId('model-url-load').click();
+      await page.getByTestId('error').waitFor({ timeout: 60000 });
+      const e1 = await page.getByTestId('error').innerText();
+      assert(/no model at/.test(e1), 'bad URL: ' + e1);
+      await page.getByTestId('model-url').fill(url + 'models/corrupt/');
+      await page.getByTestId('model-url-load').click();
+      await page.waitForFunction(() => /sha256/.test((document.querySelector('[data-testid=error]') || {}).textContent || ''),
+        null, { timeout: 60000 });
+      await page.screenshot({ path: path.join(ARTIFACTS, 'model-error.png'), fullPage: true });
+    });
+  }],
+  ['after one visit the page and the model work offline', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page, context) => {
+      await modelReady(page);
+      await page.waitForFunction(async () => !!(await navigator.serviceWorker.ready), null, { timeout: 30000 });
+      await page.reload(); // the service worker now controls the page and caches the shell
+      await modelReady(page);
+      await context.setOffline(true);
+      await page.reload();
+      await modelReady(page);
+      await setForm(page, { steps: 3, upsample: false, seed: 1 });
+      await generate(page);
     });
   }],
 ];
@@ -77,6 +320,7 @@ const tests = [
   const url = `http://127.0.0.1:${server.address().port}/`;
   let passed = 0, failed = 0;
   for (const [name, fn] of tests) {
+    if (ONLY && !name.includes(ONLY)) continue;
     const t0 = Date.now();
     try {
       await fn(url);

@@ -23,4 +23,5 @@ CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=600 \
     cargo test -p webglide-engine --target wasm32-unknown-unknown --locked
 step "web app build + end-to-end tests"
 trunk build --release --offline --skip-version-check
-node e2e/e2e.js dist
+./scripts/e2e-models.sh e2e/artifacts/models
+node e2e/e2e.js dist e2e/artifacts/models

@@ -221,16 +221,8 @@ fn load_image(path: &Path, size: usize) -> Result<Vec<f32>> {
         .with_context(|| format!("{}: not a readable PNG/JPEG/WebP image", path.display()))?
         .to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);
-    if w == 0 || h == 0 || w > 16384 || h > 16384 {
-        bail!("{}: image size {w}x{h} out of range", path.display());
-    }
-    let mut planes = vec![0f32; 3 * w * h];
-    for (i, p) in img.pixels().enumerate() {
-        for c in 0..3 {
-            planes[c * w * h + i] = p[c] as f32 / 127.5 - 1.0;
-        }
-    }
-    Ok(engine::reference::bicubic_aa(&planes, 3, h, w, size, size))
+    engine::glide::pipeline::rgb8_to_planes(img.as_raw(), w, h, size)
+        .with_context(|| path.display().to_string())
 }
 
 /// Mask file → keep-mask at `size` (1 = keep). White (≥ 50 %) marks the region to regenerate.
@@ -240,18 +232,8 @@ fn load_mask(path: &Path, size: usize) -> Result<Vec<f32>> {
         .to_luma8();
     let (w, h) = (img.width() as usize, img.height() as usize);
     let plane: Vec<f32> = img.pixels().map(|p| p[0] as f32 / 255.0).collect();
-    let small = engine::reference::bicubic_aa(&plane, 1, h, w, size, size);
-    let keep: Vec<f32> = small
-        .iter()
-        .map(|&v| if v >= 0.5 { 0.0 } else { 1.0 })
-        .collect();
-    if keep.iter().all(|&k| k == 1.0) {
-        bail!(
-            "{}: the mask marks nothing to regenerate (paint the region white)",
-            path.display()
-        );
-    }
-    Ok(keep)
+    engine::glide::pipeline::keep_mask(&plane, w, h, size)
+        .with_context(|| path.display().to_string())
 }
 
 pub fn inpaint(gpu: &Gpu, o: &Options, image: &Path, mask: &Path) -> Result<()> {
@@ -299,10 +281,7 @@ pub fn inpaint(gpu: &Gpu, o: &Options, image: &Path, mask: &Path) -> Result<()> 
         let big = up.config.image_size;
         let src_hi = load_image(image, big)?;
         // The notebook upsamples the 64-px mask with nearest neighbour.
-        let f = big / s;
-        let keep_hi: Vec<f32> = (0..big * big)
-            .map(|i| keep[(i / big / f) * s + (i % big) / f])
-            .collect();
+        let keep_hi = engine::glide::pipeline::upscale_nearest(&keep, s, big);
         let low = gpu.upload(&[o.batch, 3, s, s], &quantize_low_res(&img))?;
         let extra = Extra {
             low_res: Some(low),

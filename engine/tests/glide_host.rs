@@ -233,3 +233,41 @@ fn architecture_keys_equal_the_fixture_weights() {
         assert_eq!(ours, file, "{case}");
     }
 }
+
+#[test]
+fn inpaint_inputs_resize_and_threshold_like_the_notebook() {
+    use engine::glide::pipeline::{keep_mask, rgb8_to_planes, upscale_nearest};
+    // Same size: exact [-1, 1] planes.
+    let rgb: Vec<u8> = (0..2 * 2 * 3).map(|i| (i * 20) as u8).collect();
+    let p = rgb8_to_planes(&rgb, 2, 2, 2).unwrap();
+    assert_eq!(p.len(), 12);
+    assert_eq!(p[0], 0.0 / 127.5 - 1.0); // R of pixel 0
+    assert_eq!(p[4], 20.0 / 127.5 - 1.0); // G of pixel 0
+                                          // Any size and aspect → square; a constant image stays constant.
+    let solid: Vec<u8> = (0..37 * 23).flat_map(|_| [200u8, 60, 40]).collect();
+    let q = rgb8_to_planes(&solid, 37, 23, 16).unwrap();
+    assert_eq!(q.len(), 3 * 256);
+    for (c, want) in [200.0f32, 60.0, 40.0].iter().enumerate() {
+        for v in &q[c * 256..(c + 1) * 256] {
+            assert!(((v + 1.0) * 127.5 - want).abs() < 1e-3, "{v}");
+        }
+    }
+    assert!(rgb8_to_planes(&solid, 37, 22, 16).is_err(), "wrong length");
+    assert!(rgb8_to_planes(&[], 0, 0, 16).is_err(), "empty image");
+    // Left half painted at 32 px → left half regenerated at 8 px.
+    let regen: Vec<f32> = (0..32 * 32)
+        .map(|i| if i % 32 < 16 { 1.0 } else { 0.0 })
+        .collect();
+    let keep = keep_mask(&regen, 32, 32, 8).unwrap();
+    for (i, k) in keep.iter().enumerate() {
+        assert_eq!(*k, if i % 8 < 4 { 0.0 } else { 1.0 }, "pixel {i}");
+    }
+    assert!(keep_mask(&[0.0; 64], 8, 8, 8).is_err(), "nothing painted");
+    assert!(keep_mask(&[0.0; 63], 8, 8, 8).is_err(), "wrong length");
+    // Nearest enlargement 2 → 4.
+    let big = upscale_nearest(&[1.0, 0.0, 0.0, 1.0], 2, 4);
+    assert_eq!(
+        big,
+        [1., 1., 0., 0., 1., 1., 0., 0., 0., 0., 1., 1., 0., 0., 1., 1.]
+    );
+}

@@ -298,3 +298,68 @@ pub fn quantize_low_res(values: &[f32]) -> Vec<f32> {
         .map(|&x| ((x + 1.0) * 127.5).round_ties_even() / 127.5 - 1.0)
         .collect()
 }
+
+/// The largest image side accepted for inpainting sources and masks.
+pub const MAX_IMAGE_SIDE: usize = 16384;
+
+fn check_image(what: &str, len: usize, channels: usize, w: usize, h: usize) -> Result<()> {
+    if w == 0 || h == 0 || w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
+        return Err(Error::Invalid(format!(
+            "{what}: size {w}x{h} (1..={MAX_IMAGE_SIDE} per side)"
+        )));
+    }
+    if len != w * h * channels {
+        return Err(Error::Invalid(format!(
+            "{what}: {len} values for {w}x{h}x{channels}"
+        )));
+    }
+    Ok(())
+}
+
+/// An 8-bit interleaved RGB image of any size → `[3, size, size]` in [-1, 1],
+/// squashed to a square with antialiased bicubic as the notebooks' `read_image`
+/// (PIL `resize((size, size), BICUBIC)`).
+pub fn rgb8_to_planes(rgb: &[u8], w: usize, h: usize, size: usize) -> Result<Vec<f32>> {
+    check_image("image", rgb.len(), 3, w, h)?;
+    let plane = w * h;
+    let mut planes = vec![0f32; 3 * plane];
+    for (i, px) in rgb.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            planes[c * plane + i] = px[c] as f32 / 127.5 - 1.0;
+        }
+    }
+    if w == size && h == size {
+        return Ok(planes);
+    }
+    Ok(crate::reference::bicubic_aa(&planes, 3, h, w, size, size))
+}
+
+/// A painted mask (`w×h`, 1 = regenerate, fractional at soft edges) → the
+/// model's keep-mask at `size` (1 = keep): resized, then ≥ 0.5 regenerates.
+/// A mask that regenerates nothing is an error (nothing would change).
+pub fn keep_mask(regen: &[f32], w: usize, h: usize, size: usize) -> Result<Vec<f32>> {
+    check_image("mask", regen.len(), 1, w, h)?;
+    let small = if w == size && h == size {
+        regen.to_vec()
+    } else {
+        crate::reference::bicubic_aa(regen, 1, h, w, size, size)
+    };
+    let keep: Vec<f32> = small
+        .iter()
+        .map(|&v| if v >= 0.5 { 0.0 } else { 1.0 })
+        .collect();
+    if keep.iter().all(|&k| k == 1.0) {
+        return Err(Error::Invalid(
+            "the mask marks nothing to regenerate (paint the region to change)".into(),
+        ));
+    }
+    Ok(keep)
+}
+
+/// Nearest-neighbour enlargement of a square mask (the inpaint notebook's
+/// hand-off of the 64-px mask to the upsampler).
+pub fn upscale_nearest(mask: &[f32], size: usize, big: usize) -> Vec<f32> {
+    (0..big * big)
+        .map(|i| mask[(i / big * size / big) * size + (i % big) * size / big])
+        .collect()
+}

@@ -1,0 +1,410 @@
+//! Model sets in the browser: a folder (URL, or files the user picks) with
+//! `base/`, `upsample/`, `base-inpaint/`, `upsample-inpaint/`, each a
+//! `webglide convert` output (manifest.json + safetensors shards).
+//!
+//! Every shard is checked against the manifest's sha256 and kept in Cache
+//! Storage, one entry per shard: a reload reads the cache instead of the
+//! network, and an interrupted download resumes at the first missing shard.
+//! A kind's manifest is cached last, so a cached manifest means a complete kind.
+
+use engine::glide::weights::Manifest;
+use js_sys::{Promise, Reflect, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+
+/// The kinds a set may hold; `base` is required, the rest enable features.
+pub const KINDS: [&str; 4] = ["base", "upsample", "base-inpaint", "upsample-inpaint"];
+const CACHE_NAME: &str = "webglide-models-v1";
+
+/// A model set the user can choose in the model manager.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelEntry {
+    pub id: String,
+    pub label: String,
+    /// Folder URL (ends with `/`); `None`: files picked by the user, cache only.
+    pub url: Option<String>,
+}
+
+impl ModelEntry {
+    pub fn demo() -> Self {
+        ModelEntry {
+            id: "demo".into(),
+            label: "Embedded demo model".into(),
+            url: Some("models/demo/".into()),
+        }
+    }
+}
+
+/// A loaded kind: its manifest and verified shard bytes.
+pub struct Component {
+    pub manifest: Manifest,
+    pub shards: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadProgress {
+    pub what: String,
+    pub done: u64,
+    pub total: u64,
+}
+
+pub fn js_err(e: JsValue) -> String {
+    if let Some(ex) = e.dyn_ref::<web_sys::DomException>() {
+        return format!("{}: {}", ex.name(), ex.message());
+    }
+    if let Some(err) = e.dyn_ref::<js_sys::Error>() {
+        return String::from(err.message());
+    }
+    e.as_string().unwrap_or_else(|| format!("{e:?}"))
+}
+
+fn is_quota(e: &JsValue) -> bool {
+    e.dyn_ref::<web_sys::DomException>()
+        .is_some_and(|ex| ex.name() == "QuotaExceededError")
+}
+
+fn window() -> Result<web_sys::Window, String> {
+    web_sys::window().ok_or_else(|| "no window".to_string())
+}
+
+async fn cache() -> Result<web_sys::Cache, String> {
+    let caches = window()?.caches().map_err(|e| {
+        format!(
+            "Cache Storage is not available ({}); models cannot be kept",
+            js_err(e)
+        )
+    })?;
+    let c = JsFuture::from(caches.open(CACHE_NAME))
+        .await
+        .map_err(js_err)?;
+    Ok(c.unchecked_into())
+}
+
+/// The cache key of a file of a model set (a same-origin URL nothing serves).
+fn key(id: &str, kind: &str, file: &str) -> Result<String, String> {
+    let origin = window()?.location().origin().map_err(js_err)?;
+    Ok(format!("{origin}/__webglide_models/{id}/{kind}/{file}"))
+}
+
+async fn cache_get(cache: &web_sys::Cache, key: &str) -> Result<Option<Vec<u8>>, String> {
+    let v = JsFuture::from(cache.match_with_str(key))
+        .await
+        .map_err(js_err)?;
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    let resp: web_sys::Response = v.unchecked_into();
+    let buf = JsFuture::from(resp.array_buffer().map_err(js_err)?)
+        .await
+        .map_err(js_err)?;
+    Ok(Some(Uint8Array::new(&buf).to_vec()))
+}
+
+/// Stores bytes; a full quota becomes an explained error.
+async fn cache_put(cache: &web_sys::Cache, key: &str, bytes: &[u8]) -> Result<(), String> {
+    let arr = Uint8Array::from(bytes);
+    let resp = web_sys::Response::new_with_opt_buffer_source(Some(&arr)).map_err(js_err)?;
+    match JsFuture::from(cache.put_with_str(key, &resp)).await {
+        Ok(_) => Ok(()),
+        Err(e) if is_quota(&e) => Err(format!(
+            "browser storage is full: could not keep {:.1} MB ({}). Delete other models below, \
+             or free space for this site in the browser settings.",
+            bytes.len() as f64 / 1e6,
+            storage_estimate().await.unwrap_or_default()
+        )),
+        Err(e) => Err(format!("could not store the model: {}", js_err(e))),
+    }
+}
+
+/// "x MB used of y MB" from `navigator.storage.estimate()`.
+pub async fn storage_estimate() -> Option<String> {
+    let storage = window().ok()?.navigator().storage();
+    let est = JsFuture::from(storage.estimate().ok()?).await.ok()?;
+    let get = |k: &str| Reflect::get(&est, &k.into()).ok()?.as_f64();
+    Some(format!(
+        "{:.1} MB used of {:.0} MB available to this site",
+        get("usage")? / 1e6,
+        get("quota")? / 1e6
+    ))
+}
+
+enum Fetched {
+    Bytes(Vec<u8>),
+    NotFound,
+}
+
+/// GET with progress callbacks (bytes so far).
+async fn fetch(url: &str, mut progress: impl FnMut(u64)) -> Result<Fetched, String> {
+    let resp = JsFuture::from(window()?.fetch_with_str(url))
+        .await
+        .map_err(|e| {
+            format!(
+                "could not download {url}: {} (network error, or the server does not allow \
+                 cross-origin requests — CORS)",
+                js_err(e)
+            )
+        })?;
+    let resp: web_sys::Response = resp.unchecked_into();
+    if resp.status() == 404 {
+        return Ok(Fetched::NotFound);
+    }
+    if !resp.ok() {
+        return Err(format!(
+            "could not download {url}: HTTP {} {}",
+            resp.status(),
+            resp.status_text()
+        ));
+    }
+    let Some(body) = resp.body() else {
+        return Ok(Fetched::Bytes(Vec::new()));
+    };
+    let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut out = Vec::new();
+    loop {
+        let chunk = JsFuture::from(reader.read())
+            .await
+            .map_err(|e| format!("download of {url} was interrupted: {}", js_err(e)))?;
+        if Reflect::get(&chunk, &"done".into())
+            .map(|d| d.is_truthy())
+            .unwrap_or(true)
+        {
+            break;
+        }
+        let value = Reflect::get(&chunk, &"value".into()).map_err(js_err)?;
+        out.extend(Uint8Array::new(&value).to_vec());
+        progress(out.len() as u64);
+    }
+    Ok(Fetched::Bytes(out))
+}
+
+fn join(base: &str, rel: &str) -> String {
+    if base.ends_with('/') {
+        format!("{base}{rel}")
+    } else {
+        format!("{base}/{rel}")
+    }
+}
+
+fn parse_manifest(kind: &str, bytes: &[u8]) -> Result<Manifest, String> {
+    let m = Manifest::parse(bytes).map_err(|e| format!("{kind}: {e}"))?;
+    if m.kind != kind {
+        return Err(format!(
+            "{kind}/manifest.json describes a '{}' model",
+            m.kind
+        ));
+    }
+    Ok(m)
+}
+
+/// Loads every kind the set has (cache first, then the network), verifying
+/// each shard. Storage problems are reported through `warn` (the model still
+/// loads for this visit); everything else is an error.
+pub async fn load(
+    entry: &ModelEntry,
+    mut progress: impl FnMut(LoadProgress),
+    mut warn: impl FnMut(String),
+) -> Result<Vec<Component>, String> {
+    let cache = match cache().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            warn(e);
+            None
+        }
+    };
+    // Manifests first, so the progress bar knows the total size.
+    let mut manifests = Vec::new();
+    for kind in KINDS {
+        let k = key(&entry.id, kind, "manifest.json")?;
+        let cached = match &cache {
+            Some(c) => cache_get(c, &k).await?,
+            None => None,
+        };
+        let bytes = match (cached, &entry.url) {
+            (Some(b), _) => Some(b),
+            (None, Some(url)) => {
+                match fetch(&join(url, &format!("{kind}/manifest.json")), |_| {}).await? {
+                    Fetched::Bytes(b) => Some(b),
+                    Fetched::NotFound => None,
+                }
+            }
+            (None, None) => None,
+        };
+        if let Some(b) = bytes {
+            manifests.push((kind, parse_manifest(kind, &b)?, b));
+        } else if kind == "base" {
+            return Err(match &entry.url {
+                Some(url) => format!(
+                    "no model at {}: base/manifest.json was not found (a model folder holds \
+                     base/, upsample/, … as written by `webglide convert`)",
+                    join(url, "")
+                ),
+                None => "the files of this model are no longer stored: pick them again".into(),
+            });
+        }
+    }
+    let total: u64 = manifests
+        .iter()
+        .flat_map(|(_, m, _)| m.shards.iter().map(|s| s.bytes))
+        .sum();
+    let mut done = 0u64;
+    let mut out = Vec::new();
+    for (kind, manifest, manifest_bytes) in manifests {
+        let mut shards = Vec::new();
+        for shard in manifest.shards.clone() {
+            let k = key(&entry.id, kind, &shard.file)?;
+            let what = format!("{kind}/{}", shard.file);
+            let mut bytes = match &cache {
+                Some(c) => cache_get(c, &k).await?,
+                None => None,
+            };
+            if let Some(b) = &bytes {
+                if manifest.verify_shard(&shard.file, b).is_err() {
+                    bytes = None; // damaged cache entry: fetch again
+                }
+            }
+            let bytes = match bytes {
+                Some(b) => b,
+                None => {
+                    let Some(url) = &entry.url else {
+                        return Err(format!(
+                            "{what} is missing from the stored files: pick the model folder again"
+                        ));
+                    };
+                    let url = join(url, &format!("{kind}/{}", shard.file));
+                    let base = done;
+                    let b = match fetch(&url, |n| {
+                        progress(LoadProgress {
+                            what: format!("downloading {what}"),
+                            done: base + n.min(shard.bytes),
+                            total,
+                        })
+                    })
+                    .await?
+                    {
+                        Fetched::Bytes(b) => b,
+                        Fetched::NotFound => return Err(format!("{url}: not found (HTTP 404)")),
+                    };
+                    manifest
+                        .verify_shard(&shard.file, &b)
+                        .map_err(|e| format!("{kind}: {e}"))?;
+                    if let Some(c) = &cache {
+                        if let Err(e) = cache_put(c, &k, &b).await {
+                            warn(e);
+                        }
+                    }
+                    b
+                }
+            };
+            done += shard.bytes;
+            progress(LoadProgress {
+                what: format!("verified {what}"),
+                done,
+                total,
+            });
+            shards.push((shard.file.clone(), bytes));
+        }
+        if let Some(c) = &cache {
+            let k = key(&entry.id, kind, "manifest.json")?;
+            if let Err(e) = cache_put(c, &k, &manifest_bytes).await {
+                warn(e);
+            }
+        }
+        out.push(Component { manifest, shards });
+    }
+    Ok(out)
+}
+
+/// Stores a model set from files the user picked (a folder holding `base/`
+/// etc., or one kind's folder): every shard verified before anything is kept.
+pub async fn import_files(
+    id: &str,
+    files: &[(String, Vec<u8>)],
+) -> Result<Vec<&'static str>, String> {
+    // Paths look like "demo/base/manifest.json" (webkitdirectory).
+    let manifests: Vec<(&str, &str, &[u8])> = files
+        .iter()
+        .filter_map(|(path, bytes)| {
+            let dir = path.strip_suffix("manifest.json")?;
+            Some((dir, path.as_str(), bytes.as_slice()))
+        })
+        .collect();
+    if manifests.is_empty() {
+        return Err(
+            "no manifest.json among the picked files (pick the folder written by \
+                    `webglide convert`)"
+                .into(),
+        );
+    }
+    let cache = cache().await?;
+    let mut kinds = Vec::new();
+    for (dir, path, bytes) in manifests {
+        let m = Manifest::parse(bytes).map_err(|e| format!("{path}: {e}"))?;
+        let Some(kind) = KINDS.iter().copied().find(|k| *k == m.kind) else {
+            return Err(format!("{path}: unknown model kind '{}'", m.kind));
+        };
+        let mut verified = Vec::new();
+        for shard in &m.shards {
+            let want = format!("{dir}{}", shard.file);
+            let (_, b) = files
+                .iter()
+                .find(|(p, _)| *p == want)
+                .ok_or_else(|| format!("{want} is missing from the picked files"))?;
+            m.verify_shard(&shard.file, b)
+                .map_err(|e| format!("{kind}: {e}"))?;
+            verified.push((shard.file.clone(), b));
+        }
+        for (file, b) in verified {
+            cache_put(&cache, &key(id, kind, &file)?, b).await?;
+        }
+        cache_put(&cache, &key(id, kind, "manifest.json")?, bytes).await?;
+        kinds.push(kind);
+    }
+    if !kinds.contains(&"base") {
+        return Err("the picked files hold no base model".into());
+    }
+    Ok(kinds)
+}
+
+/// URLs of everything kept for a set (complete kinds and partial downloads).
+async fn stored_keys(cache: &web_sys::Cache, id: &str) -> Result<Vec<String>, String> {
+    let prefix = format!("{}/", key(id, "", "")?.trim_end_matches('/'));
+    let keys = JsFuture::from(cache.keys()).await.map_err(js_err)?;
+    Ok(js_sys::Array::from(&keys)
+        .iter()
+        .filter_map(|req| Reflect::get(&req, &"url".into()).ok()?.as_string())
+        .filter(|url| url.starts_with(&prefix))
+        .collect())
+}
+
+/// Bytes of a set kept in Cache Storage.
+pub async fn stored_bytes(id: &str) -> Result<u64, String> {
+    let cache = cache().await?;
+    let mut total = 0u64;
+    for url in stored_keys(&cache, id).await? {
+        if let Some(b) = cache_get(&cache, &url).await? {
+            total += b.len() as u64;
+        }
+    }
+    Ok(total)
+}
+
+/// Removes a set's stored files.
+pub async fn delete(id: &str) -> Result<(), String> {
+    let cache = cache().await?;
+    for url in stored_keys(&cache, id).await? {
+        JsFuture::from(cache.delete_with_str(&url))
+            .await
+            .map_err(js_err)?;
+    }
+    Ok(())
+}
+
+/// Resolves after the browser had a chance to render (a macrotask).
+pub async fn yield_now() {
+    let p = Promise::new(&mut |resolve, _| {
+        if let Some(w) = web_sys::window() {
+            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, 0);
+        }
+    });
+    let _ = JsFuture::from(p).await;
+}
