@@ -157,6 +157,8 @@ fn App() -> impl IntoView {
     let next_id = StoredValue::new(0u32);
     let inpaint_src = RwSignal::new(None::<(Vec<u8>, usize, usize)>);
     let stored = RwSignal::new(String::new());
+    // Which optional kinds the loaded set has: (upsample, base-inpaint, upsample-inpaint).
+    let caps = RwSignal::new((false, false, false));
     let model_url = RwSignal::new(String::new());
     let engine = StoredValue::new_local(Engine::default());
     let mask = MaskHandle::new();
@@ -230,6 +232,11 @@ fn App() -> impl IntoView {
             engine.update_value(|e| e.models = None);
             match run::upload(&gpu, comps) {
                 Ok(models) => {
+                    caps.set((
+                        models.upsample.is_some(),
+                        models.inpaint.is_some(),
+                        models.upsample_inpaint.is_some(),
+                    ));
                     let summary =
                         format!("{} · {} · {}", kinds.join(", "), models.quant, mb(bytes));
                     engine.update_value(|e| e.models = Some(Rc::new(models)));
@@ -313,6 +320,19 @@ fn App() -> impl IntoView {
             return;
         };
         let mut s = settings.get_untracked();
+        let (has_up, has_inpaint, has_up_inpaint) = caps.get_untracked();
+        if s.mode == "inpaint" && !has_inpaint {
+            error.set(Some(Failure::msg(
+                "this model set has no inpainting model (base-inpaint)".into(),
+            )));
+            return;
+        }
+        // Upsample only where the set has an upsampler for this mode.
+        s.upsample &= if s.mode == "inpaint" {
+            has_up_inpaint
+        } else {
+            has_up
+        };
         if s.random_seed {
             s.seed = random_seed();
             settings.update(|st| st.seed = s.seed);
@@ -510,6 +530,14 @@ fn App() -> impl IntoView {
     let set = move |f: &dyn Fn(&mut Settings)| settings.update(|s| f(s));
     let ready = move || matches!(model_state.get(), ModelState::Ready { .. });
     let brush = Signal::derive(move || settings.with(|s| s.brush));
+    let upsample_available = move || {
+        let (up, _, up_inpaint) = caps.get();
+        if settings.with(|s| s.mode == "inpaint") {
+            up_inpaint
+        } else {
+            up
+        }
+    };
 
     view! {
         <header>
@@ -553,7 +581,7 @@ fn App() -> impl IntoView {
                             prop:value=move || settings.with(|s| s.mode.clone())
                             on:change=move |ev| { let v = event_target_value(&ev); set(&|s| s.mode = v.clone()) }>
                             <option value="text">"Text to image"</option>
-                            <option value="inpaint">"Inpainting"</option>
+                            <option value="inpaint" prop:disabled=move || !caps.get().1>"Inpainting"</option>
                         </select>
                     </label>
                     <label for="prompt">"Prompt"</label>
@@ -620,8 +648,10 @@ fn App() -> impl IntoView {
                             prop:checked=move || settings.with(|s| s.random_seed)
                             on:change=move |ev| { let v = event_target_checked(&ev); set(&|s| s.random_seed = v) } />
                             " random"</label>
-                        <label><input type="checkbox" data-testid="upsample"
-                            prop:checked=move || settings.with(|s| s.upsample)
+                        <label title=move || if upsample_available() { "" } else { "this model set has no upsampler for this mode" }>
+                            <input type="checkbox" data-testid="upsample"
+                            prop:disabled=move || !upsample_available()
+                            prop:checked=move || settings.with(|s| s.upsample) && upsample_available()
                             on:change=move |ev| { let v = event_target_checked(&ev); set(&|s| s.upsample = v) } />
                             " upsample to 4×"</label>
                         <label>"Upsampler steps "
@@ -777,7 +807,7 @@ fn App() -> impl IntoView {
                 <ul>
                     <li>"webglide (engine, shaders, app): MIT licence."</li>
                     <li>"GLIDE architecture, sampling procedures and the BPE vocabulary (public/tokenizer): OpenAI's glide-text2im, MIT licence, © 2021 OpenAI."</li>
-                    <li>"The embedded demo model is trained by this project on Twemoji artwork (© Twitter/X and contributors, CC BY 4.0, https://github.com/jdecked/twemoji) with names and keywords from Emojibase / Unicode CLDR (MIT; Unicode licence), and on synthetic shapes."</li>
+                    <li>"The embedded demo model (GLIDE architecture, small) is trained by this project's trainer on synthetic scenes of coloured shapes that its own code draws; weights MIT. See NOTICE."</li>
                     <li>"Libraries: wgpu (MIT/Apache-2.0), leptos (MIT), safetensors (Apache-2.0), png (MIT/Apache-2.0), sha2 (MIT/Apache-2.0)."</li>
                     <li>"Fonts: none shipped; the page uses your system fonts."</li>
                 </ul>

@@ -376,13 +376,19 @@ async fn stored_keys(cache: &web_sys::Cache, id: &str) -> Result<Vec<String>, St
         .collect())
 }
 
-/// Bytes of a set kept in Cache Storage.
+/// Bytes of a set kept in Cache Storage (blob sizes; nothing is copied into wasm).
 pub async fn stored_bytes(id: &str) -> Result<u64, String> {
     let cache = cache().await?;
     let mut total = 0u64;
     for url in stored_keys(&cache, id).await? {
-        if let Some(b) = cache_get(&cache, &url).await? {
-            total += b.len() as u64;
+        let v = JsFuture::from(cache.match_with_str(&url))
+            .await
+            .map_err(js_err)?;
+        if let Ok(resp) = v.dyn_into::<web_sys::Response>() {
+            let blob = JsFuture::from(resp.blob().map_err(js_err)?)
+                .await
+                .map_err(js_err)?;
+            total += blob.unchecked_into::<web_sys::Blob>().size() as u64;
         }
     }
     Ok(total)

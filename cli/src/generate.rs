@@ -12,6 +12,7 @@ use engine::glide::weights::WeightSource;
 use engine::{Gpu, WeightDType};
 use indicatif::{ProgressBar, ProgressStyle};
 
+#[derive(Clone)]
 pub struct Options {
     pub prompt: String,
     pub model: PathBuf,
@@ -79,8 +80,40 @@ fn run_loop(gpu: &Gpu, lp: &mut DiffusionLoop, what: &str) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// Writes one RGB8 image as PNG with text chunks, through a temporary name
+/// and a rename, so no partial file remains.
+pub fn write_png(
+    path: &Path,
+    rgb: &[u8],
+    w: usize,
+    h: usize,
+    params: &[(&str, String)],
+) -> Result<()> {
+    let tmp = path.with_extension("png.partial");
+    let result = (|| -> Result<()> {
+        let file = std::io::BufWriter::new(
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+        );
+        let mut enc = png::Encoder::new(file, w as u32, h as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        for (k, v) in params {
+            enc.add_itxt_chunk(k.to_string(), v.clone())?;
+        }
+        let mut wr = enc.write_header()?;
+        wr.write_image_data(rgb)?;
+        wr.finish()?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 /// Writes RGB8 images as PNG with text chunks; `batch > 1` adds `-N` to the name.
-/// Each file is written to a temporary name and renamed, so no partial file remains.
 fn write_pngs(
     out: &Path,
     images: &[Vec<u8>],
@@ -95,28 +128,7 @@ fn write_pngs(
             let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
             out.with_file_name(format!("{stem}-{}.png", i + 1))
         };
-        let tmp = path.with_extension("png.partial");
-        let result = (|| -> Result<()> {
-            let file = std::io::BufWriter::new(
-                std::fs::File::create(&tmp)
-                    .with_context(|| format!("creating {}", tmp.display()))?,
-            );
-            let mut enc = png::Encoder::new(file, size as u32, size as u32);
-            enc.set_color(png::ColorType::Rgb);
-            enc.set_depth(png::BitDepth::Eight);
-            for (k, v) in params {
-                enc.add_itxt_chunk(k.to_string(), v.clone())?;
-            }
-            let mut w = enc.write_header()?;
-            w.write_image_data(img)?;
-            w.finish()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        std::fs::rename(&tmp, &path)?;
+        write_png(&path, img, size, size, params)?;
         paths.push(path);
     }
     Ok(paths)
@@ -163,11 +175,16 @@ pub fn generate(gpu: &Gpu, o: &Options) -> Result<()> {
         None
     };
     if o.upsample && up.is_none() {
-        bail!(
-            "{}/upsample/manifest.json not found (convert the upsampler, or pass --no-upsample)",
+        eprintln!(
+            "note: {}/upsample/ holds no upsampler; writing the base model's image",
             o.model.display()
         );
     }
+    // What actually runs (recorded in the PNG).
+    let o = &Options {
+        upsample: up.is_some(),
+        ..o.clone()
+    };
     let ids = tok.encode(&o.prompt);
     let mut lp = DiffusionLoop::new(
         gpu,
@@ -246,11 +263,15 @@ pub fn inpaint(gpu: &Gpu, o: &Options, image: &Path, mask: &Path) -> Result<()> 
         None
     };
     if o.upsample && up.is_none() {
-        bail!(
-            "{}/upsample-inpaint/manifest.json not found (or pass --no-upsample)",
+        eprintln!(
+            "note: {}/upsample-inpaint/ holds no upsampler; writing the base model's image",
             o.model.display()
         );
     }
+    let o = &Options {
+        upsample: up.is_some(),
+        ..o.clone()
+    };
     let s = base.config.image_size;
     let src = load_image(image, s)?;
     let keep = load_mask(mask, s)?;

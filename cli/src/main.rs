@@ -2,6 +2,7 @@
 
 mod bench;
 mod convert;
+mod eval;
 mod generate;
 mod pickle;
 
@@ -76,10 +77,38 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// Evaluations that print scores.
+    Eval {
+        #[command(subcommand)]
+        what: EvalWhat,
+    },
     /// Benchmarks that print numbers.
     Bench {
         #[command(subcommand)]
         what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalWhat {
+    /// Shape prompts with colour–shape pairs held out of the demo model's
+    /// training, scored by the shapes checker (colour, shape, binding,
+    /// relation) per guidance scale.
+    Shapes {
+        #[arg(long, default_value = "public/models/demo")]
+        model: std::path::PathBuf,
+        #[arg(long, default_value_t = 200)]
+        n: usize,
+        /// Comma-separated guidance scales (0 = no guidance).
+        #[arg(long, default_value = "0,1,3,5", value_delimiter = ',')]
+        guidance: Vec<f32>,
+        #[arg(long, default_value = "50")]
+        steps: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Also write a PNG grid: one row per guidance scale, 8 prompts.
+        #[arg(long)]
+        grid: Option<std::path::PathBuf>,
     },
 }
 
@@ -248,6 +277,17 @@ fn run(cli: Cli) -> Result<()> {
     let gpu = || pollster::block_on(engine::Gpu::new(engine::GpuOptions::default()));
     match cli.cmd {
         Cmd::Info => print!("{}", gpu()?.report),
+        Cmd::Eval {
+            what:
+                EvalWhat::Shapes {
+                    model,
+                    n,
+                    guidance,
+                    steps,
+                    seed,
+                    grid,
+                },
+        } => eval::shapes(&gpu()?, &model, n, &guidance, &steps, seed, grid.as_deref())?,
         Cmd::Bench {
             what: BenchWhat::Kernels { iters, quick },
         } => bench::kernels(&gpu()?, iters.max(1), quick)?,

@@ -14,6 +14,7 @@
 // wgpu objects are !Send on wasm32; Arc still gives shared ownership there.
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
+pub mod demo;
 pub mod error;
 pub mod glide;
 pub mod gpu;

@@ -174,7 +174,7 @@ impl GlideConfig {
         3 + if self.inpaint { 4 } else { 0 } + if self.super_res { 3 } else { 0 }
     }
 
-    fn heads(&self, ch: usize) -> Result<usize> {
+    pub fn heads(&self, ch: usize) -> Result<usize> {
         if self.num_head_channels > 0 {
             let hc = self.num_head_channels as usize;
             if !ch.is_multiple_of(hc) {

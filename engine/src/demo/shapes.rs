@@ -1,0 +1,446 @@
+//! The demo model's synthetic scenes: coloured shapes with relational
+//! captions ("a red circle above a blue square"), rendered on white, and the
+//! checker that parses an image back into objects and scores it against its
+//! caption. Shared by the trainer (data) and `webglide eval shapes`.
+
+pub const COLORS: [(&str, [u8; 3]); 8] = [
+    ("red", [220, 40, 40]),
+    ("orange", [245, 140, 20]),
+    ("yellow", [240, 210, 30]),
+    ("green", [40, 170, 60]),
+    ("blue", [40, 90, 220]),
+    ("purple", [140, 60, 190]),
+    ("pink", [240, 120, 190]),
+    ("black", [30, 30, 30]),
+];
+pub const SHAPES: [&str; 6] = ["circle", "square", "triangle", "diamond", "star", "cross"];
+pub const RELATIONS: [&str; 4] = ["above", "below", "to the left of", "to the right of"];
+
+/// Colour–shape pairs never shown in training, so evaluation prompts are new.
+pub const HELD_OUT: [(usize, usize); 6] = [(0, 4), (4, 2), (3, 0), (2, 1), (5, 3), (6, 5)];
+
+pub fn held_out(color: usize, shape: usize) -> bool {
+    HELD_OUT.contains(&(color, shape))
+}
+
+/// A small deterministic generator (SplitMix64).
+#[derive(Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Object {
+    pub color: usize,
+    pub shape: usize,
+    /// Centre and half-size in units of the image width.
+    pub cx: f32,
+    pub cy: f32,
+    pub r: f32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scene {
+    pub objects: Vec<Object>,
+    /// Relation of object 0 to object 1, when there are two or more.
+    pub relation: Option<usize>,
+}
+
+impl Scene {
+    pub fn caption(&self) -> String {
+        let name = |o: &Object| format!("a {} {}", COLORS[o.color].0, SHAPES[o.shape]);
+        let o = &self.objects;
+        match (o.len(), self.relation) {
+            (1, _) | (_, None) => name(&o[0]),
+            (2, Some(r)) => format!("{} {} {}", name(&o[0]), RELATIONS[r], name(&o[1])),
+            (_, Some(r)) => format!(
+                "{} {} {} and {}",
+                name(&o[0]),
+                RELATIONS[r],
+                name(&o[1]),
+                name(&o[2])
+            ),
+        }
+    }
+
+    /// A random scene of 1–3 objects. `allow(color, shape)` filters the pairs.
+    pub fn random(rng: &mut Rng, allow: &dyn Fn(usize, usize) -> bool) -> Scene {
+        let n = 1 + rng.below(3);
+        let pick = |rng: &mut Rng| loop {
+            let (c, s) = (rng.below(COLORS.len()), rng.below(SHAPES.len()));
+            if allow(c, s) {
+                return (c, s);
+            }
+        };
+        'retry: loop {
+            let mut objects: Vec<Object> = Vec::new();
+            let relation = (n >= 2).then(|| rng.below(RELATIONS.len()));
+            for i in 0..n {
+                let (color, shape) = pick(rng);
+                let r = 0.11 + 0.08 * rng.f32();
+                let mut tries = 0;
+                let obj = loop {
+                    tries += 1;
+                    if tries > 200 {
+                        continue 'retry;
+                    }
+                    let cx = r + (1.0 - 2.0 * r) * rng.f32();
+                    let cy = r + (1.0 - 2.0 * r) * rng.f32();
+                    let o = Object {
+                        color,
+                        shape,
+                        cx,
+                        cy,
+                        r,
+                    };
+                    let free = objects.iter().all(|p| {
+                        let d = ((p.cx - cx).powi(2) + (p.cy - cy).powi(2)).sqrt();
+                        d > p.r + r + 0.04
+                    });
+                    let related = match (i, relation) {
+                        (1, Some(rel)) => relation_holds(rel, &objects[0], &o, 0.05, 0.7),
+                        _ => true,
+                    };
+                    if free && related {
+                        break o;
+                    }
+                };
+                objects.push(obj);
+            }
+            return Scene { objects, relation };
+        }
+    }
+}
+
+/// Whether `a` is `rel` of `b`: apart by `margin` beyond their extents along
+/// the relation's axis, and offset across it by at most `slack` times that
+/// distance (the generator uses 0.7 so the relation is unambiguous; the
+/// checker, on detected centroids, 1.5).
+pub fn relation_holds(rel: usize, a: &Object, b: &Object, margin: f32, slack: f32) -> bool {
+    let (dx, dy) = (b.cx - a.cx, b.cy - a.cy);
+    let (along, across) = match rel {
+        0 => (dy, dx),  // a above b
+        1 => (-dy, dx), // a below b
+        2 => (dx, dy),  // a left of b
+        _ => (-dx, dy),
+    };
+    along > a.r + b.r + margin && across.abs() < slack * along
+}
+
+/// Whether the point (dx, dy), in units of the half-size, is inside the shape.
+pub fn inside(shape: usize, dx: f32, dy: f32) -> bool {
+    match shape {
+        0 => dx * dx + dy * dy <= 1.0,
+        1 => dx.abs() <= 0.85 && dy.abs() <= 0.85,
+        2 => (-1.0..=0.8).contains(&dy) && dx.abs() <= (dy + 1.0) / 1.8,
+        3 => dx.abs() + dy.abs() <= 1.0,
+        4 => {
+            // Five-pointed star: inner radius 0.45, first point up.
+            let (r, a) = (
+                (dx * dx + dy * dy).sqrt(),
+                dy.atan2(dx) + std::f32::consts::FRAC_PI_2,
+            );
+            let sector = std::f32::consts::TAU / 5.0;
+            let t = (a.rem_euclid(sector) / sector - 0.5).abs() * 2.0; // 1 at a point, 0 between
+                                                                       // Straight edges between point (radius 1) and notch (0.45), approximately.
+            r <= 0.45 + 0.55 * t.powf(1.6)
+        }
+        _ => (dx.abs() <= 0.33 && dy.abs() <= 1.0) || (dy.abs() <= 0.33 && dx.abs() <= 1.0),
+    }
+}
+
+/// Renders at `size`² (RGB8, white background), `ss`×`ss` samples per pixel.
+pub fn render(scene: &Scene, size: usize, ss: usize) -> Vec<u8> {
+    let mut out = vec![0u8; size * size * 3];
+    for py in 0..size {
+        for px in 0..size {
+            let mut acc = [0f32; 3];
+            for sy in 0..ss {
+                for sx in 0..ss {
+                    let x = (px as f32 + (sx as f32 + 0.5) / ss as f32) / size as f32;
+                    let y = (py as f32 + (sy as f32 + 0.5) / ss as f32) / size as f32;
+                    let mut c = [255u8; 3];
+                    for o in &scene.objects {
+                        if inside(o.shape, (x - o.cx) / o.r, (y - o.cy) / o.r) {
+                            c = COLORS[o.color].1;
+                        }
+                    }
+                    for k in 0..3 {
+                        acc[k] += c[k] as f32;
+                    }
+                }
+            }
+            for k in 0..3 {
+                out[(py * size + px) * 3 + k] = (acc[k] / (ss * ss) as f32).round() as u8;
+            }
+        }
+    }
+    out
+}
+
+/// `factor`×`factor` box average of an RGB8 square image (the dataset's 256 → 64).
+pub fn box_down(rgb: &[u8], size: usize, factor: usize) -> Vec<u8> {
+    let s = size / factor;
+    let mut out = vec![0u8; s * s * 3];
+    for y in 0..s {
+        for x in 0..s {
+            for k in 0..3 {
+                let mut sum = 0u32;
+                for dy in 0..factor {
+                    for dx in 0..factor {
+                        sum += rgb[((y * factor + dy) * size + x * factor + dx) * 3 + k] as u32;
+                    }
+                }
+                out[(y * s + x) * 3 + k] = ((sum as f32) / (factor * factor) as f32).round() as u8;
+            }
+        }
+    }
+    out
+}
+
+/// An object found in an image.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub color: usize,
+    pub shape: usize,
+    pub cx: f32,
+    pub cy: f32,
+    pub r: f32,
+    pub pixels: usize,
+}
+
+const GRID: usize = 16;
+
+/// The shape's silhouette on a GRID² raster over its own bounding box.
+fn template(shape: usize) -> Vec<bool> {
+    // Bounding boxes in half-size units.
+    let (x0, x1, y0, y1) = match shape {
+        1 => (-0.85, 0.85, -0.85, 0.85),
+        2 => (-1.0, 1.0, -1.0, 0.8),
+        _ => (-1.0, 1.0, -1.0, 1.0),
+    };
+    let mut t = vec![false; GRID * GRID];
+    for gy in 0..GRID {
+        for gx in 0..GRID {
+            let dx = x0 + (x1 - x0) * (gx as f32 + 0.5) / GRID as f32;
+            let dy = y0 + (y1 - y0) * (gy as f32 + 0.5) / GRID as f32;
+            t[gy * GRID + gx] = inside(shape, dx, dy);
+        }
+    }
+    t
+}
+
+/// Parses an RGB8 image (white background) into coloured objects.
+pub fn detect(rgb: &[u8], size: usize) -> Vec<Found> {
+    let n = size * size;
+    // Colour label per pixel; 255 = background.
+    let label: Vec<u8> = (0..n)
+        .map(|i| {
+            let p = &rgb[i * 3..i * 3 + 3];
+            let whiteness = p.iter().map(|&v| 255 - v as i32).max().unwrap_or(0);
+            if whiteness < 70 {
+                return 255;
+            }
+            let mut best = (i32::MAX, 255u8);
+            for (k, (_, c)) in COLORS.iter().enumerate() {
+                let d: i32 = (0..3).map(|j| (p[j] as i32 - c[j] as i32).pow(2)).sum();
+                if d < best.0 {
+                    best = (d, k as u8);
+                }
+            }
+            best.1
+        })
+        .collect();
+    let templates: Vec<Vec<bool>> = (0..SHAPES.len()).map(template).collect();
+    let mut seen = vec![false; n];
+    let mut found = Vec::new();
+    for start in 0..n {
+        if seen[start] || label[start] == 255 {
+            continue;
+        }
+        let l = label[start];
+        let mut stack = vec![start];
+        let mut comp = Vec::new();
+        seen[start] = true;
+        while let Some(i) = stack.pop() {
+            comp.push(i);
+            let (x, y) = (i % size, i / size);
+            let mut push = |j: usize| {
+                if !seen[j] && label[j] == l {
+                    seen[j] = true;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                push(i - 1);
+            }
+            if x + 1 < size {
+                push(i + 1);
+            }
+            if y > 0 {
+                push(i - size);
+            }
+            if y + 1 < size {
+                push(i + size);
+            }
+        }
+        if comp.len() < (n / 200).max(6) {
+            continue; // specks and anti-aliasing fringes
+        }
+        let (mut x0, mut x1, mut y0, mut y1) = (size, 0, size, 0);
+        for &i in &comp {
+            let (x, y) = (i % size, i / size);
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+        let (bw, bh) = ((x1 - x0 + 1) as f32, (y1 - y0 + 1) as f32);
+        let mut mask = vec![false; GRID * GRID];
+        let in_comp: std::collections::HashSet<usize> = comp.iter().copied().collect();
+        for gy in 0..GRID {
+            for gx in 0..GRID {
+                let x = x0 + ((gx as f32 + 0.5) / GRID as f32 * bw) as usize;
+                let y = y0 + ((gy as f32 + 0.5) / GRID as f32 * bh) as usize;
+                mask[gy * GRID + gx] = in_comp.contains(&(y * size + x));
+            }
+        }
+        let iou = |t: &Vec<bool>| {
+            let inter = t.iter().zip(&mask).filter(|(a, b)| **a && **b).count();
+            let union = t.iter().zip(&mask).filter(|(a, b)| **a || **b).count();
+            inter as f32 / union.max(1) as f32
+        };
+        let shape = (0..SHAPES.len())
+            .max_by(|&a, &b| iou(&templates[a]).total_cmp(&iou(&templates[b])))
+            .unwrap_or(0);
+        let (sx, sy) = comp
+            .iter()
+            .fold((0usize, 0usize), |(a, b), &i| (a + i % size, b + i / size));
+        found.push(Found {
+            color: l as usize,
+            shape,
+            cx: (sx as f32 / comp.len() as f32 + 0.5) / size as f32,
+            cy: (sy as f32 / comp.len() as f32 + 0.5) / size as f32,
+            r: bw.max(bh) / 2.0 / size as f32,
+            pixels: comp.len(),
+        });
+    }
+    found
+}
+
+/// Per-caption scores in [0, 1] (relation: None when the caption has none).
+#[derive(Clone, Debug, Default)]
+pub struct Score {
+    pub color: f32,
+    pub shape: f32,
+    pub binding: f32,
+    pub relation: Option<f32>,
+}
+
+/// Scores an image against the scene its caption describes.
+pub fn score(scene: &Scene, found: &[Found]) -> Score {
+    let objs = &scene.objects;
+    let n = objs.len() as f32;
+    let frac = |f: &dyn Fn(&Object) -> bool| objs.iter().filter(|o| f(o)).count() as f32 / n;
+    let color = frac(&|o| found.iter().any(|f| f.color == o.color));
+    let shape = frac(&|o| found.iter().any(|f| f.shape == o.shape));
+    let binding = frac(&|o| {
+        found
+            .iter()
+            .any(|f| f.color == o.color && f.shape == o.shape)
+    });
+    let relation = scene.relation.map(|rel| {
+        // The largest detection bound to each of the first two objects.
+        let bound = |o: &Object| {
+            found
+                .iter()
+                .filter(|f| f.color == o.color && f.shape == o.shape)
+                .max_by_key(|f| f.pixels)
+        };
+        match (bound(&objs[0]), bound(&objs[1])) {
+            (Some(a), Some(b)) => {
+                let as_obj = |f: &Found| Object {
+                    color: f.color,
+                    shape: f.shape,
+                    cx: f.cx,
+                    cy: f.cy,
+                    r: 0.0,
+                };
+                if relation_holds(rel, &as_obj(a), &as_obj(b), 0.0, 1.5) {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        }
+    });
+    Score {
+        color,
+        shape,
+        binding,
+        relation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captions_and_held_out_pairs() {
+        let mut rng = Rng(1);
+        for _ in 0..200 {
+            let s = Scene::random(&mut rng, &|c, sh| !held_out(c, sh));
+            assert!(s.objects.iter().all(|o| !held_out(o.color, o.shape)));
+            let cap = s.caption();
+            assert!(cap.starts_with("a "), "{cap}");
+            if let Some(r) = s.relation {
+                assert!(cap.contains(RELATIONS[r]));
+                assert!(relation_holds(r, &s.objects[0], &s.objects[1], 0.05, 0.7));
+            }
+        }
+    }
+
+    /// The checker must read rendered scenes back almost perfectly, or its
+    /// scores of generated images mean nothing.
+    #[test]
+    fn checker_parses_rendered_scenes() {
+        let mut rng = Rng(7);
+        let (mut bind, mut rel, mut nrel) = (0.0, 0.0, 0.0);
+        let n = 300;
+        for _ in 0..n {
+            let s = Scene::random(&mut rng, &|_, _| true);
+            let img = box_down(&render(&s, 256, 1), 256, 4);
+            let sc = score(&s, &detect(&img, 64));
+            bind += sc.binding;
+            if let Some(r) = sc.relation {
+                rel += r;
+                nrel += 1.0;
+            }
+        }
+        let (bind, rel) = (bind / n as f32, rel / nrel);
+        assert!(bind > 0.95, "binding accuracy on clean renders {bind}");
+        assert!(rel > 0.95, "relation accuracy on clean renders {rel}");
+        // A blank image scores zero.
+        let s = Scene::random(&mut rng, &|_, _| true);
+        let blank = vec![255u8; 64 * 64 * 3];
+        let sc = score(&s, &detect(&blank, 64));
+        assert_eq!((sc.color, sc.shape, sc.binding), (0.0, 0.0, 0.0));
+    }
+}

@@ -1,0 +1,513 @@
+//! The training loop: data, GLIDE's hybrid loss, EMA, checkpoints.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use engine::demo::shapes::{box_down, held_out, render, Rng, Scene};
+use engine::glide::model::GlideConfig;
+use engine::glide::schedule::Schedule;
+use engine::glide::tokenizer::{pad_tokens, GlideTokenizer};
+
+use crate::model::{Cond, Glide, Init, WeightMap};
+
+#[derive(clap::Parser)]
+#[command(name = "webglide-train", about = "Train the webglide demo model")]
+pub struct Args {
+    /// base, upsample or base-inpaint.
+    #[arg(long, default_value = "base")]
+    pub kind: String,
+    /// Architecture (create_model_and_diffusion kwargs as JSON); default: the demo config.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// Checkpoint/output folder (resumes from it when it holds a checkpoint).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Stop after this many optimizer steps (in total, counting resumed ones)...
+    #[arg(long, default_value_t = 100_000)]
+    pub steps: u64,
+    /// ...or after this many minutes of this run, whichever comes first.
+    #[arg(long, default_value_t = 8.0)]
+    pub minutes: f64,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub ema: f64,
+    /// Probability of an empty caption (classifier-free guidance).
+    #[arg(long, default_value_t = 0.2)]
+    pub drop_caption: f32,
+    /// cpu (ndarray) or gpu (wgpu: Vulkan/Metal/DX12).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Linear learning-rate warm-up over this many steps.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: u64,
+    /// Checkpoint every N steps.
+    #[arg(long, default_value_t = 200)]
+    pub save_every: u64,
+}
+
+/// The demo model's architectures: the released GLIDE topology, narrow.
+pub fn demo_config(kind: &str) -> Result<GlideConfig> {
+    let mut c = GlideConfig::for_kind(kind)?;
+    c.num_channels = 32;
+    c.num_res_blocks = 1;
+    c.num_head_channels = 32;
+    c.text_ctx = 32;
+    c.xf_width = 64;
+    c.xf_layers = 2;
+    c.xf_heads = 2;
+    if c.super_res {
+        c.channel_mult = "1,1,2,2,2,2".into();
+        c.attention_resolutions = "16,8".into();
+    } else {
+        c.channel_mult = "1,2,2,2".into();
+        c.attention_resolutions = "16,8".into();
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+pub fn tokenizer() -> Result<GlideTokenizer> {
+    Ok(GlideTokenizer::from_gz(
+        include_bytes!("../../public/tokenizer/encoder.json.gz"),
+        include_bytes!("../../public/tokenizer/vocab.bpe.gz"),
+    )?)
+}
+
+fn planes(rgb: &[u8], size: usize) -> Vec<f32> {
+    let n = size * size;
+    let mut out = vec![0f32; 3 * n];
+    for i in 0..n {
+        for c in 0..3 {
+            out[c * n + i] = rgb[i * 3 + c] as f32 / 127.5 - 1.0;
+        }
+    }
+    out
+}
+
+/// One training batch on the CPU.
+pub struct Batch {
+    pub x0: Vec<f32>,
+    pub low_res: Vec<f32>,
+    pub keep: Vec<f32>,
+    pub tokens: Vec<i64>,
+    pub mask: Vec<f32>,
+    pub captions: Vec<String>,
+}
+
+pub fn make_batch(
+    cfg: &GlideConfig,
+    tok: &GlideTokenizer,
+    rng: &mut Rng,
+    b: usize,
+    drop: f32,
+) -> Batch {
+    let s = cfg.image_size;
+    let mut out = Batch {
+        x0: Vec::new(),
+        low_res: Vec::new(),
+        keep: Vec::new(),
+        tokens: Vec::new(),
+        mask: Vec::new(),
+        captions: Vec::new(),
+    };
+    for _ in 0..b {
+        let scene = Scene::random(rng, &|c, sh| !held_out(c, sh));
+        let caption = if rng.f32() < drop {
+            String::new()
+        } else {
+            scene.caption()
+        };
+        if cfg.super_res {
+            let hi = render(&scene, s, 2);
+            out.low_res.extend(planes(&box_down(&hi, s, 4), s / 4));
+            out.x0.extend(planes(&hi, s));
+        } else {
+            // 4×4 samples per pixel = the 256-px render box-averaged to 64.
+            out.x0.extend(planes(&render(&scene, s, 4), s));
+        }
+        if cfg.inpaint {
+            // A random rectangle to regenerate (0), the rest kept (1).
+            let (w, h) = (s / 5 + rng.below(s * 3 / 5), s / 5 + rng.below(s * 3 / 5));
+            let (x0, y0) = (rng.below(s - w + 1), rng.below(s - h + 1));
+            out.keep.extend((0..s * s).map(|i| {
+                let (x, y) = (i % s, i / s);
+                if (x0..x0 + w).contains(&x) && (y0..y0 + h).contains(&y) {
+                    0.0
+                } else {
+                    1.0
+                }
+            }));
+        }
+        let (t, m) = pad_tokens(&tok.encode(&caption), cfg.text_ctx);
+        out.tokens.extend(t.iter().map(|&v| v as i64));
+        out.mask.extend(m.iter().map(|&v| v as f32));
+        out.captions.push(caption);
+    }
+    out
+}
+
+/// Per-sample diffusion coefficients `[B, 1, 1, 1]`.
+fn coef(values: Vec<f32>, dev: &Device) -> Tensor<4> {
+    let b = values.len();
+    Tensor::<4>::from_data(TensorData::new(values, [b, 1, 1, 1]), dev)
+}
+
+/// KL(q ‖ p) between diagonal Gaussians given means and log variances:
+/// ½(−1 + log σ²_p − log σ²_q + σ²_q/σ²_p + (μ_q − μ_p)²/σ²_p), elementwise.
+pub fn normal_kl(
+    mean_q: Tensor<4>,
+    logvar_q: Tensor<4>,
+    mean_p: Tensor<4>,
+    logvar_p: Tensor<4>,
+) -> Tensor<4> {
+    ((logvar_p.clone() - logvar_q.clone()) - 1.0
+        + (logvar_q - logvar_p.clone()).exp()
+        + (mean_q - mean_p).powi_scalar(2) * logvar_p.neg().exp())
+        * 0.5
+}
+
+/// GLIDE's hybrid loss for a batch: (total, mse, vb in bits).
+pub fn loss(
+    model: &Glide,
+    sched: &Schedule,
+    batch: &Batch,
+    t: &[usize],
+    noise: Tensor<4>,
+    dev: &Device,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    let cfg = &model.config;
+    let (b, s) = (t.len(), cfg.image_size);
+    let x0 = Tensor::<4>::from_data(TensorData::new(batch.x0.clone(), [b, 3, s, s]), dev);
+    let g = |v: &[f64]| coef(t.iter().map(|&i| v[i] as f32).collect(), dev);
+    let ac = &sched.alphas_cumprod;
+    let sqrt_ac = coef(t.iter().map(|&i| ac[i].sqrt() as f32).collect(), dev);
+    let sqrt_1m = coef(
+        t.iter().map(|&i| (1.0 - ac[i]).sqrt() as f32).collect(),
+        dev,
+    );
+    let x_t = x0.clone() * sqrt_ac + noise.clone() * sqrt_1m;
+    let cond = Cond {
+        tokens: Tensor::<2, Int>::from_data(
+            TensorData::new(batch.tokens.clone(), [b, cfg.text_ctx]),
+            dev,
+        ),
+        mask: Tensor::<2>::from_data(TensorData::new(batch.mask.clone(), [b, cfg.text_ctx]), dev),
+        low_res: cfg.super_res.then(|| {
+            Tensor::<4>::from_data(
+                TensorData::new(batch.low_res.clone(), [b, 3, s / 4, s / 4]),
+                dev,
+            )
+        }),
+        inpaint: cfg.inpaint.then(|| {
+            (
+                x0.clone(),
+                Tensor::<4>::from_data(TensorData::new(batch.keep.clone(), [b, 1, s, s]), dev),
+            )
+        }),
+    };
+    let ts = Tensor::<1>::from_data(
+        TensorData::new(t.iter().map(|&i| i as f32).collect::<Vec<_>>(), [b]),
+        dev,
+    );
+    let out = model.forward(x_t.clone(), ts, &cond);
+    let eps = out.clone().narrow(1, 0, 3);
+    let v = out.narrow(1, 3, 3);
+    let mse = (eps.clone() - noise).powi_scalar(2).mean();
+    // Variational bound on the variance only: the mean uses a detached eps.
+    let recip = coef(
+        t.iter().map(|&i| (1.0 / ac[i]).sqrt() as f32).collect(),
+        dev,
+    );
+    let recipm1 = coef(
+        t.iter()
+            .map(|&i| (1.0 / ac[i] - 1.0).sqrt() as f32)
+            .collect(),
+        dev,
+    );
+    let x0_pred = (x_t.clone() * recip - eps.detach() * recipm1).clamp(-1.0, 1.0);
+    let (c1, c2) = (
+        g(&sched.posterior_mean_coef1),
+        g(&sched.posterior_mean_coef2),
+    );
+    let true_mean = x0 * c1.clone() + x_t.clone() * c2.clone();
+    let model_mean = x0_pred * c1 + x_t * c2;
+    let min_log = g(&sched.posterior_log_variance_clipped);
+    let max_log = coef(t.iter().map(|&i| sched.betas[i].ln() as f32).collect(), dev);
+    let frac = (v + 1.0) / 2.0;
+    let model_log = frac.clone() * max_log + (frac.neg() + 1.0) * min_log.clone();
+    let kl = normal_kl(true_mean, min_log, model_mean, model_log);
+    let vb = kl.mean() / std::f32::consts::LN_2;
+    (mse.clone() + vb.clone(), mse, vb)
+}
+
+/// Named f32 tensors as a safetensors file.
+pub fn safetensors_bytes(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<Vec<u8>> {
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, s, v)| {
+            (
+                n.clone(),
+                s.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            Ok((
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    Ok(safetensors::serialize(views, None)?)
+}
+
+/// Writes through a temporary name, so no half-written file remains.
+fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, safetensors_bytes(tensors)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub fn read_safetensors(path: &Path) -> Result<WeightMap> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)?;
+    let mut map = WeightMap::new();
+    for (name, view) in st.tensors() {
+        let v = engine::glide::weights::to_f32(&name, &view)?;
+        map.insert(name, (view.shape().to_vec(), v));
+    }
+    Ok(map)
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct State {
+    step: u64,
+    kind: String,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let kind = args.kind.as_str();
+    if !["base", "upsample", "base-inpaint"].contains(&kind) {
+        bail!("--kind {kind}: the demo model has base, upsample and base-inpaint");
+    }
+    let cfg = match &args.config {
+        Some(p) => serde_json::from_slice(&std::fs::read(p)?)?,
+        None => demo_config(kind)?,
+    };
+    if args.batch == 0 || args.batch > 256 || !(args.lr > 0.0 && args.lr < 1.0) {
+        bail!("--batch 1..=256 and 0 < --lr < 1");
+    }
+    let dev = match args.device.as_str() {
+        "cpu" => Device::flex(),
+        "gpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        d => bail!("--device {d}: cpu or gpu"),
+    }
+    .autodiff();
+    dev.seed(args.seed);
+    std::fs::create_dir_all(&args.out)?;
+    let out = &args.out;
+    let tok = tokenizer()?;
+    let sched = Schedule::new(
+        &cfg.noise_schedule,
+        cfg.diffusion_steps,
+        &cfg.diffusion_steps.to_string(),
+    )?;
+
+    let state_path = out.join("state.json");
+    let resume = state_path.exists();
+    let (mut model, mut optim, mut ema, mut step) = if resume {
+        let st: State = serde_json::from_slice(&std::fs::read(&state_path)?)?;
+        if st.kind != kind {
+            bail!("{} holds a '{}' checkpoint", out.display(), st.kind);
+        }
+        let weights = read_safetensors(&out.join("model.safetensors"))?;
+        let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
+        let optim = AdamWConfig::new()
+            .with_weight_decay(0.0)
+            .init()
+            .load(out.join("optim.bpk"))
+            .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
+        let ema = read_safetensors(&out.join("ema.safetensors"))?;
+        let order = model.export();
+        let ema: Vec<_> = order
+            .into_iter()
+            .map(|(n, s, _)| {
+                let v = ema
+                    .get(&n)
+                    .map(|e| e.1.clone())
+                    .context("ema weights incomplete")?;
+                Ok((n, s, v))
+            })
+            .collect::<Result<_>>()?;
+        eprintln!("resuming {} at step {}", out.display(), st.step);
+        (model, optim, ema, st.step)
+    } else {
+        let model = Glide::new(&cfg, &Init::Train, &dev)?;
+        let ema = model.export();
+        let optim = AdamWConfig::new().with_weight_decay(0.0).init();
+        (model, optim, ema, 0)
+    };
+    let params: usize = ema
+        .iter()
+        .map(|(_, s, _)| s.iter().product::<usize>())
+        .sum();
+    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("loss.log"))?;
+    writeln!(
+        log,
+        "# kind {kind} params {params} batch {} lr {} device {} resume {resume}",
+        args.batch, args.lr, args.device
+    )?;
+    eprintln!(
+        "{kind}: {params} parameters, batch {}, device {}",
+        args.batch, args.device
+    );
+
+    let mut rng = Rng(args.seed ^ step.wrapping_mul(0x9e37_79b9));
+    let started = Instant::now();
+    let t_max = cfg.diffusion_steps;
+    let (mut acc, mut n_acc) = ([0f64; 3], 0usize);
+    let save = |model: &Glide,
+                optim: &burn::optim::ModuleOptimizer,
+                ema: &[(String, Vec<usize>, Vec<f32>)],
+                step: u64|
+     -> Result<()> {
+        write_safetensors(&out.join("model.safetensors"), &model.export())?;
+        write_safetensors(&out.join("ema.safetensors"), ema)?;
+        optim
+            .save(out.join("optim.bpk"))
+            .map_err(|e| anyhow::anyhow!("saving optimizer: {e:?}"))?;
+        std::fs::write(
+            &state_path,
+            serde_json::to_vec(&State {
+                step,
+                kind: kind.into(),
+            })?,
+        )?;
+        Ok(())
+    };
+    const EMA_EVERY: u64 = 10;
+    while step < args.steps && started.elapsed().as_secs_f64() < args.minutes * 60.0 {
+        let batch = make_batch(&cfg, &tok, &mut rng, args.batch, args.drop_caption);
+        let t: Vec<usize> = (0..args.batch).map(|_| rng.below(t_max)).collect();
+        let s = cfg.image_size;
+        let noise = Tensor::<4>::random(
+            [args.batch, 3, s, s],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &dev,
+        );
+        let (total, mse, vb) = loss(&model, &sched, &batch, &t, noise, &dev);
+        let grads = total.backward();
+        let grads = GradientsParams::from_grads(grads, &model);
+        let lr = args.lr * ((step + 1) as f64 / args.warmup.max(1) as f64).min(1.0);
+        model = optim.step(lr, model, grads);
+        step += 1;
+        for (i, v) in [total, mse, vb].into_iter().enumerate() {
+            acc[i] += v.into_scalar::<f32>() as f64;
+        }
+        n_acc += 1;
+        if step % EMA_EVERY == 0 {
+            let d = args
+                .ema
+                .min((1.0 + step as f64) / (10.0 + step as f64))
+                .powi(EMA_EVERY as i32) as f32;
+            for (e, (_, _, cur)) in ema.iter_mut().zip(model.export()) {
+                for (a, b) in e.2.iter_mut().zip(cur) {
+                    *a = d * *a + (1.0 - d) * b;
+                }
+            }
+        }
+        if step % 20 == 0 {
+            let line = format!(
+                "step {step} loss {:.5} mse {:.5} vb {:.5} elapsed {:.0}s",
+                acc[0] / n_acc as f64,
+                acc[1] / n_acc as f64,
+                acc[2] / n_acc as f64,
+                started.elapsed().as_secs_f64()
+            );
+            eprintln!("{line}");
+            writeln!(log, "{line}")?;
+            (acc, n_acc) = ([0f64; 3], 0);
+        }
+        if step % args.save_every == 0 {
+            save(&model, &optim, &ema, step)?;
+        }
+    }
+    save(&model, &optim, &ema, step)?;
+    // The deliverable: EMA weights with the official names + the kwargs.
+    write_safetensors(&out.join("weights.safetensors"), &ema)?;
+    eprintln!(
+        "step {step}: wrote {}",
+        out.join("weights.safetensors").display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_kl_is_zero_for_equal_and_positive_otherwise() {
+        let dev = Device::flex();
+        let r = |seed: u64| {
+            let v = engine::rng::randn(2 * 3 * 4 * 4, seed, 0);
+            Tensor::<4>::from_data(TensorData::new(v, [2, 3, 4, 4]), &dev)
+        };
+        let (m, l) = (r(1), r(2));
+        let same: Vec<f32> = normal_kl(m.clone(), l.clone(), m.clone(), l.clone())
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert!(same.iter().all(|v| v.abs() < 1e-6), "{same:?}");
+        let diff: Vec<f32> = normal_kl(m, l, r(3), r(4))
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert!(diff.iter().all(|&v| v >= 0.0) && diff.iter().any(|&v| v > 0.1));
+    }
+
+    #[test]
+    fn batches_have_the_configured_shapes() {
+        let tok = tokenizer().unwrap();
+        let mut rng = Rng(3);
+        for kind in ["base", "upsample", "base-inpaint"] {
+            let cfg = demo_config(kind).unwrap();
+            let b = make_batch(&cfg, &tok, &mut rng, 3, 0.5);
+            let s = cfg.image_size;
+            assert_eq!(b.x0.len(), 3 * 3 * s * s);
+            assert!(b.x0.iter().all(|v| (-1.0..=1.0).contains(v)));
+            assert_eq!(b.tokens.len(), 3 * cfg.text_ctx);
+            assert_eq!(
+                b.low_res.len(),
+                if cfg.super_res {
+                    3 * 3 * (s / 4) * (s / 4)
+                } else {
+                    0
+                }
+            );
+            assert_eq!(b.keep.len(), if cfg.inpaint { 3 * s * s } else { 0 });
+            if cfg.inpaint {
+                assert!(b.keep.contains(&0.0) && b.keep.contains(&1.0));
+            }
+        }
+    }
+}
