@@ -295,6 +295,29 @@ const tests = [
       await page.screenshot({ path: path.join(ARTIFACTS, 'model-error.png'), fullPage: true });
     });
   }],
+  ['a model folder picked from disk is verified, stored and loaded; delete removes its files', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      // The fixture set as a local folder named "fixture-set".
+      const dir = path.join(ARTIFACTS, 'pick', 'fixture-set');
+      fs.rmSync(path.join(ARTIFACTS, 'pick'), { recursive: true, force: true });
+      fs.mkdirSync(path.join(dir, 'base'), { recursive: true });
+      for (const f of fs.readdirSync(path.join(MODELS, 'base'))) fs.copyFileSync(path.join(MODELS, 'base', f), path.join(dir, 'base', f));
+      await page.getByTestId('model-files').setInputFiles(dir);
+      await page.waitForFunction(() => /local files/.test(document.querySelector('[data-testid=model-detail]').textContent)
+        && document.querySelector('[data-testid=model-status]').textContent === 'ready', null, { timeout: STEP_TIMEOUT });
+      await page.waitForFunction(() => /^[1-9][0-9.]* MB stored/.test(document.querySelector('[data-testid=storage]').textContent),
+        null, { timeout: 30000 });
+      const stored = () => page.evaluate(async () => (await (await caches.open('webglide-models-v1')).keys())
+        .filter((r) => r.url.includes('/local-fixture-set/')).length);
+      assert(await stored() >= 2, 'the picked files were not stored');
+      await page.getByTestId('model-delete').click();
+      await page.waitForFunction(() => /Embedded demo model/.test(document.querySelector('[data-testid=model-detail]').textContent),
+        null, { timeout: STEP_TIMEOUT });
+      assert(await stored() === 0, 'delete left files behind');
+      assert(!(await page.getByTestId('model-select').innerText()).includes('fixture-set'), 'deleted set still listed');
+    });
+  }],
   ['after one visit the page and the model work offline', async (url) => {
     await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page, context) => {
       await modelReady(page);

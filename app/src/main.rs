@@ -516,14 +516,17 @@ fn App() -> impl IntoView {
                 error.set(Some(Failure::msg(e)));
             }
             if entry.id != "demo" {
+                // A removed set leaves the list; the page goes back to the demo model.
                 settings.update(|s| {
                     s.custom_models.retain(|m| m.id != entry.id);
                     s.model = "demo".into();
                 });
                 engine.update_value(|e| e.models = None);
                 model_state.set(ModelState::None);
+                load_models(ModelEntry::demo());
+            } else {
+                refresh_stored();
             }
-            refresh_stored();
         });
     };
 

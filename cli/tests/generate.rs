@@ -202,3 +202,46 @@ fn inpaint_keeps_the_unmasked_pixels() {
     assert!(!out2.exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn eval_shapes_prints_scores_per_guidance_and_writes_a_grid() {
+    let dir = tempdir("e");
+    let grid = dir.join("grid.png");
+    let m = models().to_str().unwrap().to_string();
+    let r = webglide(&[
+        "eval",
+        "shapes",
+        "--model",
+        &m,
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--guidance",
+        "0,3",
+        "--grid",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let out = String::from_utf8_lossy(&r.stdout);
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("0.0") || l.trim_start().starts_with("3.0"))
+        .collect();
+    assert_eq!(rows.len(), 2, "one score row per guidance scale:\n{out}");
+    for row in rows {
+        let cols: Vec<f32> = row
+            .split_whitespace()
+            .take(4)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(cols[1..].iter().all(|v| (0.0..=1.0).contains(v)), "{row}");
+    }
+    // Two rows (guidance) × two prompts of the 16-px fixture model.
+    let (w, h, _, text) = read_png(&grid);
+    assert_eq!((w, h), (32, 32));
+    assert!(text.iter().any(|(k, _)| k == "webglide:columns"));
+    // Bad input is an error, not a panic.
+    let r = webglide(&["eval", "shapes", "--model", &m, "--n", "0"]);
+    assert_eq!(r.status.code(), Some(2));
+}
