@@ -172,6 +172,7 @@ const tests = [
       const check = await page.getByTestId('self-check').textContent();
       if (!/passed/.test(check)) throw new Error('self-check: ' + check);
       assert(/f32/.test(await page.getByTestId('f16').textContent()), 'f16 use not shown');
+      assert(/GPU: .*f32/.test(await page.getByTestId('gpu-line').innerText()), 'adapter line not shown');
     });
   }],
   ['a browser without WebGPU sees the explanation', async (url) => {

@@ -33,6 +33,8 @@ enum GpuStatus {
     Failed(String),
     Ready {
         report: String,
+        /// One line: adapter name and backend.
+        adapter: String,
         f16: String,
     },
 }
@@ -281,8 +283,14 @@ fn App() -> impl IntoView {
                     } else {
                         "no shader-f16; computing in f32 (f16/q8/q4 weights are unpacked in the shaders)"
                     };
+                    let name = if gpu.report.name.is_empty() {
+                        "unnamed adapter"
+                    } else {
+                        gpu.report.name.as_str()
+                    };
                     gpu_status.set(GpuStatus::Ready {
                         report: gpu.report.to_string(),
+                        adapter: format!("{name} ({})", gpu.report.backend),
                         f16: f16.into(),
                     });
                     let gpu = Rc::new(gpu);
@@ -563,7 +571,9 @@ fn App() -> impl IntoView {
                     </section>
                 }.into_any(),
                 GpuStatus::Checking => view! { <p class="muted">"Looking for a GPU…"</p> }.into_any(),
-                GpuStatus::Ready { .. } => ().into_any(),
+                GpuStatus::Ready { adapter, f16, .. } => view! {
+                    <p class="muted" data-testid="gpu-line">"GPU: "{adapter}" · "{f16}</p>
+                }.into_any(),
             }}
             {move || error.get().map(|f| view! {
                 <section data-testid="error" class="error" role="alert">
@@ -799,7 +809,7 @@ fn App() -> impl IntoView {
             <details class="about">
                 <summary>"GPU and about"</summary>
                 {move || match gpu_status.get() {
-                    GpuStatus::Ready { report, f16 } => view! {
+                    GpuStatus::Ready { report, f16, .. } => view! {
                         <pre data-testid="adapter">{report}</pre>
                         <p data-testid="f16">{f16}</p>
                         <p data-testid="self-check">{move || self_check_text.get()}</p>
