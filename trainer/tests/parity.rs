@@ -76,8 +76,8 @@ fn check(kind: &str) {
             .inpaint
             .then(|| (t4(&img, [b, 3, s, s]), t4(&keep, [b, 1, s, s]))),
     };
-    let burn_out: Vec<f32> = model
-        .forward(
+    let run = |m: &Glide| -> Vec<f32> {
+        m.forward(
             t4(&x, [b, 3, s, s]),
             Tensor::<1>::from_data(TensorData::new(ts.to_vec(), [b]), &dev),
             &cond,
@@ -85,7 +85,9 @@ fn check(kind: &str) {
         .into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .unwrap();
+        .unwrap()
+    };
+    let burn_out = run(&model);
 
     // The export holds exactly the weights the model computes with.
     let map: webglide_trainer::model::WeightMap = exported
@@ -93,16 +95,7 @@ fn check(kind: &str) {
         .map(|(n, s, v)| (n.clone(), (s.clone(), v.clone())))
         .collect();
     let again = Glide::new(&cfg, &Init::From(&map), &dev).unwrap();
-    let again_out: Vec<f32> = again
-        .forward(
-            t4(&x, [b, 3, s, s]),
-            Tensor::<1>::from_data(TensorData::new(ts.to_vec(), [b]), &dev),
-            &cond,
-        )
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap();
+    let again_out = run(&again);
     let e = burn_out
         .iter()
         .zip(&again_out)
