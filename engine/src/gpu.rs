@@ -353,7 +353,8 @@ pub struct Recorder<'g> {
 
 impl<'g> Recorder<'g> {
     fn new(gpu: &'g Gpu) -> Self {
-        let arena = gpu.pool.get(
+        gpu.pool.begin_recording();
+        let arena = gpu.pool.get_for_write(
             PARAM_SLOT * ARENA_SLOTS,
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         );
@@ -506,6 +507,7 @@ impl<'g> Recorder<'g> {
             self.gpu.queue.submit([encoder.finish()]);
             self.gpu.count_submission();
         }
+        self.gpu.pool.submitted();
         self.params.clear();
     }
 
@@ -521,6 +523,7 @@ impl Drop for Recorder<'_> {
         // Work recorded but never submitted is still sent: dropping silently
         // would leave outputs unwritten.
         self.flush();
+        self.gpu.pool.end_recording();
     }
 }
 

@@ -24,8 +24,27 @@ pub struct PoolStats {
 
 pub(crate) struct BufferPool {
     device: wgpu::Device,
-    free: Mutex<HashMap<(u64, u32), Vec<wgpu::Buffer>>>,
+    free: Mutex<HashMap<(u64, u32), Vec<FreeBuffer>>>,
     stats: Mutex<PoolStats>,
+    recording: Mutex<Recording>,
+}
+
+/// Open recorders, and a generation that advances whenever all work recorded
+/// so far has been submitted.
+#[derive(Default)]
+struct Recording {
+    open: usize,
+    generation: u64,
+}
+
+/// A returned buffer. One returned while a [`crate::Recorder`] was open may
+/// still be read by recorded, unsubmitted work: `queue.write_buffer` lands
+/// before that work runs, so such a buffer is not handed out for host writes
+/// until the recording is submitted (kernel outputs may reuse it at once:
+/// recorded work runs in order).
+struct FreeBuffer {
+    buffer: wgpu::Buffer,
+    dirty_in: Option<u64>,
 }
 
 /// A buffer on loan from the pool; returned on drop.
@@ -39,12 +58,19 @@ pub struct PooledBuffer {
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
+            let dirty_in = {
+                let r = pool.recording.lock().unwrap();
+                (r.open > 0).then_some(r.generation)
+            };
             pool.free
                 .lock()
                 .unwrap()
                 .entry((self.size, self.usage.bits()))
                 .or_default()
-                .push(self.buffer.clone());
+                .push(FreeBuffer {
+                    buffer: self.buffer.clone(),
+                    dirty_in,
+                });
         }
     }
 }
@@ -55,6 +81,28 @@ impl BufferPool {
             device,
             free: Mutex::default(),
             stats: Mutex::default(),
+            recording: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn begin_recording(&self) {
+        self.recording.lock().unwrap().open += 1;
+    }
+
+    /// A recorder submitted everything it holds: if it is the only one open,
+    /// every buffer returned so far is free of pending reads.
+    pub(crate) fn submitted(&self) {
+        let mut r = self.recording.lock().unwrap();
+        if r.open == 1 {
+            r.generation += 1;
+        }
+    }
+
+    pub(crate) fn end_recording(&self) {
+        let mut r = self.recording.lock().unwrap();
+        r.open -= 1;
+        if r.open == 0 {
+            r.generation += 1;
         }
     }
 
@@ -62,15 +110,36 @@ impl BufferPool {
         *self.stats.lock().unwrap()
     }
 
-    /// A buffer of at least `size` bytes (rounded up to 256). Contents are arbitrary.
+    /// A buffer of at least `size` bytes (rounded up to 256) for GPU-side
+    /// writes (kernel outputs, copies). Contents are arbitrary.
     pub(crate) fn get(self: &Arc<Self>, size: u64, usage: wgpu::BufferUsages) -> PooledBuffer {
+        self.take(size, usage, false)
+    }
+
+    /// A buffer the host will fill with `queue.write_buffer`: never one that
+    /// unsubmitted recorded work may still read.
+    pub(crate) fn get_for_write(
+        self: &Arc<Self>,
+        size: u64,
+        usage: wgpu::BufferUsages,
+    ) -> PooledBuffer {
+        self.take(size, usage, true)
+    }
+
+    fn take(self: &Arc<Self>, size: u64, usage: wgpu::BufferUsages, host: bool) -> PooledBuffer {
         let size = size.max(16).div_ceil(256) * 256;
+        let generation = self.recording.lock().unwrap().generation;
         let reused = self
             .free
             .lock()
             .unwrap()
             .get_mut(&(size, usage.bits()))
-            .and_then(|v| v.pop());
+            .and_then(|v| {
+                let i = v
+                    .iter()
+                    .rposition(|f| !host || f.dirty_in.is_none_or(|g| g < generation))?;
+                Some(v.swap_remove(i).buffer)
+            });
         let buffer = reused.unwrap_or_else(|| {
             let mut s = self.stats.lock().unwrap();
             s.created += 1;
@@ -91,16 +160,23 @@ impl BufferPool {
         }
     }
 
-    /// Destroys the free buffers (e.g. after a model is unloaded).
+    /// Destroys the free buffers (e.g. after a model is unloaded), except
+    /// those unsubmitted recorded work may still use.
     pub(crate) fn trim(&self) {
+        let generation = self.recording.lock().unwrap().generation;
         let mut free = self.free.lock().unwrap();
         let mut s = self.stats.lock().unwrap();
-        for ((size, _), bufs) in free.drain() {
-            for b in bufs {
-                s.bytes -= size;
-                b.destroy();
-            }
+        for (&(size, _), bufs) in free.iter_mut() {
+            bufs.retain(|f| {
+                let pending = f.dirty_in.is_some_and(|g| g >= generation);
+                if !pending {
+                    s.bytes -= size;
+                    f.buffer.destroy();
+                }
+                pending
+            });
         }
+        free.retain(|_, bufs| !bufs.is_empty());
     }
 }
 
@@ -197,6 +273,11 @@ impl Gpu {
     /// An uninitialised tensor from the pool.
     pub fn empty(&self, shape: &[usize]) -> Result<Tensor> {
         let bytes = shape.iter().product::<usize>() as u64 * 4;
+        self.alloc(shape, bytes, self.poison)
+    }
+
+    /// `host`: the buffer will be written with `queue.write_buffer`.
+    fn alloc(&self, shape: &[usize], bytes: u64, host: bool) -> Result<Tensor> {
         if bytes > self.report.max_buffer_size {
             return Err(Error::TooLarge {
                 what: format!("tensor {shape:?}"),
@@ -204,9 +285,14 @@ impl Gpu {
                 limit: self.report.max_buffer_size,
             });
         }
+        let buf = if host {
+            self.pool.get_for_write(bytes, STORAGE)
+        } else {
+            self.pool.get(bytes, STORAGE)
+        };
         let t = Tensor {
             shape: shape.to_vec(),
-            buf: Arc::new(self.pool.get(bytes, STORAGE)),
+            buf: Arc::new(buf),
         };
         if self.poison && bytes > 0 {
             let nan = vec![f32::NAN; bytes as usize / 4];
@@ -268,7 +354,8 @@ impl Gpu {
                 format!("shape {shape:?} but {} values", data.len()),
             );
         }
-        let t = self.empty(shape)?;
+        // Safe while a Recorder holds work: the buffer is not one that work reads.
+        let t = self.alloc(shape, data.len() as u64 * 4, true)?;
         if !data.is_empty() {
             self.queue
                 .write_buffer(t.buffer(), 0, bytemuck::cast_slice(data));
@@ -276,7 +363,9 @@ impl Gpu {
         Ok(t)
     }
 
-    /// Overwrites a tensor's contents from the host.
+    /// Overwrites a tensor's contents from the host. The write lands before
+    /// any work recorded but not yet submitted: do not overwrite a tensor an
+    /// open [`crate::Recorder`] reads.
     pub fn write(&self, t: &Tensor, data: &[f32]) -> Result<()> {
         if t.numel() != data.len() {
             return crate::error::shape_err(
@@ -298,7 +387,7 @@ impl Gpu {
                 limit: self.max_binding,
             });
         }
-        let buf = self.pool.get(bytes, STORAGE);
+        let buf = self.pool.get_for_write(bytes, STORAGE);
         self.queue
             .write_buffer(&buf.buffer, 0, bytemuck::cast_slice(&w.words));
         Ok(Weight {

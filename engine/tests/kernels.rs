@@ -1098,6 +1098,46 @@ async fn steady_state_allocates_nothing() -> TestResult {
 }
 gpu_test!(steady_state_allocates_nothing);
 
+/// Host uploads while a recorder holds work never land in a buffer that work
+/// still reads (a dropped input's pooled buffer), and trimming the pool then
+/// keeps such buffers alive.
+async fn uploads_during_recording_keep_recorded_inputs() -> TestResult {
+    // A device of its own: the pool's reuse must not depend on other tests.
+    let gpu = &common::fresh_gpu().await;
+    let n = 1000;
+    let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut rec = gpu.recorder();
+    let a = gpu.upload(&[n], &x).map_err(err)?;
+    let copied = gpu.empty(&[n]).map_err(err)?;
+    let halved = kernels::elementwise::unary(&mut rec, &a, Act::None, 0.5, 0.0).map_err(err)?;
+    rec.copy(a.buffer(), 0, copied.buffer(), 0, a.bytes());
+    drop(a);
+    // Same size as `a`: before the fix this reused a's buffer, and the write
+    // landed before the recorded copy.
+    let other = gpu.upload(&[n], &vec![-1.0; n]).map_err(err)?;
+    gpu.trim_memory();
+    rec.submit().map_err(err)?;
+    check("copied", &gpu.read(&copied).await.map_err(err)?, &x, 0.0)?;
+    let half: Vec<f32> = x.iter().map(|v| v * 0.5).collect();
+    check("halved", &gpu.read(&halved).await.map_err(err)?, &half, 0.0)?;
+    check(
+        "other",
+        &gpu.read(&other).await.map_err(err)?,
+        &vec![-1.0; n],
+        0.0,
+    )?;
+    // After the submission the buffer is free for uploads again.
+    let before = gpu.memory_stats().created;
+    drop(other);
+    let again = gpu.upload(&[n], &x).map_err(err)?;
+    if gpu.memory_stats().created != before {
+        return Err("a submitted recording's buffers were not reused".into());
+    }
+    check("again", &gpu.read(&again).await.map_err(err)?, &x, 0.0)?;
+    Ok(())
+}
+gpu_test!(uploads_during_recording_keep_recorded_inputs);
+
 /// Bad shapes are errors before anything is dispatched.
 async fn shape_errors_are_reported() -> TestResult {
     let gpu = gpu().await;
