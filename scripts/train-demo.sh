@@ -1,20 +1,32 @@
 #!/usr/bin/env bash
 # Trains the embedded demo model and converts it into public/models/demo/<kind>/ (q8 shards).
 #   DEVICE=cpu|gpu  KINDS="base base-inpaint upsample"  MINUTES_<KIND>=N  BATCH=N  OUT=dir
-# Runs resume from OUT/<kind> when a checkpoint is there. The exact commands of every
-# shipped run are recorded in docs/demo-model.md with their logs.
+#   EMOJI=dir (default trainer/data/emoji, built first by scripts/build-emoji.sh; EMOJI= for shapes only)
+# Runs resume from OUT/<kind> when a checkpoint is there; a new base-inpaint run starts from
+# OUT/base's weights when they exist. The exact commands of every shipped run are recorded in
+# docs/demo-model.md with their logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 device="${DEVICE:-cpu}"
 out="${OUT:-target/demo-train}"
 batch="${BATCH:-8}"
+emoji="${EMOJI-trainer/data/emoji}"
+data=()
+if [ -n "$emoji" ]; then
+    ./scripts/build-emoji.sh "$emoji"
+    data=(--emoji "$emoji")
+fi
 cargo build --release --locked -p webglide-trainer -p webglide-cli
 for kind in ${KINDS:-base base-inpaint upsample}; do
     var="MINUTES_$(echo "$kind" | tr 'a-z-' 'A-Z_')"
     minutes="${!var:-8}"
+    init=()
+    if [ "$kind" = base-inpaint ] && [ ! -e "$out/$kind/state.json" ] && [ -e "$out/base/weights.safetensors" ]; then
+        init=(--init "$out/base/weights.safetensors")
+    fi
     ./target/release/webglide-train --kind "$kind" --device "$device" --out "$out/$kind" \
-        --minutes "$minutes" --batch "$batch" --lr 4e-4 --warmup 30 --save-every 100
+        --minutes "$minutes" --batch "$batch" --lr 4e-4 --warmup 30 --save-every 100 "${data[@]}" "${init[@]}"
     ./target/release/webglide convert "$out/$kind/weights.safetensors" --config "$out/$kind/config.json" \
         --kind "$kind" --quant q8 --out "public/models/demo/$kind" --force
     cp "$out/$kind/loss.log" "docs/demo/$kind-loss.log"

@@ -1,4 +1,5 @@
 //! The demo model's trainer (burn): GLIDE architectures in small
-//! configurations, trained on the synthetic shapes data. See `main.rs`.
+//! configurations, trained on Twemoji (`emoji`) and synthetic shapes. See `main.rs`.
+pub mod emoji;
 pub mod model;
 pub mod train;

@@ -12,6 +12,7 @@ use engine::glide::model::GlideConfig;
 use engine::glide::schedule::Schedule;
 use engine::glide::tokenizer::{pad_tokens, GlideTokenizer};
 
+use crate::emoji::Emoji;
 use crate::model::{Cond, Glide, Init, WeightMap};
 
 #[derive(clap::Parser)]
@@ -52,6 +53,24 @@ pub struct Args {
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = 200)]
     pub save_every: u64,
+    /// Emoji dataset cache (scripts/build-emoji.sh); without it, shapes only.
+    #[arg(long)]
+    pub emoji: Option<std::path::PathBuf>,
+    /// Share of shapes scenes among the samples when emoji are used.
+    #[arg(long, default_value_t = 0.25)]
+    pub shapes_share: f32,
+    /// Upsampler: train on random N×N crops of the 256-px targets (a multiple
+    /// of 32; the low-res input is the matching N/4 crop). The network is
+    /// convolutional, with global attention, so it runs at 256 afterwards; a
+    /// 64-px crop costs 1/16 of a full image, which is what makes CPU
+    /// training of the upsampler possible at all.
+    #[arg(long)]
+    pub crop: Option<usize>,
+    /// Start a new run from these weights (e.g. a trained base for
+    /// base-inpaint): tensors of equal shape are copied; the first conv's
+    /// extra input channels (the inpainting image and mask) start at zero.
+    #[arg(long)]
+    pub init: Option<std::path::PathBuf>,
 }
 
 /// The demo model's architectures: the released GLIDE topology, narrow.
@@ -93,8 +112,53 @@ fn planes(rgb: &[u8], size: usize) -> Vec<f32> {
     out
 }
 
+/// Where the training images come from.
+pub struct Data {
+    pub emoji: Option<Emoji>,
+    /// Share of shapes scenes among the samples when emoji are present.
+    pub shapes_share: f32,
+    /// Upsampler: random crops of this size instead of whole images.
+    pub crop: Option<usize>,
+}
+
+impl Data {
+    pub fn shapes() -> Data {
+        Data {
+            emoji: None,
+            shapes_share: 1.0,
+            crop: None,
+        }
+    }
+}
+
+/// The `c`×`c` RGB window at (`x`, `y`) of a `size`×`size` image.
+fn crop_rgb(rgb: &[u8], size: usize, x: usize, y: usize, c: usize) -> Vec<u8> {
+    (y..y + c)
+        .flat_map(|r| &rgb[(r * size + x) * 3..(r * size + x + c) * 3])
+        .copied()
+        .collect()
+}
+
+/// A random rectangle to regenerate (0), the rest kept (1).
+fn rectangle_mask(rng: &mut Rng, s: usize) -> Vec<f32> {
+    let (w, h) = (s / 5 + rng.below(s * 3 / 5), s / 5 + rng.below(s * 3 / 5));
+    let (x0, y0) = (rng.below(s - w + 1), rng.below(s - h + 1));
+    (0..s * s)
+        .map(|i| {
+            let (x, y) = (i % s, i / s);
+            if (x0..x0 + w).contains(&x) && (y0..y0 + h).contains(&y) {
+                0.0
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
 /// One training batch on the CPU.
 pub struct Batch {
+    /// Side of the images (the crop size when cropping).
+    pub size: usize,
     pub x0: Vec<f32>,
     pub low_res: Vec<f32>,
     pub keep: Vec<f32>,
@@ -106,12 +170,21 @@ pub struct Batch {
 pub fn make_batch(
     cfg: &GlideConfig,
     tok: &GlideTokenizer,
+    data: &Data,
     rng: &mut Rng,
     b: usize,
     drop: f32,
-) -> Batch {
+) -> Result<Batch> {
     let s = cfg.image_size;
+    let crop = match data.crop {
+        Some(c) if !cfg.super_res || c == 0 || c > s || c % 32 != 0 => {
+            bail!("--crop {c}: upsampler only, a multiple of 32 up to {s}")
+        }
+        Some(c) => c,
+        None => s,
+    };
     let mut out = Batch {
+        size: crop,
         x0: Vec::new(),
         low_res: Vec::new(),
         keep: Vec::new(),
@@ -120,39 +193,109 @@ pub fn make_batch(
         captions: Vec::new(),
     };
     for _ in 0..b {
-        let scene = Scene::random(rng, &|c, sh| !held_out(c, sh));
-        let caption = if rng.f32() < drop {
-            String::new()
+        let emoji = data
+            .emoji
+            .as_ref()
+            .filter(|_| rng.f32() >= data.shapes_share);
+        let (mut caption, rgb, object) = if let Some(e) = emoji {
+            if !crate::emoji::CANVAS.is_multiple_of(s) {
+                bail!("emoji data needs an image size that divides 256, not {s}");
+            }
+            let i = e.sample(rng);
+            let caption = e.caption(i, rng);
+            let rgb = if s == 64 {
+                e.small[i].clone()
+            } else {
+                box_down(&e.large(i)?, crate::emoji::CANVAS, crate::emoji::CANVAS / s)
+            };
+            (caption, rgb, Some((e, i)))
         } else {
-            scene.caption()
+            let scene = Scene::random(rng, &|c, sh| !held_out(c, sh));
+            // The shapes are drawn at 256 px (4×4 samples per 64-px pixel) like the emoji.
+            let rgb = render(&scene, s, if cfg.super_res { 2 } else { 4 });
+            (scene.caption(), rgb, None)
         };
+        if rng.f32() < drop {
+            caption.clear();
+        }
         if cfg.super_res {
-            let hi = render(&scene, s, 2);
-            out.low_res.extend(planes(&box_down(&hi, s, 4), s / 4));
-            out.x0.extend(planes(&hi, s));
+            let low = box_down(&rgb, s, 4);
+            // Crop corners on the low-res grid, so both crops cover the same area.
+            let (ox, oy) = (rng.below((s - crop) / 4 + 1), rng.below((s - crop) / 4 + 1));
+            out.low_res
+                .extend(planes(&crop_rgb(&low, s / 4, ox, oy, crop / 4), crop / 4));
+            out.x0
+                .extend(planes(&crop_rgb(&rgb, s, 4 * ox, 4 * oy, crop), crop));
         } else {
-            // 4×4 samples per pixel = the 256-px render box-averaged to 64.
-            out.x0.extend(planes(&render(&scene, s, 4), s));
+            out.x0.extend(planes(&rgb, s));
         }
         if cfg.inpaint {
-            // A random rectangle to regenerate (0), the rest kept (1).
-            let (w, h) = (s / 5 + rng.below(s * 3 / 5), s / 5 + rng.below(s * 3 / 5));
-            let (x0, y0) = (rng.below(s - w + 1), rng.below(s - h + 1));
-            out.keep.extend((0..s * s).map(|i| {
-                let (x, y) = (i % s, i / s);
-                if (x0..x0 + w).contains(&x) && (y0..y0 + h).contains(&y) {
-                    0.0
-                } else {
-                    1.0
+            match object {
+                // A third of the emoji regenerate the whole object (its alpha).
+                Some((e, i)) if rng.f32() < 0.3 => {
+                    let alpha = e.alpha(i)?;
+                    let f = crate::emoji::CANVAS / s;
+                    out.keep.extend((0..s * s).map(|p| {
+                        let (x, y) = (p % s * f, p / s * f);
+                        let covered = (0..f).any(|dy| {
+                            (0..f).any(|dx| alpha[(y + dy) * crate::emoji::CANVAS + x + dx] > 0)
+                        });
+                        if covered {
+                            0.0
+                        } else {
+                            1.0
+                        }
+                    }));
                 }
-            }));
+                _ => out.keep.extend(rectangle_mask(rng, s)),
+            }
         }
         let (t, m) = pad_tokens(&tok.encode(&caption), cfg.text_ctx);
         out.tokens.extend(t.iter().map(|&v| v as i64));
         out.mask.extend(m.iter().map(|&v| v as f32));
         out.captions.push(caption);
     }
-    out
+    Ok(out)
+}
+
+/// New-run weights from `init`: the config's own initialisation with every
+/// tensor of equal shape replaced, and the first conv's leading input
+/// channels copied (base → base-inpaint: the extra channels start at zero, so
+/// the model starts as the base model).
+pub fn init_from(
+    fresh: Vec<(String, Vec<usize>, Vec<f32>)>,
+    init: &WeightMap,
+) -> Result<(WeightMap, usize)> {
+    let mut copied = 0;
+    let mut map = WeightMap::new();
+    for (name, shape, mut v) in fresh {
+        match init.get(&name) {
+            Some((s, w)) if *s == shape => {
+                v.clone_from(w);
+                copied += 1;
+            }
+            Some((s, w))
+                if name == "input_blocks.0.0.weight"
+                    && s.len() == 4
+                    && s[0] == shape[0]
+                    && s[1] < shape[1]
+                    && s[2..] == shape[2..] =>
+            {
+                let (cin, k) = (s[1], s[2] * s[3]);
+                v.fill(0.0);
+                for o in 0..shape[0] {
+                    v[o * shape[1] * k..][..cin * k].copy_from_slice(&w[o * cin * k..][..cin * k]);
+                }
+                copied += 1;
+            }
+            _ => {}
+        }
+        map.insert(name, (shape, v));
+    }
+    if copied == 0 {
+        bail!("--init shares no tensor with this architecture");
+    }
+    Ok((map, copied))
 }
 
 /// Per-sample diffusion coefficients `[B, 1, 1, 1]`.
@@ -185,7 +328,7 @@ pub fn loss(
     dev: &Device,
 ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
     let cfg = &model.config;
-    let (b, s) = (t.len(), cfg.image_size);
+    let (b, s) = (t.len(), batch.size);
     let x0 = Tensor::<4>::from_data(TensorData::new(batch.x0.clone(), [b, 3, s, s]), dev);
     let g = |v: &[f64]| coef(t.iter().map(|&i| v[i] as f32).collect(), dev);
     let ac = &sched.alphas_cumprod;
@@ -319,6 +462,21 @@ pub fn run(args: &Args) -> Result<()> {
     dev.seed(args.seed);
     std::fs::create_dir_all(&args.out)?;
     let out = &args.out;
+    if !(0.0..=1.0).contains(&args.shapes_share) {
+        bail!("--shapes-share is a probability (0..=1)");
+    }
+    let data = Data {
+        emoji: args.emoji.as_deref().map(Emoji::load).transpose()?,
+        shapes_share: args.shapes_share,
+        crop: args.crop,
+    };
+    if let Some(e) = &data.emoji {
+        eprintln!(
+            "{} emoji images, shapes share {}",
+            e.entries.len(),
+            args.shapes_share
+        );
+    }
     let tok = tokenizer()?;
     let sched = Schedule::new(
         &cfg.noise_schedule,
@@ -355,7 +513,12 @@ pub fn run(args: &Args) -> Result<()> {
         eprintln!("resuming {} at step {}", out.display(), st.step);
         (model, optim, ema, st.step)
     } else {
-        let model = Glide::new(&cfg, &Init::Train, &dev)?;
+        let mut model = Glide::new(&cfg, &Init::Train, &dev)?;
+        if let Some(p) = &args.init {
+            let (weights, copied) = init_from(model.export(), &read_safetensors(p)?)?;
+            eprintln!("initialised {copied} tensors from {}", p.display());
+            model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
+        }
         let ema = model.export();
         let optim = AdamWConfig::new().with_weight_decay(0.0).init();
         (model, optim, ema, 0)
@@ -371,8 +534,14 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} lr {} device {} resume {resume}",
-        args.batch, args.lr, args.device
+        "# kind {kind} params {params} batch {} lr {} device {} resume {resume} emoji {} shapes_share {} crop {} init {}",
+        args.batch,
+        args.lr,
+        args.device,
+        data.emoji.as_ref().map_or(0, |e| e.entries.len()),
+        data.shapes_share,
+        data.crop.unwrap_or(cfg.image_size),
+        args.init.as_ref().map_or("-".into(), |p| p.display().to_string()),
     )?;
     eprintln!(
         "{kind}: {params} parameters, batch {}, device {}",
@@ -404,9 +573,9 @@ pub fn run(args: &Args) -> Result<()> {
     };
     const EMA_EVERY: u64 = 10;
     while step < args.steps && started.elapsed().as_secs_f64() < args.minutes * 60.0 {
-        let batch = make_batch(&cfg, &tok, &mut rng, args.batch, args.drop_caption);
+        let batch = make_batch(&cfg, &tok, &data, &mut rng, args.batch, args.drop_caption)?;
         let t: Vec<usize> = (0..args.batch).map(|_| rng.below(t_max)).collect();
-        let s = cfg.image_size;
+        let s = batch.size;
         let noise = Tensor::<4>::random(
             [args.batch, 3, s, s],
             burn::tensor::Distribution::Normal(0.0, 1.0),
@@ -486,12 +655,41 @@ mod tests {
     }
 
     #[test]
+    fn init_copies_equal_tensors_and_the_first_conv_channels() {
+        let fresh = vec![
+            (
+                "input_blocks.0.0.weight".to_string(),
+                vec![2, 3, 1, 1],
+                vec![9.0; 6],
+            ),
+            ("out.2.bias".to_string(), vec![2], vec![9.0; 2]),
+            ("time_embed.0.weight".to_string(), vec![2, 2], vec![9.0; 4]),
+        ];
+        let mut init = WeightMap::new();
+        init.insert(
+            "input_blocks.0.0.weight".into(),
+            (vec![2, 1, 1, 1], vec![1.0, 2.0]),
+        );
+        init.insert("out.2.bias".into(), (vec![2], vec![5.0, 6.0]));
+        init.insert("time_embed.0.weight".into(), (vec![4], vec![0.0; 4]));
+        let (map, copied) = init_from(fresh.clone(), &init).unwrap();
+        assert_eq!(copied, 2);
+        assert_eq!(
+            map["input_blocks.0.0.weight"].1,
+            [1.0, 0.0, 0.0, 2.0, 0.0, 0.0]
+        );
+        assert_eq!(map["out.2.bias"].1, [5.0, 6.0]);
+        assert_eq!(map["time_embed.0.weight"].1, [9.0; 4]);
+        assert!(init_from(fresh, &WeightMap::new()).is_err());
+    }
+
+    #[test]
     fn batches_have_the_configured_shapes() {
         let tok = tokenizer().unwrap();
         let mut rng = Rng(3);
         for kind in ["base", "upsample", "base-inpaint"] {
             let cfg = demo_config(kind).unwrap();
-            let b = make_batch(&cfg, &tok, &mut rng, 3, 0.5);
+            let b = make_batch(&cfg, &tok, &Data::shapes(), &mut rng, 3, 0.5).unwrap();
             let s = cfg.image_size;
             assert_eq!(b.x0.len(), 3 * 3 * s * s);
             assert!(b.x0.iter().all(|v| (-1.0..=1.0).contains(v)));
@@ -509,5 +707,46 @@ mod tests {
                 assert!(b.keep.contains(&0.0) && b.keep.contains(&1.0));
             }
         }
+    }
+
+    #[test]
+    fn upsampler_crops_match_their_low_res_crops() {
+        let tok = tokenizer().unwrap();
+        let cfg = demo_config("upsample").unwrap();
+        let data = Data {
+            crop: Some(64),
+            ..Data::shapes()
+        };
+        let mut rng = Rng(5);
+        let b = make_batch(&cfg, &tok, &data, &mut rng, 16, 0.0).unwrap();
+        assert_eq!(
+            (b.size, b.x0.len(), b.low_res.len()),
+            (64, 16 * 3 * 64 * 64, 16 * 3 * 16 * 16)
+        );
+        // Each low-res pixel is the 4×4 box average of its target crop.
+        for (x0, lo) in b.x0.chunks(3 * 64 * 64).zip(b.low_res.chunks(3 * 16 * 16)) {
+            for (c, (y, x)) in [(0, (3, 5)), (1, (15, 0)), (2, (9, 12))] {
+                let want: f32 = (0..16)
+                    .map(|k| x0[c * 4096 + (4 * y + k / 4) * 64 + 4 * x + k % 4])
+                    .sum::<f32>()
+                    / 16.0;
+                assert!((lo[c * 256 + y * 16 + x] - want).abs() < 0.01);
+            }
+        }
+        // Crops land anywhere: some hold no shape at all, others do.
+        let blank =
+            b.x0.chunks(3 * 64 * 64)
+                .filter(|x| x.iter().all(|&v| v > 0.99))
+                .count();
+        assert!(blank < 16);
+        for bad in [Some(48), Some(0), Some(512)] {
+            let d = Data {
+                crop: bad,
+                ..Data::shapes()
+            };
+            assert!(make_batch(&cfg, &tok, &d, &mut rng, 1, 0.0).is_err());
+        }
+        let base = demo_config("base").unwrap();
+        assert!(make_batch(&base, &tok, &data, &mut rng, 1, 0.0).is_err());
     }
 }
