@@ -173,6 +173,11 @@ const tests = [
       if (!/passed/.test(check)) throw new Error('self-check: ' + check);
       assert(/f32/.test(await page.getByTestId('f16').textContent()), 'f16 use not shown');
       assert(/GPU: .*f32/.test(await page.getByTestId('gpu-line').innerText()), 'adapter line not shown');
+      // The training data's attribution (CC BY 4.0 asks for it) and the licence texts.
+      assert(/Twemoji.*CC BY 4\.0/.test(await page.getByTestId('twemoji-notice').textContent()), 'Twemoji notice missing');
+      const texts = await page.evaluate(async () => Promise.all(
+        ['licenses/CC-BY-4.0.txt', 'licenses/emojibase-data-MIT.txt'].map(async (u) => (await fetch(u)).text())));
+      assert(/Attribution 4\.0 International/.test(texts[0]) && /Miles Johnson/.test(texts[1]), 'licence texts not served');
     });
   }],
   ['a browser without WebGPU sees the explanation', async (url) => {
