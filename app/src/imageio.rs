@@ -110,12 +110,6 @@ pub async fn decode(file: &web_sys::File) -> Result<(Vec<u8>, usize, usize), Str
         .map_err(js_err)?
         .data();
     // Transparent pixels are composited on white, as a viewer shows them.
-    let rgb = data
-        .chunks_exact(4)
-        .flat_map(|p| {
-            let a = p[3] as u32;
-            [0, 1, 2].map(|c| ((p[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8)
-        })
-        .collect();
+    let rgb = engine::glide::pipeline::rgba8_on_white(&data);
     Ok((rgb, w as usize, h as usize))
 }

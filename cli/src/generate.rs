@@ -236,9 +236,11 @@ pub fn generate(gpu: &Gpu, o: &Options) -> Result<()> {
 fn load_image(path: &Path, size: usize) -> Result<Vec<f32>> {
     let img = image::open(path)
         .with_context(|| format!("{}: not a readable PNG/JPEG/WebP image", path.display()))?
-        .to_rgb8();
+        .to_rgba8();
     let (w, h) = (img.width() as usize, img.height() as usize);
-    engine::glide::pipeline::rgb8_to_planes(img.as_raw(), w, h, size)
+    // Transparent pixels on white, as the web app reads them.
+    let rgb = engine::glide::pipeline::rgba8_on_white(img.as_raw());
+    engine::glide::pipeline::rgb8_to_planes(&rgb, w, h, size)
         .with_context(|| path.display().to_string())
 }
 

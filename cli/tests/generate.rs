@@ -117,9 +117,15 @@ fn tempdir(name: &str) -> PathBuf {
 #[test]
 fn inpaint_keeps_the_unmasked_pixels() {
     let dir = tempdir("i");
-    // A 90x70 gradient image; the mask regenerates the right half.
-    let src = image::RgbImage::from_fn(90, 70, |x, y| {
-        image::Rgb([(x * 2) as u8, (y * 3) as u8, 128])
+    // A 90x70 gradient image, transparent (then half) at the left like a
+    // cut-out; the mask regenerates the right half.
+    let src = image::RgbaImage::from_fn(90, 70, |x, y| {
+        let a = match x {
+            0..10 => 0,
+            10..20 => 128,
+            _ => 255,
+        };
+        image::Rgba([(x * 2) as u8, (y * 3) as u8, 128, a])
     });
     src.save(dir.join("src.png")).unwrap();
     let mask =
@@ -152,11 +158,14 @@ fn inpaint_keeps_the_unmasked_pixels() {
     let (w, h, px, _) = read_png(&out);
     assert_eq!((w, h), (64, 64));
     // Expected kept pixels: the source resized to 64 like the CLI does (antialiased bicubic).
-    let img = image::open(dir.join("src.png")).unwrap().to_rgb8();
+    // Transparent pixels count as white (as the web app reads them).
+    let img = image::open(dir.join("src.png")).unwrap().to_rgba8();
     let mut planes = vec![0f32; 3 * 90 * 70];
     for (i, p) in img.pixels().enumerate() {
+        let a = p[3] as f32 / 255.0;
         for c in 0..3 {
-            planes[c * 90 * 70 + i] = p[c] as f32 / 127.5 - 1.0;
+            let v = (p[c] as f32 * a + 255.0 * (1.0 - a)).round();
+            planes[c * 90 * 70 + i] = v / 127.5 - 1.0;
         }
     }
     let want = engine::reference::bicubic_aa(&planes, 3, 70, 90, 64, 64);

@@ -149,15 +149,9 @@ pub fn render_svg(svg: &[u8]) -> Result<Vec<u8>> {
         .collect())
 }
 
-/// Straight-alpha RGBA composited on white, sRGB values (as the survey did).
-pub fn on_white(rgba: &[u8]) -> Vec<u8> {
-    rgba.chunks_exact(4)
-        .flat_map(|p| {
-            let a = p[3] as u32;
-            [0, 1, 2].map(|c| ((p[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8)
-        })
-        .collect()
-}
+/// Straight-alpha RGBA composited on white, sRGB values (as the survey did;
+/// the app and the CLI read user images the same way).
+pub use engine::glide::pipeline::rgba8_on_white as on_white;
 
 /// Fraction of neighbouring pixel pairs that differ strongly: flags with
 /// emblems and coats of arms score high.

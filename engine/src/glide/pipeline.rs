@@ -316,6 +316,17 @@ fn check_image(what: &str, len: usize, channels: usize, w: usize, h: usize) -> R
     Ok(())
 }
 
+/// Straight-alpha RGBA composited on white, as an image viewer shows it
+/// (RGB out). The app, the CLI and the trainer read images through this.
+pub fn rgba8_on_white(rgba: &[u8]) -> Vec<u8> {
+    rgba.chunks_exact(4)
+        .flat_map(|p| {
+            let a = p[3] as u32;
+            [0, 1, 2].map(|c| ((p[c] as u32 * a + 255 * (255 - a) + 127) / 255) as u8)
+        })
+        .collect()
+}
+
 /// An 8-bit interleaved RGB image of any size → `[3, size, size]` in [-1, 1],
 /// squashed to a square with antialiased bicubic as the notebooks' `read_image`
 /// (PIL `resize((size, size), BICUBIC)`).
