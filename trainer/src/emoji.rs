@@ -343,7 +343,8 @@ pub fn build(
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     // Render; drop exact duplicates (same 64-px pixels), merging their labels.
     let mut first_with: HashMap<Vec<u8>, usize> = HashMap::new();
-    let mut kept: Vec<(Entry, bool, f32)> = Vec::new(); // entry, country flag, edge density
+    // Each kept entry, with its edge density when it is a country/subdivision flag.
+    let mut kept: Vec<(Entry, Option<f32>)> = Vec::new();
     let mut new_index: Vec<Option<usize>> = Vec::with_capacity(cands.len());
     for (i, c) in cands.iter().enumerate() {
         if i % 500 == 0 {
@@ -370,10 +371,11 @@ pub fn build(
         write_png(&tmp.join(&entry.file), &rgba, CANVAS)?;
         first_with.insert(small.clone(), kept.len());
         new_index.push(Some(kept.len()));
-        kept.push((entry, c.country_flag, edge_density(&small, 64)));
+        let density = c.country_flag.then(|| edge_density(&small, 64));
+        kept.push((entry, density));
     }
     // Keep the simplest country and subdivision flags.
-    let mut densities: Vec<f32> = kept.iter().filter(|k| k.1).map(|k| k.2).collect();
+    let mut densities: Vec<f32> = kept.iter().filter_map(|k| k.1).collect();
     densities.sort_by(f32::total_cmp);
     let limit = densities
         .get(keep_flags.min(densities.len()).wrapping_sub(1))
@@ -381,8 +383,8 @@ pub fn build(
         .unwrap_or(f32::NEG_INFINITY);
     let mut remap = vec![None; kept.len()];
     let mut entries = Vec::new();
-    for (i, (entry, country_flag, density)) in kept.into_iter().enumerate() {
-        if country_flag && density > limit {
+    for (i, (entry, density)) in kept.into_iter().enumerate() {
+        if density.is_some_and(|d| d > limit) {
             std::fs::remove_file(tmp.join(&entry.file))?;
             skipped += 1;
             continue;

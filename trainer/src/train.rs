@@ -183,6 +183,9 @@ pub fn make_batch(
         Some(c) => c,
         None => s,
     };
+    if data.emoji.is_some() && !crate::emoji::CANVAS.is_multiple_of(s) {
+        bail!("emoji data needs an image size that divides 256, not {s}");
+    }
     let mut out = Batch {
         size: crop,
         x0: Vec::new(),
@@ -198,9 +201,6 @@ pub fn make_batch(
             .as_ref()
             .filter(|_| rng.f32() >= data.shapes_share);
         let (mut caption, rgb, object) = if let Some(e) = emoji {
-            if !crate::emoji::CANVAS.is_multiple_of(s) {
-                bail!("emoji data needs an image size that divides 256, not {s}");
-            }
             let i = e.sample(rng);
             let caption = e.caption(i, rng);
             let rgb = if s == 64 {
@@ -211,7 +211,7 @@ pub fn make_batch(
             (caption, rgb, Some((e, i)))
         } else {
             let scene = Scene::random(rng, &|c, sh| !held_out(c, sh));
-            // The shapes are drawn at 256 px (4×4 samples per 64-px pixel) like the emoji.
+            // Supersampled to the same 256-px detail as the emoji (64 px: 4×4 samples per pixel).
             let rgb = render(&scene, s, if cfg.super_res { 2 } else { 4 });
             (scene.caption(), rgb, None)
         };
