@@ -17,7 +17,10 @@ if [ -n "$emoji" ]; then
     ./scripts/build-emoji.sh "$emoji"
     data=(--emoji "$emoji")
 fi
-cargo build --release --locked -p webglide-trainer -p webglide-cli
+# One package per command: building both together unifies their dependencies' features
+# differently and rebuilds burn from scratch (~40 min on 2 cores).
+cargo build --release --locked -p webglide-trainer
+cargo build --release --locked -p webglide-cli
 for kind in ${KINDS:-base base-inpaint upsample}; do
     var="MINUTES_$(echo "$kind" | tr 'a-z-' 'A-Z_')"
     minutes="${!var:-8}"
