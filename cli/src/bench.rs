@@ -6,24 +6,30 @@ use anyhow::Result;
 use engine::kernels::{self, Act};
 use engine::{Gpu, Recorder, Tensor, WeightDType, WeightData};
 
-/// Runs `record` `iters` times in one submission after a warm-up; seconds per run.
+/// Runs `record` `iters` times in one submission after a warm-up. Returns
+/// seconds per run: the GPU time of its compute passes where the adapter has
+/// timestamp queries (else the wall-clock time), and the wall-clock time of
+/// submission to completion. A large gap between them points at the driver
+/// or the submission path rather than the kernel.
 fn time(
     gpu: &Gpu,
     iters: u32,
     mut record: impl FnMut(&mut Recorder) -> engine::Result<()>,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let mut rec = gpu.recorder();
     record(&mut rec)?;
     rec.submit()?;
     pollster::block_on(gpu.wait_idle())?;
     let start = Instant::now();
-    let mut rec = gpu.recorder();
-    for _ in 0..iters {
-        record(&mut rec)?;
-    }
-    rec.submit()?;
+    let gpu_secs = pollster::block_on(gpu.gpu_time(|rec| {
+        for _ in 0..iters {
+            record(rec)?;
+        }
+        Ok(())
+    }))?;
     pollster::block_on(gpu.wait_idle())?;
-    Ok(start.elapsed().as_secs_f64() / iters as f64)
+    let wall = start.elapsed().as_secs_f64() / iters as f64;
+    Ok((gpu_secs.map_or(wall, |s| s / iters as f64), wall))
 }
 
 fn noise(gpu: &Gpu, shape: &[usize], seed: u64) -> Result<Tensor> {
@@ -44,6 +50,7 @@ struct Row {
     name: String,
     shape: String,
     secs: f64,
+    wall: f64,
     flops: f64,
     bytes: f64,
 }
@@ -58,7 +65,7 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
     let pk = if quick { 512 } else { 2048 };
     let a = noise(gpu, &[pk, pk], 1)?;
     let wpk = weight(gpu, &[pk, pk], WeightDType::F32)?;
-    let secs = time(gpu, iters, |r| {
+    let (secs, _) = time(gpu, iters, |r| {
         kernels::matmul::linear(r, &a, &wpk, None, None, Act::None).map(drop)
     })?;
     let peak = 2.0 * (pk as f64).powi(3) / secs;
@@ -76,7 +83,7 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
         // Text transformer MLP: 2 prompts x 128 tokens, 512 -> 2048.
         let x = noise(gpu, &[256, 512], 2)?;
         let w = weight(gpu, &[2048, 512], dtype)?;
-        let secs = time(gpu, iters, |r| {
+        let (secs, wall) = time(gpu, iters, |r| {
             kernels::matmul::linear(r, &x, &w, None, None, Act::Gelu).map(drop)
         })?;
         let wbytes = 2048.0 * dtype.row_words(512) as f64 * 4.0;
@@ -84,6 +91,7 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
             name: format!("linear {}", dtype.name()),
             shape: "256x512 -> 2048".into(),
             secs,
+            wall,
             flops: 2.0 * 256.0 * 512.0 * 2048.0,
             bytes: wbytes + 4.0 * (256.0 * 512.0 + 256.0 * 2048.0),
         });
@@ -106,7 +114,7 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
             gpu.upload(&[cin], &vec![0.0; cin])?,
         );
         let emb = noise(gpu, &[n, 2 * cin], 4)?;
-        let secs = time(gpu, iters, |r| {
+        let (secs, wall) = time(gpu, iters, |r| {
             let coef = if fused {
                 Some(kernels::group_norm::norm_coeffs(
                     r,
@@ -145,6 +153,7 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
             name,
             shape: format!("2x{cin}x{h}x{h} -> {cout}"),
             secs,
+            wall,
             flops,
             bytes,
         });
@@ -155,7 +164,7 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
         let (t, heads, d, sct, n) = (s(32) * s(32), 6, 64, 128, 2);
         let qkv = noise(gpu, &[n, heads * 3 * d, t], 5)?;
         let ekv = noise(gpu, &[n, heads * 2 * d, sct], 6)?;
-        let secs = time(gpu, iters, |r| {
+        let (secs, wall) = time(gpu, iters, |r| {
             kernels::attention::legacy_qkv(r, &qkv, Some(&ekv), heads).map(drop)
         })?;
         let flops = 4.0 * (n * heads * t * (t + sct) * d) as f64;
@@ -164,6 +173,7 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
             name: "attention".into(),
             shape: format!("2x{heads}h x {t}q x {}k, d{d}", t + sct),
             secs,
+            wall,
             flops,
             bytes,
         });
@@ -171,13 +181,14 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
     // Text transformer self-attention: 128 tokens, 8 heads of 64.
     {
         let qkv = noise(gpu, &[2, 128, 1536], 7)?;
-        let secs = time(gpu, iters, |r| {
+        let (secs, wall) = time(gpu, iters, |r| {
             kernels::attention::per_head_qkv(r, &qkv, 8, false, None).map(drop)
         })?;
         rows.push(Row {
             name: "attention (text)".into(),
             shape: "2x8h x 128 x 128, d64".into(),
             secs,
+            wall,
             flops: 4.0 * (2 * 8 * 128 * 128 * 64) as f64,
             bytes: 4.0 * (2 * 128 * 2048) as f64,
         });
@@ -191,17 +202,18 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
         gpu.upload(&[192], &[1.0; 192])?,
         gpu.upload(&[192], &[0.0; 192])?,
     );
-    let secs = time(gpu, iters, |r| {
+    let (secs, wall) = time(gpu, iters, |r| {
         kernels::group_norm::group_norm(r, &x, &g, &b, 32, 1e-5, None, Act::Silu).map(drop)
     })?;
     rows.push(Row {
         name: "group_norm+SiLU".into(),
         shape: format!("2x192x{hw}x{hw}"),
         secs,
+        wall,
         flops: 0.0,
         bytes: 4.0 * 3.0 * numel,
     });
-    let secs = time(gpu, iters, |r| {
+    let (secs, wall) = time(gpu, iters, |r| {
         kernels::elementwise::binary(r, &x, &x, kernels::elementwise::BinaryOp::Add, Act::None)
             .map(drop)
     })?;
@@ -209,74 +221,81 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
         name: "add".into(),
         shape: format!("2x192x{hw}x{hw}"),
         secs,
+        wall,
         flops: 0.0,
         bytes: 4.0 * 3.0 * numel,
     });
-    let secs = time(gpu, iters, |r| {
+    let (secs, wall) = time(gpu, iters, |r| {
         kernels::copy::concat_channels(r, &[&x, &x]).map(drop)
     })?;
     rows.push(Row {
         name: "concat".into(),
         shape: format!("2x(192+192)x{hw}x{hw}"),
         secs,
+        wall,
         flops: 0.0,
         bytes: 4.0 * 4.0 * numel,
     });
-    let secs = time(gpu, iters, |r| {
+    let (secs, wall) = time(gpu, iters, |r| {
         kernels::resample::nearest2x(r, &x).map(drop)
     })?;
     rows.push(Row {
         name: "nearest2x".into(),
         shape: format!("2x192x{hw}x{hw}"),
         secs,
+        wall,
         flops: 0.0,
         bytes: 4.0 * 5.0 * numel,
     });
-    let secs = time(gpu, iters, |r| kernels::resample::avgpool2(r, &x).map(drop))?;
+    let (secs, wall) = time(gpu, iters, |r| kernels::resample::avgpool2(r, &x).map(drop))?;
     rows.push(Row {
         name: "avgpool2".into(),
         shape: format!("2x192x{hw}x{hw}"),
         secs,
+        wall,
         flops: 0.0,
         bytes: 4.0 * 1.25 * numel,
     });
 
     let lo = noise(gpu, &[1, 3, s(64), s(64)], 9)?;
     let up = s(256);
-    let secs = time(gpu, iters, |r| {
+    let (secs, wall) = time(gpu, iters, |r| {
         kernels::resample::bilinear(r, &lo, up, up).map(drop)
     })?;
     rows.push(Row {
         name: "bilinear".into(),
         shape: format!("3x{0}x{0} -> {up}", s(64)),
         secs,
+        wall,
         flops: 0.0,
         bytes: 4.0 * 3.0 * (up * up) as f64,
     });
-    let secs = time(gpu, iters, |r| {
+    let (secs, wall) = time(gpu, iters, |r| {
         kernels::resample::bicubic_aa(r, &lo, up, up).map(drop)
     })?;
     rows.push(Row {
         name: "bicubic_aa".into(),
         shape: format!("3x{0}x{0} -> {up}", s(64)),
         secs,
+        wall,
         flops: 0.0,
         bytes: 4.0 * 3.0 * (up * up) as f64,
     });
 
     let img = [1usize, 3, up, up];
-    let secs = time(gpu, iters, |r| kernels::rng::randn(r, &img, 1, 2).map(drop))?;
+    let (secs, wall) = time(gpu, iters, |r| kernels::rng::randn(r, &img, 1, 2).map(drop))?;
     rows.push(Row {
         name: "philox randn".into(),
         shape: format!("{img:?}"),
         secs,
+        wall,
         flops: 0.0,
         bytes: 4.0 * (3 * up * up) as f64,
     });
     let mo = noise(gpu, &[2, 6, up, up], 10)?;
     let xt = noise(gpu, &[2, 3, up, up], 11)?;
     let nz = noise(gpu, &[1, 3, up, up], 12)?;
-    let secs = time(gpu, iters, |r| {
+    let (secs, wall) = time(gpu, iters, |r| {
         kernels::sampler::sampler_step(
             r,
             &kernels::sampler::Step {
@@ -301,13 +320,22 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
         name: "guidance+sampler step".into(),
         shape: format!("CFG 2x6x{up}x{up}"),
         secs,
+        wall,
         flops: 0.0,
         bytes: 4.0 * (3 * up * up * (12 + 1 + 1 + 4)) as f64,
     });
 
     println!(
-        "{:<24} {:<28} {:>10} {:>10} {:>9} {:>8}",
-        "kernel", "shape", "ms", "GFLOP/s", "GB/s", "% peak"
+        "timing: {}\n",
+        if gpu.report.timestamps {
+            "GPU timestamps around the compute passes (ms); wall ms = submission to completion"
+        } else {
+            "wall clock (no timestamp queries on this adapter)"
+        }
+    );
+    println!(
+        "{:<24} {:<28} {:>10} {:>10} {:>9} {:>8} {:>10}",
+        "kernel", "shape", "ms", "GFLOP/s", "GB/s", "% peak", "wall ms"
     );
     for r in rows {
         let gflops = r.flops / r.secs / 1e9;
@@ -322,13 +350,14 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
             "-".into()
         };
         println!(
-            "{:<24} {:<28} {:>10.3} {:>10} {:>9.2} {:>8}",
+            "{:<24} {:<28} {:>10.3} {:>10} {:>9.2} {:>8} {:>10.3}",
             r.name,
             r.shape,
             r.secs * 1e3,
             gf,
             r.bytes / r.secs / 1e9,
-            pct
+            pct,
+            r.wall * 1e3
         );
     }
     Ok(())

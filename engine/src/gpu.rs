@@ -311,6 +311,54 @@ impl Gpu {
         Recorder::new(self)
     }
 
+    /// Records with `record`, submits, and returns the GPU time the recorded
+    /// compute passes took (seconds, from timestamp queries written at the
+    /// start and end of each pass), or `None` where the adapter has no
+    /// timestamp queries (callers fall back to wall-clock time).
+    pub async fn gpu_time(
+        &self,
+        record: impl FnOnce(&mut Recorder<'_>) -> Result<()>,
+    ) -> Result<Option<f64>> {
+        let mut rec = self.recorder();
+        if self.report.timestamps {
+            let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("pass timer"),
+                ty: wgpu::QueryType::Timestamp,
+                count: TIMER_QUERIES,
+            });
+            rec.timer = Some((set, 0));
+        }
+        record(&mut rec)?;
+        let Some((set, used)) = rec.timer.take() else {
+            rec.submit()?;
+            return Ok(None);
+        };
+        if used == u32::MAX || used == 0 {
+            rec.submit()?;
+            return Ok((used == 0).then_some(0.0));
+        }
+        let bytes = used as u64 * 8;
+        let resolved = self.pool.get(
+            bytes,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        );
+        rec.raw_encoder()
+            .resolve_query_set(&set, 0..used, &resolved.buffer, 0);
+        rec.submit()?;
+        let words = self.read_words(&resolved.buffer, bytes).await?;
+        let ticks: u64 = words
+            .chunks_exact(4)
+            .map(|w| {
+                let begin = w[0] as u64 | (w[1] as u64) << 32;
+                let end = w[2] as u64 | (w[3] as u64) << 32;
+                end.saturating_sub(begin)
+            })
+            .sum();
+        Ok(Some(
+            ticks as f64 * self.queue.get_timestamp_period() as f64 * 1e-9,
+        ))
+    }
+
     /// Blocks (native) or yields (wasm) until all submitted work is done.
     pub async fn wait_idle(&self) -> Result<()> {
         let (tx, rx) = futures_channel::oneshot::channel();
@@ -349,7 +397,13 @@ pub struct Recorder<'g> {
     params: Vec<u8>,
     arena: PooledBuffer,
     dispatches: u64,
+    /// Timestamp queries written at the start and end of every compute pass
+    /// (set by [`Gpu::gpu_time`]), and how many are used.
+    timer: Option<(wgpu::QuerySet, u32)>,
 }
+
+/// Timestamp queries one timed recording may use: two per compute pass.
+const TIMER_QUERIES: u32 = 256;
 
 impl<'g> Recorder<'g> {
     fn new(gpu: &'g Gpu) -> Self {
@@ -365,6 +419,7 @@ impl<'g> Recorder<'g> {
             params: Vec::new(),
             arena,
             dispatches: 0,
+            timer: None,
         }
     }
 
@@ -461,9 +516,30 @@ impl<'g> Recorder<'g> {
                 entries: &entries,
             });
         if self.pass.is_none() {
+            let timer = match &mut self.timer {
+                Some((set, used)) if *used + 2 <= TIMER_QUERIES => {
+                    *used += 2;
+                    Some((set.clone(), *used - 2))
+                }
+                // Out of queries: the sum would miss passes, so report none.
+                Some((_, used)) => {
+                    *used = u32::MAX;
+                    None
+                }
+                None => None,
+            };
             let pass = self
                 .encoder()
-                .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: timer.as_ref().map(|(set, i)| {
+                        wgpu::ComputePassTimestampWrites {
+                            query_set: set,
+                            beginning_of_pass_write_index: Some(*i),
+                            end_of_pass_write_index: Some(*i + 1),
+                        }
+                    }),
+                })
                 .forget_lifetime();
             self.pass = Some(pass);
         }

@@ -410,7 +410,7 @@ impl Gpu {
         self.read_words(t.buffer(), t.bytes()).await
     }
 
-    async fn read_words(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u32>> {
+    pub(crate) async fn read_words(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u32>> {
         if bytes == 0 {
             return Ok(Vec::new());
         }

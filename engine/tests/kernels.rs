@@ -1138,6 +1138,57 @@ async fn uploads_during_recording_keep_recorded_inputs() -> TestResult {
 }
 gpu_test!(uploads_during_recording_keep_recorded_inputs);
 
+/// `Gpu::gpu_time`: the recorded work runs (its output is right), and with
+/// timestamp queries its time grows with the work, over several compute
+/// passes (a copy ends a pass); without them the answer is `None`.
+async fn gpu_time_measures_recorded_passes() -> TestResult {
+    let gpu = gpu().await;
+    let mut rng = Rng::new(41);
+    let (m, k, n) = (192, 160, 176);
+    let x = rng.normals(m * k, 1.0);
+    let w = rng.normals(n * k, 0.2);
+    let xt = gpu.upload(&[m, k], &x).map_err(err)?;
+    let wt = gpu
+        .upload_weight(&WeightData::from_f32(&[n, k], &w, WeightDType::F32).map_err(err)?)
+        .map_err(err)?;
+    let want = cpu::linear(&x, &w, n, None, None, Act::None);
+    let run = |copies: usize| {
+        let (xt, wt, want) = (&xt, &wt, &want);
+        async move {
+            let mut out = None;
+            let secs = gpu
+                .gpu_time(|rec| {
+                    for i in 0..copies {
+                        let y = kernels::matmul::linear(rec, xt, wt, None, None, Act::None)?;
+                        if i == 0 {
+                            // A copy ends the compute pass: later work is a new pass.
+                            let kept = rec.gpu().empty(&[m, n])?;
+                            rec.copy(y.buffer(), 0, kept.buffer(), 0, y.bytes());
+                            out = Some(kept);
+                        }
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(err)?;
+            let got = gpu.read(&out.unwrap()).await.map_err(err)?;
+            check("timed linear", &got, want, 1e-5)?;
+            Ok::<_, String>(secs)
+        }
+    };
+    let one = run(1).await?;
+    let eight = run(8).await?;
+    match (gpu.report.timestamps, one, eight) {
+        (false, None, None) => Ok(()),
+        (true, Some(one), Some(eight)) if one > 0.0 && eight > 2.0 * one => Ok(()),
+        r => Err(format!(
+            "gpu_time: timestamps {}, 1 run {:?} s, 8 runs {:?} s",
+            r.0, r.1, r.2
+        )),
+    }
+}
+gpu_test!(gpu_time_measures_recorded_passes);
+
 /// Bad shapes are errors before anything is dispatched.
 async fn shape_errors_are_reported() -> TestResult {
     let gpu = gpu().await;

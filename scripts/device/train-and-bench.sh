@@ -44,6 +44,9 @@ for _ in range(20): a @ b
 torch.cuda.synchronize(); s = (time.time() - t) / 20
 print(f"torch {torch.__version__} f32 matmul 2048^3: {2 * 2048**3 / s / 1e9:.0f} GFLOP/s on {torch.cuda.get_device_name()}")
 PY
+    # The same kernels through OpenGL (EGL) instead of Vulkan: a platform or a backend problem?
+    WGPU_BACKEND=gl timeout 40 "$W/webglide" bench kernels >"$L/bench-kernels-gl.txt" 2>&1
+    echo "bench kernels (gl) rc $? at +$(($(date +%s) - T0)) s"
     timeout 100 "$W/webglide" bench pipeline --size full --random-weights --quant q8 >"$L/bench-pipeline-full-q8.txt" 2>&1
     echo "bench pipeline rc $? at +$(($(date +%s) - T0)) s"
 fi
