@@ -5,8 +5,8 @@
 #          Twemoji/Emojibase sources the emoji cache is rendered from, the inpainting inputs, and
 #          the scripts themselves;
 #   .gl/   the Vulkan/GL loader packages the machine lacks (its README: "bring the loaders").
-# Then, with the device tool:  carry [".gl", ".dev"], command "bash .dev/train-and-bench.sh",
-# then "bash .dev/eval-and-samples.sh" on the models that came back (see docs/demo-model.md).
+# Then, with the device tool:  carry [".gl", ".dev"], command "BUDGET=525 bash .dev/train-and-bench.sh" (timeout 590),
+# then "BUDGET=220 bash .dev/eval-and-samples.sh" (timeout 250) on the models that came back (see docs/demo-model.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -28,7 +28,7 @@ tar czf .dev/emoji-src.tar.gz -C .dev src
 rm -rf .dev/src
 cp trainer/data/emoji/1f34e.png .dev/apple.png # the Twemoji red apple, 256 px RGBA
 cp scripts/device/inpaint-mask.png .dev/mask.png
-cp scripts/device/train-and-bench.sh scripts/device/eval-and-samples.sh .dev/
+cp scripts/device/setup.sh scripts/device/train-and-bench.sh scripts/device/eval-and-samples.sh .dev/
 if [ ! -d .gl ]; then
     mkdir -p .gl /tmp/amd64/partial
     o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)

@@ -8,20 +8,8 @@
 set -u
 T0=$(date +%s)
 END=$((T0 + ${BUDGET:-525}))
-L=$OUT/logs
-mkdir -p "$L"
-exec > >(tee "$L/run1.log") 2>&1
-if command -v nvidia-smi >/dev/null; then
-    for f in .gl/*.deb; do dpkg -x "$f" /; done
-    ldconfig
-fi
-if [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
-    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-fi
 W=${W:-/tmp/w}
-mkdir -p "$W"
-for b in webglide webglide-train webglide-emoji; do gunzip -c .dev/$b.gz >"$W/$b" && chmod +x "$W/$b"; done
+. .dev/setup.sh run1.log webglide webglide-train webglide-emoji
 tar xzf .dev/emoji-src.tar.gz -C "$W"
 echo "setup done at +$(($(date +%s) - T0)) s"
 (time "$W/webglide-emoji" --twemoji "$W/src/twemoji" --emojibase "$W/src/emojibase" --out "$W/emoji") >"$L/emoji.log" 2>&1 &

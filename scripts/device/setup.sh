@@ -1,0 +1,17 @@
+# Sourced by the device scripts: logs to $OUT/logs/$1 (and stdout), the Vulkan/GL loaders from
+# .gl/ on the GPU machine (its image lacks them), the NVIDIA ICD, and the release binaries named
+# after $1 unpacked from .dev/ into $W.
+LOG=$1
+shift
+L=$OUT/logs
+mkdir -p "$L" "$W"
+exec > >(tee "$L/$LOG") 2>&1
+if command -v nvidia-smi >/dev/null; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+fi
+if [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+    export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+fi
+for b in "$@"; do gunzip -c ".dev/$b.gz" >"$W/$b" && chmod +x "$W/$b"; done
