@@ -366,6 +366,24 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
 /// Random weights for `cfg` as an in-memory safetensors file (norm gains 1,
 /// biases 0, other tensors N(0, 1/fan_in)), so the real architecture runs
 /// without a checkpoint.
+/// The released architecture of `kind` ("full"), or the same topology with
+/// narrow channels and a small text transformer ("small").
+fn sized_config(kind: &str, size: &str) -> Result<engine::glide::model::GlideConfig> {
+    let mut c = engine::glide::model::GlideConfig::for_kind(kind)?;
+    match size {
+        "full" => {}
+        "small" => {
+            c.num_channels = 32;
+            c.num_head_channels = 32;
+            c.xf_width = 64;
+            c.xf_heads = 2;
+            c.xf_layers = 2;
+        }
+        s => anyhow::bail!("unknown --size '{s}' (full, small)"),
+    }
+    Ok(c)
+}
+
 fn random_weights(cfg: &engine::glide::model::GlideConfig, seed: u64) -> Result<Vec<u8>> {
     let shapes = cfg.weight_shapes()?;
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -410,26 +428,10 @@ pub fn pipeline(
     steps: usize,
     batch: usize,
 ) -> Result<()> {
-    use engine::glide::model::{Glide, GlideConfig};
+    use engine::glide::model::Glide;
     use engine::glide::pipeline::{DiffusionLoop, Extra, Sampler};
     use engine::glide::weights::WeightSource;
-    let (mut base_cfg, mut up_cfg) = (
-        GlideConfig::for_kind("base")?,
-        GlideConfig::for_kind("upsample")?,
-    );
-    match size {
-        "full" => {}
-        "small" => {
-            for c in [&mut base_cfg, &mut up_cfg] {
-                c.num_channels = 32;
-                c.num_head_channels = 32;
-                c.xf_width = 64;
-                c.xf_heads = 2;
-                c.xf_layers = 2;
-            }
-        }
-        s => anyhow::bail!("unknown --size '{s}' (full, small)"),
-    }
+    let (base_cfg, up_cfg) = (sized_config("base", size)?, sized_config("upsample", size)?);
     print!("{}", gpu.report);
     println!("pipeline: {size} GLIDE with random weights, {} storage, batch {batch}, CFG (base batch {})", quant.name(), 2 * batch);
     let tokens: Vec<u32> = vec![272, 3056, 12036, 286, 257, 1162, 12397]; // "an oil painting of a corgi"
@@ -493,5 +495,194 @@ pub fn pipeline(
         "peak GPU memory held by the engine: {:.0} MiB",
         stats.peak_bytes as f64 / 1048576.0
     );
+    Ok(())
+}
+
+/// max |got - want| / max |want|: the measure of the fixture tables.
+fn rel_max(got: &[f32], want: &[f32]) -> f64 {
+    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (g, w)| m.max((*g as f64 - *w as f64).abs()));
+    err / scale.max(1e-30)
+}
+
+/// `webglide bench quant`: the error of each storage type against f32 on
+/// random weights of the released architecture (the same generator as
+/// `bench pipeline`). Per layer: the relative RMS error of every quantised
+/// weight; end to end: one forward pass (text encoder + UNet at t = 500) with
+/// the intermediates of the fixture table, max error relative to the f32
+/// tensor's max magnitude. `res` runs the UNet at another image size (it is
+/// convolutional) to bound the time on slow adapters.
+pub fn quant(
+    gpu: &Gpu,
+    kind: &str,
+    size: &str,
+    res: Option<usize>,
+    dtypes: &[WeightDType],
+    seed: u64,
+) -> Result<()> {
+    use engine::glide::model::{quantizable, Capture, Conditioning, Glide};
+    use engine::glide::weights::WeightSource;
+    let cfg = sized_config(kind, size)?;
+    let res = res.unwrap_or(cfg.image_size);
+    let div = 1usize << (cfg.channel_mult()?.len() - 1);
+    if res == 0 || res % div != 0 || res > 1024 || (cfg.super_res && res % 4 != 0) {
+        anyhow::bail!("--res {res}: a multiple of {div} (and of 4 for upsamplers), at most 1024");
+    }
+    print!("{}", gpu.report);
+    println!(
+        "quantisation error: {size} {kind} with random weights (seed {seed}), forward at {res} px, batch 1, t = 500\n"
+    );
+    let bytes = random_weights(&cfg, seed)?;
+
+    // Per layer.
+    let st = safetensors::SafeTensors::deserialize(&bytes)?;
+    let mut per_layer: Vec<Vec<(f64, String)>> = vec![Vec::new(); dtypes.len()];
+    for (name, view) in st.tensors() {
+        if !quantizable(&name, view.shape()) {
+            continue;
+        }
+        let w = engine::glide::weights::to_f32(&name, &view)?;
+        let norm = w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        for (d, &dtype) in dtypes.iter().enumerate() {
+            let q = WeightData::from_f32(view.shape(), &w, dtype)?.to_f32();
+            let err = q
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            per_layer[d].push((err / norm.max(1e-30), name.clone()));
+        }
+    }
+    println!("per layer: relative RMS error of each quantised weight (||Q(w) - w|| / ||w||)");
+    println!(
+        "{:<6} {:>7} {:>10} {:>10} {:>10}  worst layer",
+        "type", "layers", "median", "mean", "max"
+    );
+    for (d, &dtype) in dtypes.iter().enumerate() {
+        let v = &mut per_layer[d];
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let Some(worst) = v.last() else { continue };
+        let mean = v.iter().map(|e| e.0).sum::<f64>() / v.len() as f64;
+        println!(
+            "{:<6} {:>7} {:>10.2e} {:>10.2e} {:>10.2e}  {}",
+            dtype.name(),
+            v.len(),
+            v[v.len() / 2].0,
+            mean,
+            worst.0,
+            worst.1
+        );
+    }
+
+    // End to end: the same inputs through the model stored as each type.
+    let source = WeightSource::single(&bytes)?;
+    let n_in = 3 * res * res;
+    let x = engine::rng::randn(n_in, seed, 100);
+    let low = cfg
+        .super_res
+        .then(|| engine::rng::randn(n_in / 16, seed, 101));
+    let image = engine::rng::randn(n_in, seed, 102);
+    let keep: Vec<f32> = (0..res * res)
+        .map(|i| ((i % res) < res / 2) as u32 as f32)
+        .collect();
+    let (tok, mask) = engine::glide::tokenizer::pad_tokens(
+        &[272, 3056, 12036, 286, 257, 1162, 12397], // "an oil painting of a corgi"
+        cfg.text_ctx,
+    );
+    let run = |dtype: WeightDType| -> Result<Vec<(String, Vec<f32>)>> {
+        let t0 = Instant::now();
+        let model = Glide::load(gpu, cfg.clone(), &source, dtype)?;
+        let xt = gpu.upload(&[1, 3, res, res], &x)?;
+        let tt = gpu.upload(&[1], &[500.0])?;
+        let tokens = gpu.upload_u32(&[1, cfg.text_ctx], &tok)?;
+        let mask_t = gpu.upload_u32(&[1, cfg.text_ctx], &mask)?;
+        let low_t = match &low {
+            Some(l) => Some(gpu.upload(&[1, 3, res / 4, res / 4], l)?),
+            None => None,
+        };
+        let inp = if cfg.inpaint {
+            Some((
+                gpu.upload(&[1, 3, res, res], &image)?,
+                gpu.upload(&[1, 1, res, res], &keep)?,
+            ))
+        } else {
+            None
+        };
+        let mut cap: Capture = Vec::new();
+        let mut rec = gpu.recorder();
+        let text = model.encode_text(&mut rec, &tokens, &mask_t, Some(&mut cap))?;
+        let cond = Conditioning {
+            low_res: low_t.as_ref(),
+            inpaint: inp.as_ref().map(|(a, b)| (a, b)),
+        };
+        let out = model.forward(&mut rec, &xt, &tt, &text, cond, Some(&mut cap))?;
+        rec.submit()?;
+        cap.push(("output".into(), out));
+        let mut host = Vec::new();
+        for (name, t) in &cap {
+            host.push((name.clone(), pollster::block_on(gpu.read(t))?));
+        }
+        eprintln!(
+            "{}: forward done in {:.1} s",
+            dtype.name(),
+            t0.elapsed().as_secs_f64()
+        );
+        drop(cap);
+        drop(model);
+        gpu.trim_memory();
+        Ok(host)
+    };
+    let reference = run(WeightDType::F32)?;
+    let mut errs: Vec<Vec<f64>> = Vec::new();
+    for &dtype in dtypes {
+        let got = run(dtype)?;
+        errs.push(
+            reference
+                .iter()
+                .zip(&got)
+                .map(|((_, want), (_, g))| rel_max(g, want))
+                .collect(),
+        );
+    }
+    // The rows of the fixture table: text features, emb, one block per
+    // stage, the output, and the worst over every intermediate.
+    let names: Vec<&str> = reference.iter().map(|(n, _)| n.as_str()).collect();
+    let count = |p: &str| names.iter().filter(|n| n.starts_with(p)).count();
+    let (ins, outs) = (count("input_blocks."), count("output_blocks."));
+    let rows = [
+        "xf_final_ln_out".to_string(),
+        "emb".to_string(),
+        format!("input_blocks.{}", ins / 2),
+        format!("input_blocks.{}", ins.saturating_sub(1)),
+        "middle_block".to_string(),
+        format!("output_blocks.{}", outs / 2),
+        format!("output_blocks.{}", outs.saturating_sub(1)),
+        "output".to_string(),
+    ];
+    println!("\nend to end: max |Q - f32| / max |f32| per tensor");
+    print!("{:<22}", "tensor");
+    for d in dtypes {
+        print!(" {:>10}", d.name());
+    }
+    println!();
+    for row in &rows {
+        let Some(i) = names.iter().position(|n| n == row) else {
+            continue;
+        };
+        print!("{row:<22}");
+        for e in &errs {
+            print!(" {:>10.2e}", e[i]);
+        }
+        println!();
+    }
+    print!("{:<22}", "worst intermediate");
+    for e in &errs {
+        print!(" {:>10.2e}", e.iter().fold(0f64, |m, v| m.max(*v)));
+    }
+    println!();
     Ok(())
 }

@@ -188,6 +188,27 @@ enum BenchWhat {
         #[arg(long, default_value_t = 1)]
         batch: usize,
     },
+    /// Quantisation error of f16/q8/q4 against f32 on random weights of the
+    /// released architecture: per layer and end to end (one forward pass).
+    Quant {
+        /// base, upsample, base-inpaint or upsample-inpaint.
+        #[arg(long, default_value = "base")]
+        kind: String,
+        /// full (the released sizes) or small (narrow channels, same topology).
+        #[arg(long, default_value = "full")]
+        size: String,
+        /// Required: no checkpoint is used.
+        #[arg(long)]
+        random_weights: bool,
+        /// Image size of the forward pass (default: the model's own).
+        #[arg(long)]
+        res: Option<usize>,
+        /// Comma-separated storage types to compare with f32.
+        #[arg(long, default_value = "f16,q8,q4", value_delimiter = ',')]
+        quant: Vec<String>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
     /// Each kernel at real GLIDE layer shapes: time, GFLOP/s, GB/s and the ratio
     /// to this adapter's measured f32 matmul peak.
     Kernels {
@@ -291,6 +312,26 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench {
             what: BenchWhat::Kernels { iters, quick },
         } => bench::kernels(&gpu()?, iters.max(1), quick)?,
+        Cmd::Bench {
+            what:
+                BenchWhat::Quant {
+                    kind,
+                    size,
+                    random_weights,
+                    res,
+                    quant,
+                    seed,
+                },
+        } => {
+            if !random_weights {
+                anyhow::bail!("bench quant runs on random weights: pass --random-weights");
+            }
+            let dtypes = quant
+                .iter()
+                .map(|q| engine::WeightDType::parse(q))
+                .collect::<engine::Result<Vec<_>>>()?;
+            bench::quant(&gpu()?, &kind, &size, res, &dtypes, seed)?
+        }
         Cmd::Convert {
             checkpoint,
             kind,
