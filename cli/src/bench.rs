@@ -528,7 +528,11 @@ pub fn quant(
     let cfg = sized_config(kind, size)?;
     let res = res.unwrap_or(cfg.image_size);
     let div = 1usize << (cfg.channel_mult()?.len() - 1);
-    if res == 0 || res % div != 0 || res > 1024 || (cfg.super_res && res % 4 != 0) {
+    if res == 0
+        || !res.is_multiple_of(div)
+        || res > 1024
+        || (cfg.super_res && !res.is_multiple_of(4))
+    {
         anyhow::bail!("--res {res}: a multiple of {div} (and of 4 for upsamplers), at most 1024");
     }
     print!("{}", gpu.report);
