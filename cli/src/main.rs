@@ -295,7 +295,12 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     // Only the commands that compute open a GPU (convert works without one).
-    let gpu = || pollster::block_on(engine::Gpu::new(engine::GpuOptions::default()));
+    // WEBGLIDE_LOOP_BOUNDING=1 turns naga's loop bounding back on (to measure its cost).
+    let opts = engine::GpuOptions {
+        loop_bounding: std::env::var_os("WEBGLIDE_LOOP_BOUNDING").is_some_and(|v| v == "1"),
+        ..Default::default()
+    };
+    let gpu = || pollster::block_on(engine::Gpu::new(opts.clone()));
     match cli.cmd {
         Cmd::Info => print!("{}", gpu()?.report),
         Cmd::Eval {

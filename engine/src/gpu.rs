@@ -30,6 +30,14 @@ pub struct GpuOptions {
     pub allow_f16: bool,
     /// Fill every new tensor with NaN (tests: unwritten outputs must fail).
     pub poison: bool,
+    /// naga's forced loop bounding (a hidden counter in every shader loop).
+    /// Off by default: it blocks loop unrolling, so register tiles such as the
+    /// matmul's 4×4 accumulators go to memory, and on NVIDIA Vulkan it costs up
+    /// to 100× (wgpu#7698; our H100 run reached ~0.5 % of peak with it). Every
+    /// loop in `shaders/` is bounded by sizes checked in Rust before dispatch;
+    /// buffer bounds checks stay on either way. Native only: browsers apply
+    /// their own checks.
+    pub loop_bounding: bool,
 }
 
 impl Default for GpuOptions {
@@ -39,6 +47,7 @@ impl Default for GpuOptions {
             max_binding_cap: None,
             allow_f16: true,
             poison: false,
+            loop_bounding: false,
         }
     }
 }
@@ -58,6 +67,9 @@ pub struct GpuReport {
     pub max_invocations_per_workgroup: u32,
     pub max_workgroup_storage: u32,
     pub max_workgroups_per_dim: u32,
+    /// Whether shaders were built with naga's forced loop bounding (see
+    /// [`GpuOptions::loop_bounding`]).
+    pub loop_bounding: bool,
 }
 
 impl std::fmt::Display for GpuReport {
@@ -87,6 +99,11 @@ impl std::fmt::Display for GpuReport {
             self.max_buffer_size >> 20,
             self.max_invocations_per_workgroup,
             self.max_workgroup_storage >> 10
+        )?;
+        writeln!(
+            f,
+            "shaders:   buffer bounds checks on, loop bounding {}",
+            if self.loop_bounding { "on" } else { "off" }
         )
     }
 }
@@ -104,6 +121,7 @@ pub struct Gpu {
     /// Largest storage binding the launchers may create (bytes).
     pub max_binding: u64,
     pub(crate) poison: bool,
+    loop_bounding: bool,
     pub(crate) pool: Arc<BufferPool>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
@@ -169,6 +187,7 @@ impl Gpu {
             max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
+            loop_bounding: opts.loop_bounding,
         };
         Ok(Self::from_parts(device, queue, report, opts))
     }
@@ -177,9 +196,10 @@ impl Gpu {
     pub fn from_parts(
         device: wgpu::Device,
         queue: wgpu::Queue,
-        report: GpuReport,
+        mut report: GpuReport,
         opts: GpuOptions,
     ) -> Gpu {
+        report.loop_bounding = opts.loop_bounding;
         let errors: Arc<Mutex<Option<String>>> = Arc::default();
         let lost: Arc<Mutex<Option<String>>> = Arc::default();
         {
@@ -212,6 +232,7 @@ impl Gpu {
             report,
             max_binding,
             poison: opts.poison,
+            loop_bounding: opts.loop_bounding,
             pool,
             modules: Mutex::default(),
             pipelines: Mutex::default(),
@@ -281,11 +302,19 @@ impl Gpu {
                 .entry(kernel.name)
                 .or_insert_with(|| {
                     let source: String = kernel.sources.concat();
-                    self.device
-                        .create_shader_module(wgpu::ShaderModuleDescriptor {
-                            label: Some(kernel.name),
-                            source: wgpu::ShaderSource::Wgsl(source.into()),
-                        })
+                    let desc = wgpu::ShaderModuleDescriptor {
+                        label: Some(kernel.name),
+                        source: wgpu::ShaderSource::Wgsl(source.into()),
+                    };
+                    let checks = wgpu::ShaderRuntimeChecks {
+                        force_loop_bounding: self.loop_bounding,
+                        ..wgpu::ShaderRuntimeChecks::checked()
+                    };
+                    // SAFETY: buffer bounds checks stay on; without loop
+                    // bounding a shader must not loop forever, and every loop
+                    // in shaders/ runs to a bound derived from sizes the
+                    // launchers validate (see GpuOptions::loop_bounding).
+                    unsafe { self.device.create_shader_module_trusted(desc, checks) }
                 })
                 .clone()
         };

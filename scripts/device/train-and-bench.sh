@@ -16,12 +16,15 @@ echo "setup done at +$(($(date +%s) - T0)) s"
 EPID=$!
 "$W/webglide" info >"$L/info.txt" 2>&1
 if [ -z "${SKIPBENCH:-}" ]; then
-    # Why did the 2026-11-27 run reach only ~0.4 % of the f32 peak? Clocks under load, and what
+    # Why did the 2026-11-27 run reach only ~0.5 % of the f32 peak? Clocks under load, and what
     # CUDA reaches on the same chip.
     nvidia-smi -q -d CLOCK,PERFORMANCE >"$L/nvidia-idle.txt" 2>&1
     (sleep 4 && nvidia-smi -q -d CLOCK,PERFORMANCE,UTILIZATION >"$L/nvidia-load.txt" 2>&1) &
     timeout 60 "$W/webglide" bench kernels >"$L/bench-kernels.txt" 2>&1
     echo "bench kernels rc $? at +$(($(date +%s) - T0)) s"
+    # The same with naga's loop bounding back on (the suspect of the 2026-11-27 run).
+    WEBGLIDE_LOOP_BOUNDING=1 timeout 60 "$W/webglide" bench kernels >"$L/bench-kernels-loop-bounding.txt" 2>&1
+    echo "bench kernels (loop bounding) rc $? at +$(($(date +%s) - T0)) s"
     timeout 40 python3 - >"$L/torch-matmul.txt" 2>&1 <<'PY'
 import time, torch
 torch.backends.cuda.matmul.allow_tf32 = False
