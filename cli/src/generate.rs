@@ -161,30 +161,52 @@ fn params(o: &Options, mode: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-pub fn generate(gpu: &Gpu, o: &Options) -> Result<()> {
-    let tok = tokenizer()?;
-    let base = load_model(gpu, &o.model, "base")?.with_context(|| {
+/// Loads `base_kind` (required) and, when `o.upsample`, `up_kind` (without
+/// one the base model's image is written, with a note). Returns the options
+/// as they will run (recorded in the PNG).
+fn load_models(
+    gpu: &Gpu,
+    o: &Options,
+    base_kind: &str,
+    up_kind: &str,
+) -> Result<(Glide, Option<Glide>, Options)> {
+    let base = load_model(gpu, &o.model, base_kind)?.with_context(|| {
         format!(
-            "{}/base/manifest.json not found (convert the base model with `webglide convert`)",
+            "{}/{base_kind}/manifest.json not found (convert the model with `webglide convert --kind {base_kind}`)",
             o.model.display()
         )
     })?;
     let up = if o.upsample {
-        load_model(gpu, &o.model, "upsample")?
+        load_model(gpu, &o.model, up_kind)?
     } else {
         None
     };
     if o.upsample && up.is_none() {
         eprintln!(
-            "note: {}/upsample/ holds no upsampler; writing the base model's image",
+            "note: {}/{up_kind}/ holds no upsampler; writing the base model's image",
             o.model.display()
         );
     }
-    // What actually runs (recorded in the PNG).
-    let o = &Options {
+    let o = Options {
         upsample: up.is_some(),
         ..o.clone()
     };
+    Ok((base, up, o))
+}
+
+/// Writes the batch as PNGs with the parameters in text chunks.
+fn write_result(o: &Options, img: &[f32], size: usize, mode: &str) -> Result<()> {
+    let paths = write_pngs(&o.out, &to_rgb8(img, o.batch, size), size, &params(o, mode))?;
+    for p in paths {
+        println!("wrote {} (seed {})", p.display(), o.seed);
+    }
+    Ok(())
+}
+
+pub fn generate(gpu: &Gpu, o: &Options) -> Result<()> {
+    let tok = tokenizer()?;
+    let (base, up, o) = load_models(gpu, o, "base", "upsample")?;
+    let o = &o;
     let ids = tok.encode(&o.prompt);
     let mut lp = DiffusionLoop::new(
         gpu,
@@ -220,16 +242,7 @@ pub fn generate(gpu: &Gpu, o: &Options) -> Result<()> {
         img = run_loop(gpu, &mut lp, "upsample")?;
         size = up.config.image_size;
     }
-    let paths = write_pngs(
-        &o.out,
-        &to_rgb8(&img, o.batch, size),
-        size,
-        &params(o, "text2im"),
-    )?;
-    for p in paths {
-        println!("wrote {} (seed {})", p.display(), o.seed);
-    }
-    Ok(())
+    write_result(o, &img, size, "text2im")
 }
 
 /// Decodes an image file to `[3, size, size]` in [-1, 1] (antialiased bicubic, as PIL's BICUBIC).
@@ -257,23 +270,8 @@ fn load_mask(path: &Path, size: usize) -> Result<Vec<f32>> {
 
 pub fn inpaint(gpu: &Gpu, o: &Options, image: &Path, mask: &Path) -> Result<()> {
     let tok = tokenizer()?;
-    let base = load_model(gpu, &o.model, "base-inpaint")?
-        .with_context(|| format!("{}/base-inpaint/manifest.json not found", o.model.display()))?;
-    let up = if o.upsample {
-        load_model(gpu, &o.model, "upsample-inpaint")?
-    } else {
-        None
-    };
-    if o.upsample && up.is_none() {
-        eprintln!(
-            "note: {}/upsample-inpaint/ holds no upsampler; writing the base model's image",
-            o.model.display()
-        );
-    }
-    let o = &Options {
-        upsample: up.is_some(),
-        ..o.clone()
-    };
+    let (base, up, o) = load_models(gpu, o, "base-inpaint", "upsample-inpaint")?;
+    let o = &o;
     let s = base.config.image_size;
     let src = load_image(image, s)?;
     let keep = load_mask(mask, s)?;
@@ -329,14 +327,5 @@ pub fn inpaint(gpu: &Gpu, o: &Options, image: &Path, mask: &Path) -> Result<()> 
         img = run_loop(gpu, &mut lp, "upsample")?;
         size = big;
     }
-    let paths = write_pngs(
-        &o.out,
-        &to_rgb8(&img, o.batch, size),
-        size,
-        &params(o, "inpaint"),
-    )?;
-    for p in paths {
-        println!("wrote {} (seed {})", p.display(), o.seed);
-    }
-    Ok(())
+    write_result(o, &img, size, "inpaint")
 }
