@@ -60,40 +60,15 @@ fn bench_quant_orders_the_storage_types() {
 #[test]
 fn bench_quant_rejects_bad_arguments() {
     for (args, says) in [
+        ("bench quant --size small", "--random-weights"),
         (
-            vec!["bench", "quant", "--size", "small"],
-            "--random-weights",
-        ),
-        (
-            vec![
-                "bench",
-                "quant",
-                "--size",
-                "small",
-                "--random-weights",
-                "--res",
-                "30",
-            ],
+            "bench quant --size small --random-weights --res 30",
             "--res 30",
         ),
-        (
-            vec!["bench", "quant", "--size", "huge", "--random-weights"],
-            "unknown --size",
-        ),
-        (
-            vec![
-                "bench",
-                "quant",
-                "--size",
-                "small",
-                "--random-weights",
-                "--quant",
-                "q3",
-            ],
-            "q3",
-        ),
+        ("bench quant --size huge --random-weights", "unknown --size"),
+        ("bench quant --size small --random-weights --quant q3", "q3"),
     ] {
-        let out = webglide(&args);
+        let out = webglide(&args.split(' ').collect::<Vec<_>>());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
