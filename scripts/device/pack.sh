@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares what the GPU machine needs (it has no Rust toolchain and no registries) in two
 # git-ignored folders that a device call carries:
-#   .dev/  stripped, gzipped release binaries (webglide, webglide-train, webglide-emoji), the
+#   .dev/  stripped, xz-compressed release binaries (webglide, webglide-train, webglide-emoji, and
+#          webglide-train-spirv: the trainer with burn's `vulkan` feature), the
 #          Twemoji/Emojibase sources the emoji cache is rendered from, the inpainting inputs, and
 #          the scripts themselves;
 #   .gl/   the Vulkan/GL loader packages the machine lacks (its README: "bring the loaders").
@@ -11,14 +12,19 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$HOME/.cargo/bin:$PATH"
 ./scripts/build-emoji.sh
-# One package per command (see scripts/train-demo.sh).
-cargo build --release --locked -p webglide-trainer
-cargo build --release --locked -p webglide-cli
 rm -rf .dev
 mkdir -p .dev/src/twemoji .dev/src/emojibase/en
+# One package per command (see scripts/train-demo.sh); the SPIR-V trainer first, so the
+# default one is what target/release holds afterwards.
+cargo build --release --locked -p webglide-trainer --features vulkan
+strip -o .dev/webglide-train-spirv target/release/webglide-train
+cargo build --release --locked -p webglide-trainer
+cargo build --release --locked -p webglide-cli
 for b in webglide webglide-train webglide-emoji; do
     strip -o ".dev/$b" "target/release/$b"
-    gzip -9 ".dev/$b"
+done
+for b in webglide webglide-train webglide-emoji webglide-train-spirv; do
+    xz -9 -T2 ".dev/$b"
 done
 nm=trainer/data/node_modules
 cp "$nm"/@twemoji/svg/*.svg "$nm"/@twemoji/svg/package.json .dev/src/twemoji/

@@ -14,4 +14,9 @@ if [ -e /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
     export __EGL_VENDOR_LIBRARY_FILENAMES=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 fi
-for b in "$@"; do gunzip -c ".dev/$b.gz" >"$W/$b" && chmod +x "$W/$b"; done
+unxz_to() { # xz, or Python's lzma where the machine has no xz
+    if command -v xz >/dev/null; then xz -dc "$1" >"$2"; else
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"
+    fi
+}
+for b in "$@"; do unxz_to ".dev/$b.xz" "$W/$b" && chmod +x "$W/$b"; done

@@ -9,7 +9,7 @@ set -u
 T0=$(date +%s)
 END=$((T0 + ${BUDGET:-525}))
 W=${W:-/tmp/w}
-. .dev/setup.sh run1.log webglide webglide-train webglide-emoji
+. .dev/setup.sh run1.log webglide webglide-train webglide-emoji webglide-train-spirv
 tar xzf .dev/emoji-src.tar.gz -C "$W"
 echo "setup done at +$(($(date +%s) - T0)) s"
 (time "$W/webglide-emoji" --twemoji "$W/src/twemoji" --emojibase "$W/src/emojibase" --out "$W/emoji") >"$L/emoji.log" 2>&1 &
@@ -48,20 +48,33 @@ DATA=(--emoji "$W/emoji")
 SECS=$((END - $(date +%s) - 45))
 MIN=$(python3 -c "print(round($SECS/60, 2))")
 echo "training for $MIN minutes"
+# base and upsample train with the SPIR-V trainer (burn's `vulkan` feature), base-inpaint with
+# the WGSL one at the same batch as base: their loss logs compare the two step rates. A SPIR-V
+# run that fails goes on with the WGSL trainer.
 train() {
-    kind=$1
-    shift
-    echo "webglide-train --kind $kind --device gpu --minutes $MIN --lr 5e-4 --warmup 100 --save-every 250 ${DATA[*]} $*"
-    timeout $((SECS + 60)) "$W/webglide-train" --kind "$kind" --device gpu --out "$W/runs/$kind" --minutes "$MIN" \
+    bin=$1
+    kind=$2
+    shift 2
+    echo "$bin --kind $kind --device gpu --minutes $MIN --lr 5e-4 --warmup 100 --save-every 250 ${DATA[*]} $*"
+    timeout $((SECS + 60)) "$W/$bin" --kind "$kind" --device gpu --out "$W/runs/$kind" --minutes "$MIN" \
         --lr 5e-4 --warmup 100 --save-every 250 "${DATA[@]}" "$@" >"$L/train-$kind.out" 2>&1
-    echo "train $kind rc $? at +$(($(date +%s) - T0)) s"
+    rc=$?
+    echo "train $kind ($bin) rc $rc at +$(($(date +%s) - T0)) s"
+    if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$bin" != webglide-train ]; then
+        left=$(python3 -c "print(round(($END - 45 - $(date +%s)) / 60, 2))")
+        echo "retrying $kind with webglide-train for $left minutes"
+        timeout $((SECS + 60)) "$W/webglide-train" --kind "$kind" --device gpu --out "$W/runs/$kind" \
+            --minutes "$left" --lr 5e-4 --warmup 100 --save-every 250 "${DATA[@]}" "$@" \
+            >>"$L/train-$kind.out" 2>&1
+        echo "train $kind (webglide-train) rc $? at +$(($(date +%s) - T0)) s"
+    fi
     cp "$W/runs/$kind/loss.log" "$L/$kind-loss.log"
 }
-train base --batch "${B64:-64}" &
+train webglide-train-spirv base --batch "${B64:-64}" &
 P1=$!
-train base-inpaint --batch "${B64:-64}" &
+train webglide-train base-inpaint --batch "${B64:-64}" &
 P2=$!
-train upsample --batch "${B16:-16}" --crop 128 &
+train webglide-train-spirv upsample --batch "${B16:-16}" --crop 128 &
 P3=$!
 # Not a bare `wait`: that would also wait for the `tee` above, which never ends.
 wait $P1 $P2 $P3
