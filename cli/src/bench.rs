@@ -363,9 +363,9 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
     Ok(())
 }
 
-/// Random weights for `cfg` as an in-memory safetensors file (norm gains 1,
-/// biases 0, other tensors N(0, 1/fan_in)), so the real architecture runs
-/// without a checkpoint.
+/// The prompt of the benchmarks, "an oil painting of a corgi" (GLIDE BPE).
+const CORGI: &[u32] = &[272, 3056, 12036, 286, 257, 1162, 12397];
+
 /// The released architecture of `kind` ("full"), or the same topology with
 /// narrow channels and a small text transformer ("small").
 fn sized_config(kind: &str, size: &str) -> Result<engine::glide::model::GlideConfig> {
@@ -384,6 +384,9 @@ fn sized_config(kind: &str, size: &str) -> Result<engine::glide::model::GlideCon
     Ok(c)
 }
 
+/// Random weights for `cfg` as an in-memory safetensors file (norm gains 1,
+/// biases 0, other tensors N(0, 1/fan_in)), so the real architecture runs
+/// without a checkpoint.
 fn random_weights(cfg: &engine::glide::model::GlideConfig, seed: u64) -> Result<Vec<u8>> {
     let shapes = cfg.weight_shapes()?;
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -434,7 +437,6 @@ pub fn pipeline(
     let (base_cfg, up_cfg) = (sized_config("base", size)?, sized_config("upsample", size)?);
     print!("{}", gpu.report);
     println!("pipeline: {size} GLIDE with random weights, {} storage, batch {batch}, CFG (base batch {})", quant.name(), 2 * batch);
-    let tokens: Vec<u32> = vec![272, 3056, 12036, 286, 257, 1162, 12397]; // "an oil painting of a corgi"
     let mut results = Vec::new();
     for (what, cfg, full_steps) in [("base", base_cfg, 100usize), ("upsample", up_cfg, 27usize)] {
         let t0 = Instant::now();
@@ -461,7 +463,7 @@ pub fn pipeline(
         let mut lp = DiffusionLoop::new(
             gpu,
             &model,
-            &tokens,
+            CORGI,
             batch,
             &full_steps.to_string(),
             sampler,
@@ -496,16 +498,6 @@ pub fn pipeline(
         stats.peak_bytes as f64 / 1048576.0
     );
     Ok(())
-}
-
-/// max |got - want| / max |want|: the measure of the fixture tables.
-fn rel_max(got: &[f32], want: &[f32]) -> f64 {
-    let scale = want.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
-    let err = got
-        .iter()
-        .zip(want)
-        .fold(0f64, |m, (g, w)| m.max((*g as f64 - *w as f64).abs()));
-    err / scale.max(1e-30)
 }
 
 /// `webglide bench quant`: the error of each storage type against f32 on
@@ -593,10 +585,7 @@ pub fn quant(
     let keep: Vec<f32> = (0..res * res)
         .map(|i| ((i % res) < res / 2) as u32 as f32)
         .collect();
-    let (tok, mask) = engine::glide::tokenizer::pad_tokens(
-        &[272, 3056, 12036, 286, 257, 1162, 12397], // "an oil painting of a corgi"
-        cfg.text_ctx,
-    );
+    let (tok, mask) = engine::glide::tokenizer::pad_tokens(CORGI, cfg.text_ctx);
     let run = |dtype: WeightDType| -> Result<Vec<(String, Vec<f32>)>> {
         let t0 = Instant::now();
         let model = Glide::load(gpu, cfg.clone(), &source, dtype)?;
@@ -648,7 +637,7 @@ pub fn quant(
             reference
                 .iter()
                 .zip(&got)
-                .map(|((_, want), (_, g))| rel_max(g, want))
+                .map(|((_, want), (_, g))| engine::glide::check::max_error(g, want).1)
                 .collect(),
         );
     }

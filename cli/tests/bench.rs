@@ -4,13 +4,22 @@
 mod common;
 use common::webglide;
 
-/// The values of the row starting with `name` (whitespace-separated numbers after it).
-fn row(stdout: &str, name: &str) -> Vec<f64> {
-    let line = stdout
+/// The line of the row named exactly `name` (its name column ends in two
+/// spaces, so "output" is not "output_blocks.8" and "attention" is not
+/// "attention (text)").
+fn line<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout
         .lines()
-        .find(|l| l.starts_with(name))
-        .unwrap_or_else(|| panic!("no row {name:?} in\n{stdout}"));
-    line[name.len()..]
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with("  "))
+        })
+        .unwrap_or_else(|| panic!("no row {name:?} in\n{stdout}"))
+}
+
+/// The numbers of the row named `name`.
+fn row(stdout: &str, name: &str) -> Vec<f64> {
+    line(stdout, name)[name.len()..]
         .split_whitespace()
         .filter_map(|v| v.parse().ok())
         .collect()
@@ -39,11 +48,7 @@ fn bench_quant_orders_the_storage_types() {
     );
     // Per layer: layer count, median, mean, max. Block quantisation of
     // Gaussian weights: f16 ~2e-4, q8 ~5e-3, q4 ~1e-1 relative RMS.
-    let (f16, q8, q4) = (
-        row(&stdout, "f16 "),
-        row(&stdout, "q8 "),
-        row(&stdout, "q4 "),
-    );
+    let (f16, q8, q4) = (row(&stdout, "f16"), row(&stdout, "q8"), row(&stdout, "q4"));
     assert!(f16[0] > 50.0, "{stdout}");
     assert!(f16[1] > 5e-5 && f16[1] < 1e-3, "{stdout}");
     assert!(q8[1] > 1e-3 && q8[1] < 2e-2, "{stdout}");
@@ -95,10 +100,7 @@ fn bench_kernels_prints_every_kernel_with_its_timing_source() {
     ] {
         // Columns after the 24-wide name and the 28-wide shape: ms, GFLOP/s
         // (or -), GB/s, % peak (or -), wall ms.
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(kernel))
-            .unwrap_or_else(|| panic!("no row {kernel:?} in\n{stdout}"));
+        let line = line(&stdout, kernel);
         let cols: Vec<&str> = line.get(54..).unwrap_or("").split_whitespace().collect();
         let ms: f64 = cols.first().and_then(|v| v.parse().ok()).unwrap_or(0.0);
         let wall: f64 = cols.last().and_then(|v| v.parse().ok()).unwrap_or(0.0);

@@ -121,7 +121,6 @@ pub struct Gpu {
     /// Largest storage binding the launchers may create (bytes).
     pub max_binding: u64,
     pub(crate) poison: bool,
-    loop_bounding: bool,
     pub(crate) pool: Arc<BufferPool>,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
@@ -232,7 +231,6 @@ impl Gpu {
             report,
             max_binding,
             poison: opts.poison,
-            loop_bounding: opts.loop_bounding,
             pool,
             modules: Mutex::default(),
             pipelines: Mutex::default(),
@@ -307,7 +305,7 @@ impl Gpu {
                         source: wgpu::ShaderSource::Wgsl(source.into()),
                     };
                     let checks = wgpu::ShaderRuntimeChecks {
-                        force_loop_bounding: self.loop_bounding,
+                        force_loop_bounding: self.report.loop_bounding,
                         ..wgpu::ShaderRuntimeChecks::checked()
                     };
                     // SAFETY: buffer bounds checks stay on; without loop
@@ -362,9 +360,9 @@ impl Gpu {
             rec.submit()?;
             return Ok(None);
         };
-        if used == u32::MAX || used == 0 {
+        if used == 0 {
             rec.submit()?;
-            return Ok((used == 0).then_some(0.0));
+            return Ok(Some(0.0));
         }
         let bytes = used as u64 * 8;
         let resolved = self.pool.get(
@@ -550,12 +548,12 @@ impl<'g> Recorder<'g> {
                     *used += 2;
                     Some((set.clone(), *used - 2))
                 }
-                // Out of queries: the sum would miss passes, so report none.
-                Some((_, used)) => {
-                    *used = u32::MAX;
+                // Out of queries: the sum would miss passes, so stop timing
+                // (gpu_time then reports none, as without the feature).
+                _ => {
+                    self.timer = None;
                     None
                 }
-                None => None,
             };
             let pass = self
                 .encoder()

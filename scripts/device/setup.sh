@@ -1,6 +1,6 @@
-# Sourced by the device scripts: logs to $OUT/logs/$1 (and stdout), the Vulkan/GL loaders from
-# .gl/ on the GPU machine (its image lacks them), the NVIDIA ICD, and the release binaries named
-# after $1 unpacked from .dev/ into $W.
+# Sourced by the device scripts as `. .dev/setup.sh LOG BINARY...`: logs to $OUT/logs/LOG (and
+# stdout), the Vulkan/GL loaders from .gl/ on the GPU machine (its image lacks them), the NVIDIA
+# ICD, and each BINARY unpacked from .dev/BINARY.xz into $W.
 LOG=$1
 shift
 L=$OUT/logs

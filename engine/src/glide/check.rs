@@ -41,6 +41,25 @@ pub struct Row {
     pub ok: bool,
 }
 
+/// max |got − want| (a NaN counts as infinite) and that divided by
+/// max |want|: the measure of every fixture comparison.
+pub fn max_error(got: &[f32], want: &[f32]) -> (f64, f64) {
+    let scale = want
+        .iter()
+        .fold(0f64, |m, &w| m.max((w as f64).abs()))
+        .max(1e-12);
+    let mut max_abs = 0f64;
+    for (&g, &w) in got.iter().zip(want) {
+        let e = (g as f64 - w as f64).abs();
+        max_abs = if e.is_nan() {
+            f64::INFINITY
+        } else {
+            max_abs.max(e)
+        };
+    }
+    (max_abs, max_abs / scale)
+}
+
 #[derive(Default, Debug)]
 pub struct Report {
     pub rows: Vec<Row>,
@@ -78,20 +97,8 @@ impl Report {
             });
             return;
         }
-        let scale = want
-            .iter()
-            .fold(0f64, |m, &w| m.max((w as f64).abs()))
-            .max(1e-12);
-        let mut max_abs = 0f64;
-        for (&g, &w) in got.iter().zip(want) {
-            let e = (g as f64 - w as f64).abs();
-            max_abs = if e.is_nan() {
-                f64::INFINITY
-            } else {
-                max_abs.max(e)
-            };
-        }
-        let rel = max_abs / scale / amp.max(1.0);
+        let (max_abs, rel) = max_error(got, want);
+        let rel = rel / amp.max(1.0);
         self.rows.push(Row {
             name,
             max_abs,
