@@ -5,7 +5,9 @@
 // tokens. Every operand is addressed by (base, batch, head, token, channel)
 // strides, so the legacy interleaved QKV layouts need no reshuffling.
 // Scale `scale` is applied to q and to k (GLIDE: 1/sqrt(sqrt(d))).
-// Head dim d <= 64.
+// Head dim D <= 64 is a specialisation constant, so the per-channel loops
+// unroll and q/acc stay in registers (with a runtime bound they would be
+// indexed dynamically and live in slow per-thread memory).
 // Padded to 32 bytes: nested structs in uniforms are 16-byte aligned.
 struct Operand { base: u32, sb: u32, sh: u32, st: u32, sc: u32, pad0: u32, pad1: u32, pad2: u32 }
 struct Params {
@@ -22,6 +24,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read> mask: array<f32>;   // [B, S + T_kv] additive
 @group(0) @binding(7) var<storage, read_write> obuf: array<f32>;
 
+override D: u32 = 64u;
 const KT: u32 = 32u;
 var<workgroup> ks: array<f32, 2048>;  // [KT][64]
 var<workgroup> vs: array<f32, 2048>;
@@ -39,7 +42,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     let total = p.s_enc + p.tkv;
     var q: array<f32, 64>;
     var acc: array<f32, 64>;
-    for (var c = 0u; c < p.d; c = c + 1u) {
+    for (var c = 0u; c < D; c = c + 1u) {
         if (valid) { q[c] = qbuf[at(p.q, b, h, qi, c)] * p.scale; }
         acc[c] = 0.0;
     }
@@ -53,7 +56,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let j = j0 + jj;
             var kv = 0.0;
             var vv = 0.0;
-            if (j < total && c < p.d) {
+            if (j < total && c < D) {
                 if (j < p.s_enc) {
                     kv = ekbuf[at(p.ek, b, h, j, c)];
                     vv = evbuf[at(p.ev, b, h, j, c)];
@@ -74,7 +77,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                 var logit = -1e30;
                 if (j < total) {
                     var dot = 0.0;
-                    for (var c = 0u; c < p.d; c = c + 1u) { dot = fma(q[c], ks[jj * 64u + c], dot); }
+                    for (var c = 0u; c < D; c = c + 1u) { dot = fma(q[c], ks[jj * 64u + c], dot); }
                     logit = dot;
                     if (p.has_mask != 0u) { logit = logit + mask[b * total + j]; }
                     if (p.causal != 0u && j >= p.s_enc && j - p.s_enc > qi) { logit = -1e30; }
@@ -86,12 +89,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let m_new = max(m, tile_max);
             let corr = exp(m - m_new);
             l = l * corr;
-            for (var c = 0u; c < p.d; c = c + 1u) { acc[c] = acc[c] * corr; }
+            for (var c = 0u; c < D; c = c + 1u) { acc[c] = acc[c] * corr; }
             for (var jj = 0u; jj < KT; jj = jj + 1u) {
                 if (j0 + jj >= total) { break; }
                 let pj = exp(s[jj] - m_new);
                 l = l + pj;
-                for (var c = 0u; c < p.d; c = c + 1u) { acc[c] = fma(pj, vs[jj * 64u + c], acc[c]); }
+                for (var c = 0u; c < D; c = c + 1u) { acc[c] = fma(pj, vs[jj * 64u + c], acc[c]); }
             }
             m = m_new;
         }
@@ -99,6 +102,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     }
     if (valid) {
         let inv = 1.0 / l;
-        for (var c = 0u; c < p.d; c = c + 1u) { obuf[at(p.o, b, h, qi, c)] = acc[c] * inv; }
+        for (var c = 0u; c < D; c = c + 1u) { obuf[at(p.o, b, h, qi, c)] = acc[c] * inv; }
     }
 }

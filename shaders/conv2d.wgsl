@@ -7,7 +7,7 @@
 struct Params { cin: u32, cout: u32, h: u32, w: u32, row_words: u32, has_res: u32, n0: u32, has_bias: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> inp: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<WWord>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> norm: array<f32>;  // [N, 3*cin]: mean, A, B
 @group(0) @binding(5) var<storage, read> res: array<f32>;
@@ -15,7 +15,10 @@ struct Params { cin: u32, cout: u32, h: u32, w: u32, row_words: u32, has_res: u3
 override KS: u32 = 3u;
 override NORM: u32 = 0u;
 
-var<workgroup> ws: array<f32, 1024>;  // [16 k][64 co]
+// Weight rows are stored with a stride of TS = 65 so the 16 invocations that
+// store one k-column do not all hit the same memory bank.
+const TS: u32 = 65u;
+var<workgroup> ws: array<WTile, 1040>;  // [16 k][TS co]
 var<workgroup> cs: array<f32, 1024>;  // [16 k][64 pix]
 
 @compute @workgroup_size(256)
@@ -33,15 +36,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var acc: array<array<f32, 4>, 4>;
     for (var k0 = 0u; k0 < kk_total; k0 = k0 + 16u) {
         for (var r = 0u; r < 4u; r = r + 1u) {
-            let e = li + r * 256u;
-            let kk = e % 16u;
-            let rr = e / 16u;
-            let kg = k0 + kk;
-            var wv = 0.0;
-            if (co0 + rr < p.cout && kg < kk_total) { wv = load_w((co0 + rr) * p.row_words, kg); }
-            ws[kk * 64u + rr] = wv;
+            let e = li + r * 256u;      // 0..1023
+            // Weights: consecutive invocations read along a weight row.
+            let kw = e % 16u;
+            let rw = e / 16u;
+            var wv = WTile(0.0);
+            if (co0 + rw < p.cout && k0 + kw < kk_total) { wv = load_w((co0 + rw) * p.row_words, k0 + kw); }
+            ws[kw * TS + rw] = wv;
+            // Input: consecutive invocations read consecutive pixels (coalesced).
+            let pix = pix0 + e % 64u;
+            let kc = e / 64u;
+            let kg = k0 + kc;
             var cv = 0.0;
-            let pix = pix0 + rr;
             if (pix < hw && kg < kk_total) {
                 let ci = kg / (KS * KS);
                 let kr = kg % (KS * KS);
@@ -55,14 +61,14 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
                     }
                 }
             }
-            cs[kk * 64u + rr] = cv;
+            cs[e] = cv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 16u; kk = kk + 1u) {
             var wr: array<f32, 4>;
             var cr: array<f32, 4>;
             for (var i = 0u; i < 4u; i = i + 1u) {
-                wr[i] = ws[kk * 64u + ty + 16u * i];
+                wr[i] = f32(ws[kk * TS + ty + 16u * i]);
                 cr[i] = cs[kk * 64u + tx + 16u * i];
             }
             for (var i = 0u; i < 4u; i = i + 1u) {

@@ -9,32 +9,19 @@ struct Params { c: u32, groups: u32, hw: u32, eps: f32, n0: u32, has_emb: u32, e
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> stats: array<f32>;   // [N, G, 2]
 
-var<workgroup> red: array<f32, 256>;
-
-fn reduce_sum(li: u32, v: f32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (li < s) { red[li] = red[li] + red[li + s]; }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
 // One workgroup per (n, g) of this chunk: wg.x = g, wg.y = n.
 @compute @workgroup_size(256)
-fn stats_main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+fn stats_main(@builtin(workgroup_id) wg: vec3<u32>, lane: Lane) {
+    let li = lane.li;
     let cg = p.c / p.groups;
     let len = cg * p.hw;
     let base = wg.y * p.c * p.hw + wg.x * len;
     var s = 0.0;
     for (var i = li; i < len; i = i + 256u) { s = s + x[base + i]; }
-    let mean = reduce_sum(li, s) / f32(len);
+    let mean = wg_sum(lane, s) / f32(len);
     var q = 0.0;
     for (var i = li; i < len; i = i + 256u) { let d = x[base + i] - mean; q = q + d * d; }
-    let var_ = reduce_sum(li, q) / f32(len);
+    let var_ = wg_sum(lane, q) / f32(len);
     if (li == 0u) {
         let o = ((p.n0 + wg.y) * p.groups + wg.x) * 2u;
         stats[o] = mean;

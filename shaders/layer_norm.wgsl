@@ -6,32 +6,19 @@ struct Params { rows: u32, dim: u32, eps: f32, has_affine: u32 }
 @group(0) @binding(3) var<storage, read> beta: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-var<workgroup> red: array<f32, 256>;
-
-fn reduce_sum(li: u32, v: f32) -> f32 {
-    red[li] = v;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s = s >> 1u) {
-        if (li < s) { red[li] = red[li] + red[li + s]; }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
+        lane: Lane) {
+    let li = lane.li;
     let row = linear_group(wg, nwg);
     if (row >= p.rows) { return; }
     let base = row * p.dim;
     var s = 0.0;
     for (var i = li; i < p.dim; i = i + 256u) { s = s + x[base + i]; }
-    let mean = reduce_sum(li, s) / f32(p.dim);
+    let mean = wg_sum(lane, s) / f32(p.dim);
     var q = 0.0;
     for (var i = li; i < p.dim; i = i + 256u) { let d = x[base + i] - mean; q = q + d * d; }
-    let rstd = 1.0 / sqrt(reduce_sum(li, q) / f32(p.dim) + p.eps);
+    let rstd = 1.0 / sqrt(wg_sum(lane, q) / f32(p.dim) + p.eps);
     for (var i = li; i < p.dim; i = i + 256u) {
         var v = (x[base + i] - mean) * rstd;
         if (p.has_affine != 0u) { v = v * gamma[i] + beta[i]; }

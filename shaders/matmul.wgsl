@@ -4,14 +4,18 @@
 struct Params { m: u32, k: u32, n: u32, row_words: u32, has_bias: u32, has_res: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<WWord>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read> res: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 override ACT: u32 = 0u;
 
-var<workgroup> xs: array<f32, 1024>; // [16 k][64 m]
-var<workgroup> ws: array<f32, 1024>; // [16 k][64 n]
+// Tiles are loaded along k (rows of x and W are contiguous in k) and stored
+// with a stride of TS = 65, so the 16 invocations that store one k-column do
+// not all hit the same memory bank.
+const TS: u32 = 65u;
+var<workgroup> xs: array<f32, 1040>;   // [16 k][TS m]
+var<workgroup> ws: array<WTile, 1040>; // [16 k][TS n]
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
@@ -28,18 +32,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             let kg = k0 + kk;
             var xv = 0.0;
             if (m0 + rr < p.m && kg < p.k) { xv = x[(m0 + rr) * p.k + kg]; }
-            xs[kk * 64u + rr] = xv;
-            var wv = 0.0;
+            xs[kk * TS + rr] = xv;
+            var wv = WTile(0.0);
             if (n0 + rr < p.n && kg < p.k) { wv = load_w((n0 + rr) * p.row_words, kg); }
-            ws[kk * 64u + rr] = wv;
+            ws[kk * TS + rr] = wv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 16u; kk = kk + 1u) {
             var xr: array<f32, 4>;
             var wr: array<f32, 4>;
             for (var i = 0u; i < 4u; i = i + 1u) {
-                xr[i] = xs[kk * 64u + ty + 16u * i];
-                wr[i] = ws[kk * 64u + tx + 16u * i];
+                xr[i] = xs[kk * TS + ty + 16u * i];
+                wr[i] = f32(ws[kk * TS + tx + 16u * i]);
             }
             for (var i = 0u; i < 4u; i = i + 1u) {
                 for (var j = 0u; j < 4u; j = j + 1u) {

@@ -295,9 +295,14 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     // Only the commands that compute open a GPU (convert works without one).
-    // WEBGLIDE_LOOP_BOUNDING=1 turns naga's loop bounding back on (to measure its cost).
+    // WEBGLIDE_LOOP_BOUNDING=1 turns naga's loop bounding back on and
+    // WEBGLIDE_PORTABLE=1 leaves shader-f16 and subgroups unused (to measure what they change).
+    let env_on = |name| std::env::var_os(name).is_some_and(|v| v == "1");
+    let portable = env_on("WEBGLIDE_PORTABLE");
     let opts = engine::GpuOptions {
-        loop_bounding: std::env::var_os("WEBGLIDE_LOOP_BOUNDING").is_some_and(|v| v == "1"),
+        loop_bounding: env_on("WEBGLIDE_LOOP_BOUNDING"),
+        allow_f16: !portable,
+        allow_subgroups: !portable,
         ..Default::default()
     };
     let gpu = || pollster::block_on(engine::Gpu::new(opts.clone()));

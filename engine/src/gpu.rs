@@ -7,18 +7,80 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::quant::WeightDType;
 use crate::tensor::{BufferPool, PooledBuffer};
 
-/// One WGSL kernel: its source is the concatenation of `sources` (shared
-/// helpers first), compiled once per device and specialised per constants.
+/// One WGSL kernel: a family file plus the shared helpers it uses, compiled
+/// once per device and helper variant, and specialised per constants.
 pub struct Kernel {
     pub name: &'static str,
-    pub sources: &'static [&'static str],
+    /// The family file (`shaders/<name>`).
+    pub source: &'static str,
     pub entry: &'static str,
+    /// `load_w()` from `common/weights.wgsl` (or `weights_f16.wgsl`).
+    pub weights: bool,
+    /// `wg_sum()`/`wg_max()` from `common/reduce.wgsl` (or `reduce_subgroup.wgsl`).
+    pub reduce: bool,
 }
 
-/// Shared WGSL helpers (portable sin/cos/erf, grid indexing), prepended to kernels that need them.
+/// Shared WGSL helpers (portable sin/cos/erf, grid indexing), prepended to every kernel.
 pub const MATH_WGSL: &str = include_str!("../../shaders/common/math.wgsl");
+const WEIGHTS_WGSL: &str = include_str!("../../shaders/common/weights.wgsl");
+const WEIGHTS_F16_WGSL: &str = include_str!("../../shaders/common/weights_f16.wgsl");
+const REDUCE_WGSL: &str = include_str!("../../shaders/common/reduce.wgsl");
+const REDUCE_SUBGROUP_WGSL: &str = include_str!("../../shaders/common/reduce_subgroup.wgsl");
+
+/// Which helper variants a kernel's module is built with on this device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Variant {
+    /// f16 weights read as native `f16` (`shader-f16`).
+    f16: bool,
+    /// Reductions with subgroup operations.
+    subgroups: bool,
+}
+
+impl Variant {
+    /// The module's WGSL: enable directives first, then the helpers, then the family file.
+    fn source(self, kernel: &Kernel) -> String {
+        let mut src = String::new();
+        if self.f16 {
+            src.push_str("enable f16;\n");
+        }
+        // Browsers need the directives; naga (native) has subgroups built in
+        // and rejects `enable subgroups` as not yet implemented.
+        if self.subgroups && cfg!(target_arch = "wasm32") {
+            src.push_str("enable subgroups;\nrequires subgroup_id;\n");
+        }
+        src.push_str(MATH_WGSL);
+        if kernel.weights {
+            src.push_str(if self.f16 {
+                WEIGHTS_F16_WGSL
+            } else {
+                WEIGHTS_WGSL
+            });
+        }
+        if kernel.reduce {
+            src.push_str(if self.subgroups {
+                REDUCE_SUBGROUP_WGSL
+            } else {
+                REDUCE_WGSL
+            });
+        }
+        src.push_str(kernel.source);
+        src
+    }
+
+    fn label(self, kernel: &Kernel) -> String {
+        let mut label = kernel.name.to_string();
+        if self.f16 {
+            label.push_str("+f16");
+        }
+        if self.subgroups {
+            label.push_str("+subgroups");
+        }
+        label
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct GpuOptions {
@@ -26,8 +88,10 @@ pub struct GpuOptions {
     /// Cap on a single storage binding, below the adapter's own limit (tests use
     /// it to force the binding-split paths on small tensors).
     pub max_binding_cap: Option<u64>,
-    /// Use `shader-f16` when the adapter has it.
+    /// Use `shader-f16` when the adapter has it (f16 weights read natively).
     pub allow_f16: bool,
+    /// Use subgroup operations when the adapter has them (reductions).
+    pub allow_subgroups: bool,
     /// Fill every new tensor with NaN (tests: unwritten outputs must fail).
     pub poison: bool,
     /// naga's forced loop bounding (a hidden counter in every shader loop).
@@ -46,6 +110,7 @@ impl Default for GpuOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             max_binding_cap: None,
             allow_f16: true,
+            allow_subgroups: true,
             poison: false,
             loop_bounding: false,
         }
@@ -102,8 +167,18 @@ impl std::fmt::Display for GpuReport {
         )?;
         writeln!(
             f,
-            "shaders:   buffer bounds checks on, loop bounding {}",
-            if self.loop_bounding { "on" } else { "off" }
+            "shaders:   buffer bounds checks on, loop bounding {}; f16 weights {}, reductions {}",
+            if self.loop_bounding { "on" } else { "off" },
+            if self.shader_f16 {
+                "native f16"
+            } else {
+                "unpacked to f32"
+            },
+            if self.subgroups {
+                "by subgroups"
+            } else {
+                "in workgroup memory"
+            }
         )
     }
 }
@@ -122,7 +197,7 @@ pub struct Gpu {
     pub max_binding: u64,
     pub(crate) poison: bool,
     pub(crate) pool: Arc<BufferPool>,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<String, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
     /// Bound where a kernel has an optional input that is absent.
     pub(crate) dummy: wgpu::Buffer,
@@ -150,12 +225,15 @@ impl Gpu {
     pub async fn from_adapter(adapter: wgpu::Adapter, opts: GpuOptions) -> Result<Gpu> {
         let available = adapter.features();
         let mut features = wgpu::Features::empty();
-        for f in [
-            wgpu::Features::SHADER_F16,
-            wgpu::Features::SUBGROUP,
-            wgpu::Features::TIMESTAMP_QUERY,
+        for (f, wanted) in [
+            (wgpu::Features::SHADER_F16, opts.allow_f16),
+            (
+                wgpu::Features::SUBGROUP,
+                opts.allow_subgroups && wgsl_has_subgroup_id(),
+            ),
+            (wgpu::Features::TIMESTAMP_QUERY, true),
         ] {
-            if available.contains(f) && (f != wgpu::Features::SHADER_F16 || opts.allow_f16) {
+            if wanted && available.contains(f) {
                 features |= f;
             }
         }
@@ -294,15 +372,23 @@ impl Gpu {
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return p.clone();
         }
+        let variant = Variant {
+            f16: kernel.weights
+                && self.report.shader_f16
+                && constants
+                    .iter()
+                    .any(|&(k, v)| k == "W_DTYPE" && v == WeightDType::F16.code() as f64),
+            subgroups: kernel.reduce && self.report.subgroups,
+        };
+        let label = variant.label(kernel);
         let module = {
             let mut modules = self.modules.lock().unwrap();
             modules
-                .entry(kernel.name)
+                .entry(label.clone())
                 .or_insert_with(|| {
-                    let source: String = kernel.sources.concat();
                     let desc = wgpu::ShaderModuleDescriptor {
-                        label: Some(kernel.name),
-                        source: wgpu::ShaderSource::Wgsl(source.into()),
+                        label: Some(&label),
+                        source: wgpu::ShaderSource::Wgsl(variant.source(kernel).into()),
                     };
                     let checks = wgpu::ShaderRuntimeChecks {
                         force_loop_bounding: self.report.loop_bounding,
@@ -331,6 +417,14 @@ impl Gpu {
             });
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         pipeline
+    }
+
+    /// The shader modules built so far, by kernel file and helper variant
+    /// (`softmax.wgsl+subgroups`, `matmul.wgsl+f16`, `conv2d.wgsl`, …), sorted.
+    pub fn shader_modules(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.modules.lock().unwrap().keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// Starts recording one command submission.
@@ -403,6 +497,30 @@ impl Gpu {
     fn count_submission(&self) {
         *self.submissions.lock().unwrap() += 1;
     }
+}
+
+/// Whether WGSL has the `subgroup_id`/`num_subgroups` builtins the subgroup
+/// reductions index by: always in naga; in a browser, where its WGSL reports
+/// the `subgroup_id` language extension (Chrome 144+).
+fn wgsl_has_subgroup_id() -> bool {
+    #[cfg(target_arch = "wasm32")]
+    {
+        use js_sys::{Function, Reflect};
+        use wasm_bindgen::{JsCast, JsValue};
+        let get = |v: &JsValue, k: &str| Reflect::get(v, &JsValue::from_str(k)).ok();
+        let features = get(&js_sys::global(), "navigator")
+            .and_then(|n| get(&n, "gpu"))
+            .and_then(|g| get(&g, "wgslLanguageFeatures"));
+        let Some(features) = features.filter(|f| f.is_object()) else {
+            return false;
+        };
+        get(&features, "has")
+            .and_then(|has| has.dyn_into::<Function>().ok())
+            .and_then(|has| has.call1(&features, &JsValue::from_str("subgroup_id")).ok())
+            .is_some_and(|v| v.is_truthy())
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    true
 }
 
 /// A storage binding: a byte range of a buffer.

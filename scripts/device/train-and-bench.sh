@@ -25,6 +25,9 @@ if [ -z "${SKIPBENCH:-}" ]; then
     # The same with naga's loop bounding back on (the suspect of the 2026-11-27 run).
     WEBGLIDE_LOOP_BOUNDING=1 timeout 60 "$W/webglide" bench kernels >"$L/bench-kernels-loop-bounding.txt" 2>&1
     echo "bench kernels (loop bounding) rc $? at +$(($(date +%s) - T0)) s"
+    # Without shader-f16 and subgroups (the portable kernels), to see what they change.
+    WEBGLIDE_PORTABLE=1 timeout 40 "$W/webglide" bench kernels >"$L/bench-kernels-portable.txt" 2>&1
+    echo "bench kernels (portable) rc $? at +$(($(date +%s) - T0)) s"
     timeout 40 python3 - >"$L/torch-matmul.txt" 2>&1 <<'PY'
 import time, torch
 torch.backends.cuda.matmul.allow_tf32 = False

@@ -1,9 +1,13 @@
-// Weight dequantisation, shared by matmul and conv. The kernel declares
-// `w: array<u32>`; the layout per row is documented in engine/src/quant.rs.
+// Weight dequantisation, shared by matmul and conv (the portable variant; see
+// weights_f16.wgsl for the one used with `shader-f16`). The kernel declares
+// `w: array<WWord>` and keeps its weight tile in workgroup memory as `WTile`;
+// the layout per row is documented in engine/src/quant.rs.
 // W_DTYPE: 0 f32, 1 f16 (packed pairs), 2 q8 blocks, 3 q4 blocks.
 override W_DTYPE: u32 = 0u;
+alias WWord = u32;
+alias WTile = f32;
 
-fn load_w(row_base: u32, col: u32) -> f32 {
+fn load_w(row_base: u32, col: u32) -> WTile {
     switch W_DTYPE {
         case 1u: {
             let p = unpack2x16float(w[row_base + (col >> 1u)]);

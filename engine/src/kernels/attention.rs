@@ -143,7 +143,7 @@ pub fn attention(rec: &mut Recorder, a: &Attention) -> Result<Tensor> {
     ]);
     rec.dispatch(
         &ATTENTION,
-        &[],
+        &[("D", a.d as f64)],
         &params,
         &[
             a.q.t.bind(),

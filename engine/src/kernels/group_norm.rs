@@ -8,7 +8,7 @@ use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Recorder};
 use crate::tensor::Tensor;
 
-kernel!(GN_STATS, "group_norm.wgsl", "stats_main");
+kernel!(GN_STATS, "group_norm.wgsl", "stats_main", reduce);
 kernel!(GN_COEFFS, "group_norm_coeffs.wgsl", "main");
 kernel!(GN_APPLY, "group_norm_apply.wgsl", "main");
 

@@ -5,7 +5,7 @@ use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Recorder};
 use crate::tensor::Tensor;
 
-kernel!(LAYER_NORM, "layer_norm.wgsl", "main");
+kernel!(LAYER_NORM, "layer_norm.wgsl", "main", reduce);
 
 pub fn layer_norm(
     rec: &mut Recorder,

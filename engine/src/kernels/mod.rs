@@ -40,31 +40,29 @@ impl Act {
     }
 }
 
-/// Defines a `Kernel` whose source is `math.wgsl` (+ extra common files) + the family file.
+/// Defines a `Kernel` from a family file in `shaders/`, with the shared helpers
+/// it uses (`weights`: `load_w`; `reduce`: `wg_sum`/`wg_max`).
 macro_rules! kernel {
-    ($name:ident, $file:literal, $entry:literal) => {
+    ($name:ident, $file:literal, $entry:literal $(, $helper:ident)*) => {
         pub(crate) static $name: $crate::gpu::Kernel = $crate::gpu::Kernel {
             name: $file,
-            sources: &[
-                $crate::gpu::MATH_WGSL,
-                include_str!(concat!("../../../shaders/", $file)),
-            ],
+            source: include_str!(concat!("../../../shaders/", $file)),
             entry: $entry,
-        };
-    };
-    ($name:ident, $file:literal, $entry:literal, weights) => {
-        pub(crate) static $name: $crate::gpu::Kernel = $crate::gpu::Kernel {
-            name: $file,
-            sources: &[
-                $crate::gpu::MATH_WGSL,
-                include_str!("../../../shaders/common/weights.wgsl"),
-                include_str!(concat!("../../../shaders/", $file)),
-            ],
-            entry: $entry,
+            weights: $crate::kernels::uses!(weights $(, $helper)*),
+            reduce: $crate::kernels::uses!(reduce $(, $helper)*),
         };
     };
 }
+/// Whether a helper name is in a `kernel!` helper list.
+macro_rules! uses {
+    (weights) => { false };
+    (reduce) => { false };
+    (weights, weights $(, $rest:ident)*) => { true };
+    (reduce, reduce $(, $rest:ident)*) => { true };
+    ($want:ident, $other:ident $(, $rest:ident)*) => { $crate::kernels::uses!($want $(, $rest)*) };
+}
 pub(crate) use kernel;
+pub(crate) use uses;
 
 /// Optional tensor input: the tensor, or the device's dummy buffer.
 pub(crate) fn bind_opt<'a>(gpu: &'a Gpu, t: Option<&'a crate::Tensor>) -> Bind<'a> {

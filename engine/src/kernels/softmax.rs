@@ -5,7 +5,7 @@ use crate::error::{shape_err, Result};
 use crate::gpu::{grid, Recorder};
 use crate::tensor::Tensor;
 
-kernel!(SOFTMAX, "softmax.wgsl", "main");
+kernel!(SOFTMAX, "softmax.wgsl", "main", reduce);
 
 /// Softmax over the last dim; `mask` (additive) is `[mask_rows, D]`, row r uses `r % mask_rows`.
 pub fn softmax(

@@ -16,12 +16,26 @@ fn opts(cap: Option<u64>) -> GpuOptions {
     }
 }
 
+/// Without the optional shader features: the portable kernels (SwiftShader's path).
+fn portable_opts() -> GpuOptions {
+    GpuOptions {
+        allow_f16: false,
+        allow_subgroups: false,
+        ..opts(None)
+    }
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 mod imp {
     use super::*;
     use std::sync::OnceLock;
     static GPU: OnceLock<Gpu> = OnceLock::new();
     static SMALL: OnceLock<Gpu> = OnceLock::new();
+    static PORTABLE: OnceLock<Gpu> = OnceLock::new();
+    pub async fn portable_gpu() -> &'static Gpu {
+        PORTABLE
+            .get_or_init(|| pollster::block_on(Gpu::new(portable_opts())).expect("no GPU adapter"))
+    }
     pub async fn gpu() -> &'static Gpu {
         GPU.get_or_init(|| {
             pollster::block_on(Gpu::new(opts(None)))
@@ -42,29 +56,43 @@ mod imp {
     thread_local! {
         static GPU: Cell<Option<&'static Gpu>> = const { Cell::new(None) };
         static SMALL: Cell<Option<&'static Gpu>> = const { Cell::new(None) };
+        static PORTABLE: Cell<Option<&'static Gpu>> = const { Cell::new(None) };
     }
     async fn get(
         slot: &'static std::thread::LocalKey<Cell<Option<&'static Gpu>>>,
-        cap: Option<u64>,
+        opts: GpuOptions,
     ) -> &'static Gpu {
         if let Some(g) = slot.with(|c| c.get()) {
             return g;
         }
-        let g: &'static Gpu = Box::leak(Box::new(
-            Gpu::new(opts(cap)).await.expect("no WebGPU adapter"),
-        ));
+        let g: &'static Gpu = Box::leak(Box::new(Gpu::new(opts).await.expect("no WebGPU adapter")));
         slot.with(|c| c.set(Some(g)));
         g
     }
     pub async fn gpu() -> &'static Gpu {
-        get(&GPU, None).await
+        get(&GPU, opts(None)).await
     }
     pub async fn small_gpu() -> &'static Gpu {
-        get(&SMALL, Some(SMALL_BINDING)).await
+        get(&SMALL, opts(Some(SMALL_BINDING))).await
+    }
+    pub async fn portable_gpu() -> &'static Gpu {
+        get(&PORTABLE, portable_opts()).await
     }
 }
 
-pub use imp::{gpu, small_gpu};
+pub use imp::{gpu, portable_gpu, small_gpu};
+
+/// The default device, and the portable one too where the default uses
+/// optional shader features (lavapipe has `shader-f16` and subgroups;
+/// SwiftShader neither), so both kernel variants are tested.
+pub async fn devices() -> Vec<&'static Gpu> {
+    let g = gpu().await;
+    if g.report.shader_f16 || g.report.subgroups {
+        vec![g, portable_gpu().await]
+    } else {
+        vec![g]
+    }
+}
 
 /// A new device, not shared with other tests (for allocation counting).
 pub async fn fresh_gpu() -> Gpu {
