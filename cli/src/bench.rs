@@ -475,13 +475,19 @@ pub fn pipeline(
         lp.step(gpu)?; // warm-up: pipelines compile, buffers settle
         pollster::block_on(gpu.wait_idle())?;
         let t = Instant::now();
+        let flops0 = gpu.flops_recorded();
         let n = steps.min(full_steps - 1).max(1);
         for _ in 0..n {
             lp.step(gpu)?;
         }
         pollster::block_on(gpu.wait_idle())?;
         let ms = t.elapsed().as_secs_f64() * 1e3 / n as f64;
-        println!("{what:<9} load {load_s:6.1} s   {ms:9.1} ms/step ({n} timed steps)   x{full_steps} steps = {:.2} s", ms * full_steps as f64 / 1e3);
+        let gflop = (gpu.flops_recorded() - flops0) as f64 / n as f64 / 1e9;
+        println!(
+            "{what:<9} load {load_s:6.1} s   {ms:9.1} ms/step ({n} timed steps)   x{full_steps} steps = {:.2} s   {gflop:.1} GFLOP/step (conv, matmul, attention) = {:.1} GFLOP/s",
+            ms * full_steps as f64 / 1e3,
+            gflop / ms * 1e3
+        );
         results.push(ms * full_steps as f64 / 1e3);
         // Free this stage's weights and activations before the next one.
         drop(lp);

@@ -1,4 +1,4 @@
-//! `webglide bench quant` and `bench kernels` on small shapes: the tables are
+//! `webglide bench quant`, `bench kernels` and `bench pipeline` on small shapes: the tables are
 //! printed, the numbers are sane, and bad arguments are clear errors.
 
 mod common;
@@ -109,4 +109,56 @@ fn bench_kernels_prints_every_kernel_with_its_timing_source() {
             "{kernel}: {line}"
         );
     }
+}
+
+#[test]
+fn bench_pipeline_prints_step_times_flops_and_memory() {
+    let out = webglide(&[
+        "bench",
+        "pipeline",
+        "--size",
+        "small",
+        "--random-weights",
+        "--quant",
+        "q8",
+        "--steps",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let number_before = |l: &str, unit: &str| -> f64 {
+        let head = &l[..l.find(unit).unwrap_or_else(|| panic!("no {unit:?} in {l}"))];
+        head.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let mut gflops = Vec::new();
+    for stage in ["base", "upsample"] {
+        let l = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{stage} ")))
+            .unwrap_or_else(|| panic!("no {stage} line in\n{stdout}"));
+        let ms = number_before(l, "ms/step");
+        let gflop = number_before(l, "GFLOP/step");
+        // The line ends in "= R GFLOP/s" ("GFLOP/step" comes first).
+        let rate = number_before(&l[l.rfind('=').unwrap()..], "GFLOP/s");
+        assert!(ms > 0.0 && gflop > 0.0, "{l}");
+        // The rate is the step's counted work over its time.
+        assert!((rate - gflop / ms * 1e3).abs() <= 0.05 + 0.01 * rate, "{l}");
+        gflops.push(gflop);
+    }
+    // The upsampler runs the same widths at 4× the pixels.
+    assert!(gflops[1] > gflops[0], "{stdout}");
+    let seconds = stdout
+        .lines()
+        .find(|l| l.starts_with("seconds per image"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(number_before(seconds, " s") > 0.0, "{seconds}");
+    let peak = stdout
+        .lines()
+        .find(|l| l.starts_with("peak GPU memory"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(number_before(peak, "MiB") > 0.0, "{peak}");
 }

@@ -127,6 +127,10 @@ pub struct GpuReport {
     pub shader_f16: bool,
     pub subgroups: bool,
     pub timestamps: bool,
+    /// Whether the adapter offers wgpu's experimental cooperative matrices
+    /// (tensor cores; wgpu 30 supports only 8×8 f32 tiles). Reported, not
+    /// used: it decides whether a tensor-core kernel is worth writing.
+    pub cooperative_matrix: bool,
     pub max_storage_binding: u64,
     pub max_buffer_size: u64,
     pub max_invocations_per_workgroup: u32,
@@ -152,10 +156,11 @@ impl std::fmt::Display for GpuReport {
         let yn = |b: bool| if b { "yes" } else { "no" };
         writeln!(
             f,
-            "features:  shader-f16 {}, subgroups {}, timestamp-query {}",
+            "features:  shader-f16 {}, subgroups {}, timestamp-query {}; cooperative matrix (8x8 f32, unused) {}",
             yn(self.shader_f16),
             yn(self.subgroups),
-            yn(self.timestamps)
+            yn(self.timestamps),
+            yn(self.cooperative_matrix)
         )?;
         writeln!(
             f,
@@ -204,6 +209,7 @@ pub struct Gpu {
     errors: Arc<Mutex<Option<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     submissions: Mutex<u64>,
+    flops: std::sync::atomic::AtomicU64,
     constants: Mutex<HashMap<String, crate::Tensor>>,
 }
 
@@ -259,6 +265,7 @@ impl Gpu {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            cooperative_matrix: available.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
             max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
@@ -316,6 +323,7 @@ impl Gpu {
             errors,
             lost,
             submissions: Mutex::new(0),
+            flops: Default::default(),
             constants: Mutex::default(),
         }
     }
@@ -492,6 +500,19 @@ impl Gpu {
             .map_err(|e| Error::Gpu(e.to_string()))?;
         rx.await.map_err(|_| Error::Gpu("queue dropped".into()))?;
         self.check()
+    }
+
+    /// Floating-point operations (a multiply-add counts 2) of the matmul,
+    /// conv and attention dispatches recorded on this device so far: the
+    /// model's arithmetic, for rates in benchmarks. Other kernels are
+    /// memory-bound and not counted.
+    pub fn flops_recorded(&self) -> u64 {
+        self.flops.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_flops(&self, flops: u64) {
+        self.flops
+            .fetch_add(flops, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn count_submission(&self) {

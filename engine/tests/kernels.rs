@@ -175,6 +175,58 @@ async fn optional_features_are_used() -> TestResult {
 }
 gpu_test!(optional_features_are_used);
 
+/// `Gpu::flops_recorded` counts 2 per multiply-add of linear, conv and
+/// attention dispatches (what `bench pipeline` divides by time), and nothing else.
+async fn flops_are_counted() -> TestResult {
+    let gpu = &common::fresh_gpu().await;
+    let mut rng = Rng::new(31);
+    let x = gpu
+        .upload(&[2, 5, 7, 9], &rng.normals(2 * 5 * 63, 1.0))
+        .map_err(err)?;
+    let conv_w = WeightData::from_f32(&[11, 5, 3, 3], &rng.normals(11 * 45, 0.2), WeightDType::Q8)
+        .map_err(err)?;
+    let lin_w =
+        WeightData::from_f32(&[13, 9], &rng.normals(13 * 9, 0.2), WeightDType::F32).map_err(err)?;
+    let (conv_w, lin_w) = (
+        gpu.upload_weight(&conv_w).map_err(err)?,
+        gpu.upload_weight(&lin_w).map_err(err)?,
+    );
+    // legacy QKV: N 2, 3 heads of d 4 (36 channels), T 10; encoder S 5.
+    let qkv = gpu
+        .upload(&[2, 36, 10], &rng.normals(720, 1.0))
+        .map_err(err)?;
+    let ekv = gpu
+        .upload(&[2, 24, 5], &rng.normals(240, 1.0))
+        .map_err(err)?;
+    let mut rec = gpu.recorder();
+    let mut counted = Vec::new();
+    let mut last = gpu.flops_recorded();
+    let mut step = |what: &str, want: u64, now: u64| {
+        counted.push((what.to_string(), now - last, want));
+        last = now;
+    };
+    kernels::conv::conv2d(&mut rec, &x, &conv_w, None, None, None).map_err(err)?;
+    step("conv 3x3", 2 * 2 * 11 * 5 * 9 * 63, gpu.flops_recorded());
+    kernels::matmul::linear(&mut rec, &x, &lin_w, None, None, Act::None).map_err(err)?;
+    step("linear", 2 * (2 * 5 * 7) * 9 * 13, gpu.flops_recorded());
+    kernels::attention::legacy_qkv(&mut rec, &qkv, Some(&ekv), 3).map_err(err)?;
+    step(
+        "attention",
+        4 * 2 * 3 * 10 * (5 + 10) * 4,
+        gpu.flops_recorded(),
+    );
+    kernels::softmax::softmax(&mut rec, &x, 1.0, None).map_err(err)?;
+    step("softmax (not counted)", 0, gpu.flops_recorded());
+    rec.submit().map_err(err)?;
+    for (what, got, want) in counted {
+        if got != want {
+            return Err(format!("{what}: counted {got} FLOPs, expected {want}"));
+        }
+    }
+    Ok(())
+}
+gpu_test!(flops_are_counted);
+
 async fn quantisation_error_is_bounded() -> TestResult {
     let mut rng = Rng::new(2);
     let w = rng.normals(64 * 96, 1.0);

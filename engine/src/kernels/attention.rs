@@ -141,6 +141,8 @@ pub fn attention(rec: &mut Recorder, a: &Attention) -> Result<Tensor> {
         a.causal as u32,
         a.mask.is_some() as u32,
     ]);
+    // q·k and p·v: two multiply-adds per (query, key, channel).
+    gpu.count_flops(4 * (a.batch * a.heads * a.tq * (s + a.tkv) * a.d) as u64);
     rec.dispatch(
         &ATTENTION,
         &[("D", a.d as f64)],

@@ -68,6 +68,7 @@ pub fn conv2d(
         Some(InputNorm { silu: false, .. }) => 1.0,
         Some(InputNorm { silu: true, .. }) => 2.0,
     };
+    gpu.count_flops(2 * (n * cout * cin * ks * ks) as u64 * hw);
     for (n0, nc) in gpu.batch_chunks(n, &[cin as u64 * hw * 4, cout as u64 * hw * 4])? {
         rec.dispatch(
             &CONV2D,

@@ -46,6 +46,7 @@ pub fn linear(
     let flat_x = x.reshape(&[m, k])?;
     let flat_o = out.reshape(&[m, n])?;
     let flat_r = res.map(|r| r.reshape(&[m, n])).transpose()?;
+    gpu.count_flops(2 * (m * k * n) as u64);
     for (m0, mc) in gpu.batch_chunks(m, &[k as u64 * 4, n as u64 * 4])? {
         rec.dispatch(
             &MATMUL,
