@@ -11,23 +11,29 @@ struct Lane {
 }
 
 var<workgroup> red: array<f32, 256>;
+var<workgroup> red_count: u32;
+
+// Stores this subgroup's partial; returns how many partials there are, as a
+// uniform value (workgroupUniformLoad, which is also the barrier), so the
+// loops over them and the barrier after them are in uniform control flow.
+fn put_partial(lane: Lane, s: f32) -> u32 {
+    if (lane.sgi == 0u) { red[lane.sg] = s; }
+    if (lane.li == 0u) { red_count = lane.nsg; }
+    return workgroupUniformLoad(&red_count);
+}
 
 fn wg_sum(lane: Lane, v: f32) -> f32 {
-    let s = subgroupAdd(v);
-    if (lane.sgi == 0u) { red[lane.sg] = s; }
-    workgroupBarrier();
+    let n = put_partial(lane, subgroupAdd(v));
     var r = red[0];
-    for (var i = 1u; i < lane.nsg; i = i + 1u) { r = r + red[i]; }
+    for (var i = 1u; i < n; i = i + 1u) { r = r + red[i]; }
     workgroupBarrier();
     return r;
 }
 
 fn wg_max(lane: Lane, v: f32) -> f32 {
-    let s = subgroupMax(v);
-    if (lane.sgi == 0u) { red[lane.sg] = s; }
-    workgroupBarrier();
+    let n = put_partial(lane, subgroupMax(v));
     var r = red[0];
-    for (var i = 1u; i < lane.nsg; i = i + 1u) { r = max(r, red[i]); }
+    for (var i = 1u; i < n; i = i + 1u) { r = max(r, red[i]); }
     workgroupBarrier();
     return r;
 }
