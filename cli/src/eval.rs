@@ -53,39 +53,47 @@ pub fn shapes(
         "guidance", "colour", "shape", "binding", "relation"
     );
     const COLS: usize = 8;
+    const EVAL_BATCH: usize = 32;
     let mut rows: Vec<Vec<Vec<u8>>> = Vec::new();
     for &g in guidance {
         let mut row = Vec::new();
         let (mut c, mut s, mut b, mut r, mut nr) = (0f32, 0f32, 0f32, 0f32, 0f32);
-        for (i, scene) in scenes.iter().enumerate() {
-            let ids = tok.encode(&scene.caption());
-            let mut lp = DiffusionLoop::new(
+        // Many prompts per batch (one per image): on a GPU a batch of 32
+        // small-model images costs about what one does.
+        let captions: Vec<Vec<u32>> = scenes.iter().map(|s| tok.encode(&s.caption())).collect();
+        for (chunk, (scenes, captions)) in scenes
+            .chunks(EVAL_BATCH)
+            .zip(captions.chunks(EVAL_BATCH))
+            .enumerate()
+        {
+            let prompts: Vec<&[u32]> = captions.iter().map(|c| c.as_slice()).collect();
+            let mut lp = DiffusionLoop::with_prompts(
                 gpu,
                 &base,
-                &ids,
-                1,
+                &prompts,
                 steps,
                 Sampler::Ancestral,
                 (g > 0.0).then_some(g),
-                seed.wrapping_add(i as u64),
+                seed.wrapping_add(chunk as u64),
                 1.0,
                 Extra::default(),
             )?;
             while lp.step(gpu)? {}
             let img = pollster::block_on(gpu.read(&lp.sample(gpu)?))?;
-            let rgb = &to_rgb8(&img, 1, size)[0];
-            let sc = score(scene, &detect(rgb, size));
-            if row.len() < COLS {
-                row.push(rgb.clone());
+            for (scene, rgb) in scenes.iter().zip(to_rgb8(&img, scenes.len(), size)) {
+                let sc = score(scene, &detect(&rgb, size));
+                if row.len() < COLS {
+                    row.push(rgb);
+                }
+                c += sc.color;
+                s += sc.shape;
+                b += sc.binding;
+                if let Some(x) = sc.relation {
+                    r += x;
+                    nr += 1.0;
+                }
+                pb.inc(1);
             }
-            c += sc.color;
-            s += sc.shape;
-            b += sc.binding;
-            if let Some(x) = sc.relation {
-                r += x;
-                nr += 1.0;
-            }
-            pb.inc(1);
         }
         rows.push(row);
         let m = n as f32;

@@ -67,8 +67,9 @@ fn repeat_rows(gpu: &Gpu, t: &Tensor, times: usize) -> Result<Tensor> {
 }
 
 impl<'m> DiffusionLoop<'m> {
-    /// `tokens`: the prompt's ids (unpadded). `guidance`: CFG scale (None: no
-    /// CFG batch, as the upsamplers run). `temperature` scales the initial noise.
+    /// `tokens`: the prompt's ids (unpadded), for all `batch` images.
+    /// `guidance`: CFG scale (None: no CFG batch, as the upsamplers run).
+    /// `temperature` scales the initial noise.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         gpu: &Gpu,
@@ -82,7 +83,39 @@ impl<'m> DiffusionLoop<'m> {
         temperature: f32,
         extra: Extra,
     ) -> Result<Self> {
+        if batch == 0 || batch > 64 {
+            return Err(Error::Invalid(format!("batch size {batch} (1..=64)")));
+        }
+        Self::with_prompts(
+            gpu,
+            model,
+            &vec![tokens; batch],
+            respacing,
+            sampler,
+            guidance,
+            seed,
+            temperature,
+            extra,
+        )
+    }
+
+    /// One prompt per image (`prompts.len()` is the batch, 1..=64), e.g. an
+    /// evaluation over many prompts. Image i gets the same noise as image i
+    /// of [`DiffusionLoop::new`] with the same seed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_prompts(
+        gpu: &Gpu,
+        model: &'m Glide,
+        prompts: &[&[u32]],
+        respacing: &str,
+        sampler: Sampler,
+        guidance: Option<f32>,
+        seed: u64,
+        temperature: f32,
+        extra: Extra,
+    ) -> Result<Self> {
         let cfg = &model.config;
+        let batch = prompts.len();
         if batch == 0 || batch > 64 {
             return Err(Error::Invalid(format!("batch size {batch} (1..=64)")));
         }
@@ -109,14 +142,22 @@ impl<'m> DiffusionLoop<'m> {
         let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, respacing)?;
         let rows = if guidance.is_some() { 2 } else { 1 };
         // Text: [cond × B, uncond × B]; the unconditional prompt is all padding.
-        let (ct, cm) = pad_tokens(tokens, cfg.text_ctx);
-        let (ut, um) = pad_tokens(&[], cfg.text_ctx);
+        let cond: Vec<_> = prompts
+            .iter()
+            .map(|p| pad_tokens(p, cfg.text_ctx))
+            .collect();
+        let uncond = pad_tokens(&[], cfg.text_ctx);
         let mut tok = Vec::new();
         let mut mask = Vec::new();
         for r in 0..rows {
-            for _ in 0..batch {
-                tok.extend(if r == 0 { &ct } else { &ut });
-                mask.extend(if r == 0 { &cm } else { &um });
+            for (ct, cm) in &cond {
+                let (t, m) = if r == 0 {
+                    (ct, cm)
+                } else {
+                    (&uncond.0, &uncond.1)
+                };
+                tok.extend(t);
+                mask.extend(m);
             }
         }
         let tok_t = gpu.upload_u32(&[rows * batch, cfg.text_ctx], &tok)?;
