@@ -278,10 +278,11 @@ fn App() -> impl IntoView {
                 }
                 Err(err) => gpu_status.set(GpuStatus::Failed(err.to_string())),
                 Ok(gpu) => {
-                    let f16 = if gpu.report.shader_f16 {
-                        "shader-f16 available; computing in f32 (f16/q8/q4 weights are unpacked in the shaders)"
-                    } else {
-                        "no shader-f16; computing in f32 (f16/q8/q4 weights are unpacked in the shaders)"
+                    let f16 = match (gpu.report.shader_f16, gpu.report.subgroups) {
+                        (true, true) => "computing in f32; shader-f16 used for f16 weights, subgroups for reductions",
+                        (true, false) => "computing in f32; shader-f16 used for f16 weights (no subgroups)",
+                        (false, true) => "computing in f32; subgroups used for reductions (no shader-f16: f16 weights unpacked in the shaders)",
+                        (false, false) => "computing in f32 (no shader-f16 or subgroups: portable kernels)",
                     };
                     let name = if gpu.report.name.is_empty() {
                         "unnamed adapter"
