@@ -12,7 +12,7 @@
 struct Operand { base: u32, sb: u32, sh: u32, st: u32, sc: u32, pad0: u32, pad1: u32, pad2: u32 }
 struct Params {
     q: Operand, k: Operand, v: Operand, ek: Operand, ev: Operand, o: Operand,
-    tq: u32, tkv: u32, s_enc: u32, d: u32,
+    tq: u32, tkv: u32, s_enc: u32,
     heads: u32, scale: f32, causal: u32, has_mask: u32,
 }
 @group(0) @binding(0) var<uniform> p: Params;

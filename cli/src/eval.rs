@@ -54,13 +54,13 @@ pub fn shapes(
     );
     const COLS: usize = 8;
     const EVAL_BATCH: usize = 32;
+    // Many prompts per batch (one per image): on a GPU a batch of 32
+    // small-model images costs about what one does.
+    let captions: Vec<Vec<u32>> = scenes.iter().map(|s| tok.encode(&s.caption())).collect();
     let mut rows: Vec<Vec<Vec<u8>>> = Vec::new();
     for &g in guidance {
         let mut row = Vec::new();
         let (mut c, mut s, mut b, mut r, mut nr) = (0f32, 0f32, 0f32, 0f32, 0f32);
-        // Many prompts per batch (one per image): on a GPU a batch of 32
-        // small-model images costs about what one does.
-        let captions: Vec<Vec<u32>> = scenes.iter().map(|s| tok.encode(&s.caption())).collect();
         for (chunk, (scenes, captions)) in scenes
             .chunks(EVAL_BATCH)
             .zip(captions.chunks(EVAL_BATCH))

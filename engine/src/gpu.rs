@@ -380,6 +380,8 @@ impl Gpu {
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return p.clone();
         }
+        // The f16 helper declares the weights as `vec2<f16>`, so it serves
+        // only the f16 storage type; the launchers pass it as `W_DTYPE`.
         let variant = Variant {
             f16: kernel.weights
                 && self.report.shader_f16

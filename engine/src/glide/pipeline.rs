@@ -66,6 +66,14 @@ fn repeat_rows(gpu: &Gpu, t: &Tensor, times: usize) -> Result<Tensor> {
     Ok(out)
 }
 
+/// Images per loop: 1..=64 (checked before any allocation of that size).
+fn check_batch(batch: usize) -> Result<()> {
+    if batch == 0 || batch > 64 {
+        return Err(Error::Invalid(format!("batch size {batch} (1..=64)")));
+    }
+    Ok(())
+}
+
 impl<'m> DiffusionLoop<'m> {
     /// `tokens`: the prompt's ids (unpadded), for all `batch` images.
     /// `guidance`: CFG scale (None: no CFG batch, as the upsamplers run).
@@ -83,9 +91,7 @@ impl<'m> DiffusionLoop<'m> {
         temperature: f32,
         extra: Extra,
     ) -> Result<Self> {
-        if batch == 0 || batch > 64 {
-            return Err(Error::Invalid(format!("batch size {batch} (1..=64)")));
-        }
+        check_batch(batch)?;
         Self::with_prompts(
             gpu,
             model,
@@ -116,9 +122,7 @@ impl<'m> DiffusionLoop<'m> {
     ) -> Result<Self> {
         let cfg = &model.config;
         let batch = prompts.len();
-        if batch == 0 || batch > 64 {
-            return Err(Error::Invalid(format!("batch size {batch} (1..=64)")));
-        }
+        check_batch(batch)?;
         if let Some(g) = guidance {
             if !g.is_finite() || !(0.0..=100.0).contains(&g) {
                 return Err(Error::Invalid(format!("guidance scale {g} (0..=100)")));

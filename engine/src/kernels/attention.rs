@@ -127,7 +127,7 @@ pub fn attention(rec: &mut Recorder, a: &Attention) -> Result<Tensor> {
         Some((ek, ev, _)) => (ek, ev),
         None => (a.k, a.v),
     };
-    let mut params = Vec::with_capacity(56);
+    let mut params = Vec::with_capacity(55);
     for v in [&a.q, &a.k, &a.v, &ek, &ev, &ov] {
         params.extend(v.words());
     }
@@ -135,7 +135,6 @@ pub fn attention(rec: &mut Recorder, a: &Attention) -> Result<Tensor> {
         a.tq as u32,
         a.tkv as u32,
         s as u32,
-        a.d as u32,
         a.heads as u32,
         super::f(a.scale),
         a.causal as u32,

@@ -32,20 +32,20 @@ mod imp {
     static GPU: OnceLock<Gpu> = OnceLock::new();
     static SMALL: OnceLock<Gpu> = OnceLock::new();
     static PORTABLE: OnceLock<Gpu> = OnceLock::new();
-    pub async fn portable_gpu() -> &'static Gpu {
-        PORTABLE
-            .get_or_init(|| pollster::block_on(Gpu::new(portable_opts())).expect("no GPU adapter"))
-    }
-    pub async fn gpu() -> &'static Gpu {
-        GPU.get_or_init(|| {
-            pollster::block_on(Gpu::new(opts(None)))
+    fn get(slot: &'static OnceLock<Gpu>, opts: GpuOptions) -> &'static Gpu {
+        slot.get_or_init(|| {
+            pollster::block_on(Gpu::new(opts))
                 .expect("no GPU adapter (install mesa-vulkan-drivers for lavapipe)")
         })
     }
+    pub async fn gpu() -> &'static Gpu {
+        get(&GPU, opts(None))
+    }
     pub async fn small_gpu() -> &'static Gpu {
-        SMALL.get_or_init(|| {
-            pollster::block_on(Gpu::new(opts(Some(SMALL_BINDING)))).expect("no GPU adapter")
-        })
+        get(&SMALL, opts(Some(SMALL_BINDING)))
+    }
+    pub async fn portable_gpu() -> &'static Gpu {
+        get(&PORTABLE, portable_opts())
     }
 }
 
