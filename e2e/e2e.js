@@ -9,12 +9,15 @@ const http = require('http');
 const fs = require('fs');
 const path = require('path');
 const zlib = require('zlib');
+const net = require('net');
+const { spawn } = require('child_process');
 const { chromium } = require('playwright-core');
 
 const DIST = path.resolve(process.argv[2] || path.join(__dirname, '..', 'dist'));
 const MODELS = process.argv[3] ? path.resolve(process.argv[3]) : null;
 const ONLY = process.env.E2E_ONLY || '';
 const ARTIFACTS = path.join(__dirname, 'artifacts');
+const ROOT = path.join(__dirname, '..');
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm', '.css': 'text/css',
   '.json': 'application/json', '.png': 'image/png', '.safetensors': 'application/octet-stream', '.gz': 'application/gzip' };
 const BASE_ARGS = ['--no-sandbox', '--disable-background-networking', '--disable-component-update',
@@ -23,19 +26,35 @@ const WEBGPU_ARGS = ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--us
   '--use-webgpu-adapter=swiftshader'];
 const STEP_TIMEOUT = 240000;
 
+// Model sets served besides the fixture set at /models/demo/: every shard
+// corrupted; only base + upsample; base with a corrupted upsample-inpaint.
+const MODEL_ROUTES = [
+  ['/models/demo/', {}],
+  ['/models/corrupt/', { corrupt: () => true }],
+  ['/models/partial/', { only: ['base', 'upsample'] }],
+  ['/models/broken-optional/', { corrupt: (rel) => rel.startsWith('upsample-inpaint/') }],
+];
+
 function resolveFile(url) {
-  for (const [prefix, root] of [['/models/demo/', MODELS], ['/models/corrupt/', MODELS]]) {
-    if (root && url.startsWith(prefix)) return { file: path.join(root, url.slice(prefix.length)), root, corrupt: prefix.includes('corrupt') };
+  for (const [prefix, route] of MODEL_ROUTES) {
+    if (!MODELS || !url.startsWith(prefix)) continue;
+    const rel = url.slice(prefix.length);
+    if (route.only && !route.only.includes(rel.split('/')[0])) return { file: null };
+    return { file: path.join(MODELS, rel), root: MODELS, corrupt: route.corrupt ? route.corrupt(rel) : false };
   }
   return { file: path.join(DIST, url === '/' ? 'index.html' : url), root: DIST, corrupt: false };
 }
 
+// Like `trunk serve` and many static hosts, unknown paths get index.html
+// (single-page-app fallback), not a 404: the app must take that for "absent".
 function serve() {
   const server = http.createServer((req, res) => {
     const url = decodeURIComponent(req.url.split('?')[0]);
     const { file, root, corrupt } = resolveFile(url);
-    if (!file.startsWith(root) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
-      res.writeHead(404); res.end('not found'); return;
+    if (!file || !file.startsWith(root) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+      res.writeHead(200, { 'Content-Type': 'text/html' });
+      fs.createReadStream(path.join(DIST, 'index.html')).pipe(res);
+      return;
     }
     res.writeHead(200, { 'Content-Type': TYPES[path.extname(file)] || 'application/octet-stream' });
     if (corrupt && file.endsWith('.safetensors')) {
@@ -159,7 +178,51 @@ function solidPng(w, h, rgb) {
     chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
 }
 
+// Starts the README's first command (./scripts/app.sh: setup, then trunk
+// serve) on a free port, with the embedded demo model it ships; resolves to
+// its URL once it serves, and to a stop function.
+async function startReadmeApp() {
+  const port = await new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
+  });
+  const log = fs.openSync(path.join(ARTIFACTS, 'app-sh.log'), 'w');
+  const child = spawn(path.join(ROOT, 'scripts', 'app.sh'), ['--port', String(port), '--dist', path.join(ROOT, 'target', 'readme-dist')],
+    { cwd: ROOT, detached: true, stdio: ['ignore', log, log] });
+  const stop = () => { try { process.kill(-child.pid, 'SIGTERM'); } catch (e) { /* already gone */ } };
+  const url = `http://127.0.0.1:${port}/`;
+  const deadline = Date.now() + 20 * 60000; // a cold release build of the app takes minutes
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) break;
+    const ok = await new Promise((resolve) => http.get(url + 'models/demo/base/manifest.json', (r) => {
+      r.resume(); resolve(r.statusCode === 200 && /json/.test(r.headers['content-type'] || ''));
+    }).on('error', () => resolve(false)));
+    if (ok) return { url, stop };
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+  stop();
+  throw new Error(`./scripts/app.sh did not serve on ${url} (exit ${child.exitCode}); see e2e/artifacts/app-sh.log:\n`
+    + fs.readFileSync(path.join(ARTIFACTS, 'app-sh.log'), 'utf8').slice(-3000));
+}
+
 const tests = [
+  ["the README's ./scripts/app.sh serves a page that generates with the embedded demo model", async () => {
+    const app = await startReadmeApp();
+    try {
+      await withPage(app.url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+        await modelReady(page);
+        const detail = await page.getByTestId('model-detail').textContent();
+        assert(/Embedded demo model/.test(detail), 'not the demo model: ' + detail);
+        const warnings = await page.locator('[data-testid=warning]').allInnerTexts();
+        assert(warnings.length === 0, 'warnings on the demo model: ' + JSON.stringify(warnings));
+        await setForm(page, { prompt: 'a red circle above a blue square', steps: 'ddim4', seed: 1, upsample: false, guidance: 3 });
+        const px = await generate(page);
+        assert(px.w === 64 && px.h === 64, `result size ${px.w}x${px.h}`);
+        await page.screenshot({ path: path.join(ARTIFACTS, 'readme-demo.png'), fullPage: true });
+      });
+    } finally {
+      app.stop();
+    }
+  }],
   ['page finds the WebGPU adapter and the kernels pass their self-check', async (url) => {
     await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
       await page.getByTestId('adapter').waitFor({ state: 'attached', timeout: 60000 });
@@ -299,6 +362,31 @@ const tests = [
       await page.waitForFunction(() => /sha256/.test((document.querySelector('[data-testid=error]') || {}).textContent || ''),
         null, { timeout: 60000 });
       await page.screenshot({ path: path.join(ARTIFACTS, 'model-error.png'), fullPage: true });
+    });
+  }],
+  ['an absent optional model is no error; a broken one disables only its own features', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      await page.getByTestId('model-url').fill(url + 'models/partial/');
+      await page.getByTestId('model-url-load').click();
+      await page.waitForFunction(() => /models\/partial/.test(document.querySelector('[data-testid=model-detail]').textContent)
+        && document.querySelector('[data-testid=model-status]').textContent === 'ready', null, { timeout: STEP_TIMEOUT });
+      assert(await page.getByTestId('warning').count() === 0, 'absent kinds gave a warning: '
+        + await page.locator('[data-testid=warning]').allInnerTexts());
+      assert(!(await page.locator('option[value=inpaint]').isEnabled()), 'inpainting offered without an inpainting model');
+      await setForm(page, { steps: 2, upsample: false, seed: 2 });
+      await generate(page);
+
+      await page.getByTestId('model-url').fill(url + 'models/broken-optional/');
+      await page.getByTestId('model-url-load').click();
+      await page.waitForFunction(() => /models\/broken-optional/.test(document.querySelector('[data-testid=model-detail]').textContent)
+        && document.querySelector('[data-testid=model-status]').textContent === 'ready', null, { timeout: STEP_TIMEOUT });
+      const warnings = await page.locator('[data-testid=warning]').allInnerTexts();
+      assert(warnings.length === 1 && /^upsample-inpaint: .*sha256/.test(warnings[0]), 'warnings: ' + JSON.stringify(warnings));
+      assert(await page.getByTestId('error').count() === 0, 'a broken optional model failed the set');
+      assert(await page.locator('option[value=inpaint]').isEnabled(), 'base-inpaint lost with upsample-inpaint');
+      await setForm(page, { steps: 2, upsample: false, seed: 2 });
+      await generate(page);
     });
   }],
   ['a model folder picked from disk is verified, stored and loaded; delete removes its files', async (url) => {

@@ -143,13 +143,18 @@ fn png_params(s: &Settings, seed: u64, model: &str) -> Vec<(String, String)> {
     .collect()
 }
 
+/// The warning shown for an optional model that is present but unusable.
+fn unavailable(problem: &str) -> String {
+    format!("{problem} — this model is left out; everything that does not need it works.")
+}
+
 #[component]
 fn App() -> impl IntoView {
     let gpu_status = RwSignal::new(GpuStatus::Checking);
     let self_check_text = RwSignal::new(String::new());
     let model_state = RwSignal::new(ModelState::None);
     let error = RwSignal::new(None::<Failure>);
-    let warning = RwSignal::new(None::<String>);
+    let warnings = RwSignal::new(Vec::<String>::new());
     let settings = RwSignal::new(Settings::load());
     let running = RwSignal::new(false);
     let cancel = RwSignal::new(false);
@@ -199,7 +204,7 @@ fn App() -> impl IntoView {
                 return;
             };
             error.set(None);
-            warning.set(None);
+            warnings.set(Vec::new());
             model_state.set(ModelState::Loading(LoadProgress {
                 what: "reading the manifest".into(),
                 ..Default::default()
@@ -207,11 +212,14 @@ fn App() -> impl IntoView {
             let loaded = store::load(
                 &entry,
                 |p| model_state.set(ModelState::Loading(p)),
-                |w| warning.set(Some(w)),
+                |w| warnings.update(|ws| ws.push(w)),
             )
             .await;
             let comps = match loaded {
-                Ok(c) => c,
+                Ok(l) => {
+                    warnings.update(|ws| ws.extend(l.unavailable.iter().map(|u| unavailable(u))));
+                    l.components
+                }
                 Err(e) => {
                     error.set(Some(Failure::msg(e)));
                     model_state.set(ModelState::Failed);
@@ -233,7 +241,8 @@ fn App() -> impl IntoView {
             // Release the previous set's GPU memory first.
             engine.update_value(|e| e.models = None);
             match run::upload(&gpu, comps) {
-                Ok(models) => {
+                Ok((models, broken)) => {
+                    warnings.update(|ws| ws.extend(broken.iter().map(|u| unavailable(u))));
                     caps.set((
                         models.upsample.is_some(),
                         models.inpaint.is_some(),
@@ -585,7 +594,13 @@ fn App() -> impl IntoView {
                     <button class="link" on:click=move |_| error.set(None)>"Dismiss"</button>
                 </section>
             })}
-            {move || warning.get().map(|w| view! { <p class="warning" data-testid="warning">{w}</p> })}
+            {move || {
+                warnings
+                    .get()
+                    .into_iter()
+                    .map(|w| view! { <p class="warning" data-testid="warning">{w}</p> })
+                    .collect_view()
+            }}
 
             <section class="workspace" class:hidden=move || !matches!(gpu_status.get(), GpuStatus::Ready { .. })>
                 <div class="controls">

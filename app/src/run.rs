@@ -25,19 +25,37 @@ pub struct Models {
     pub quant: String,
 }
 
-pub fn upload(gpu: &Gpu, components: Vec<Component>) -> Result<Models, Failure> {
+/// Uploads the loaded kinds. A kind that fails to load is left out with its
+/// reason in the returned list (only `base` failing fails the set).
+pub fn upload(gpu: &Gpu, components: Vec<Component>) -> Result<(Models, Vec<String>), Failure> {
     let mut base = None;
     let mut upsample = None;
     let mut inpaint = None;
     let mut upsample_inpaint = None;
     let mut quant = String::new();
+    let mut unavailable = Vec::new();
     for c in components {
         let m = c.manifest;
-        let dtype = WeightDType::parse(&m.quant).map_err(Failure::from)?;
-        let source = WeightSource::shards(m.tensors.into_iter().collect(), &c.shards)?;
-        let model = Glide::load(gpu, m.config, &source, dtype)
-            .map_err(|e| Failure::msg(format!("{}: {e}", m.kind)))?;
-        let slot = match m.kind.as_str() {
+        let kind = m.kind.clone();
+        let loaded = WeightDType::parse(&m.quant)
+            .map_err(Failure::from)
+            .and_then(|dtype| {
+                let source = WeightSource::shards(m.tensors.into_iter().collect(), &c.shards)?;
+                Glide::load(gpu, m.config, &source, dtype).map_err(|e| {
+                    let mut f = Failure::from(e);
+                    f.message = format!("{kind}: {}", f.message);
+                    f
+                })
+            });
+        let model = match loaded {
+            Ok(model) => model,
+            Err(f) if kind != "base" && !f.device_lost => {
+                unavailable.push(f.message);
+                continue;
+            }
+            Err(f) => return Err(f),
+        };
+        let slot = match kind.as_str() {
             "base" => {
                 quant = m.quant.clone();
                 &mut base
@@ -48,13 +66,14 @@ pub fn upload(gpu: &Gpu, components: Vec<Component>) -> Result<Models, Failure> 
         };
         *slot = Some(model);
     }
-    Ok(Models {
+    let models = Models {
         base: base.ok_or_else(|| Failure::msg("the model set has no base model".into()))?,
         upsample,
         inpaint,
         upsample_inpaint,
         quant,
-    })
+    };
+    Ok((models, unavailable))
 }
 
 pub fn tokenizer() -> Result<GlideTokenizer, String> {

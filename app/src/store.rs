@@ -145,7 +145,16 @@ async fn fetch(url: &str, mut progress: impl FnMut(u64)) -> Result<Fetched, Stri
             )
         })?;
     let resp: web_sys::Response = resp.unchecked_into();
-    if resp.status() == 404 {
+    // A web page in place of a model file is a single-page-app fallback
+    // (`trunk serve` and many static hosts answer every unknown path with
+    // index.html): the file is not there.
+    let html = resp
+        .headers()
+        .get("content-type")
+        .ok()
+        .flatten()
+        .is_some_and(|t| t.trim_start().starts_with("text/html"));
+    if resp.status() == 404 || (resp.ok() && html) {
         return Ok(Fetched::NotFound);
     }
     if !resp.ok() {
@@ -196,14 +205,23 @@ fn parse_manifest(kind: &str, bytes: &[u8]) -> Result<Manifest, String> {
     Ok(m)
 }
 
+/// What `load` found: the kinds that loaded, and the optional kinds that are
+/// present but unusable (with why), which disable only their own features.
+pub struct Loaded {
+    pub components: Vec<Component>,
+    pub unavailable: Vec<String>,
+}
+
 /// Loads every kind the set has (cache first, then the network), verifying
-/// each shard. Storage problems are reported through `warn` (the model still
-/// loads for this visit); everything else is an error.
+/// each shard. A missing optional kind is no error; a broken one is reported
+/// in `Loaded::unavailable` while the others load. Only a missing or broken
+/// `base` fails the whole set. Storage problems are reported through `warn`
+/// (the model still loads for this visit).
 pub async fn load(
     entry: &ModelEntry,
     mut progress: impl FnMut(LoadProgress),
     mut warn: impl FnMut(String),
-) -> Result<Vec<Component>, String> {
+) -> Result<Loaded, String> {
     let cache = match cache().await {
         Ok(c) => Some(c),
         Err(e) => {
@@ -211,35 +229,37 @@ pub async fn load(
             None
         }
     };
+    let mut unavailable = Vec::new();
+    // A problem with `base` ends the load; one with another kind only drops that kind.
+    let mut drop_kind = |kind: &str, e: String| -> Result<(), String> {
+        if kind == "base" {
+            Err(e)
+        } else {
+            unavailable.push(if e.starts_with(kind) {
+                e
+            } else {
+                format!("{kind}: {e}")
+            });
+            Ok(())
+        }
+    };
     // Manifests first, so the progress bar knows the total size.
     let mut manifests = Vec::new();
     for kind in KINDS {
-        let k = key(&entry.id, kind, "manifest.json")?;
-        let cached = match &cache {
-            Some(c) => cache_get(c, &k).await?,
-            None => None,
-        };
-        let bytes = match (cached, &entry.url) {
-            (Some(b), _) => Some(b),
-            (None, Some(url)) => {
-                match fetch(&join(url, &format!("{kind}/manifest.json")), |_| {}).await? {
-                    Fetched::Bytes(b) => Some(b),
-                    Fetched::NotFound => None,
-                }
+        match load_manifest(entry, cache.as_ref(), kind).await {
+            Ok(Some((m, b))) => manifests.push((kind, m, b)),
+            Ok(None) if kind == "base" => {
+                return Err(match &entry.url {
+                    Some(url) => format!(
+                        "no model at {}: base/manifest.json was not found (a model folder holds \
+                         base/, upsample/, … as written by `webglide convert`)",
+                        join(url, "")
+                    ),
+                    None => "the files of this model are no longer stored: pick them again".into(),
+                })
             }
-            (None, None) => None,
-        };
-        if let Some(b) = bytes {
-            manifests.push((kind, parse_manifest(kind, &b)?, b));
-        } else if kind == "base" {
-            return Err(match &entry.url {
-                Some(url) => format!(
-                    "no model at {}: base/manifest.json was not found (a model folder holds \
-                     base/, upsample/, … as written by `webglide convert`)",
-                    join(url, "")
-                ),
-                None => "the files of this model are no longer stored: pick them again".into(),
-            });
+            Ok(None) => {}
+            Err(e) => drop_kind(kind, e)?,
         }
     }
     let total: u64 = manifests
@@ -247,61 +267,42 @@ pub async fn load(
         .flat_map(|(_, m, _)| m.shards.iter().map(|s| s.bytes))
         .sum();
     let mut done = 0u64;
-    let mut out = Vec::new();
+    let mut components = Vec::new();
     for (kind, manifest, manifest_bytes) in manifests {
         let mut shards = Vec::new();
         for shard in manifest.shards.clone() {
-            let k = key(&entry.id, kind, &shard.file)?;
             let what = format!("{kind}/{}", shard.file);
-            let mut bytes = match &cache {
-                Some(c) => cache_get(c, &k).await?,
-                None => None,
-            };
-            if let Some(b) = &bytes {
-                if manifest.verify_shard(&shard.file, b).is_err() {
-                    bytes = None; // damaged cache entry: fetch again
-                }
-            }
-            let bytes = match bytes {
-                Some(b) => b,
-                None => {
-                    let Some(url) = &entry.url else {
-                        return Err(format!(
-                            "{what} is missing from the stored files: pick the model folder again"
-                        ));
-                    };
-                    let url = join(url, &format!("{kind}/{}", shard.file));
-                    let base = done;
-                    let b = match fetch(&url, |n| {
-                        progress(LoadProgress {
-                            what: format!("downloading {what}"),
-                            done: base + n.min(shard.bytes),
-                            total,
-                        })
-                    })
-                    .await?
-                    {
-                        Fetched::Bytes(b) => b,
-                        Fetched::NotFound => return Err(format!("{url}: not found (HTTP 404)")),
-                    };
-                    manifest
-                        .verify_shard(&shard.file, &b)
-                        .map_err(|e| format!("{kind}: {e}"))?;
-                    if let Some(c) = &cache {
-                        if let Err(e) = cache_put(c, &k, &b).await {
-                            warn(e);
-                        }
-                    }
-                    b
-                }
-            };
+            let base = done;
+            let fetched = load_shard(entry, cache.as_ref(), kind, &manifest, &shard.file, |n| {
+                progress(LoadProgress {
+                    what: format!("downloading {what}"),
+                    done: base + n.min(shard.bytes),
+                    total,
+                })
+            })
+            .await;
             done += shard.bytes;
             progress(LoadProgress {
                 what: format!("verified {what}"),
                 done,
                 total,
             });
-            shards.push((shard.file.clone(), bytes));
+            match fetched {
+                Ok((bytes, storage_problem)) => {
+                    if let Some(w) = storage_problem {
+                        warn(w);
+                    }
+                    shards.push((shard.file.clone(), bytes));
+                }
+                Err(e) => {
+                    drop_kind(kind, e)?;
+                    shards.clear();
+                    break;
+                }
+            }
+        }
+        if shards.len() != manifest.shards.len() {
+            continue;
         }
         if let Some(c) = &cache {
             let k = key(&entry.id, kind, "manifest.json")?;
@@ -309,9 +310,75 @@ pub async fn load(
                 warn(e);
             }
         }
-        out.push(Component { manifest, shards });
+        components.push(Component { manifest, shards });
     }
-    Ok(out)
+    Ok(Loaded {
+        components,
+        unavailable,
+    })
+}
+
+/// A kind's manifest (and its bytes) from the cache or the network; `None`
+/// when the set has no such kind.
+async fn load_manifest(
+    entry: &ModelEntry,
+    cache: Option<&web_sys::Cache>,
+    kind: &str,
+) -> Result<Option<(Manifest, Vec<u8>)>, String> {
+    let k = key(&entry.id, kind, "manifest.json")?;
+    let cached = match cache {
+        Some(c) => cache_get(c, &k).await?,
+        None => None,
+    };
+    let bytes = match (cached, &entry.url) {
+        (Some(b), _) => b,
+        (None, Some(url)) => {
+            match fetch(&join(url, &format!("{kind}/manifest.json")), |_| {}).await? {
+                Fetched::Bytes(b) => b,
+                Fetched::NotFound => return Ok(None),
+            }
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some((parse_manifest(kind, &bytes)?, bytes)))
+}
+
+/// One verified shard (cache first, then the network, then kept in the
+/// cache), with a storage problem to report if keeping it failed.
+async fn load_shard(
+    entry: &ModelEntry,
+    cache: Option<&web_sys::Cache>,
+    kind: &str,
+    manifest: &Manifest,
+    file: &str,
+    progress: impl FnMut(u64),
+) -> Result<(Vec<u8>, Option<String>), String> {
+    let k = key(&entry.id, kind, file)?;
+    if let Some(c) = cache {
+        if let Some(b) = cache_get(c, &k).await? {
+            if manifest.verify_shard(file, &b).is_ok() {
+                return Ok((b, None));
+            } // else a damaged cache entry: fetch again
+        }
+    }
+    let Some(url) = &entry.url else {
+        return Err(format!(
+            "{kind}/{file} is missing from the stored files: pick the model folder again"
+        ));
+    };
+    let url = join(url, &format!("{kind}/{file}"));
+    let b = match fetch(&url, progress).await? {
+        Fetched::Bytes(b) => b,
+        Fetched::NotFound => return Err(format!("{url}: not found (HTTP 404)")),
+    };
+    manifest
+        .verify_shard(file, &b)
+        .map_err(|e| format!("{kind}: {e}"))?;
+    let storage_problem = match cache {
+        Some(c) => cache_put(c, &k, &b).await.err(),
+        None => None,
+    };
+    Ok((b, storage_problem))
 }
 
 /// Stores a model set from files the user picked (a folder holding `base/`
