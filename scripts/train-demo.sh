@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Trains the embedded demo model and converts it into public/models/demo/<kind>/ (q8 shards).
 #   DEVICE=cpu|gpu  KINDS="base base-inpaint upsample"  MINUTES_<KIND>=N  BATCH=N  OUT=dir
+#   SIZE_<KIND>=N (base kinds: train at N px, e.g. 32 for the curriculum's first stage)
+#   MIN_SNR=γ (default 5; 0 = the plain eps loss)  LR=x (default 4e-4)
 #   EMOJI=dir (default trainer/data/emoji, built first by scripts/build-emoji.sh; EMOJI= for shapes only)
-# Runs resume from OUT/<kind> when a checkpoint is there; a new base-inpaint run starts from
-# OUT/base's weights when they exist. The exact commands of every shipped run are recorded in
+# Runs resume from OUT/<kind> when a checkpoint is there, else from the committed
+# trainer/checkpoints/<kind>/ (EMA weights, fresh optimizer moments); a new base-inpaint run
+# starts from OUT/base's weights when they exist. The exact commands of every shipped run are recorded in
 # docs/demo-model.md with their logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,12 +27,20 @@ cargo build --release --locked -p webglide-cli
 for kind in ${KINDS:-base base-inpaint upsample}; do
     var="MINUTES_$(echo "$kind" | tr 'a-z-' 'A-Z_')"
     minutes="${!var:-8}"
+    size_var="SIZE_$(echo "$kind" | tr 'a-z-' 'A-Z_')"
+    size=()
+    [ -n "${!size_var:-}" ] && size=(--size "${!size_var}")
+    if [ ! -e "$out/$kind/state.json" ] && [ -e "trainer/checkpoints/$kind/state.json" ]; then
+        mkdir -p "$out/$kind"
+        cp trainer/checkpoints/"$kind"/{state.json,ema.safetensors} "$out/$kind/"
+    fi
     init=()
     if [ "$kind" = base-inpaint ] && [ ! -e "$out/$kind/state.json" ] && [ -e "$out/base/weights.safetensors" ]; then
         init=(--init "$out/base/weights.safetensors")
     fi
     ./target/release/webglide-train --kind "$kind" --device "$device" --out "$out/$kind" \
-        --minutes "$minutes" --batch "$batch" --lr 4e-4 --warmup 30 --save-every 100 "${data[@]}" "${init[@]}"
+        --minutes "$minutes" --batch "$batch" --lr "${LR:-4e-4}" --min-snr "${MIN_SNR:-5}" --warmup 30 \
+        --save-every 100 "${size[@]}" "${data[@]}" "${init[@]}"
     ./target/release/webglide convert "$out/$kind/weights.safetensors" --config "$out/$kind/config.json" \
         --kind "$kind" --quant q8 --out "public/models/demo/$kind" --force
     cp "$out/$kind/loss.log" "docs/demo/$kind-loss.log"

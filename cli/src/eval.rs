@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use engine::demo::shapes::{detect, held_out, score, Rng, Scene};
+use engine::demo::shapes::{detect, eval_scenes, score};
 use engine::glide::pipeline::{to_rgb8, DiffusionLoop, Extra, Sampler};
 use engine::Gpu;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -30,15 +30,7 @@ pub fn shapes(
         .with_context(|| format!("{}/base/manifest.json not found", model.display()))?;
     let tok = crate::generate::tokenizer()?;
     let size = base.config.image_size;
-    let mut rng = Rng(seed ^ 0x5eed);
-    let scenes: Vec<Scene> = (0..n)
-        .map(|_| loop {
-            let s = Scene::random(&mut rng, &|_, _| true);
-            if s.objects.iter().any(|o| held_out(o.color, o.shape)) {
-                break s;
-            }
-        })
-        .collect();
+    let scenes = eval_scenes(n, seed);
     let pb = ProgressBar::new((n * guidance.len()) as u64);
     pb.set_style(ProgressStyle::with_template(
         "{prefix} [{bar:32}] {pos}/{len} images {elapsed_precise}",
@@ -49,8 +41,8 @@ pub fn shapes(
         model.display()
     );
     println!(
-        "{:>8} {:>8} {:>8} {:>8} {:>9}",
-        "guidance", "colour", "shape", "binding", "relation"
+        "{:>8} {:>8} {:>8} {:>8} {:>9} {:>6}",
+        "guidance", "colour", "shape", "binding", "relation", "exact"
     );
     const COLS: usize = 8;
     const EVAL_BATCH: usize = 32;
@@ -60,7 +52,7 @@ pub fn shapes(
     let mut rows: Vec<Vec<Vec<u8>>> = Vec::new();
     for &g in guidance {
         let mut row = Vec::new();
-        let (mut c, mut s, mut b, mut r, mut nr) = (0f32, 0f32, 0f32, 0f32, 0f32);
+        let (mut c, mut s, mut b, mut r, mut nr, mut e) = (0f32, 0f32, 0f32, 0f32, 0f32, 0f32);
         for (chunk, (scenes, captions)) in scenes
             .chunks(EVAL_BATCH)
             .zip(captions.chunks(EVAL_BATCH))
@@ -88,6 +80,7 @@ pub fn shapes(
                 c += sc.color;
                 s += sc.shape;
                 b += sc.binding;
+                e += sc.exact;
                 if let Some(x) = sc.relation {
                     r += x;
                     nr += 1.0;
@@ -99,7 +92,7 @@ pub fn shapes(
         let m = n as f32;
         pb.suspend(|| {
             println!(
-                "{g:>8.1} {:>8.3} {:>8.3} {:>8.3} {:>9}",
+                "{g:>8.1} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>6.3}",
                 c / m,
                 s / m,
                 b / m,
@@ -107,7 +100,8 @@ pub fn shapes(
                     format!("{:.3}", r / nr)
                 } else {
                     "-".into()
-                }
+                },
+                e / m
             )
         });
     }

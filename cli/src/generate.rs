@@ -33,6 +33,13 @@ pub fn tokenizer() -> Result<GlideTokenizer> {
     )?)
 }
 
+/// unCLIP's CLIP tokenizer (the released BPE file, embedded).
+pub fn clip_tokenizer() -> Result<engine::unclip::tokenizer::ClipTokenizer> {
+    Ok(engine::unclip::tokenizer::ClipTokenizer::from_gz(
+        include_bytes!("../../public/tokenizer/bpe_simple_vocab_16e6.txt.gz"),
+    )?)
+}
+
 /// Loads `dir/<kind>/` (a `webglide convert` folder).
 pub fn load_model(gpu: &Gpu, dir: &Path, kind: &str) -> Result<Option<Glide>> {
     let sub = dir.join(kind);

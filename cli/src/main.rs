@@ -233,6 +233,28 @@ fn check_fixture(
     let read = |f: &str| {
         std::fs::read(dir.join(f)).with_context(|| format!("reading {}", dir.join(f).display()))
     };
+    // unCLIP's tokenizer folder: every case of tokens.json.
+    if dir.join("tokens.json").exists() {
+        let tok = generate::clip_tokenizer()?;
+        let cases = engine::unclip::check::check_tokenizer(&tok, &read("tokens.json")?)?;
+        let mut ok = true;
+        for c in &cases {
+            match &c.mismatch {
+                None => println!("ok   {:?}", c.text),
+                Some(m) => {
+                    ok = false;
+                    println!("FAIL {:?}: {m}", c.text);
+                }
+            }
+        }
+        let failed = cases.iter().filter(|c| c.mismatch.is_some()).count();
+        println!(
+            "{} of {} tokenizer cases match",
+            cases.len() - failed,
+            cases.len()
+        );
+        return Ok(ok);
+    }
     let trace = if dir.join("trace.safetensors").exists() {
         Some(read("trace.safetensors")?)
     } else {

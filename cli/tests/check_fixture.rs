@@ -59,3 +59,28 @@ fn fails_over_tolerance_and_on_bad_weights() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn unclip_tokenizer_case_passes_and_a_wrong_case_fails() {
+    let unclip = format!("{FIX}/../unclip/tokenizer");
+    let out = webglide(&["check-fixture", &unclip]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("14 of 14 tokenizer cases match"),
+        "{stdout}"
+    );
+
+    // One expected id changed: that case fails, exit 1.
+    let dir = std::env::temp_dir().join(format!("webglide-bad-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{unclip}/tokens.json")).unwrap()).unwrap();
+    v["entries"][1]["bpe_ids"][0] = serde_json::json!(7);
+    std::fs::write(dir.join("tokens.json"), serde_json::to_vec(&v).unwrap()).unwrap();
+    let out = webglide(&["check-fixture", dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL \"a photo of a cat\""), "{stdout}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -245,7 +245,14 @@ fn eval_shapes_prints_scores_per_guidance_and_writes_a_grid() {
             .map(|v| v.parse().unwrap())
             .collect();
         assert!(cols[1..].iter().all(|v| (0.0..=1.0).contains(v)), "{row}");
+        // The last column is the exact-match rate.
+        let exact: f32 = row.split_whitespace().last().unwrap().parse().unwrap();
+        assert!((0.0..=1.0).contains(&exact), "{row}");
     }
+    assert!(
+        out.contains("relation  exact"),
+        "no exact-match column:\n{out}"
+    );
     // Two rows (guidance) × two prompts of the 16-px fixture model.
     let (w, h, _, text) = read_png(&grid);
     assert_eq!((w, h), (32, 32));

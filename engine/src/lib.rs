@@ -14,6 +14,7 @@
 // wgpu objects are !Send on wasm32; Arc still gives shared ownership there.
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 
+pub mod bpe;
 pub mod demo;
 pub mod error;
 pub mod glide;
@@ -23,6 +24,7 @@ pub mod quant;
 pub mod reference;
 pub mod rng;
 pub mod tensor;
+pub mod unclip;
 
 pub use error::{Error, Result};
 pub use gpu::{Gpu, GpuOptions, GpuReport, Recorder};

@@ -48,6 +48,13 @@ wait $EPID
 echo "emoji done at +$(($(date +%s) - T0)) s"
 DATA=(--emoji "$W/emoji")
 [ -e "$W/emoji/index.json" ] || { echo "no emoji cache: shapes only"; DATA=(); }
+# Samples/s of a training step on this GPU and on its CPU, before spending the minutes.
+timeout 90 "$W/webglide-train" bench --device gpu --kind base --batch "${B64:-64}" --steps 2 >"$L/train-bench-gpu.txt" 2>&1
+timeout 60 "$W/webglide-train" bench --device cpu --kind base --batch 32 --size 32 --steps 2 >"$L/train-bench-cpu.txt" 2>&1
+# The base continues the committed CPU run (same config; EMA weights, fresh optimizer moments).
+if [ -e trainer/checkpoints/base/state.json ]; then
+    mkdir -p "$W/runs/base" && cp trainer/checkpoints/base/{state.json,ema.safetensors} "$W/runs/base/"
+fi
 SECS=$((END - $(date +%s) - 45))
 MIN=$(python3 -c "print(round($SECS/60, 2))")
 echo "training for $MIN minutes"
@@ -58,16 +65,16 @@ train() {
     bin=$1
     kind=$2
     shift 2
-    echo "$bin --kind $kind --device gpu --minutes $MIN --lr 5e-4 --warmup 100 --save-every 250 ${DATA[*]} $*"
+    echo "$bin --kind $kind --device gpu --minutes $MIN --lr 5e-4 --min-snr 5 --warmup 100 --save-every 250 ${DATA[*]} $*"
     timeout $((SECS + 60)) "$W/$bin" --kind "$kind" --device gpu --out "$W/runs/$kind" --minutes "$MIN" \
-        --lr 5e-4 --warmup 100 --save-every 250 "${DATA[@]}" "$@" >"$L/train-$kind.out" 2>&1
+        --lr 5e-4 --min-snr 5 --warmup 100 --save-every 250 "${DATA[@]}" "$@" >"$L/train-$kind.out" 2>&1
     rc=$?
     echo "train $kind ($bin) rc $rc at +$(($(date +%s) - T0)) s"
     if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$bin" != webglide-train ]; then
         left=$(python3 -c "print(round(($END - 45 - $(date +%s)) / 60, 2))")
         echo "retrying $kind with webglide-train for $left minutes"
         timeout $((SECS + 60)) "$W/webglide-train" --kind "$kind" --device gpu --out "$W/runs/$kind" \
-            --minutes "$left" --lr 5e-4 --warmup 100 --save-every 250 "${DATA[@]}" "$@" \
+            --minutes "$left" --lr 5e-4 --min-snr 5 --warmup 100 --save-every 250 "${DATA[@]}" "$@" \
             >>"$L/train-$kind.out" 2>&1
         echo "train $kind (webglide-train) rc $? at +$(($(date +%s) - T0)) s"
     fi

@@ -727,6 +727,7 @@ mod tests {
             emoji: Some(Emoji::load(&root.join("cache")).unwrap()),
             shapes_share: 0.5,
             crop: None,
+            size: None,
         };
         let labels: Vec<String> = data
             .emoji

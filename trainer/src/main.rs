@@ -1,7 +1,7 @@
 //! `webglide-train`: trains the embedded demo model — small configurations
 //! of the GLIDE architectures — with burn, and exports safetensors with the
 //! official key names plus `config.json`, which `webglide convert` turns into
-//! the app's quantised shards.
+//! the app's quantised shards. `webglide-train bench` measures a training step.
 //!
 //! Loss: GLIDE's hybrid objective (improved DDPM): MSE on eps plus the
 //! variational bound on the learned variance (mean detached). Classifier-free
@@ -9,11 +9,40 @@
 //! random masks. EMA weights, checkpoints with optimizer state, and resume.
 
 use clap::Parser;
+use webglide_trainer::bench::{self, BenchArgs};
+use webglide_trainer::eval::{self, EvalArgs};
 use webglide_trainer::train::{self, Args};
 
+#[derive(Parser)]
+#[command(
+    name = "webglide-train",
+    about = "Train the webglide demo model",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: Args,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Time one training step (data, forward, gradients, optimizer) against the matmul rate.
+    Bench(BenchArgs),
+    /// The shapes evaluation of `webglide eval shapes`, sampled on the CPU through burn.
+    Eval(EvalArgs),
+}
+
 fn main() {
-    let args = Args::parse();
-    if let Err(e) = train::run(&args) {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Some(Command::Bench(b)) => bench::run(b),
+        Some(Command::Eval(e)) => eval::run(e),
+        None => train::run(&cli.train),
+    };
+    if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(2);
     }

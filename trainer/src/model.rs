@@ -7,13 +7,29 @@
 //! parameter by name (random, or from a weight map), `Visit` collects them.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{gelu, silu, softmax};
 use burn::tensor::module::{conv2d, embedding};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use engine::glide::model::GlideConfig;
+
+/// FLOPs of the matrix products (convs, linears, attention) of the forward
+/// passes run so far (2 per multiply-add); `webglide-train bench` reads it.
+pub static FORWARD_FLOPS: AtomicU64 = AtomicU64::new(0);
+
+fn count_flops(n: usize) {
+    FORWARD_FLOPS.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// Convs as one matrix product over an im2col tensor instead of burn's
+/// conv2d. Measured on the 2-core CPU with burn's `x86-v4` (AVX-512) gemm
+/// (docs/demo-model.md): burn's conv2d is faster there (3.64 vs 2.34
+/// samples/s for the base at batch 8), so it is the default; the GEMM path
+/// stays for `webglide-train bench --conv gemm` on other backends.
+pub static CONV_AS_GEMM: AtomicBool = AtomicBool::new(false);
 
 /// Named f32 tensors in PyTorch layout: name → (shape, values).
 pub type WeightMap = HashMap<String, (Vec<usize>, Vec<f32>)>;
@@ -195,14 +211,36 @@ impl Conv {
         v.add(&format!("{name}.bias"), &self.bias);
     }
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let k = self.weight.dims()[2];
+        let [o, c, k, _] = self.weight.dims();
+        let [b, _, h, w] = x.dims();
+        count_flops(2 * b * o * c * k * k * h * w);
         let pad = k / 2;
-        conv2d(
-            x,
-            self.weight.val(),
-            Some(self.bias.val()),
-            ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
-        )
+        if !CONV_AS_GEMM.load(Ordering::Relaxed) {
+            return conv2d(
+                x,
+                self.weight.val(),
+                Some(self.bias.val()),
+                ConvOptions::new([1, 1], [pad, pad], [1, 1], 1),
+            );
+        }
+        // im2col: the k·k shifted views of the padded input, tap-major, then
+        // channel: `[B, k·k·C, H·W]`, matched by the weight as `[O, ky, kx, C]`.
+        let cols = if k == 1 {
+            x.reshape([b, c, h * w])
+        } else {
+            let xp = x.pad((pad, pad, pad, pad), PadMode::Constant(0.0));
+            let taps = (0..k)
+                .flat_map(|dy| (0..k).map(move |dx| (dy, dx)))
+                .map(|(dy, dx)| xp.clone().narrow(2, dy, h).narrow(3, dx, w))
+                .collect();
+            Tensor::cat(taps, 1).reshape([b, k * k * c, h * w])
+        };
+        let wm = self
+            .weight
+            .val()
+            .permute([0, 2, 3, 1])
+            .reshape([1, o, k * k * c]);
+        (wm.matmul(cols) + self.bias.val().reshape([1, o, 1])).reshape([b, o, h, w])
     }
 }
 
@@ -226,6 +264,8 @@ impl Linear {
     }
     fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
         let out = self.bias.dims()[0];
+        let [n, inp] = x.dims();
+        count_flops(2 * n * inp * out);
         x.matmul(self.weight.val().transpose()) + self.bias.val().reshape([1, out])
     }
     fn forward3(&self, x: Tensor<3>) -> Tensor<3> {
@@ -433,6 +473,7 @@ impl AttentionBlock {
             ],
             2,
         );
+        count_flops(2 * 2 * b * heads * t * (ctx + t) * d);
         let weights = softmax(q.swap_dims(1, 2).matmul(k), 2); // [bh, t, ctx + t]
         let a = v.matmul(weights.swap_dims(1, 2)); // [bh, d, t]
         x + self.proj_out.forward(a.reshape([b, c, h, w]))
@@ -485,6 +526,7 @@ impl XfBlock {
         let q = qkv.clone().narrow(3, 0, d) * s;
         let k = qkv.clone().narrow(3, d, d) * s;
         let v = qkv.narrow(3, 2 * d, d);
+        count_flops(2 * 2 * b * heads * t * t * d);
         let a = softmax(q.matmul(k.swap_dims(2, 3)), 3).matmul(v); // [b, heads, t, d]
         let a = a.swap_dims(1, 2).reshape([b, t, w]);
         let x = x + self.c_proj.forward3(a);
@@ -814,5 +856,80 @@ impl Glide {
             hcur = blk.forward(Tensor::cat(vec![hcur, s], 1), &emb, &xf_out);
         }
         self.out_conv.forward(silu(self.out_norm.group(hcur)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    }
+
+    fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        a.iter()
+            .zip(b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+    }
+
+    /// The GEMM conv and burn's conv2d agree in value and in all three
+    /// gradients, for 3×3 and 1×1 kernels and odd sizes.
+    #[test]
+    fn gemm_conv_matches_burn_conv_forward_and_backward() {
+        let dev = Device::flex().autodiff();
+        for (b, cin, cout, k, h, w) in [(2, 3, 5, 3, 7, 9), (1, 6, 4, 1, 5, 3), (3, 4, 7, 3, 4, 4)]
+        {
+            let x = engine::rng::randn(b * cin * h * w, 11, 0);
+            let wt = engine::rng::randn(cout * cin * k * k, 12, 0);
+            let bias = engine::rng::randn(cout, 13, 0);
+            let up = engine::rng::randn(b * cout * h * w, 14, 0);
+            let run = |gemm: bool| {
+                CONV_AS_GEMM.store(gemm, Ordering::Relaxed);
+                let xt = Tensor::<4>::from_data(TensorData::new(x.clone(), [b, cin, h, w]), &dev)
+                    .require_grad();
+                let conv = Conv {
+                    weight: Param::from_tensor(Tensor::<4>::from_data(
+                        TensorData::new(wt.clone(), [cout, cin, k, k]),
+                        &dev,
+                    )),
+                    bias: Param::from_tensor(Tensor::<1>::from_data(
+                        TensorData::new(bias.clone(), [cout]),
+                        &dev,
+                    )),
+                    conv1d: false,
+                };
+                let out = conv.forward(xt.clone());
+                let upstream =
+                    Tensor::<4>::from_data(TensorData::new(up.clone(), [b, cout, h, w]), &dev);
+                let grads = (out.clone() * upstream).sum().backward();
+                let g = |t: Tensor<4>| values(t.grad(&grads).expect("gradient"));
+                (
+                    values(out),
+                    g(xt),
+                    g(conv.weight.val()),
+                    values(conv.bias.val().grad(&grads).expect("bias gradient")),
+                )
+            };
+            let (gemm, burn) = (run(true), run(false));
+            CONV_AS_GEMM.store(true, Ordering::Relaxed);
+            for (what, a, r) in [
+                ("output", &gemm.0, &burn.0),
+                ("input gradient", &gemm.1, &burn.1),
+                ("weight gradient", &gemm.2, &burn.2),
+                ("bias gradient", &gemm.3, &burn.3),
+            ] {
+                let e = max_rel_err(a, r);
+                assert!(
+                    e < 1e-5,
+                    "{what} of a {k}x{k} conv {b}x{cin}x{h}x{w}: rel err {e}"
+                );
+            }
+        }
     }
 }

@@ -15,8 +15,8 @@ use engine::glide::tokenizer::{pad_tokens, GlideTokenizer};
 use crate::emoji::Emoji;
 use crate::model::{Cond, Glide, Init, WeightMap};
 
-#[derive(clap::Parser)]
-#[command(name = "webglide-train", about = "Train the webglide demo model")]
+/// The training run's options (`webglide-train --kind … --out …`).
+#[derive(clap::Args)]
 pub struct Args {
     /// base, upsample or base-inpaint.
     #[arg(long, default_value = "base")]
@@ -26,7 +26,7 @@ pub struct Args {
     pub config: Option<std::path::PathBuf>,
     /// Checkpoint/output folder (resumes from it when it holds a checkpoint).
     #[arg(long)]
-    pub out: std::path::PathBuf,
+    pub out: Option<std::path::PathBuf>,
     /// Stop after this many optimizer steps (in total, counting resumed ones)...
     #[arg(long, default_value_t = 100_000)]
     pub steps: u64,
@@ -66,6 +66,16 @@ pub struct Args {
     /// training of the upsampler possible at all.
     #[arg(long)]
     pub crop: Option<usize>,
+    /// Base models: train on N×N images instead of the config's size (a
+    /// resolution curriculum: the UNet is convolutional and its attention
+    /// levels are counted in downsampling steps, so a 32-px stage costs a
+    /// quarter of a 64-px one and its weights carry over unchanged).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Min-SNR-γ weighting of the eps loss (weight min(SNR, γ)/SNR per
+    /// sample; Hang et al. 2023); 0 = the plain mean as released.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_snr: f64,
     /// Start a new run from these weights (e.g. a trained base for
     /// base-inpaint): tensors of equal shape are copied; the first conv's
     /// extra input channels (the inpainting image and mask) start at zero.
@@ -119,6 +129,8 @@ pub struct Data {
     pub shapes_share: f32,
     /// Upsampler: random crops of this size instead of whole images.
     pub crop: Option<usize>,
+    /// Base models: the training image size, when not the config's.
+    pub size: Option<usize>,
 }
 
 impl Data {
@@ -127,6 +139,7 @@ impl Data {
             emoji: None,
             shapes_share: 1.0,
             crop: None,
+            size: None,
         }
     }
 }
@@ -175,7 +188,16 @@ pub fn make_batch(
     b: usize,
     drop: f32,
 ) -> Result<Batch> {
-    let s = cfg.image_size;
+    let s = match data.size {
+        Some(n) if cfg.super_res || !(16..=cfg.image_size).contains(&n) || !n.is_multiple_of(8) => {
+            bail!(
+                "--size {n}: base models only, a multiple of 8 from 16 to {}",
+                cfg.image_size
+            )
+        }
+        Some(n) => n,
+        None => cfg.image_size,
+    };
     let crop = match data.crop {
         Some(c) if !cfg.super_res || c == 0 || c > s || c % 32 != 0 => {
             bail!("--crop {c}: upsampler only, a multiple of 32 up to {s}")
@@ -212,7 +234,7 @@ pub fn make_batch(
         } else {
             let scene = Scene::random(rng, &|c, sh| !held_out(c, sh));
             // Supersampled to the same 256-px detail as the emoji (64 px: 4×4 samples per pixel).
-            let rgb = render(&scene, s, if cfg.super_res { 2 } else { 4 });
+            let rgb = render(&scene, s, if cfg.super_res { 2 } else { 256 / s });
             (scene.caption(), rgb, None)
         };
         if rng.f32() < drop {
@@ -326,6 +348,7 @@ pub fn loss(
     t: &[usize],
     noise: Tensor<4>,
     dev: &Device,
+    min_snr: Option<f64>,
 ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
     let cfg = &model.config;
     let (b, s) = (t.len(), batch.size);
@@ -364,7 +387,24 @@ pub fn loss(
     let out = model.forward(x_t.clone(), ts, &cond);
     let eps = out.clone().narrow(1, 0, 3);
     let v = out.narrow(1, 3, 3);
-    let mse = (eps.clone() - noise).powi_scalar(2).mean();
+    let mse = match min_snr {
+        None => (eps.clone() - noise).powi_scalar(2).mean(),
+        Some(gamma) => {
+            let w: Vec<f32> = t
+                .iter()
+                .map(|&i| {
+                    let snr = ac[i] / (1.0 - ac[i]);
+                    (snr.min(gamma) / snr) as f32
+                })
+                .collect();
+            let per_sample = (eps.clone() - noise)
+                .powi_scalar(2)
+                .reshape([b, 3 * s * s])
+                .mean_dim(1);
+            (per_sample * Tensor::<1>::from_data(TensorData::new(w, [b]), dev).reshape([b, 1]))
+                .mean()
+        }
+    };
     // Variational bound on the variance only: the mean uses a detached eps.
     let recip = coef(
         t.iter().map(|&i| (1.0 / ac[i]).sqrt() as f32).collect(),
@@ -435,10 +475,30 @@ pub fn read_safetensors(path: &Path) -> Result<WeightMap> {
     Ok(map)
 }
 
+/// What a checkpoint folder's `state.json` records.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct State {
-    step: u64,
-    kind: String,
+pub struct State {
+    pub step: u64,
+    pub kind: String,
+    /// Training samples seen so far (older checkpoints did not count them).
+    #[serde(default)]
+    pub samples: u64,
+}
+
+/// The autodiff device for `--device cpu|gpu`.
+pub fn device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::flex(),
+        "gpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        d => bail!("--device {d}: cpu or gpu"),
+    }
+    .autodiff())
+}
+
+/// A batch with its timesteps, made ahead on another thread.
+struct Prepared {
+    batch: Batch,
+    t: Vec<usize>,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -453,15 +513,13 @@ pub fn run(args: &Args) -> Result<()> {
     if args.batch == 0 || args.batch > 256 || !(args.lr > 0.0 && args.lr < 1.0) {
         bail!("--batch 1..=256 and 0 < --lr < 1");
     }
-    let dev = match args.device.as_str() {
-        "cpu" => Device::flex(),
-        "gpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-        d => bail!("--device {d}: cpu or gpu"),
-    }
-    .autodiff();
+    let dev = device(&args.device)?;
     dev.seed(args.seed);
-    std::fs::create_dir_all(&args.out)?;
-    let out = &args.out;
+    let out = args
+        .out
+        .as_ref()
+        .context("--out DIR: the run's checkpoint folder is required")?;
+    std::fs::create_dir_all(out)?;
     if !(0.0..=1.0).contains(&args.shapes_share) {
         bail!("--shapes-share is a probability (0..=1)");
     }
@@ -469,6 +527,7 @@ pub fn run(args: &Args) -> Result<()> {
         emoji: args.emoji.as_deref().map(Emoji::load).transpose()?,
         shapes_share: args.shapes_share,
         crop: args.crop,
+        size: args.size,
     };
     if let Some(e) = &data.emoji {
         eprintln!(
@@ -486,19 +545,33 @@ pub fn run(args: &Args) -> Result<()> {
 
     let state_path = out.join("state.json");
     let resume = state_path.exists();
-    let (mut model, mut optim, mut ema, mut step) = if resume {
+    // A checkpoint folder holds state.json + ema.safetensors at least (what is
+    // committed to continue on a new machine); model.safetensors and the
+    // optimizer moments when the run was on this machine.
+    let (mut model, mut optim, mut ema, mut step, mut samples) = if resume {
         let st: State = serde_json::from_slice(&std::fs::read(&state_path)?)?;
         if st.kind != kind {
             bail!("{} holds a '{}' checkpoint", out.display(), st.kind);
         }
-        let weights = read_safetensors(&out.join("model.safetensors"))?;
-        let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
-        let optim = AdamWConfig::new()
-            .with_weight_decay(0.0)
-            .init()
-            .load(out.join("optim.bpk"))
-            .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
         let ema = read_safetensors(&out.join("ema.safetensors"))?;
+        let live = out.join("model.safetensors");
+        let weights = if live.exists() {
+            read_safetensors(&live)?
+        } else {
+            eprintln!("no model.safetensors: continuing from the EMA weights");
+            ema.clone()
+        };
+        let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
+        let optim_path = out.join("optim.bpk");
+        let optim = AdamWConfig::new().with_weight_decay(0.0).init();
+        let optim = if optim_path.exists() {
+            optim
+                .load(optim_path)
+                .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?
+        } else {
+            eprintln!("no optimizer state: fresh AdamW moments");
+            optim
+        };
         let order = model.export();
         let ema: Vec<_> = order
             .into_iter()
@@ -511,7 +584,7 @@ pub fn run(args: &Args) -> Result<()> {
             })
             .collect::<Result<_>>()?;
         eprintln!("resuming {} at step {}", out.display(), st.step);
-        (model, optim, ema, st.step)
+        (model, optim, ema, st.step, st.samples)
     } else {
         let mut model = Glide::new(&cfg, &Init::Train, &dev)?;
         if let Some(p) = &args.init {
@@ -521,7 +594,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
         let ema = model.export();
         let optim = AdamWConfig::new().with_weight_decay(0.0).init();
-        (model, optim, ema, 0)
+        (model, optim, ema, 0, 0)
     };
     let params: usize = ema
         .iter()
@@ -534,8 +607,10 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} lr {} device {} resume {resume} emoji {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} min_snr {} lr {} device {} resume {resume} emoji {} shapes_share {} crop {} init {}",
         args.batch,
+        args.size.unwrap_or(cfg.image_size),
+        args.min_snr,
         args.lr,
         args.device,
         data.emoji.as_ref().map_or(0, |e| e.entries.len()),
@@ -555,7 +630,8 @@ pub fn run(args: &Args) -> Result<()> {
     let save = |model: &Glide,
                 optim: &burn::optim::ModuleOptimizer,
                 ema: &[(String, Vec<usize>, Vec<f32>)],
-                step: u64|
+                step: u64,
+                samples: u64|
      -> Result<()> {
         write_safetensors(&out.join("model.safetensors"), &model.export())?;
         write_safetensors(&out.join("ema.safetensors"), ema)?;
@@ -567,58 +643,80 @@ pub fn run(args: &Args) -> Result<()> {
             serde_json::to_vec(&State {
                 step,
                 kind: kind.into(),
+                samples,
             })?,
         )?;
         Ok(())
     };
     const EMA_EVERY: u64 = 10;
-    while step < args.steps && started.elapsed().as_secs_f64() < args.minutes * 60.0 {
-        let batch = make_batch(&cfg, &tok, &data, &mut rng, args.batch, args.drop_caption)?;
-        let t: Vec<usize> = (0..args.batch).map(|_| rng.below(t_max)).collect();
-        let s = batch.size;
-        let noise = Tensor::<4>::random(
-            [args.batch, 3, s, s],
-            burn::tensor::Distribution::Normal(0.0, 1.0),
-            &dev,
-        );
-        let (total, mse, vb) = loss(&model, &sched, &batch, &t, noise, &dev);
-        let grads = total.backward();
-        let grads = GradientsParams::from_grads(grads, &model);
-        let lr = args.lr * ((step + 1) as f64 / args.warmup.max(1) as f64).min(1.0);
-        model = optim.step(lr, model, grads);
-        step += 1;
-        for (i, v) in [total, mse, vb].into_iter().enumerate() {
-            acc[i] += v.into_scalar::<f32>() as f64;
-        }
-        n_acc += 1;
-        if step % EMA_EVERY == 0 {
-            let d = args
-                .ema
-                .min((1.0 + step as f64) / (10.0 + step as f64))
-                .powi(EMA_EVERY as i32) as f32;
-            for (e, (_, _, cur)) in ema.iter_mut().zip(model.export()) {
-                for (a, b) in e.2.iter_mut().zip(cur) {
-                    *a = d * *a + (1.0 - d) * b;
+    let min_snr = (args.min_snr > 0.0).then_some(args.min_snr);
+    let deadline = args.minutes * 60.0;
+    // Batches are drawn on another thread while the backend computes.
+    model = std::thread::scope(|scope| -> Result<Glide> {
+        let mut model = model;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared>>(2);
+        let (cfg, tok, data) = (&cfg, &tok, &data);
+        let (batch_size, drop_caption) = (args.batch, args.drop_caption);
+        scope.spawn(move || loop {
+            let prepared =
+                make_batch(cfg, tok, data, &mut rng, batch_size, drop_caption).map(|batch| {
+                    let t = (0..batch_size).map(|_| rng.below(t_max)).collect();
+                    Prepared { batch, t }
+                });
+            if tx.send(prepared).is_err() {
+                break; // the loop below is done
+            }
+        });
+        while step < args.steps && started.elapsed().as_secs_f64() < deadline {
+            let Prepared { batch, t } = rx.recv()??;
+            let s = batch.size;
+            let noise = Tensor::<4>::random(
+                [args.batch, 3, s, s],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                &dev,
+            );
+            let (total, mse, vb) = loss(&model, &sched, &batch, &t, noise, &dev, min_snr);
+            let grads = total.backward();
+            let grads = GradientsParams::from_grads(grads, &model);
+            let lr = args.lr * ((step + 1) as f64 / args.warmup.max(1) as f64).min(1.0);
+            model = optim.step(lr, model, grads);
+            step += 1;
+            samples += args.batch as u64;
+            for (i, v) in [total, mse, vb].into_iter().enumerate() {
+                acc[i] += v.into_scalar::<f32>() as f64;
+            }
+            n_acc += 1;
+            if step % EMA_EVERY == 0 {
+                let d = args
+                    .ema
+                    .min((1.0 + step as f64) / (10.0 + step as f64))
+                    .powi(EMA_EVERY as i32) as f32;
+                for (e, (_, _, cur)) in ema.iter_mut().zip(model.export()) {
+                    for (a, b) in e.2.iter_mut().zip(cur) {
+                        *a = d * *a + (1.0 - d) * b;
+                    }
                 }
             }
+            if step % 20 == 0 {
+                let line = format!(
+                    "step {step} samples {samples} size {s} loss {:.5} mse {:.5} vb {:.5} elapsed {:.0}s",
+                    acc[0] / n_acc as f64,
+                    acc[1] / n_acc as f64,
+                    acc[2] / n_acc as f64,
+                    started.elapsed().as_secs_f64()
+                );
+                eprintln!("{line}");
+                writeln!(log, "{line}")?;
+                (acc, n_acc) = ([0f64; 3], 0);
+            }
+            if step % args.save_every == 0 {
+                save(&model, &optim, &ema, step, samples)?;
+            }
         }
-        if step % 20 == 0 {
-            let line = format!(
-                "step {step} loss {:.5} mse {:.5} vb {:.5} elapsed {:.0}s",
-                acc[0] / n_acc as f64,
-                acc[1] / n_acc as f64,
-                acc[2] / n_acc as f64,
-                started.elapsed().as_secs_f64()
-            );
-            eprintln!("{line}");
-            writeln!(log, "{line}")?;
-            (acc, n_acc) = ([0f64; 3], 0);
-        }
-        if step % args.save_every == 0 {
-            save(&model, &optim, &ema, step)?;
-        }
-    }
-    save(&model, &optim, &ema, step)?;
+        drop(rx); // ends the batch thread
+        Ok(model)
+    })?;
+    save(&model, &optim, &ema, step, samples)?;
     // The deliverable: EMA weights with the official names + the kwargs.
     write_safetensors(&out.join("weights.safetensors"), &ema)?;
     eprintln!(
@@ -707,6 +805,70 @@ mod tests {
                 assert!(b.keep.contains(&0.0) && b.keep.contains(&1.0));
             }
         }
+    }
+
+    #[test]
+    fn curriculum_sizes_render_smaller_base_batches() {
+        let tok = tokenizer().unwrap();
+        let mut rng = Rng(9);
+        let cfg = demo_config("base-inpaint").unwrap();
+        let data = Data {
+            size: Some(32),
+            ..Data::shapes()
+        };
+        let b = make_batch(&cfg, &tok, &data, &mut rng, 2, 0.0).unwrap();
+        assert_eq!(
+            (b.size, b.x0.len(), b.keep.len()),
+            (32, 2 * 3 * 32 * 32, 2 * 32 * 32)
+        );
+        // Scenes are drawn: not every pixel is the white background.
+        assert!(b.x0.iter().any(|&v| v < 0.5));
+        for bad in [12, 36, 128] {
+            let d = Data {
+                size: Some(bad),
+                ..Data::shapes()
+            };
+            assert!(
+                make_batch(&cfg, &tok, &d, &mut rng, 1, 0.0).is_err(),
+                "{bad}"
+            );
+        }
+        let up = demo_config("upsample").unwrap();
+        assert!(make_batch(&up, &tok, &data, &mut rng, 1, 0.0).is_err());
+    }
+
+    /// Min-SNR weighting only rescales the eps loss per sample: with γ above
+    /// every SNR of the batch it is the plain mean, and it never raises a term.
+    #[test]
+    fn min_snr_weighting() {
+        let dev = Device::flex().autodiff();
+        let cfg = demo_config("base").unwrap();
+        let model = Glide::new(&cfg, &crate::model::Init::Random, &dev).unwrap();
+        let tok = tokenizer().unwrap();
+        let data = Data {
+            size: Some(16),
+            ..Data::shapes()
+        };
+        let batch = make_batch(&cfg, &tok, &data, &mut Rng(4), 2, 0.0).unwrap();
+        let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, "1000").unwrap();
+        // t = 900 and 950: SNR far below 5, so γ = 5 leaves both weights at 1.
+        let t = [900, 950];
+        let noise = || {
+            Tensor::<4>::from_data(
+                TensorData::new(engine::rng::randn(2 * 3 * 16 * 16, 5, 0), [2, 3, 16, 16]),
+                &dev,
+            )
+        };
+        let mse = |g: Option<f64>, t: &[usize]| {
+            loss(&model, &sched, &batch, t, noise(), &dev, g)
+                .1
+                .into_scalar::<f32>()
+        };
+        let plain = mse(None, &t);
+        assert!((mse(Some(5.0), &t) - plain).abs() <= 1e-6 * plain.abs().max(1.0));
+        // t = 5: SNR in the thousands, the weight is γ/SNR ≪ 1.
+        let low = [5, 5];
+        assert!(mse(Some(5.0), &low) < 0.05 * mse(None, &low));
     }
 
     #[test]

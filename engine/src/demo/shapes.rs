@@ -343,6 +343,21 @@ pub fn detect(rgb: &[u8], size: usize) -> Vec<Found> {
     found
 }
 
+/// The evaluation prompts: `n` random scenes that each hold at least one
+/// held-out colour–shape pair (never an exact training caption), the same
+/// for a given seed in every tool that evaluates.
+pub fn eval_scenes(n: usize, seed: u64) -> Vec<Scene> {
+    let mut rng = Rng(seed ^ 0x5eed);
+    (0..n)
+        .map(|_| loop {
+            let s = Scene::random(&mut rng, &|_, _| true);
+            if s.objects.iter().any(|o| held_out(o.color, o.shape)) {
+                break s;
+            }
+        })
+        .collect()
+}
+
 /// Per-caption scores in [0, 1] (relation: None when the caption has none).
 #[derive(Clone, Debug, Default)]
 pub struct Score {
@@ -350,6 +365,10 @@ pub struct Score {
     pub shape: f32,
     pub binding: f32,
     pub relation: Option<f32>,
+    /// 1 when the image is the caption: every object with its colour and
+    /// shape, the relation (if any) holding, and no object the caption
+    /// does not name; else 0.
+    pub exact: f32,
 }
 
 /// Scores an image against the scene its caption describes.
@@ -390,11 +409,17 @@ pub fn score(scene: &Scene, found: &[Found]) -> Score {
             _ => 0.0,
         }
     });
+    let named = |f: &Found| {
+        objs.iter()
+            .any(|o| f.color == o.color && f.shape == o.shape)
+    };
+    let exact = binding == 1.0 && relation.unwrap_or(1.0) == 1.0 && found.iter().all(named);
     Score {
         color,
         shape,
         binding,
         relation,
+        exact: if exact { 1.0 } else { 0.0 },
     }
 }
 
@@ -422,13 +447,14 @@ mod tests {
     #[test]
     fn checker_parses_rendered_scenes() {
         let mut rng = Rng(7);
-        let (mut bind, mut rel, mut nrel) = (0.0, 0.0, 0.0);
+        let (mut bind, mut rel, mut nrel, mut exact) = (0.0, 0.0, 0.0, 0.0);
         let n = 300;
         for _ in 0..n {
             let s = Scene::random(&mut rng, &|_, _| true);
             let img = box_down(&render(&s, 256, 1), 256, 4);
             let sc = score(&s, &detect(&img, 64));
             bind += sc.binding;
+            exact += sc.exact;
             if let Some(r) = sc.relation {
                 rel += r;
                 nrel += 1.0;
@@ -437,10 +463,31 @@ mod tests {
         let (bind, rel) = (bind / n as f32, rel / nrel);
         assert!(bind > 0.95, "binding accuracy on clean renders {bind}");
         assert!(rel > 0.95, "relation accuracy on clean renders {rel}");
+        let exact = exact / n as f32;
+        assert!(exact > 0.9, "exact matches of clean renders {exact}");
+        // A scene with an object the caption does not name is no exact match.
+        let mut two = Scene::random(&mut rng, &|_, _| true);
+        while two.objects.len() < 2 {
+            two = Scene::random(&mut rng, &|_, _| true);
+        }
+        let img = box_down(&render(&two, 256, 1), 256, 4);
+        let mut one = two.clone();
+        one.objects.truncate(1);
+        one.relation = None;
+        let (full, partial) = (
+            score(&two, &detect(&img, 64)),
+            score(&one, &detect(&img, 64)),
+        );
+        if full.exact == 1.0 {
+            assert_eq!(partial.exact, 0.0, "an unnamed extra object went unnoticed");
+        }
         // A blank image scores zero.
         let s = Scene::random(&mut rng, &|_, _| true);
         let blank = vec![255u8; 64 * 64 * 3];
         let sc = score(&s, &detect(&blank, 64));
-        assert_eq!((sc.color, sc.shape, sc.binding), (0.0, 0.0, 0.0));
+        assert_eq!(
+            (sc.color, sc.shape, sc.binding, sc.exact),
+            (0.0, 0.0, 0.0, 0.0)
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! start/end tokens, truncate to the first `ctx` ids, pad with 50256.
 
 use std::collections::HashMap;
-use std::io::Read;
 
+use crate::bpe::{bpe_merge, bytes_to_unicode, gunzip};
 use crate::error::{Error, Result};
 
 pub const END_TOKEN: u32 = 50256;
@@ -14,36 +14,6 @@ pub struct GlideTokenizer {
     ranks: HashMap<(String, String), usize>,
     byte_to_char: [char; 256],
     pattern: regex::Regex,
-}
-
-fn gunzip(bytes: &[u8], what: &str) -> Result<String> {
-    let mut s = String::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_string(&mut s)
-        .map_err(|e| Error::Invalid(format!("{what}: not a gzip'd UTF-8 file ({e})")))?;
-    Ok(s)
-}
-
-/// GPT-2's reversible byte → printable-unicode map.
-fn bytes_to_unicode() -> [char; 256] {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut chars: Vec<u32> = printable.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !printable.contains(&b) {
-            printable.push(b);
-            chars.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut map = ['\0'; 256];
-    for (b, c) in printable.iter().zip(chars) {
-        map[*b as usize] = char::from_u32(c).unwrap();
-    }
-    map
 }
 
 impl GlideTokenizer {
@@ -107,32 +77,7 @@ impl GlideTokenizer {
     }
 
     fn bpe(&self, word: &str) -> Vec<String> {
-        let mut parts: Vec<String> = word.chars().map(|c| c.to_string()).collect();
-        while parts.len() > 1 {
-            let best = (0..parts.len() - 1)
-                .filter_map(|i| {
-                    self.ranks
-                        .get(&(parts[i].clone(), parts[i + 1].clone()))
-                        .map(|&r| (r, i))
-                })
-                .min();
-            let Some((_, i)) = best else { break };
-            let (a, b) = (parts[i].clone(), parts[i + 1].clone());
-            // Merge every occurrence of the pair, left to right (as bpe.py does).
-            let mut merged = Vec::with_capacity(parts.len());
-            let mut j = 0;
-            while j < parts.len() {
-                if j + 1 < parts.len() && parts[j] == a && parts[j + 1] == b {
-                    merged.push(format!("{a}{b}"));
-                    j += 2;
-                } else {
-                    merged.push(parts[j].clone());
-                    j += 1;
-                }
-            }
-            parts = merged;
-        }
-        parts
+        bpe_merge(word.chars().map(|c| c.to_string()).collect(), &self.ranks)
     }
 
     pub fn encode(&self, text: &str) -> Vec<u32> {

@@ -1,0 +1,234 @@
+//! `webglide-train eval`: the shapes evaluation of `webglide eval shapes`
+//! (same prompts, same checker, DDIM with classifier-free guidance as the
+//! engine samples it) run on the CPU through burn, so a training run can be
+//! measured in minutes on a machine whose Vulkan is a CPU emulation.
+//! The numbers that ship are the engine's (`webglide eval shapes`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use engine::demo::shapes::{detect, eval_scenes, score};
+use engine::glide::model::GlideConfig;
+use engine::glide::schedule::Schedule;
+use engine::glide::tokenizer::pad_tokens;
+
+use crate::model::{Cond, Glide, Init};
+use crate::train::{read_safetensors, tokenizer};
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A run folder (its ema.safetensors and config.json) ...
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    /// ... or a weights file with --config.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    pub n: usize,
+    /// Guidance scales, comma-separated (0 = the conditional model alone).
+    #[arg(long, default_value = "0,3")]
+    pub guidance: String,
+    /// Respacing of the DDIM sampler.
+    #[arg(long, default_value = "ddim25")]
+    pub steps: String,
+    /// Image side (the base's 64 unless a curriculum stage is evaluated).
+    #[arg(long)]
+    pub size: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images per forward batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// A PNG with the first 8 images of every guidance scale (one row each).
+    #[arg(long)]
+    pub grid: Option<PathBuf>,
+}
+
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let (weights, config) = match (&args.run, &args.weights, &args.config) {
+        (Some(r), None, None) => (r.join("ema.safetensors"), r.join("config.json")),
+        (None, Some(w), Some(c)) => (w.clone(), c.clone()),
+        _ => bail!("give --run DIR, or --weights FILE with --config FILE"),
+    };
+    let cfg: GlideConfig = serde_json::from_slice(
+        &std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?,
+    )?;
+    if cfg.super_res || cfg.inpaint {
+        bail!("the shapes evaluation is for base models");
+    }
+    if args.n == 0 || args.n > 10_000 || args.batch == 0 || args.batch > 256 {
+        bail!("--n 1..=10000, --batch 1..=256");
+    }
+    let size = args.size.unwrap_or(cfg.image_size);
+    if !(16..=256).contains(&size) || !size.is_multiple_of(8) {
+        bail!("--size {size}: a multiple of 8 from 16 to 256");
+    }
+    let guidance: Vec<f32> = args
+        .guidance
+        .split(',')
+        .map(|g| g.trim().parse::<f32>().context("--guidance: numbers"))
+        .collect::<Result<_>>()?;
+    if guidance.iter().any(|g| !(0.0..=100.0).contains(g)) {
+        bail!("--guidance scales lie in 0..=100");
+    }
+    let dev = Device::flex();
+    dev.seed(args.seed);
+    let model = Glide::new(&cfg, &Init::From(&read_safetensors(&weights)?), &dev)?;
+    let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, &args.steps)?;
+    let scenes = eval_scenes(args.n, args.seed);
+    let tok = tokenizer()?;
+    println!(
+        "{} prompts with held-out colour–shape pairs, DDIM {} at {size} px (burn, CPU), {}",
+        args.n,
+        args.steps,
+        weights.display()
+    );
+    println!(
+        "{:>8} {:>8} {:>8} {:>8} {:>9} {:>6}",
+        "guidance", "colour", "shape", "binding", "relation", "exact"
+    );
+    let mut grid_rows = Vec::new();
+    for &g in &guidance {
+        let (mut sum, mut rel, mut nrel) = ([0f32; 4], 0f32, 0f32);
+        let mut row = Vec::new();
+        for chunk in scenes.chunks(args.batch) {
+            let captions: Vec<String> = chunk.iter().map(|s| s.caption()).collect();
+            let rgb = sample(&model, &sched, &tok, &captions, g, size, &dev)?;
+            for (scene, img) in chunk.iter().zip(rgb) {
+                let sc = score(scene, &detect(&img, size));
+                sum[0] += sc.color;
+                sum[1] += sc.shape;
+                sum[2] += sc.binding;
+                sum[3] += sc.exact;
+                if let Some(r) = sc.relation {
+                    rel += r;
+                    nrel += 1.0;
+                }
+                if row.len() < 8 {
+                    row.push(img);
+                }
+            }
+        }
+        let m = args.n as f32;
+        println!(
+            "{g:>8.1} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>6.3}",
+            sum[0] / m,
+            sum[1] / m,
+            sum[2] / m,
+            if nrel > 0.0 {
+                format!("{:.3}", rel / nrel)
+            } else {
+                "-".into()
+            },
+            sum[3] / m
+        );
+        grid_rows.push(row);
+    }
+    if let Some(path) = &args.grid {
+        write_grid(path, &grid_rows, size)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// DDIM (η = 0) from pure noise with classifier-free guidance on eps, as
+/// GLIDE's notebook model_fn: cond and uncond halves in one batch, the
+/// guided eps for both, x0 clipped to [-1, 1]. Returns RGB8 images.
+pub fn sample(
+    model: &Glide,
+    sched: &Schedule,
+    tok: &engine::glide::tokenizer::GlideTokenizer,
+    captions: &[String],
+    guidance: f32,
+    size: usize,
+    dev: &Device,
+) -> Result<Vec<Vec<u8>>> {
+    let cfg = &model.config;
+    let n = captions.len();
+    let guided = guidance > 0.0;
+    let rows = if guided { 2 * n } else { n };
+    let (mut tokens, mut mask) = (Vec::new(), Vec::new());
+    let empty = String::new();
+    let texts = captions.iter().chain(std::iter::repeat_n(&empty, rows - n));
+    for text in texts {
+        let (t, m) = pad_tokens(&tok.encode(text), cfg.text_ctx);
+        tokens.extend(t.iter().map(|&v| v as i64));
+        mask.extend(m.iter().map(|&v| v as f32));
+    }
+    let cond = Cond {
+        tokens: Tensor::<2, Int>::from_data(TensorData::new(tokens, [rows, cfg.text_ctx]), dev),
+        mask: Tensor::<2>::from_data(TensorData::new(mask, [rows, cfg.text_ctx]), dev),
+        low_res: None,
+        inpaint: None,
+    };
+    let mut x = Tensor::<4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), dev);
+    for i in (0..sched.len()).rev() {
+        let c = sched.coeffs(i, 0.0);
+        let t = Tensor::<1>::from_data(
+            TensorData::new(vec![sched.timestep_map[i] as f32; rows], [rows]),
+            dev,
+        );
+        let input = if guided {
+            Tensor::cat(vec![x.clone(), x.clone()], 0)
+        } else {
+            x.clone()
+        };
+        let eps_all = model.forward(input, t, &cond).narrow(1, 0, 3);
+        let eps = if guided {
+            let (e_cond, e_uncond) = (eps_all.clone().narrow(0, 0, n), eps_all.narrow(0, n, n));
+            e_uncond.clone() + (e_cond - e_uncond) * guidance as f64
+        } else {
+            eps_all
+        };
+        let x0 =
+            (x.clone() * c.sqrt_recip_ac as f64 - eps * c.sqrt_recipm1_ac as f64).clamp(-1.0, 1.0);
+        let eps = (x * c.sqrt_recip_ac as f64 - x0.clone()) / c.sqrt_recipm1_ac as f64;
+        x = x0 * c.sqrt_ac_prev as f64 + eps * c.ddim_eps_coef as f64;
+    }
+    let v: Vec<f32> = x
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let plane = size * size;
+    Ok(v.chunks(3 * plane)
+        .map(|img| {
+            (0..plane)
+                .flat_map(|p| {
+                    (0..3).map(move |ch| {
+                        ((img[ch * plane + p] + 1.0) * 127.5)
+                            .round()
+                            .clamp(0.0, 255.0) as u8
+                    })
+                })
+                .collect()
+        })
+        .collect())
+}
+
+fn write_grid(path: &std::path::Path, rows: &[Vec<Vec<u8>>], size: usize) -> Result<()> {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+    let (w, h) = (cols * size, rows.len().max(1) * size);
+    let mut img = vec![255u8; w * h * 3];
+    for (ri, row) in rows.iter().enumerate() {
+        for (ci, tile) in row.iter().enumerate() {
+            for y in 0..size {
+                let dst = ((ri * size + y) * w + ci * size) * 3;
+                img[dst..dst + size * 3].copy_from_slice(&tile[y * size * 3..(y + 1) * size * 3]);
+            }
+        }
+    }
+    let tmp = path.with_extension("partial");
+    {
+        let file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut enc = png::Encoder::new(file, w as u32, h as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.write_header()?.write_image_data(&img)?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! `webglide-train` end to end on tiny sizes: a short run, resume from an
+//! EMA-only folder (what is committed to continue on a new machine), the
+//! CPU eval and the bench, and their argument errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn train(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_webglide-train"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn step_of(dir: &Path) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
+    v["step"].as_u64().unwrap()
+}
+
+#[test]
+fn train_resume_from_ema_eval_and_bench() {
+    let dir = std::env::temp_dir().join(format!("webglide-train-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let run = |steps: &str| {
+        train(&[
+            "--kind",
+            "base",
+            "--out",
+            d,
+            "--steps",
+            steps,
+            "--batch",
+            "1",
+            "--size",
+            "16",
+            "--min-snr",
+            "5",
+            "--warmup",
+            "1",
+            "--save-every",
+            "1",
+        ])
+    };
+    let out = run("2");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(step_of(&dir), 2);
+    assert!(dir.join("weights.safetensors").exists());
+
+    // A committed checkpoint holds state.json + ema.safetensors only.
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    std::fs::remove_file(dir.join("optim.bpk")).unwrap();
+    let out = run("3");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("continuing from the EMA weights") && t.contains("fresh AdamW moments"),
+        "{t}"
+    );
+    assert_eq!(step_of(&dir), 3);
+
+    let out = train(&[
+        "eval",
+        "--run",
+        d,
+        "--n",
+        "2",
+        "--guidance",
+        "0,3",
+        "--steps",
+        "ddim2",
+        "--size",
+        "16",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let rows: Vec<&str> = t
+        .lines()
+        .filter(|l| l.trim_start().starts_with(['0', '3']))
+        .collect();
+    assert_eq!(rows.len(), 2, "{t}");
+    for bad in [["--n", "0"], ["--guidance", "x"], ["--size", "12"]] {
+        let mut args = vec!["eval", "--run", d];
+        args.extend(bad);
+        let out = train(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    }
+
+    let out = train(&["bench", "--batch", "1", "--size", "16", "--steps", "1"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for row in [
+        "cpu matmul",
+        "input gradient",
+        "weight gradient",
+        "samples/s",
+        "% of the matmul rate",
+    ] {
+        assert!(t.contains(row), "no '{row}' in:\n{t}");
+    }
+    let out = train(&["bench", "--conv", "winograd"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    // Training without --out is an error, not a panic.
+    let out = train(&["--kind", "base"]);
+    assert!(
+        out.status.code() == Some(2) && text(&out).contains("--out"),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
