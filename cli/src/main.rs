@@ -274,15 +274,32 @@ fn check_fixture(
             engine::glide::weights::WeightSource::single(&plain)?
         }
     };
-    let report = pollster::block_on(engine::glide::check::check_case(
-        gpu,
-        &read("config.json")?,
-        &source,
-        &read("io.safetensors")?,
-        trace.as_deref(),
-        tol,
-        dtype,
-    ))?;
+    let config = read("config.json")?;
+    // unCLIP's CLIP folder names its class; everything else is a GLIDE case.
+    let is_clip = serde_json::from_slice::<serde_json::Value>(&config)
+        .ok()
+        .and_then(|v| v["class"].as_str().map(|c| c.contains("CLIP")))
+        .unwrap_or(false);
+    let report = if is_clip {
+        pollster::block_on(engine::unclip::check::check_clip_text(
+            gpu,
+            &config,
+            &source,
+            &read("io.safetensors")?,
+            tol,
+            dtype,
+        ))?
+    } else {
+        pollster::block_on(engine::glide::check::check_case(
+            gpu,
+            &config,
+            &source,
+            &read("io.safetensors")?,
+            trace.as_deref(),
+            tol,
+            dtype,
+        ))?
+    };
     println!("{:<64} {:>11} {:>11}", "tensor", "max abs", "rel");
     for r in &report.rows {
         println!(

@@ -12,8 +12,9 @@ use engine::demo::shapes::{detect, eval_scenes, score};
 use engine::glide::model::GlideConfig;
 use engine::glide::schedule::Schedule;
 use engine::glide::tokenizer::pad_tokens;
+use engine::glide::weights::{Manifest, WeightSource};
 
-use crate::model::{Cond, Glide, Init};
+use crate::model::{Cond, Glide, Init, WeightMap};
 use crate::train::{read_safetensors, tokenizer};
 
 #[derive(clap::Args)]
@@ -21,9 +22,12 @@ pub struct EvalArgs {
     /// A run folder (its ema.safetensors and config.json) ...
     #[arg(long)]
     pub run: Option<PathBuf>,
-    /// ... or a weights file with --config.
+    /// ... or a weights file with --config ...
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// ... or a converted model set (e.g. public/models/demo: its base/, q8 dequantised).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[arg(long, default_value_t = 32)]
@@ -48,14 +52,25 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
-    let (weights, config) = match (&args.run, &args.weights, &args.config) {
-        (Some(r), None, None) => (r.join("ema.safetensors"), r.join("config.json")),
-        (None, Some(w), Some(c)) => (w.clone(), c.clone()),
-        _ => bail!("give --run DIR, or --weights FILE with --config FILE"),
-    };
-    let cfg: GlideConfig = serde_json::from_slice(
-        &std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?,
-    )?;
+    let (cfg, weights, source): (GlideConfig, _, PathBuf) =
+        match (&args.run, &args.weights, &args.config, &args.model) {
+            (Some(r), None, None, None) => {
+                let w = r.join("ema.safetensors");
+                (
+                    read_config(&r.join("config.json"))?,
+                    read_safetensors(&w)?,
+                    w,
+                )
+            }
+            (None, Some(w), Some(c), None) => (read_config(c)?, read_safetensors(w)?, w.clone()),
+            (None, None, None, Some(m)) => {
+                let (cfg, map) = read_converted(&m.join("base"))?;
+                (cfg, map, m.join("base"))
+            }
+            _ => bail!(
+                "give --run DIR, --weights FILE with --config FILE, or --model DIR (converted)"
+            ),
+        };
     if cfg.super_res || cfg.inpaint {
         bail!("the shapes evaluation is for base models");
     }
@@ -76,7 +91,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let dev = Device::flex();
     dev.seed(args.seed);
-    let model = Glide::new(&cfg, &Init::From(&read_safetensors(&weights)?), &dev)?;
+    let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
     let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, &args.steps)?;
     let scenes = eval_scenes(args.n, args.seed);
     let tok = tokenizer()?;
@@ -84,7 +99,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         "{} prompts with held-out colour–shape pairs, DDIM {} at {size} px (burn, CPU), {}",
         args.n,
         args.steps,
-        weights.display()
+        source.display()
     );
     println!(
         "{:>8} {:>8} {:>8} {:>8} {:>9} {:>6}",
@@ -132,6 +147,35 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+fn read_config(path: &std::path::Path) -> Result<GlideConfig> {
+    serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{}: not a GLIDE config", path.display()))
+}
+
+/// A `webglide convert` folder (manifest + verified shards) as f32 weights.
+pub fn read_converted(dir: &std::path::Path) -> Result<(GlideConfig, WeightMap)> {
+    let manifest = Manifest::parse(
+        &std::fs::read(dir.join("manifest.json"))
+            .with_context(|| format!("reading {}/manifest.json", dir.display()))?,
+    )?;
+    let mut shards = Vec::new();
+    for s in &manifest.shards {
+        let bytes = std::fs::read(dir.join(&s.file))
+            .with_context(|| format!("reading {}/{}", dir.display(), s.file))?;
+        manifest.verify_shard(&s.file, &bytes)?;
+        shards.push((s.file.clone(), bytes));
+    }
+    let source = WeightSource::shards(manifest.tensors.clone().into_iter().collect(), &shards)?;
+    let map = source
+        .dequantized()?
+        .into_iter()
+        .map(|(n, s, v)| (n, (s, v)))
+        .collect();
+    Ok((manifest.config, map))
 }
 
 /// DDIM (η = 0) from pure noise with classifier-free guidance on eps, as

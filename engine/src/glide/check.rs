@@ -69,7 +69,7 @@ impl Report {
     pub fn ok(&self) -> bool {
         !self.rows.is_empty() && self.rows.iter().all(|r| r.ok)
     }
-    fn push(&mut self, name: impl Into<String>, got: &[f32], want: &[f32], tol: f64) {
+    pub(crate) fn push(&mut self, name: impl Into<String>, got: &[f32], want: &[f32], tol: f64) {
         self.push_amplified(name, got, want, tol, 1.0);
     }
 
@@ -109,10 +109,10 @@ impl Report {
 }
 
 /// Tensors of a safetensors file as f32 (ints and bools converted).
-struct Tensors<'a>(safetensors::SafeTensors<'a>);
+pub(crate) struct Tensors<'a>(safetensors::SafeTensors<'a>);
 
 impl<'a> Tensors<'a> {
-    fn new(bytes: &'a [u8], what: &str) -> Result<Self> {
+    pub(crate) fn new(bytes: &'a [u8], what: &str) -> Result<Self> {
         Ok(Tensors(
             safetensors::SafeTensors::deserialize(bytes)
                 .map_err(|e| Error::Invalid(format!("{what}: {e}")))?,
@@ -121,7 +121,7 @@ impl<'a> Tensors<'a> {
     fn has(&self, name: &str) -> bool {
         self.0.tensor(name).is_ok()
     }
-    fn get(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    pub(crate) fn get(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let t = self
             .0
             .tensor(name)

@@ -20,6 +20,9 @@ pub struct StoredTensor {
     pub shape: Vec<usize>,
 }
 
+/// (name, logical shape, f32 values) of every tensor.
+pub type NamedTensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// Weights as safetensors: one plain file (f32/f16/bf16 with the official
 /// names) or converted shards where matmul weights may be stored pre-packed
 /// (`webglide convert`; q8/q4 as u32 words `[rows, row_words]`).
@@ -71,6 +74,53 @@ impl<'a> WeightSource<'a> {
         self.shards
             .iter()
             .flat_map(|(_, st)| st.names().into_iter().map(String::from))
+            .collect()
+    }
+
+    /// Every tensor as f32 values with its logical shape, q8/q4 weights
+    /// dequantised as the kernels see them (for CPU tools: evaluating a
+    /// shipped model, continuing training from it).
+    pub fn dequantized(&self) -> Result<NamedTensors> {
+        let mut names = self.names();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let t = self
+                    .find(&name)
+                    .ok_or_else(|| bad(&name, "missing from its shard"))?;
+                let values = match self.stored.get(&name) {
+                    Some(s) if s.dtype == "q8" || s.dtype == "q4" => {
+                        let q = WeightDType::parse(&s.dtype)?;
+                        let rows = s.shape.first().copied().unwrap_or(0);
+                        let cols = s.shape.iter().product::<usize>() / rows.max(1);
+                        if t.dtype() != safetensors::Dtype::U32
+                            || t.shape() != [rows, q.row_words(cols)]
+                        {
+                            return Err(bad(&name, "packed words of the wrong size"));
+                        }
+                        let words = t
+                            .data()
+                            .chunks_exact(4)
+                            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                            .collect();
+                        WeightData {
+                            dtype: q,
+                            shape: s.shape.clone(),
+                            rows,
+                            cols,
+                            words,
+                        }
+                        .to_f32()
+                    }
+                    _ => to_f32(&name, &t)?,
+                };
+                let shape = match self.stored.get(&name) {
+                    Some(s) => s.shape.clone(),
+                    None => t.shape().to_vec(),
+                };
+                Ok((name, shape, values))
+            })
             .collect()
     }
 }
@@ -209,12 +259,18 @@ impl<'a> Loader<'a> {
 
     /// Fails on keys the architecture did not use.
     pub fn finish(self) -> Result<()> {
+        self.finish_except(&[])
+    }
+
+    /// Like `finish`, leaving keys under `prefixes` alone (towers of a
+    /// checkpoint that another part of a pipeline loads, or none).
+    pub fn finish_except(self, prefixes: &[&str]) -> Result<()> {
         let used = self.used.into_inner();
         let unknown: Vec<String> = self
             .st
             .names()
             .into_iter()
-            .filter(|n| !used.contains(n))
+            .filter(|n| !used.contains(n) && !prefixes.iter().any(|p| n.starts_with(p)))
             .collect();
         if unknown.is_empty() {
             Ok(())

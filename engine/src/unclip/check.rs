@@ -2,6 +2,11 @@
 //! (`../shared/fixtures/unclip/`), shared by the tests and `webglide check-fixture`.
 
 use crate::error::{Error, Result};
+use crate::glide::check::{Report, Tensors};
+use crate::glide::weights::{Loader, WeightSource};
+use crate::gpu::Gpu;
+use crate::quant::WeightDType;
+use crate::unclip::clip::{ClipText, ClipTextConfig};
 use crate::unclip::tokenizer::ClipTokenizer;
 
 /// One tokenizer case: the text and what differs (None = exact).
@@ -61,4 +66,41 @@ pub fn check_tokenizer(tok: &ClipTokenizer, tokens_json: &[u8]) -> Result<Vec<To
             })
         })
         .collect()
+}
+
+#[derive(serde::Deserialize)]
+struct ClipCase {
+    ctor_args_in_order: ClipTextConfig,
+}
+
+/// `clip_text/`: the text tower built from `config.json` alone, run on the
+/// recorded tokens, every recorded intermediate compared.
+pub async fn check_clip_text(
+    gpu: &Gpu,
+    config_json: &[u8],
+    weights: &WeightSource<'_>,
+    io: &[u8],
+    tol: f64,
+    dtype: WeightDType,
+) -> Result<Report> {
+    let case: ClipCase = serde_json::from_slice(config_json)
+        .map_err(|e| Error::Invalid(format!("config.json: {e}")))?;
+    let loader = Loader::new(gpu, weights, dtype)?;
+    let clip = ClipText::load(gpu, case.ctor_args_in_order, &loader)?;
+    // The visual tower and logit_scale belong to other checks.
+    loader.finish_except(&["visual.", "logit_scale"])?;
+    let io = Tensors::new(io, "io.safetensors")?;
+    let (_, tokens) = io.get("text.tokens")?;
+    let tokens: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+    let mut cap = Vec::new();
+    let mut rec = gpu.recorder();
+    let feats = clip.encode(&mut rec, &tokens, Some(&mut cap))?;
+    rec.submit()?;
+    cap.push(("txt_feat_seq".into(), feats.txt_feat_seq));
+    let mut report = Report::default();
+    for (name, t) in cap {
+        let want = io.get(&format!("text.{name}"))?.1;
+        report.push(format!("text.{name}"), &gpu.read(&t).await?, &want, tol);
+    }
+    Ok(report)
 }
