@@ -255,6 +255,15 @@ fn check_fixture(
         );
         return Ok(ok);
     }
+    // unCLIP's schedules folder: float64 tables, judged at 1e-10 whatever --tol says.
+    if dir.join("schedules.json").exists() {
+        let report = engine::unclip::check::check_schedules(
+            &read("schedules.json")?,
+            &read("schedules.safetensors")?,
+            tol.min(1e-10),
+        )?;
+        return Ok(print_report(dir, &report, tol.min(1e-10), "f64"));
+    }
     let trace = if dir.join("trace.safetensors").exists() {
         Some(read("trace.safetensors")?)
     } else {
@@ -275,13 +284,22 @@ fn check_fixture(
         }
     };
     let config = read("config.json")?;
-    // unCLIP's CLIP folder names its class; everything else is a GLIDE case.
-    let is_clip = serde_json::from_slice::<serde_json::Value>(&config)
+    // unCLIP's folders name their class; everything else is a GLIDE case.
+    let class = serde_json::from_slice::<serde_json::Value>(&config)
         .ok()
-        .and_then(|v| v["class"].as_str().map(|c| c.contains("CLIP")))
-        .unwrap_or(false);
-    let report = if is_clip {
+        .and_then(|v| v["class"].as_str().map(String::from))
+        .unwrap_or_default();
+    let report = if class.contains("CLIP") {
         pollster::block_on(engine::unclip::check::check_clip_text(
+            gpu,
+            &config,
+            &source,
+            &read("io.safetensors")?,
+            tol,
+            dtype,
+        ))?
+    } else if class.contains("PriorDiffusionModel") {
+        pollster::block_on(engine::unclip::check::check_prior(
             gpu,
             &config,
             &source,
@@ -300,6 +318,16 @@ fn check_fixture(
             dtype,
         ))?
     };
+    Ok(print_report(dir, &report, tol, dtype.name()))
+}
+
+/// The per-tensor table of a fixture check and its summary line; true when all are within `tol`.
+fn print_report(
+    dir: &std::path::Path,
+    report: &engine::glide::check::Report,
+    tol: f64,
+    what: &str,
+) -> bool {
     println!("{:<64} {:>11} {:>11}", "tensor", "max abs", "rel");
     for r in &report.rows {
         println!(
@@ -312,13 +340,12 @@ fn check_fixture(
     }
     let bad = report.rows.iter().filter(|r| !r.ok).count();
     println!(
-        "{}: {} tensors, {} over tolerance {tol:e} ({})",
+        "{}: {} tensors, {} over tolerance {tol:e} ({what})",
         dir.display(),
         report.rows.len(),
         bad,
-        dtype.name()
     );
-    Ok(report.ok())
+    report.ok()
 }
 
 fn main() -> std::process::ExitCode {

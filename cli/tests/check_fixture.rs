@@ -84,3 +84,20 @@ fn unclip_tokenizer_case_passes_and_a_wrong_case_fails() {
     assert!(stdout.contains("FAIL \"a photo of a cat\""), "{stdout}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn unclip_clip_text_prior_and_schedule_cases_pass() {
+    for (case, row) in [
+        ("clip_text", "text.txt_feat "),
+        ("prior", "final_ln "),
+        ("schedules", "sr_7.posterior_variance "),
+    ] {
+        let out = webglide(&["check-fixture", &format!("{FIX}/../unclip/{case}")]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{case}: {stdout}");
+        assert!(
+            stdout.contains(row) && stdout.contains(" 0 over tolerance"),
+            "{case}: {stdout}"
+        );
+    }
+}

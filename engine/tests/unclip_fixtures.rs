@@ -4,7 +4,7 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use engine::glide::weights::WeightSource;
-use engine::unclip::check::check_clip_text;
+use engine::unclip::check::{check_clip_text, check_prior, check_schedules};
 use engine::{Gpu, GpuOptions, WeightDType};
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/unclip");
@@ -64,4 +64,56 @@ fn clip_text_tower_matches_every_intermediate() {
     ))
     .expect_err("prior weights are no CLIP");
     assert!(err.to_string().contains("transformer.resblocks.0"), "{err}");
+}
+
+#[test]
+fn prior_matches_every_intermediate() {
+    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
+    let weights = read("prior", "weights.safetensors");
+    let source = WeightSource::single(&weights).unwrap();
+    let report = pollster::block_on(check_prior(
+        &gpu,
+        &read("prior", "config.json"),
+        &source,
+        &read("prior", "io.safetensors"),
+        1e-4,
+        WeightDType::F32,
+    ))
+    .unwrap();
+    for r in &report.rows {
+        println!("{:<28} max abs {:.3e} rel {:.3e}", r.name, r.max_abs, r.rel);
+    }
+    let names: Vec<&str> = report.rows.iter().map(|r| r.name.as_str()).collect();
+    for want in ["t_emb", "seq_in", "layer1_out", "final_ln", "out"] {
+        assert!(names.contains(&want), "{want} not compared: {names:?}");
+    }
+    assert!(
+        report.ok(),
+        "over tolerance: {:?}",
+        report
+            .rows
+            .iter()
+            .filter(|r| !r.ok)
+            .map(|r| &r.name)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn schedules_match_karlos_tables() {
+    let report = check_schedules(
+        &read("schedules", "schedules.json"),
+        &read("schedules", "schedules.safetensors"),
+        1e-12,
+    )
+    .unwrap();
+    // 6 schedules × (timestep map + 9 tables).
+    assert_eq!(report.rows.len(), 60);
+    let bad: Vec<String> = report
+        .rows
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| format!("{} rel {:.1e}", r.name, r.rel))
+        .collect();
+    assert!(bad.is_empty(), "{bad:?}");
 }

@@ -147,7 +147,22 @@ impl<'a> Tensors<'a> {
         };
         Ok((t.shape().to_vec(), v))
     }
-    fn f64s(&self, name: &str) -> Result<Vec<f64>> {
+    /// Integer or float64 values as f64 (timestep maps are int64).
+    pub(crate) fn f64s_or_ints(&self, name: &str) -> Result<Vec<f64>> {
+        let t = self
+            .0
+            .tensor(name)
+            .map_err(|_| Error::Invalid(format!("fixture tensor '{name}' missing")))?;
+        match t.dtype() {
+            safetensors::Dtype::I64 => Ok(t
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect()),
+            _ => self.f64s(name),
+        }
+    }
+    pub(crate) fn f64s(&self, name: &str) -> Result<Vec<f64>> {
         let t = self
             .0
             .tensor(name)

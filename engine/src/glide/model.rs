@@ -352,11 +352,15 @@ pub struct Norm {
 }
 
 impl Norm {
-    fn load(l: &Loader, name: &str, c: usize) -> Result<Self> {
+    pub(crate) fn load(l: &Loader, name: &str, c: usize) -> Result<Self> {
         Ok(Norm {
             weight: l.tensor(&format!("{name}.weight"), &[c])?,
             bias: l.tensor(&format!("{name}.bias"), &[c])?,
         })
+    }
+    /// LayerNorm (eps 1e-5) over the last dimension.
+    pub(crate) fn layer(&self, rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
+        kernels::layer_norm::layer_norm(rec, x, Some(&self.weight), Some(&self.bias), 1e-5)
     }
     /// Folded coefficients for GN(x)(·(1+scale)+shift).
     fn coeffs(&self, rec: &mut Recorder, x: &Tensor, emb: Option<&Tensor>) -> Result<Tensor> {
@@ -386,11 +390,26 @@ impl Layer {
             bias: Some(l.tensor(&format!("{name}.bias"), &[cout])?),
         })
     }
-    fn linear(l: &Loader, name: &str, out: usize, inp: usize) -> Result<Self> {
-        let weight = l.weight(&format!("{name}.weight"), &[out, inp])?;
+    pub(crate) fn linear(l: &Loader, name: &str, out: usize, inp: usize) -> Result<Self> {
+        Self::linear_named(
+            l,
+            &format!("{name}.weight"),
+            &format!("{name}.bias"),
+            out,
+            inp,
+        )
+    }
+    /// A linear layer whose tensors are not `{name}.weight`/`.bias` (CLIP's `in_proj_*`).
+    pub(crate) fn linear_named(
+        l: &Loader,
+        weight: &str,
+        bias: &str,
+        out: usize,
+        inp: usize,
+    ) -> Result<Self> {
         Ok(Layer {
-            weight,
-            bias: Some(l.tensor(&format!("{name}.bias"), &[out])?),
+            weight: l.weight(weight, &[out, inp])?,
+            bias: Some(l.tensor(bias, &[out])?),
         })
     }
     fn apply_conv(
@@ -402,7 +421,7 @@ impl Layer {
     ) -> Result<Tensor> {
         conv2d(rec, x, &self.weight, self.bias.as_ref(), norm, res)
     }
-    fn apply_linear(
+    pub(crate) fn apply_linear(
         &self,
         rec: &mut Recorder,
         x: &Tensor,
@@ -610,6 +629,41 @@ pub struct XfBlock {
     pub mlp_c_proj: Layer,
 }
 
+impl XfBlock {
+    /// `{prefix}.ln_1`, `.attn.c_qkv`, … of width `w`.
+    pub(crate) fn load(l: &Loader, prefix: &str, w: usize) -> Result<Self> {
+        let p = prefix;
+        Ok(XfBlock {
+            ln_1: Norm::load(l, &format!("{p}.ln_1"), w)?,
+            attn_c_qkv: Layer::linear(l, &format!("{p}.attn.c_qkv"), 3 * w, w)?,
+            attn_c_proj: Layer::linear(l, &format!("{p}.attn.c_proj"), w, w)?,
+            ln_2: Norm::load(l, &format!("{p}.ln_2"), w)?,
+            mlp_c_fc: Layer::linear(l, &format!("{p}.mlp.c_fc"), 4 * w, w)?,
+            mlp_c_proj: Layer::linear(l, &format!("{p}.mlp.c_proj"), w, 4 * w)?,
+        })
+    }
+
+    /// Pre-LN block on `[N, L, W]`: attention with the head-major q|k|v
+    /// layout (GLIDE's text transformer, Karlo's prior), exact-erf GELU MLP.
+    /// `mask`: additive `[N, L]` over the keys.
+    pub(crate) fn forward(
+        &self,
+        rec: &mut Recorder,
+        x: &Tensor,
+        heads: usize,
+        causal: bool,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let h = self.ln_1.layer(rec, x)?;
+        let qkv = self.attn_c_qkv.apply_linear(rec, &h, None, Act::None)?;
+        let a = kernels::attention::per_head_qkv(rec, &qkv, heads, causal, mask)?;
+        let x = self.attn_c_proj.apply_linear(rec, &a, Some(x), Act::None)?;
+        let h = self.ln_2.layer(rec, &x)?;
+        let f = self.mlp_c_fc.apply_linear(rec, &h, None, Act::Gelu)?;
+        self.mlp_c_proj.apply_linear(rec, &f, Some(&x), Act::None)
+    }
+}
+
 /// Text conditioning computed once per prompt batch and reused every step.
 pub struct TextCond {
     /// `transformer_proj(final_ln[:, -1])`, `[N, 4C]`.
@@ -668,17 +722,7 @@ impl Glide {
         let c = &config;
         let (mc, w) = (c.num_channels, c.xf_width);
         let emb = 4 * mc;
-        let xf_layer = |i: usize| -> Result<XfBlock> {
-            let p = format!("transformer.resblocks.{i}");
-            Ok(XfBlock {
-                ln_1: Norm::load(&l, &format!("{p}.ln_1"), w)?,
-                attn_c_qkv: Layer::linear(&l, &format!("{p}.attn.c_qkv"), 3 * w, w)?,
-                attn_c_proj: Layer::linear(&l, &format!("{p}.attn.c_proj"), w, w)?,
-                ln_2: Norm::load(&l, &format!("{p}.ln_2"), w)?,
-                mlp_c_fc: Layer::linear(&l, &format!("{p}.mlp.c_fc"), 4 * w, w)?,
-                mlp_c_proj: Layer::linear(&l, &format!("{p}.mlp.c_proj"), w, 4 * w)?,
-            })
-        };
+        let xf_layer = |i: usize| XfBlock::load(&l, &format!("transformer.resblocks.{i}"), w);
         let transformer = (0..c.xf_layers).map(xf_layer).collect::<Result<Vec<_>>>()?;
         let mult = c.channel_mult()?;
         let attn_ds = c.attention_ds()?;
@@ -863,29 +907,11 @@ impl Glide {
         )?;
         capture(&mut cap, "xf_in", &x);
         for b in &self.transformer {
-            let h = kernels::layer_norm::layer_norm(
-                rec,
-                &x,
-                Some(&b.ln_1.weight),
-                Some(&b.ln_1.bias),
-                1e-5,
-            )?;
-            let qkv = b.attn_c_qkv.apply_linear(rec, &h, None, Act::None)?;
-            let a = kernels::attention::per_head_qkv(rec, &qkv, c.xf_heads, false, None)?;
-            x = b.attn_c_proj.apply_linear(rec, &a, Some(&x), Act::None)?;
-            let h = kernels::layer_norm::layer_norm(
-                rec,
-                &x,
-                Some(&b.ln_2.weight),
-                Some(&b.ln_2.bias),
-                1e-5,
-            )?;
-            let f = b.mlp_c_fc.apply_linear(rec, &h, None, Act::Gelu)?;
-            x = b.mlp_c_proj.apply_linear(rec, &f, Some(&x), Act::None)?;
+            x = b.forward(rec, &x, c.xf_heads, false, None)?;
         }
         capture(&mut cap, "xf_transformer_out", &x);
         if let Some(ln) = &self.final_ln {
-            x = kernels::layer_norm::layer_norm(rec, &x, Some(&ln.weight), Some(&ln.bias), 1e-5)?;
+            x = ln.layer(rec, &x)?;
         }
         capture(&mut cap, "xf_final_ln_out", &x);
         let last =

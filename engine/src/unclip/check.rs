@@ -2,11 +2,13 @@
 //! (`../shared/fixtures/unclip/`), shared by the tests and `webglide check-fixture`.
 
 use crate::error::{Error, Result};
-use crate::glide::check::{Report, Tensors};
+use crate::glide::check::{Report, Row, Tensors};
+use crate::glide::schedule::Schedule;
 use crate::glide::weights::{Loader, WeightSource};
 use crate::gpu::Gpu;
 use crate::quant::WeightDType;
 use crate::unclip::clip::{ClipText, ClipTextConfig};
+use crate::unclip::prior::{Prior, PriorConfig, PriorText};
 use crate::unclip::tokenizer::ClipTokenizer;
 
 /// One tokenizer case: the text and what differs (None = exact).
@@ -101,6 +103,129 @@ pub async fn check_clip_text(
     for (name, t) in cap {
         let want = io.get(&format!("text.{name}"))?.1;
         report.push(format!("text.{name}"), &gpu.read(&t).await?, &want, tol);
+    }
+    Ok(report)
+}
+
+#[derive(serde::Deserialize)]
+struct PriorCase {
+    module_kwargs: PriorConfig,
+    #[serde(default)]
+    state_dict_prefix: String,
+}
+
+/// `prior/`: the prior network built from `config.json` alone, one forward
+/// on the recorded inputs, every recorded intermediate compared.
+pub async fn check_prior(
+    gpu: &Gpu,
+    config_json: &[u8],
+    weights: &WeightSource<'_>,
+    io: &[u8],
+    tol: f64,
+    dtype: WeightDType,
+) -> Result<Report> {
+    let case: PriorCase = serde_json::from_slice(config_json)
+        .map_err(|e| Error::Invalid(format!("config.json: {e}")))?;
+    let loader = Loader::new(gpu, weights, dtype)?;
+    let prior = Prior::load(case.module_kwargs, &loader, &case.state_dict_prefix)?;
+    loader.finish()?;
+    let io = Tensors::new(io, "io.safetensors")?;
+    let upload = |name: &str| -> Result<crate::tensor::Tensor> {
+        let (s, v) = io.get(name)?;
+        gpu.upload(&s, &v)
+    };
+    let (x, t, text_emb, text_enc) = (
+        upload("in.x")?,
+        upload("in.timesteps")?,
+        upload("in.text_emb")?,
+        upload("in.text_enc")?,
+    );
+    let mask: Vec<u32> = io.get("in.mask")?.1.iter().map(|&m| m as u32).collect();
+    let text = PriorText {
+        text_emb: &text_emb,
+        text_enc: &text_enc,
+        mask: &mask,
+    };
+    let mut cap = Vec::new();
+    let mut rec = gpu.recorder();
+    prior.forward(&mut rec, &x, &t, &text, Some(&mut cap))?;
+    rec.submit()?;
+    let mut report = Report::default();
+    for (name, t) in cap {
+        let want = io.get(&name)?.1;
+        report.push(name, &gpu.read(&t).await?, &want, tol);
+    }
+    Ok(report)
+}
+
+/// `schedules/`: every respaced schedule of `schedules.json` rebuilt from
+/// its respacing string (Karlo's are all the 1000-step cosine one), its
+/// timestep map exact and every float64 table within `tol` (relative).
+pub fn check_schedules(json: &[u8], tables: &[u8], tol: f64) -> Result<Report> {
+    let bad = |m: String| Error::Invalid(format!("schedules.json: {m}"));
+    let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+    let cases = v.as_object().ok_or_else(|| bad("not an object".into()))?;
+    let tables = Tensors::new(tables, "schedules.safetensors")?;
+    let mut report = Report::default();
+    for (name, case) in cases {
+        let steps = case["num_steps"]
+            .as_u64()
+            .ok_or_else(|| bad(format!("{name}: no num_steps")))? as usize;
+        let sched = Schedule::new("squaredcos_cap_v2", 1000, &steps.to_string())?;
+        let want_map = tables.f64s_or_ints(&format!("{name}.timestep_map"))?;
+        let map_ok = want_map.len() == sched.timestep_map.len()
+            && want_map
+                .iter()
+                .zip(&sched.timestep_map)
+                .all(|(&a, &b)| a == b as f64);
+        report.rows.push(Row {
+            name: format!("{name}.timestep_map"),
+            max_abs: if map_ok { 0.0 } else { f64::INFINITY },
+            rel: if map_ok { 0.0 } else { f64::INFINITY },
+            ok: map_ok,
+        });
+        let ac = &sched.alphas_cumprod;
+        let derived: [(&str, Vec<f64>); 9] = [
+            ("alphas_cumprod", ac.clone()),
+            ("alphas_cumprod_prev", sched.alphas_cumprod_prev.clone()),
+            ("betas", sched.betas.clone()),
+            (
+                "posterior_log_variance_clipped",
+                sched.posterior_log_variance_clipped.clone(),
+            ),
+            ("posterior_mean_coef1", sched.posterior_mean_coef1.clone()),
+            ("posterior_mean_coef2", sched.posterior_mean_coef2.clone()),
+            ("posterior_variance", sched.posterior_variance.clone()),
+            (
+                "sqrt_recip_alphas_cumprod",
+                ac.iter().map(|a| (1.0 / a).sqrt()).collect(),
+            ),
+            (
+                "sqrt_recipm1_alphas_cumprod",
+                ac.iter().map(|a| (1.0 / a - 1.0).sqrt()).collect(),
+            ),
+        ];
+        for (q, got) in derived {
+            let want = tables.f64s(&format!("{name}.{q}"))?;
+            let scale = want.iter().fold(1e-300f64, |m, w| m.max(w.abs()));
+            let max_abs = if got.len() == want.len() {
+                got.iter().zip(&want).fold(0f64, |m, (g, w)| {
+                    if (g - w).is_nan() {
+                        f64::INFINITY
+                    } else {
+                        m.max((g - w).abs())
+                    }
+                })
+            } else {
+                f64::INFINITY
+            };
+            report.rows.push(Row {
+                name: format!("{name}.{q}"),
+                max_abs,
+                rel: max_abs / scale,
+                ok: max_abs / scale <= tol,
+            });
+        }
     }
     Ok(report)
 }

@@ -6,6 +6,7 @@
 //! official state_dict names (../shared/docs/unclip-architecture.md §2).
 
 use crate::error::{Error, Result};
+use crate::glide::model::{Layer, Norm};
 use crate::glide::weights::Loader;
 use crate::gpu::{Gpu, Recorder};
 use crate::kernels::attention::{attention, Attention, View};
@@ -58,54 +59,14 @@ impl ClipTextConfig {
     }
 }
 
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl LayerNorm {
-    fn load(l: &Loader, name: &str, c: usize) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: l.tensor(&format!("{name}.weight"), &[c])?,
-            bias: l.tensor(&format!("{name}.bias"), &[c])?,
-        })
-    }
-    fn apply(&self, rec: &mut Recorder, x: &Tensor) -> Result<Tensor> {
-        kernels::layer_norm::layer_norm(rec, x, Some(&self.weight), Some(&self.bias), 1e-5)
-    }
-}
-
-struct Linear {
-    weight: Weight,
-    bias: Tensor,
-}
-
-impl Linear {
-    fn load(l: &Loader, w: &str, b: &str, out: usize, inp: usize) -> Result<Self> {
-        Ok(Linear {
-            weight: l.weight(w, &[out, inp])?,
-            bias: l.tensor(b, &[out])?,
-        })
-    }
-    fn apply(
-        &self,
-        rec: &mut Recorder,
-        x: &Tensor,
-        res: Option<&Tensor>,
-        act: Act,
-    ) -> Result<Tensor> {
-        kernels::matmul::linear(rec, x, &self.weight, Some(&self.bias), res, act)
-    }
-}
-
 /// `transformer.resblocks.{i}`.
 struct ResidualAttentionBlock {
-    ln_1: LayerNorm,
-    in_proj: Linear,
-    out_proj: Linear,
-    ln_2: LayerNorm,
-    c_fc: Linear,
-    c_proj: Linear,
+    ln_1: Norm,
+    in_proj: Layer,
+    out_proj: Layer,
+    ln_2: Norm,
+    c_fc: Layer,
+    c_proj: Layer,
 }
 
 pub struct ClipText {
@@ -113,7 +74,7 @@ pub struct ClipText {
     token_embedding: Weight,
     positional_embedding: Tensor,
     blocks: Vec<ResidualAttentionBlock>,
-    ln_final: LayerNorm,
+    ln_final: Norm,
     /// `text_projection` `[W, E]` stored transposed as a linear weight `[E, W]`.
     text_projection: Weight,
 }
@@ -138,30 +99,30 @@ impl ClipText {
             .map(|i| {
                 let p = format!("transformer.resblocks.{i}");
                 Ok(ResidualAttentionBlock {
-                    ln_1: LayerNorm::load(l, &format!("{p}.ln_1"), w)?,
-                    in_proj: Linear::load(
+                    ln_1: Norm::load(l, &format!("{p}.ln_1"), w)?,
+                    in_proj: Layer::linear_named(
                         l,
                         &format!("{p}.attn.in_proj_weight"),
                         &format!("{p}.attn.in_proj_bias"),
                         3 * w,
                         w,
                     )?,
-                    out_proj: Linear::load(
+                    out_proj: Layer::linear_named(
                         l,
                         &format!("{p}.attn.out_proj.weight"),
                         &format!("{p}.attn.out_proj.bias"),
                         w,
                         w,
                     )?,
-                    ln_2: LayerNorm::load(l, &format!("{p}.ln_2"), w)?,
-                    c_fc: Linear::load(
+                    ln_2: Norm::load(l, &format!("{p}.ln_2"), w)?,
+                    c_fc: Layer::linear_named(
                         l,
                         &format!("{p}.mlp.c_fc.weight"),
                         &format!("{p}.mlp.c_fc.bias"),
                         4 * w,
                         w,
                     )?,
-                    c_proj: Linear::load(
+                    c_proj: Layer::linear_named(
                         l,
                         &format!("{p}.mlp.c_proj.weight"),
                         &format!("{p}.mlp.c_proj.bias"),
@@ -186,7 +147,7 @@ impl ClipText {
             token_embedding: l.weight("token_embedding.weight", &[config.vocab_size, w])?,
             positional_embedding: l.tensor("positional_embedding", &[config.context_length, w])?,
             blocks,
-            ln_final: LayerNorm::load(l, "ln_final", w)?,
+            ln_final: Norm::load(l, "ln_final", w)?,
             text_projection,
             config,
         })
@@ -231,8 +192,8 @@ impl ClipText {
         let heads = c.transformer_heads;
         let d = w / heads;
         for (i, b) in self.blocks.iter().enumerate() {
-            let h = b.ln_1.apply(rec, &x)?;
-            let qkv = b.in_proj.apply(rec, &h, None, Act::None)?; // [N, L, 3W]: q | k | v
+            let h = b.ln_1.layer(rec, &x)?;
+            let qkv = b.in_proj.apply_linear(rec, &h, None, Act::None)?; // [N, L, 3W]: q | k | v
             let view = |part: usize| View {
                 t: &qkv,
                 base: part * w,
@@ -260,13 +221,13 @@ impl ClipText {
                     channels_first: false,
                 },
             )?;
-            x = b.out_proj.apply(rec, &a, Some(&x), Act::None)?;
-            let h = b.ln_2.apply(rec, &x)?;
-            let f = b.c_fc.apply(rec, &h, None, Act::QuickGelu)?;
-            x = b.c_proj.apply(rec, &f, Some(&x), Act::None)?;
+            x = b.out_proj.apply_linear(rec, &a, Some(&x), Act::None)?;
+            let h = b.ln_2.layer(rec, &x)?;
+            let f = b.c_fc.apply_linear(rec, &h, None, Act::QuickGelu)?;
+            x = b.c_proj.apply_linear(rec, &f, Some(&x), Act::None)?;
             keep(format!("layer{i}_out"), &x);
         }
-        let seq = self.ln_final.apply(rec, &x)?;
+        let seq = self.ln_final.layer(rec, &x)?;
         keep("ln_final".into(), &seq);
         // The eot row of every prompt: rows of the flattened [1, N·L, W] sequence.
         let flat = seq.reshape(&[1, n * l, w])?;
