@@ -3,7 +3,7 @@
 //      0..B-1, uncond rows B..2B-1): g = u + scale * (c - u); the variance
 //      channels are not guided (each row keeps its own);
 //   2. x0 prediction (from eps or directly), pinning of known pixels
-//      x0 = x0 * (1 - m) + img * m (inpainting), then clamp to [-1, 1];
+//      x0 = x0 * (1 - m) + img * m (inpainting), then clamp to [-bound, bound];
 //   3. ancestral: posterior mean + learned-range / fixed variance, optional
 //      mean += var * grad (CLIP guidance), + sigma * noise unless last step;
 //      DDIM: re-derived eps, x = x0 sqrt(ab_prev) + c * eps + sigma * noise.
@@ -15,6 +15,7 @@ struct Params {
     out_rows: u32, guidance: f32, sqrt_recip_ac: f32, sqrt_recipm1_ac: f32,
     coef1: f32, coef2: f32, max_log: f32, min_log: f32,
     sqrt_ac_prev: f32, ddim_eps_coef: f32, ddim_sigma: f32, fixed_log_var: f32,
+    clip_bound: f32,
 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> model_out: array<f32>;  // [B or 2B, model_c, S]
@@ -48,7 +49,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         let m = pin_mask[bi * p.s + si];
         x0 = x0 * (1.0 - m) + pin_img[e] * m;
     }
-    if (p.clip != 0u) { x0 = clamp(x0, -1.0, 1.0); }
+    if (p.clip != 0u) { x0 = clamp(x0, -p.clip_bound, p.clip_bound); }
     pred_x0[e] = x0;
     let nz = select(noise[e], 0.0, p.last != 0u);
     var xn: f32;

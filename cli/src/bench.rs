@@ -306,7 +306,7 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
                 ddim: false,
                 predict_x0: false,
                 learned_variance: true,
-                clip_denoised: true,
+                clamp_x0: Some(1.0),
                 pin: None,
                 grad: None,
                 last: false,

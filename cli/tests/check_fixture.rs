@@ -91,6 +91,7 @@ fn unclip_clip_text_prior_and_schedule_cases_pass() {
         ("clip_text", "text.txt_feat "),
         ("prior", "final_ln "),
         ("schedules", "sr_7.posterior_variance "),
+        ("t2i", "prior.img_feat "),
     ] {
         let out = webglide(&["check-fixture", &format!("{FIX}/../unclip/{case}")]);
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -1049,7 +1049,7 @@ async fn sampler_step_matches_cpu() -> TestResult {
                 ddim: case.ddim,
                 predict_x0: false,
                 learned_variance: case.learned,
-                clip_denoised: true,
+                clamp_x0: Some(1.0),
                 pin: case.pin.then_some((&it, &mt)),
                 grad: case.grad.then_some(&gt),
                 last: case.last,

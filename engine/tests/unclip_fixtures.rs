@@ -4,7 +4,8 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use engine::glide::weights::WeightSource;
-use engine::unclip::check::{check_clip_text, check_prior, check_schedules};
+use engine::unclip::check::{check_clip_text, check_prior, check_schedules, check_t2i_prior};
+use engine::unclip::tokenizer::ClipTokenizer;
 use engine::{Gpu, GpuOptions, WeightDType};
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/unclip");
@@ -115,5 +116,31 @@ fn schedules_match_karlos_tables() {
         .filter(|r| !r.ok)
         .map(|r| format!("{} rel {:.1e}", r.name, r.rel))
         .collect();
+    assert!(bad.is_empty(), "{bad:?}");
+}
+
+#[test]
+fn t2i_text_and_prior_stages_replay_step_by_step() {
+    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
+    let tok = ClipTokenizer::from_gz(include_bytes!(
+        "../../public/tokenizer/bpe_simple_vocab_16e6.txt.gz"
+    ))
+    .unwrap();
+    let dir = format!("{FIX}/t2i");
+    let read = |f: &str| -> engine::Result<Vec<u8>> {
+        std::fs::read(format!("{dir}/{f}")).map_err(|e| engine::Error::Invalid(format!("{f}: {e}")))
+    };
+    let report =
+        pollster::block_on(check_t2i_prior(&gpu, &tok, &read, 1e-4, WeightDType::F32)).unwrap();
+    let bad: Vec<String> = report
+        .rows
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| format!("{} rel {:.2e}", r.name, r.rel))
+        .collect();
+    let worst = report.rows.iter().map(|r| r.rel).fold(0f64, f64::max);
+    println!("{} tensors, worst rel {worst:.2e}", report.rows.len());
+    // tokens, mask, 2 CLIP outputs, 25 × 3 prior tensors, img_feat.
+    assert_eq!(report.rows.len(), 4 + 75 + 1);
     assert!(bad.is_empty(), "{bad:?}");
 }

@@ -424,7 +424,7 @@ async fn trace_check(
                     ddim,
                     predict_x0: false,
                     learned_variance: true,
-                    clip_denoised: clip,
+                    clamp_x0: clip.then_some(1.0),
                     pin: pin.map(|(a, b)| (a, b)),
                     grad: None,
                     last: ti == 0,

@@ -278,7 +278,7 @@ impl<'m> DiffusionLoop<'m> {
                 ddim: self.sampler == Sampler::Ddim,
                 predict_x0: false,
                 learned_variance: true,
-                clip_denoised: true,
+                clamp_x0: Some(1.0),
                 pin: self.pin.as_ref().map(|(a, b)| (a, b)),
                 grad: None,
                 last: t == 0,

@@ -43,7 +43,9 @@ pub struct Step<'a> {
     pub predict_x0: bool,
     /// Channels C..2C of the model output are learned-range variance values.
     pub learned_variance: bool,
-    pub clip_denoised: bool,
+    /// Clamp x0 to [−b, b]: GLIDE and Karlo's decoder/SR use 1, Karlo's
+    /// prior 10 (its `denoised_fn`); None leaves x0 as predicted.
+    pub clamp_x0: Option<f32>,
     /// Inpainting: (image `[B, C, ...]`, mask `[B, 1, ...]`, 1 = keep).
     pub pin: Option<(&'a Tensor, &'a Tensor)>,
     /// CLIP guidance gradient `[B, C, ...]` (mean += σ²·grad).
@@ -123,7 +125,7 @@ pub fn sampler_step(rec: &mut Recorder, s: &Step) -> Result<(Tensor, Tensor)> {
             s.ddim as u32,
             s.predict_x0 as u32,
             if s.learned_variance { 0 } else { 1 },
-            s.clip_denoised as u32,
+            s.clamp_x0.is_some() as u32,
             s.pin.is_some() as u32,
             s.grad.is_some() as u32,
             s.last as u32,
@@ -139,6 +141,7 @@ pub fn sampler_step(rec: &mut Recorder, s: &Step) -> Result<(Tensor, Tensor)> {
             f(k.ddim_eps_coef),
             f(k.ddim_sigma),
             f(k.fixed_log_var),
+            f(s.clamp_x0.unwrap_or(1.0)),
         ],
         &[
             s.model_out.bind(),

@@ -229,3 +229,184 @@ pub fn check_schedules(json: &[u8], tables: &[u8], tol: f64) -> Result<Report> {
     }
     Ok(report)
 }
+
+#[derive(serde::Deserialize)]
+struct T2iCase {
+    prompts: Vec<String>,
+    sampling: T2iSampling,
+    weights: std::collections::HashMap<String, String>,
+    configs: std::collections::HashMap<String, String>,
+}
+
+#[derive(serde::Deserialize)]
+struct T2iSampling {
+    prior_sm: String,
+    prior_cf_scale: f32,
+}
+
+/// `t2i/`, first stages: the prompts tokenized and encoded by CLIP (cond
+/// rows, then empty-prompt rows), then every prior step replayed from the
+/// recorded x_t and noise (CFG on x0, clamp ±10, fixed-small variance) and
+/// the de-standardised image embedding. `read` opens files relative to the
+/// t2i folder (the case names the other folders' weights and configs).
+pub async fn check_t2i_prior(
+    gpu: &Gpu,
+    tok: &ClipTokenizer,
+    read: &dyn Fn(&str) -> Result<Vec<u8>>,
+    tol: f64,
+    dtype: WeightDType,
+) -> Result<Report> {
+    let case: T2iCase = serde_json::from_slice(&read("config.json")?)
+        .map_err(|e| Error::Invalid(format!("t2i config.json: {e}")))?;
+    let file = |map: &std::collections::HashMap<String, String>, k: &str| {
+        map.get(k)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("t2i config.json names no {k} file")))
+    };
+    let trace_bytes = read("trace.safetensors")?;
+    let trace = Tensors::new(&trace_bytes, "trace.safetensors")?;
+    let mut report = Report::default();
+    let b = case.prompts.len();
+    if b == 0 {
+        return Err(Error::Invalid("t2i config.json: no prompts".into()));
+    }
+
+    // Tokens: B prompts, then B empty prompts.
+    let ctx = crate::unclip::tokenizer::TEXT_CTX;
+    let (mut tokens, mut mask) = (Vec::new(), Vec::new());
+    for text in case
+        .prompts
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::repeat_n("", b))
+    {
+        let (t, m) = tok.padded(text, ctx);
+        tokens.extend(t);
+        mask.extend(m);
+    }
+    let as_f32 = |v: &[u32]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    report.push(
+        "text.tokens",
+        &as_f32(&tokens),
+        &trace.get("text.tokens")?.1,
+        0.0,
+    );
+    report.push("text.mask", &as_f32(&mask), &trace.get("text.mask")?.1, 0.0);
+
+    // CLIP text features.
+    let clip_cfg: ClipCase = serde_json::from_slice(&read(&file(&case.configs, "clip")?)?)
+        .map_err(|e| Error::Invalid(format!("clip config: {e}")))?;
+    let clip_bytes = read(&file(&case.weights, "clip")?)?;
+    let clip_src = WeightSource::single(&clip_bytes)?;
+    let clip_loader = Loader::new(gpu, &clip_src, dtype)?;
+    let clip = ClipText::load(gpu, clip_cfg.ctor_args_in_order, &clip_loader)?;
+    let mut rec = gpu.recorder();
+    let feats = clip.encode(&mut rec, &tokens, None)?;
+    rec.submit()?;
+    for (name, t) in [
+        ("text.txt_feat", &feats.txt_feat),
+        ("text.txt_feat_seq", &feats.txt_feat_seq),
+    ] {
+        report.push(name, &gpu.read(t).await?, &trace.get(name)?.1, tol);
+    }
+
+    // Prior: every step from the recorded x_t and noise.
+    let prior_case: PriorCase = serde_json::from_slice(&read(&file(&case.configs, "prior")?)?)
+        .map_err(|e| Error::Invalid(format!("prior config: {e}")))?;
+    let prior_bytes = read(&file(&case.weights, "prior")?)?;
+    let prior_src = WeightSource::single(&prior_bytes)?;
+    let prior_loader = Loader::new(gpu, &prior_src, dtype)?;
+    let prior = Prior::load(
+        prior_case.module_kwargs,
+        &prior_loader,
+        &prior_case.state_dict_prefix,
+    )?;
+    prior_loader.finish()?;
+    let d = prior.config.clip_dim;
+    let sched = Schedule::new("squaredcos_cap_v2", 1000, &case.sampling.prior_sm)?;
+    let text = PriorText {
+        text_emb: &feats.txt_feat,
+        text_enc: &feats.txt_feat_seq,
+        mask: &mask,
+    };
+    let rows = |name: &str, n: usize| -> Result<Vec<f32>> {
+        let v = trace.get(name)?.1;
+        Ok(v[..(n * d).min(v.len())].to_vec())
+    };
+    let mut x_t = trace.get("prior.noise_init")?.1;
+    let steps = sched.len();
+    for k in 0..steps {
+        let i = steps - 1 - k;
+        let key = |q: &str| format!("prior.step{k:02}.{q}");
+        let cond_x = &x_t[..b * d];
+        let model_in = gpu.upload(&[2 * b, d], &[cond_x, cond_x].concat())?;
+        let t = gpu.upload(&[2 * b], &vec![sched.timestep_map[i] as f32; 2 * b])?;
+        let x = gpu.upload(&[2 * b, d], &x_t)?;
+        let noise = gpu.upload(&[b, d], &rows(&key("noise"), b)?)?;
+        let mut rec = gpu.recorder();
+        let out = prior.forward(&mut rec, &model_in, &t, &text, None)?;
+        let (next, x0) = crate::kernels::sampler::sampler_step(
+            &mut rec,
+            &crate::kernels::sampler::Step {
+                model_out: &out,
+                x_t: &x,
+                noise: &noise,
+                guidance: Some(case.sampling.prior_cf_scale),
+                ddim: false,
+                predict_x0: true,
+                learned_variance: false,
+                clamp_x0: Some(10.0),
+                pin: None,
+                grad: None,
+                last: i == 0,
+                replicate: false,
+                coeffs: sched.coeffs(i, 0.0),
+            },
+        )?;
+        rec.submit()?;
+        report.push(
+            key("model_out"),
+            &gpu.read(&out).await?,
+            &trace.get(&key("model_out"))?.1,
+            tol,
+        );
+        report.push(
+            key("pred_xstart"),
+            &gpu.read(&x0).await?,
+            &rows(&key("pred_xstart"), b)?,
+            tol,
+        );
+        report.push(
+            key("sample"),
+            &gpu.read(&next).await?,
+            &rows(&key("sample"), b)?,
+            tol,
+        );
+        // The next step starts from the recorded sample (the run is chaotic over steps).
+        x_t = trace.get(&key("sample"))?.1;
+    }
+    // De-standardised image embedding of the final (own) sample.
+    let stats_bytes = read(&file(&case.weights, "clip_stats")?)?;
+    let stats = Tensors::new(&stats_bytes, "clip_stats.safetensors")?;
+    let (mean, std) = (stats.get("clip_mean")?.1, stats.get("clip_std")?.1);
+    if mean.len() != d || std.len() != d {
+        return Err(Error::Invalid(format!(
+            "clip stats of {} / {} values for clip_dim {d}",
+            mean.len(),
+            std.len()
+        )));
+    }
+    let last = rows(&format!("prior.step{:02}.sample", steps - 1), b)?;
+    let img_feat: Vec<f32> = last
+        .iter()
+        .enumerate()
+        .map(|(j, v)| v * std[j % d] + mean[j % d])
+        .collect();
+    report.push(
+        "prior.img_feat",
+        &img_feat,
+        &trace.get("prior.img_feat")?.1,
+        tol,
+    );
+    Ok(report)
+}
