@@ -310,6 +310,15 @@ fn check_fixture(
             tol,
             dtype,
         ))?
+    } else if class.contains("Text2ImProgressiveModel") {
+        pollster::block_on(engine::unclip::check::check_decoder(
+            gpu,
+            &config,
+            &source,
+            &read("io.safetensors")?,
+            tol,
+            dtype,
+        ))?
     } else if class.contains("PriorDiffusionModel") {
         pollster::block_on(engine::unclip::check::check_prior(
             gpu,

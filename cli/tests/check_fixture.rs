@@ -86,10 +86,11 @@ fn unclip_tokenizer_case_passes_and_a_wrong_case_fails() {
 }
 
 #[test]
-fn unclip_clip_text_prior_and_schedule_cases_pass() {
+fn unclip_model_and_schedule_cases_pass() {
     for (case, row) in [
         ("clip_text", "text.txt_feat "),
         ("prior", "final_ln "),
+        ("decoder", "output_blocks.8 "),
         ("schedules", "sr_7.posterior_variance "),
         ("t2i", "prior.img_feat "),
     ] {

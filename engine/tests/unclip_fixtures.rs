@@ -4,7 +4,9 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use engine::glide::weights::WeightSource;
-use engine::unclip::check::{check_clip_text, check_prior, check_schedules, check_t2i_prior};
+use engine::unclip::check::{
+    check_clip_text, check_decoder, check_prior, check_schedules, check_t2i_prior,
+};
 use engine::unclip::tokenizer::ClipTokenizer;
 use engine::{Gpu, GpuOptions, WeightDType};
 
@@ -143,4 +145,45 @@ fn t2i_text_and_prior_stages_replay_step_by_step() {
     // tokens, mask, 2 CLIP outputs, 25 × 3 prior tensors, img_feat.
     assert_eq!(report.rows.len(), 4 + 75 + 1);
     assert!(bad.is_empty(), "{bad:?}");
+}
+
+#[test]
+fn decoder_matches_every_intermediate() {
+    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
+    let weights = read("decoder", "weights.safetensors");
+    let source = WeightSource::single(&weights).unwrap();
+    let report = pollster::block_on(check_decoder(
+        &gpu,
+        &read("decoder", "config.json"),
+        &source,
+        &read("decoder", "io.safetensors"),
+        1e-4,
+        WeightDType::F32,
+    ))
+    .unwrap();
+    for r in &report.rows {
+        println!("{:<28} max abs {:.3e} rel {:.3e}", r.name, r.max_abs, r.rel);
+    }
+    let names: Vec<&str> = report.rows.iter().map(|r| r.name.as_str()).collect();
+    for want in [
+        "clip_emb",
+        "text_seq_proj",
+        "xf_out",
+        "emb",
+        "middle_block",
+        "output_blocks.8",
+        "out",
+    ] {
+        assert!(names.contains(&want), "{want} not compared: {names:?}");
+    }
+    assert!(
+        report.ok(),
+        "over tolerance: {:?}",
+        report
+            .rows
+            .iter()
+            .filter(|r| !r.ok)
+            .map(|r| &r.name)
+            .collect::<Vec<_>>()
+    );
 }

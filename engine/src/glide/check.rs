@@ -118,7 +118,7 @@ impl<'a> Tensors<'a> {
                 .map_err(|e| Error::Invalid(format!("{what}: {e}")))?,
         ))
     }
-    fn has(&self, name: &str) -> bool {
+    pub(crate) fn has(&self, name: &str) -> bool {
         self.0.tensor(name).is_ok()
     }
     pub(crate) fn get(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {

@@ -556,8 +556,15 @@ impl AttentionBlock {
         })
     }
 
-    /// `ekv`: this block's encoder keys/values `[N, L, 2C]` (channel h·2d + {k,v}·d + c).
-    fn forward(&self, rec: &mut Recorder, x: &Tensor, ekv: &Tensor) -> Result<Tensor> {
+    /// `ekv`: this block's encoder keys/values `[N, L, 2C]` (channel h·2d + {k,v}·d + c);
+    /// `mask`: additive `[N, L + H·W]` over the keys (encoder keys first).
+    fn forward(
+        &self,
+        rec: &mut Recorder,
+        x: &Tensor,
+        ekv: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let &[n, c, h, w] = x.shape() else {
             unreachable!("UNet activations are NCHW")
         };
@@ -604,7 +611,7 @@ impl AttentionBlock {
                 d,
                 scale: 1.0 / (d as f32).sqrt().sqrt(),
                 causal: false,
-                mask: None,
+                mask,
                 channels_first: true,
             },
         )?;
@@ -683,14 +690,41 @@ pub struct Conditioning<'a> {
     pub inpaint: Option<(&'a Tensor, &'a Tensor)>,
 }
 
-pub struct Glide {
-    pub config: GlideConfig,
-    pub token_embedding: Weight,
-    pub positional_embedding: Tensor,
-    pub padding_embedding: Option<Tensor>,
-    pub transformer: Vec<XfBlock>,
-    pub final_ln: Option<Norm>,
-    pub transformer_proj: Layer,
+/// The sizes of a GLIDE-family UNet: GLIDE's four models and Karlo's decoder.
+#[derive(Clone, Debug)]
+pub struct UNetSpec {
+    pub model_channels: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub num_res_blocks: usize,
+    pub channel_mult: Vec<usize>,
+    /// Downsampling factors with attention.
+    pub attention_ds: Vec<usize>,
+    /// Channels per head (`num_head_channels`), or None: `num_heads` heads.
+    pub head_channels: Option<usize>,
+    pub num_heads: usize,
+    /// Width of the encoder sequence the attention blocks read (`xf_width`).
+    pub encoder_channels: usize,
+}
+
+impl UNetSpec {
+    fn heads(&self, ch: usize) -> Result<usize> {
+        match self.head_channels {
+            Some(hc) if hc > 0 && ch.is_multiple_of(hc) => Ok(ch / hc),
+            Some(hc) => Err(Error::Invalid(format!(
+                "{ch} channels not divisible by num_head_channels {hc}"
+            ))),
+            None => Ok(self.num_heads.max(1)),
+        }
+    }
+}
+
+/// The UNet: timestep MLP, input/middle/output blocks of ResBlocks (scale-
+/// shift norm, resampling ResBlocks) and attention blocks over the encoder
+/// sequence + the image positions, output GroupNorm + conv. Keys are the
+/// official ones under a prefix (`""` for GLIDE, `"model."` in Karlo).
+pub struct UNet {
+    pub spec: UNetSpec,
     pub time_embed_0: Layer,
     pub time_embed_2: Layer,
     pub input_blocks: Vec<Vec<Block>>,
@@ -700,12 +734,291 @@ pub struct Glide {
     pub out_2: Layer,
 }
 
+pub struct Glide {
+    pub config: GlideConfig,
+    pub token_embedding: Weight,
+    pub positional_embedding: Tensor,
+    pub padding_embedding: Option<Tensor>,
+    pub transformer: Vec<XfBlock>,
+    pub final_ln: Option<Norm>,
+    pub transformer_proj: Layer,
+    pub unet: UNet,
+}
+
 /// Named intermediate tensors of one forward pass (for fixture checks).
 pub type Capture = Vec<(String, Tensor)>;
 
 fn capture(cap: &mut Option<&mut Capture>, name: impl Into<String>, t: &Tensor) {
     if let Some(c) = cap {
         c.push((name.into(), t.clone()));
+    }
+}
+
+impl UNet {
+    pub fn load(l: &Loader, p: &str, spec: UNetSpec) -> Result<Self> {
+        let (mc, w) = (spec.model_channels, spec.encoder_channels);
+        let emb = 4 * mc;
+        let mult = &spec.channel_mult;
+        let attn_ds = &spec.attention_ds;
+        let mut input_blocks = vec![vec![Block::Conv(Layer::conv(
+            l,
+            &format!("{p}input_blocks.0.0"),
+            mc,
+            spec.in_channels,
+            3,
+        )?)]];
+        let mut skip_ch = vec![mc];
+        let (mut ch, mut ds) = (mc, 1);
+        for (level, &m) in mult.iter().enumerate() {
+            for _ in 0..spec.num_res_blocks {
+                let i = input_blocks.len();
+                let mut blk = vec![Block::Res(ResBlock::load(
+                    l,
+                    &format!("{p}input_blocks.{i}.0"),
+                    ch,
+                    m * mc,
+                    emb,
+                    Resample::None,
+                )?)];
+                ch = m * mc;
+                if attn_ds.contains(&ds) {
+                    blk.push(Block::Attn(AttentionBlock::load(
+                        l,
+                        &format!("{p}input_blocks.{i}.1"),
+                        ch,
+                        spec.heads(ch)?,
+                        w,
+                    )?));
+                }
+                input_blocks.push(blk);
+                skip_ch.push(ch);
+            }
+            if level + 1 != mult.len() {
+                let i = input_blocks.len();
+                input_blocks.push(vec![Block::Res(ResBlock::load(
+                    l,
+                    &format!("{p}input_blocks.{i}.0"),
+                    ch,
+                    ch,
+                    emb,
+                    Resample::Down,
+                )?)]);
+                skip_ch.push(ch);
+                ds *= 2;
+            }
+        }
+        let middle_block = vec![
+            Block::Res(ResBlock::load(
+                l,
+                &format!("{p}middle_block.0"),
+                ch,
+                ch,
+                emb,
+                Resample::None,
+            )?),
+            Block::Attn(AttentionBlock::load(
+                l,
+                &format!("{p}middle_block.1"),
+                ch,
+                spec.heads(ch)?,
+                w,
+            )?),
+            Block::Res(ResBlock::load(
+                l,
+                &format!("{p}middle_block.2"),
+                ch,
+                ch,
+                emb,
+                Resample::None,
+            )?),
+        ];
+        let mut output_blocks = Vec::new();
+        for (level, &m) in mult.iter().enumerate().rev() {
+            for i in 0..=spec.num_res_blocks {
+                let o = output_blocks.len();
+                let sc = skip_ch.pop().expect("skip stack matches the input blocks");
+                let mut blk = vec![Block::Res(ResBlock::load(
+                    l,
+                    &format!("{p}output_blocks.{o}.0"),
+                    ch + sc,
+                    m * mc,
+                    emb,
+                    Resample::None,
+                )?)];
+                ch = m * mc;
+                if attn_ds.contains(&ds) {
+                    blk.push(Block::Attn(AttentionBlock::load(
+                        l,
+                        &format!("{p}output_blocks.{o}.1"),
+                        ch,
+                        spec.heads(ch)?,
+                        w,
+                    )?));
+                }
+                if level > 0 && i == spec.num_res_blocks {
+                    let j = blk.len();
+                    blk.push(Block::Res(ResBlock::load(
+                        l,
+                        &format!("{p}output_blocks.{o}.{j}"),
+                        ch,
+                        ch,
+                        emb,
+                        Resample::Up,
+                    )?));
+                    ds /= 2;
+                }
+                output_blocks.push(blk);
+            }
+        }
+        Ok(UNet {
+            time_embed_0: Layer::linear(l, &format!("{p}time_embed.0"), emb, mc)?,
+            time_embed_2: Layer::linear(l, &format!("{p}time_embed.2"), emb, emb)?,
+            input_blocks,
+            middle_block,
+            output_blocks,
+            out_0: Norm::load(l, &format!("{p}out.0"), ch)?,
+            out_2: Layer::conv(l, &format!("{p}out.2"), spec.out_channels, ch, 3)?,
+            spec,
+        })
+    }
+
+    pub fn attention_blocks(&self) -> impl Iterator<Item = &AttentionBlock> {
+        self.input_blocks
+            .iter()
+            .flatten()
+            .chain(self.middle_block.iter())
+            .chain(self.output_blocks.iter().flatten())
+            .filter_map(|b| {
+                if let Block::Attn(a) = b {
+                    Some(a)
+                } else {
+                    None
+                }
+            })
+    }
+
+    /// One forward on `input` `[N, in_channels, H, W]` at original-scale
+    /// `timesteps` `[N]`: `extra_emb` `[N, 4C]` is added to the timestep
+    /// embedding, `encoder_kv` holds each attention block's keys/values of
+    /// the encoder sequence (`[N, S, 2C]`, forward order) and
+    /// `encoder_mask` (host, `N·S`, additive) masks encoder keys.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        rec: &mut Recorder,
+        input: &Tensor,
+        timesteps: &Tensor,
+        extra_emb: &Tensor,
+        encoder_kv: &[Tensor],
+        encoder_mask: Option<&[f32]>,
+        mut cap: Option<&mut Capture>,
+    ) -> Result<Tensor> {
+        let sp = &self.spec;
+        let &[n, cin, h, w] = input.shape() else {
+            return Err(Error::Invalid(format!(
+                "UNet input {:?}, expected [N, C, H, W]",
+                input.shape()
+            )));
+        };
+        let div = 1 << (sp.channel_mult.len() - 1);
+        if cin != sp.in_channels
+            || h % div != 0
+            || w % div != 0
+            || timesteps.shape() != [n]
+            || extra_emb.shape() != [n, 4 * sp.model_channels]
+        {
+            return Err(Error::Invalid(format!(
+                "UNet input {:?} / timesteps {:?} / conditioning {:?}: expected [N, {}, H, W] with \
+                 H, W multiples of {div}",
+                input.shape(),
+                timesteps.shape(),
+                extra_emb.shape(),
+                sp.in_channels
+            )));
+        }
+        let temb = kernels::timestep::timestep_embedding(rec, timesteps, sp.model_channels, false)?;
+        capture(&mut cap, "timestep_embedding", &temb);
+        let t0 = self
+            .time_embed_0
+            .apply_linear(rec, &temb, None, Act::Silu)?;
+        let t1 = self.time_embed_2.apply_linear(rec, &t0, None, Act::None)?;
+        capture(&mut cap, "time_embed_out", &t1);
+        let emb = kernels::elementwise::binary(
+            rec,
+            &t1,
+            extra_emb,
+            kernels::elementwise::BinaryOp::Add,
+            Act::None,
+        )?;
+        capture(&mut cap, "emb", &emb);
+        let emb_silu = kernels::elementwise::unary(rec, &emb, Act::Silu, 1.0, 0.0)?;
+        // The additive key mask of each resolution: encoder part + zeros for the image keys.
+        let mut masks: Vec<(usize, Tensor)> = Vec::new();
+        let mut mask_for = |rec: &mut Recorder, s: usize, t: usize| -> Result<Option<Tensor>> {
+            let Some(m) = encoder_mask else {
+                return Ok(None);
+            };
+            if m.len() != n * s {
+                return Err(Error::Invalid(format!(
+                    "encoder mask of {} values for {n} rows of {s} keys",
+                    m.len()
+                )));
+            }
+            if let Some((_, t)) = masks.iter().find(|(k, _)| *k == t) {
+                return Ok(Some(t.clone()));
+            }
+            let full: Vec<f32> = m
+                .chunks(s)
+                .flat_map(|row| row.iter().copied().chain(std::iter::repeat_n(0.0, t)))
+                .collect();
+            let tensor = rec.gpu().upload(&[n, s + t], &full)?;
+            masks.push((t, tensor.clone()));
+            Ok(Some(tensor))
+        };
+        let mut ekv = encoder_kv.iter();
+        let mut run = |rec: &mut Recorder, blocks: &[Block], mut h: Tensor| -> Result<Tensor> {
+            for b in blocks {
+                h = match b {
+                    Block::Conv(l) => l.apply_conv(rec, &h, None, None)?,
+                    Block::Res(r) => r.forward(rec, &h, &emb_silu)?,
+                    Block::Attn(a) => {
+                        let kv = ekv.next().ok_or_else(|| {
+                            Error::Invalid("text conditioning has too few attention entries".into())
+                        })?;
+                        let t = h.shape()[2] * h.shape()[3];
+                        let mask = mask_for(rec, kv.shape()[1], t)?;
+                        a.forward(rec, &h, kv, mask.as_ref())?
+                    }
+                };
+            }
+            Ok(h)
+        };
+        let mut hs = Vec::new();
+        let mut hcur = input.clone();
+        for (i, blk) in self.input_blocks.iter().enumerate() {
+            hcur = run(rec, blk, hcur)?;
+            capture(&mut cap, format!("input_blocks.{i}"), &hcur);
+            hs.push(hcur.clone());
+        }
+        hcur = run(rec, &self.middle_block, hcur)?;
+        capture(&mut cap, "middle_block", &hcur);
+        for (i, blk) in self.output_blocks.iter().enumerate() {
+            let skip = hs.pop().expect("one skip per output block");
+            let cat = kernels::copy::concat_channels(rec, &[&hcur, &skip])?;
+            drop(skip);
+            hcur = run(rec, blk, cat)?;
+            capture(&mut cap, format!("output_blocks.{i}"), &hcur);
+        }
+        let coef = self.out_0.coeffs(rec, &hcur, None)?;
+        self.out_2.apply_conv(
+            rec,
+            &hcur,
+            Some(InputNorm {
+                coef: &coef,
+                silu: true,
+            }),
+            None,
+        )
     }
 }
 
@@ -724,118 +1037,18 @@ impl Glide {
         let emb = 4 * mc;
         let xf_layer = |i: usize| XfBlock::load(&l, &format!("transformer.resblocks.{i}"), w);
         let transformer = (0..c.xf_layers).map(xf_layer).collect::<Result<Vec<_>>>()?;
-        let mult = c.channel_mult()?;
-        let attn_ds = c.attention_ds()?;
-        let mut input_blocks = vec![vec![Block::Conv(Layer::conv(
-            &l,
-            "input_blocks.0.0",
-            mc,
-            c.in_channels(),
-            3,
-        )?)]];
-        let mut skip_ch = vec![mc];
-        let (mut ch, mut ds) = (mc, 1);
-        for (level, &m) in mult.iter().enumerate() {
-            for _ in 0..c.num_res_blocks {
-                let i = input_blocks.len();
-                let mut blk = vec![Block::Res(ResBlock::load(
-                    &l,
-                    &format!("input_blocks.{i}.0"),
-                    ch,
-                    m * mc,
-                    emb,
-                    Resample::None,
-                )?)];
-                ch = m * mc;
-                if attn_ds.contains(&ds) {
-                    blk.push(Block::Attn(AttentionBlock::load(
-                        &l,
-                        &format!("input_blocks.{i}.1"),
-                        ch,
-                        c.heads(ch)?,
-                        w,
-                    )?));
-                }
-                input_blocks.push(blk);
-                skip_ch.push(ch);
-            }
-            if level + 1 != mult.len() {
-                let i = input_blocks.len();
-                input_blocks.push(vec![Block::Res(ResBlock::load(
-                    &l,
-                    &format!("input_blocks.{i}.0"),
-                    ch,
-                    ch,
-                    emb,
-                    Resample::Down,
-                )?)]);
-                skip_ch.push(ch);
-                ds *= 2;
-            }
-        }
-        let middle_block = vec![
-            Block::Res(ResBlock::load(
-                &l,
-                "middle_block.0",
-                ch,
-                ch,
-                emb,
-                Resample::None,
-            )?),
-            Block::Attn(AttentionBlock::load(
-                &l,
-                "middle_block.1",
-                ch,
-                c.heads(ch)?,
-                w,
-            )?),
-            Block::Res(ResBlock::load(
-                &l,
-                "middle_block.2",
-                ch,
-                ch,
-                emb,
-                Resample::None,
-            )?),
-        ];
-        let mut output_blocks = Vec::new();
-        for (level, &m) in mult.iter().enumerate().rev() {
-            for i in 0..=c.num_res_blocks {
-                let o = output_blocks.len();
-                let sc = skip_ch.pop().expect("skip stack matches the input blocks");
-                let mut blk = vec![Block::Res(ResBlock::load(
-                    &l,
-                    &format!("output_blocks.{o}.0"),
-                    ch + sc,
-                    m * mc,
-                    emb,
-                    Resample::None,
-                )?)];
-                ch = m * mc;
-                if attn_ds.contains(&ds) {
-                    blk.push(Block::Attn(AttentionBlock::load(
-                        &l,
-                        &format!("output_blocks.{o}.1"),
-                        ch,
-                        c.heads(ch)?,
-                        w,
-                    )?));
-                }
-                if level > 0 && i == c.num_res_blocks {
-                    let j = blk.len();
-                    blk.push(Block::Res(ResBlock::load(
-                        &l,
-                        &format!("output_blocks.{o}.{j}"),
-                        ch,
-                        ch,
-                        emb,
-                        Resample::Up,
-                    )?));
-                    ds /= 2;
-                }
-                output_blocks.push(blk);
-            }
-        }
+        let spec = UNetSpec {
+            model_channels: mc,
+            in_channels: c.in_channels(),
+            out_channels: 6,
+            num_res_blocks: c.num_res_blocks,
+            channel_mult: c.channel_mult()?,
+            attention_ds: c.attention_ds()?,
+            head_channels: (c.num_head_channels > 0).then_some(c.num_head_channels as usize),
+            num_heads: c.num_heads,
+            encoder_channels: w,
+        };
+        let unet = UNet::load(&l, "", spec)?;
         let model = Glide {
             token_embedding: l.weight("token_embedding.weight", &[c.n_vocab, w])?,
             positional_embedding: l.tensor("positional_embedding", &[c.text_ctx, w])?,
@@ -851,32 +1064,11 @@ impl Glide {
                 None
             },
             transformer_proj: Layer::linear(&l, "transformer_proj", emb, w)?,
-            time_embed_0: Layer::linear(&l, "time_embed.0", emb, mc)?,
-            time_embed_2: Layer::linear(&l, "time_embed.2", emb, emb)?,
-            input_blocks,
-            middle_block,
-            output_blocks,
-            out_0: Norm::load(&l, "out.0", ch)?,
-            out_2: Layer::conv(&l, "out.2", 6, ch, 3)?,
+            unet,
             config,
         };
         l.finish()?;
         Ok(model)
-    }
-
-    fn attention_blocks(&self) -> impl Iterator<Item = &AttentionBlock> {
-        self.input_blocks
-            .iter()
-            .flatten()
-            .chain(self.middle_block.iter())
-            .chain(self.output_blocks.iter().flatten())
-            .filter_map(|b| {
-                if let Block::Attn(a) = b {
-                    Some(a)
-                } else {
-                    None
-                }
-            })
     }
 
     /// Encodes tokens `[N, L]` (u32) with mask `[N, L]` (u32, 1 = real token).
@@ -921,6 +1113,7 @@ impl Glide {
             .apply_linear(rec, &last, None, Act::None)?;
         capture(&mut cap, "xf_proj", &xf_proj);
         let encoder_kv = self
+            .unet
             .attention_blocks()
             .map(|a| a.encoder_kv.apply_linear(rec, &x, None, Act::None))
             .collect::<Result<Vec<_>>>()?;
@@ -959,23 +1152,6 @@ impl Glide {
                 text.xf_proj.shape()[0]
             )));
         }
-        let temb = kernels::timestep::timestep_embedding(rec, timesteps, c.num_channels, false)?;
-        capture(&mut cap, "timestep_embedding", &temb);
-        let t0 = self
-            .time_embed_0
-            .apply_linear(rec, &temb, None, Act::Silu)?;
-        let t1 = self.time_embed_2.apply_linear(rec, &t0, None, Act::None)?;
-        capture(&mut cap, "time_embed_out", &t1);
-        let emb = kernels::elementwise::binary(
-            rec,
-            &t1,
-            &text.xf_proj,
-            kernels::elementwise::BinaryOp::Add,
-            Act::None,
-        )?;
-        capture(&mut cap, "emb", &emb);
-        let emb_silu = kernels::elementwise::unary(rec, &emb, Act::Silu, 1.0, 0.0)?;
-
         // Input channels: [x_t, image·mask, mask, up(low_res)].
         let mut parts = vec![x.clone()];
         if c.inpaint {
@@ -1022,48 +1198,14 @@ impl Glide {
         };
         capture(&mut cap, "unet_input", &input);
 
-        let mut ekv = text.encoder_kv.iter();
-        let mut run = |rec: &mut Recorder, blocks: &[Block], mut h: Tensor| -> Result<Tensor> {
-            for b in blocks {
-                h = match b {
-                    Block::Conv(l) => l.apply_conv(rec, &h, None, None)?,
-                    Block::Res(r) => r.forward(rec, &h, &emb_silu)?,
-                    Block::Attn(a) => a.forward(
-                        rec,
-                        &h,
-                        ekv.next().ok_or_else(|| {
-                            Error::Invalid("text conditioning has too few attention entries".into())
-                        })?,
-                    )?,
-                };
-            }
-            Ok(h)
-        };
-        let mut hs = Vec::new();
-        let mut hcur = input;
-        for (i, blk) in self.input_blocks.iter().enumerate() {
-            hcur = run(rec, blk, hcur)?;
-            capture(&mut cap, format!("input_blocks.{i}"), &hcur);
-            hs.push(hcur.clone());
-        }
-        hcur = run(rec, &self.middle_block, hcur)?;
-        capture(&mut cap, "middle_block", &hcur);
-        for (i, blk) in self.output_blocks.iter().enumerate() {
-            let skip = hs.pop().expect("one skip per output block");
-            let cat = kernels::copy::concat_channels(rec, &[&hcur, &skip])?;
-            drop(skip);
-            hcur = run(rec, blk, cat)?;
-            capture(&mut cap, format!("output_blocks.{i}"), &hcur);
-        }
-        let coef = self.out_0.coeffs(rec, &hcur, None)?;
-        self.out_2.apply_conv(
+        self.unet.forward(
             rec,
-            &hcur,
-            Some(InputNorm {
-                coef: &coef,
-                silu: true,
-            }),
+            &input,
+            timesteps,
+            &text.xf_proj,
+            &text.encoder_kv,
             None,
+            cap,
         )
     }
 }

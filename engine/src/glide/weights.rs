@@ -168,6 +168,11 @@ impl<'a> Loader<'a> {
         })
     }
 
+    /// The storage type asked for the quantisable weights.
+    pub fn dtype(&self) -> WeightDType {
+        self.dtype
+    }
+
     /// The tensor's values, checked against `shape`.
     pub fn raw(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         if let Some(s) = self.st.stored.get(name) {

@@ -8,6 +8,7 @@ use crate::glide::weights::{Loader, WeightSource};
 use crate::gpu::Gpu;
 use crate::quant::WeightDType;
 use crate::unclip::clip::{ClipText, ClipTextConfig};
+use crate::unclip::decoder::{Decoder, DecoderCond, DecoderConfig};
 use crate::unclip::prior::{Prior, PriorConfig, PriorText};
 use crate::unclip::tokenizer::ClipTokenizer;
 
@@ -408,5 +409,81 @@ pub async fn check_t2i_prior(
         &trace.get("prior.img_feat")?.1,
         tol,
     );
+    Ok(report)
+}
+
+#[derive(serde::Deserialize)]
+struct DecoderCase {
+    module_kwargs: DecoderConfig,
+    #[serde(default)]
+    state_dict_prefix: String,
+}
+
+/// `decoder/`: the decoder built from `config.json` alone, one forward on
+/// the recorded inputs, every recorded intermediate compared.
+pub async fn check_decoder(
+    gpu: &Gpu,
+    config_json: &[u8],
+    weights: &WeightSource<'_>,
+    io: &[u8],
+    tol: f64,
+    dtype: WeightDType,
+) -> Result<Report> {
+    let case: DecoderCase = serde_json::from_slice(config_json)
+        .map_err(|e| Error::Invalid(format!("config.json: {e}")))?;
+    let loader = Loader::new(gpu, weights, dtype)?;
+    let decoder = Decoder::load(gpu, case.module_kwargs, &loader, &case.state_dict_prefix)?;
+    loader.finish()?;
+    let io = Tensors::new(io, "io.safetensors")?;
+    let upload = |name: &str| -> Result<crate::tensor::Tensor> {
+        let (s, v) = io.get(name)?;
+        gpu.upload(&s, &v)
+    };
+    let (x, t, y, txt_feat, txt_feat_seq) = (
+        upload("in.x")?,
+        upload("in.timesteps")?,
+        upload("in.y")?,
+        upload("in.txt_feat")?,
+        upload("in.txt_feat_seq")?,
+    );
+    let mask: Vec<u32> = io.get("in.mask")?.1.iter().map(|&m| m as u32).collect();
+    let mut cap = Vec::new();
+    let mut rec = gpu.recorder();
+    let text = decoder.condition(
+        &mut rec,
+        &DecoderCond {
+            y: &y,
+            txt_feat: &txt_feat,
+            txt_feat_seq: &txt_feat_seq,
+            mask: &mask,
+        },
+        Some(&mut cap),
+    )?;
+    let out = decoder.forward(&mut rec, &x, &t, &text, Some(&mut cap))?;
+    rec.submit()?;
+    cap.push(("out".into(), out));
+    let mut report = Report::default();
+    for (name, t) in cap {
+        let mut got = gpu.read(&t).await?;
+        let want_name = match name.as_str() {
+            "time_embed_out" => "time_emb",
+            "xf_out_tokens" => "xf_out",
+            n => n,
+        };
+        if !io.has(want_name) {
+            continue; // an engine intermediate the fixture does not record
+        }
+        if name == "xf_out_tokens" {
+            // The fixture records it channels-first [N, W, S].
+            let (s, w) = (t.shape()[1], t.shape()[2]);
+            got = (0..got.len())
+                .map(|i| {
+                    let (b, c, j) = (i / (w * s), (i / s) % w, i % s);
+                    got[(b * s + j) * w + c]
+                })
+                .collect();
+        }
+        report.push(want_name, &got, &io.get(want_name)?.1, tol);
+    }
     Ok(report)
 }
