@@ -267,6 +267,15 @@ fn check_fixture(
         ))?;
         return Ok(print_report(dir, &report, tol, dtype.name()));
     }
+    // unCLIP's bicubic folder: the antialiased resize Karlo applies before SR.
+    if dir.join("resize.safetensors").exists() {
+        let report = pollster::block_on(engine::unclip::check::check_bicubic(
+            gpu,
+            &read("resize.safetensors")?,
+            tol,
+        ))?;
+        return Ok(print_report(dir, &report, tol, "f32"));
+    }
     // unCLIP's schedules folder: float64 tables, judged at 1e-10 whatever --tol says.
     if dir.join("schedules.json").exists() {
         let report = engine::unclip::check::check_schedules(
@@ -312,6 +321,15 @@ fn check_fixture(
         ))?
     } else if class.contains("Text2ImProgressiveModel") {
         pollster::block_on(engine::unclip::check::check_decoder(
+            gpu,
+            &config,
+            &source,
+            &read("io.safetensors")?,
+            tol,
+            dtype,
+        ))?
+    } else if class.contains("SupRes") {
+        pollster::block_on(engine::unclip::check::check_sr(
             gpu,
             &config,
             &source,

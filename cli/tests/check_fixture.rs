@@ -91,6 +91,8 @@ fn unclip_model_and_schedule_cases_pass() {
         ("clip_text", "text.txt_feat "),
         ("prior", "final_ln "),
         ("decoder", "output_blocks.8 "),
+        ("sr", "last.out "),
+        ("bicubic", "x4.out "),
         ("schedules", "sr_7.posterior_variance "),
         ("t2i", "prior.img_feat "),
     ] {

@@ -5,7 +5,7 @@
 
 use engine::glide::weights::WeightSource;
 use engine::unclip::check::{
-    check_clip_text, check_decoder, check_prior, check_schedules, check_t2i_prior,
+    check_clip_text, check_decoder, check_prior, check_schedules, check_sr, check_t2i_prior,
 };
 use engine::unclip::tokenizer::ClipTokenizer;
 use engine::{Gpu, GpuOptions, WeightDType};
@@ -173,6 +173,45 @@ fn decoder_matches_every_intermediate() {
         "middle_block",
         "output_blocks.8",
         "out",
+    ] {
+        assert!(names.contains(&want), "{want} not compared: {names:?}");
+    }
+    assert!(
+        report.ok(),
+        "over tolerance: {:?}",
+        report
+            .rows
+            .iter()
+            .filter(|r| !r.ok)
+            .map(|r| &r.name)
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn super_resolution_networks_match() {
+    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
+    let weights = read("sr", "weights.safetensors");
+    let source = WeightSource::single(&weights).unwrap();
+    let report = pollster::block_on(check_sr(
+        &gpu,
+        &read("sr", "config.json"),
+        &source,
+        &read("sr", "io.safetensors"),
+        1e-4,
+        WeightDType::F32,
+    ))
+    .unwrap();
+    for r in &report.rows {
+        println!("{:<28} max abs {:.3e} rel {:.3e}", r.name, r.max_abs, r.rel);
+    }
+    let names: Vec<&str> = report.rows.iter().map(|r| r.name.as_str()).collect();
+    for want in [
+        "first.time_emb",
+        "first.middle_block",
+        "first.output_blocks.3",
+        "first.out",
+        "last.out",
     ] {
         assert!(names.contains(&want), "{want} not compared: {names:?}");
     }

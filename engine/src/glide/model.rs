@@ -448,6 +448,9 @@ pub struct ResBlock {
     pub out_layers_3: Layer,
     pub skip_connection: Option<Layer>,
     pub resample: Resample,
+    /// GN(h)·(1 + scale) + shift from the embedding (GLIDE, Karlo's decoder);
+    /// else the embedding is added to h before the norm (Karlo's SR).
+    pub scale_shift: bool,
 }
 
 impl ResBlock {
@@ -458,11 +461,13 @@ impl ResBlock {
         cout: usize,
         emb: usize,
         resample: Resample,
+        scale_shift: bool,
     ) -> Result<Self> {
+        let emb_out = if scale_shift { 2 * cout } else { cout };
         Ok(ResBlock {
             in_layers_0: Norm::load(l, &format!("{name}.in_layers.0"), cin)?,
             in_layers_2: Layer::conv(l, &format!("{name}.in_layers.2"), cout, cin, 3)?,
-            emb_layers_1: Layer::linear(l, &format!("{name}.emb_layers.1"), 2 * cout, emb)?,
+            emb_layers_1: Layer::linear(l, &format!("{name}.emb_layers.1"), emb_out, emb)?,
             out_layers_0: Norm::load(l, &format!("{name}.out_layers.0"), cout)?,
             out_layers_3: Layer::conv(l, &format!("{name}.out_layers.3"), cout, cout, 3)?,
             skip_connection: if cin != cout {
@@ -477,6 +482,7 @@ impl ResBlock {
                 None
             },
             resample,
+            scale_shift,
         })
     }
 
@@ -514,7 +520,22 @@ impl ResBlock {
         let e = self
             .emb_layers_1
             .apply_linear(rec, emb_silu, None, Act::None)?;
-        let coef2 = self.out_layers_0.coeffs(rec, &h, Some(&e))?;
+        let (h, coef2) = if self.scale_shift {
+            let coef2 = self.out_layers_0.coeffs(rec, &h, Some(&e))?;
+            (h, coef2)
+        } else {
+            let c = e.shape()[1];
+            let e = e.reshape(&[e.shape()[0], c, 1, 1])?;
+            let h = kernels::elementwise::binary(
+                rec,
+                &h,
+                &e,
+                kernels::elementwise::BinaryOp::Add,
+                Act::None,
+            )?;
+            let coef2 = self.out_layers_0.coeffs(rec, &h, None)?;
+            (h, coef2)
+        };
         let skip = match &self.skip_connection {
             Some(s) => s.apply_conv(rec, &x, None, None)?,
             None => x,
@@ -705,6 +726,10 @@ pub struct UNetSpec {
     pub num_heads: usize,
     /// Width of the encoder sequence the attention blocks read (`xf_width`).
     pub encoder_channels: usize,
+    /// ResBlocks with scale-shift norm (else the embedding is added).
+    pub scale_shift: bool,
+    /// An attention block between the two middle ResBlocks.
+    pub middle_attention: bool,
 }
 
 impl UNetSpec {
@@ -779,6 +804,7 @@ impl UNet {
                     m * mc,
                     emb,
                     Resample::None,
+                    spec.scale_shift,
                 )?)];
                 ch = m * mc;
                 if attn_ds.contains(&ds) {
@@ -802,36 +828,38 @@ impl UNet {
                     ch,
                     emb,
                     Resample::Down,
+                    spec.scale_shift,
                 )?)]);
                 skip_ch.push(ch);
                 ds *= 2;
             }
         }
-        let middle_block = vec![
-            Block::Res(ResBlock::load(
+        let middle_res = |i: usize| -> Result<Block> {
+            Ok(Block::Res(ResBlock::load(
                 l,
-                &format!("{p}middle_block.0"),
+                &format!("{p}middle_block.{i}"),
                 ch,
                 ch,
                 emb,
                 Resample::None,
-            )?),
-            Block::Attn(AttentionBlock::load(
-                l,
-                &format!("{p}middle_block.1"),
-                ch,
-                spec.heads(ch)?,
-                w,
-            )?),
-            Block::Res(ResBlock::load(
-                l,
-                &format!("{p}middle_block.2"),
-                ch,
-                ch,
-                emb,
-                Resample::None,
-            )?),
-        ];
+                spec.scale_shift,
+            )?))
+        };
+        let middle_block = if spec.middle_attention {
+            vec![
+                middle_res(0)?,
+                Block::Attn(AttentionBlock::load(
+                    l,
+                    &format!("{p}middle_block.1"),
+                    ch,
+                    spec.heads(ch)?,
+                    w,
+                )?),
+                middle_res(2)?,
+            ]
+        } else {
+            vec![middle_res(0)?, middle_res(1)?]
+        };
         let mut output_blocks = Vec::new();
         for (level, &m) in mult.iter().enumerate().rev() {
             for i in 0..=spec.num_res_blocks {
@@ -844,6 +872,7 @@ impl UNet {
                     m * mc,
                     emb,
                     Resample::None,
+                    spec.scale_shift,
                 )?)];
                 ch = m * mc;
                 if attn_ds.contains(&ds) {
@@ -864,6 +893,7 @@ impl UNet {
                         ch,
                         emb,
                         Resample::Up,
+                        spec.scale_shift,
                     )?));
                     ds /= 2;
                 }
@@ -908,7 +938,7 @@ impl UNet {
         rec: &mut Recorder,
         input: &Tensor,
         timesteps: &Tensor,
-        extra_emb: &Tensor,
+        extra_emb: Option<&Tensor>,
         encoder_kv: &[Tensor],
         encoder_mask: Option<&[f32]>,
         mut cap: Option<&mut Capture>,
@@ -925,14 +955,14 @@ impl UNet {
             || h % div != 0
             || w % div != 0
             || timesteps.shape() != [n]
-            || extra_emb.shape() != [n, 4 * sp.model_channels]
+            || extra_emb.is_some_and(|e| e.shape() != [n, 4 * sp.model_channels])
         {
             return Err(Error::Invalid(format!(
                 "UNet input {:?} / timesteps {:?} / conditioning {:?}: expected [N, {}, H, W] with \
                  H, W multiples of {div}",
                 input.shape(),
                 timesteps.shape(),
-                extra_emb.shape(),
+                extra_emb.map(|e| e.shape().to_vec()),
                 sp.in_channels
             )));
         }
@@ -943,13 +973,16 @@ impl UNet {
             .apply_linear(rec, &temb, None, Act::Silu)?;
         let t1 = self.time_embed_2.apply_linear(rec, &t0, None, Act::None)?;
         capture(&mut cap, "time_embed_out", &t1);
-        let emb = kernels::elementwise::binary(
-            rec,
-            &t1,
-            extra_emb,
-            kernels::elementwise::BinaryOp::Add,
-            Act::None,
-        )?;
+        let emb = match extra_emb {
+            Some(e) => kernels::elementwise::binary(
+                rec,
+                &t1,
+                e,
+                kernels::elementwise::BinaryOp::Add,
+                Act::None,
+            )?,
+            None => t1,
+        };
         capture(&mut cap, "emb", &emb);
         let emb_silu = kernels::elementwise::unary(rec, &emb, Act::Silu, 1.0, 0.0)?;
         // The additive key mask of each resolution: encoder part + zeros for the image keys.
@@ -1047,6 +1080,8 @@ impl Glide {
             head_channels: (c.num_head_channels > 0).then_some(c.num_head_channels as usize),
             num_heads: c.num_heads,
             encoder_channels: w,
+            scale_shift: c.use_scale_shift_norm,
+            middle_attention: true,
         };
         let unet = UNet::load(&l, "", spec)?;
         let model = Glide {
@@ -1202,7 +1237,7 @@ impl Glide {
             rec,
             &input,
             timesteps,
-            &text.xf_proj,
+            Some(&text.xf_proj),
             &text.encoder_kv,
             None,
             cap,

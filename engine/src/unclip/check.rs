@@ -10,6 +10,7 @@ use crate::quant::WeightDType;
 use crate::unclip::clip::{ClipText, ClipTextConfig};
 use crate::unclip::decoder::{Decoder, DecoderCond, DecoderConfig};
 use crate::unclip::prior::{Prior, PriorConfig, PriorText};
+use crate::unclip::sr::{SuperRes, SuperResConfig};
 use crate::unclip::tokenizer::ClipTokenizer;
 
 /// One tokenizer case: the text and what differs (None = exact).
@@ -484,6 +485,86 @@ pub async fn check_decoder(
                 .collect();
         }
         report.push(want_name, &got, &io.get(want_name)?.1, tol);
+    }
+    Ok(report)
+}
+
+#[derive(serde::Deserialize)]
+struct SuperResCase {
+    module_kwargs_model_first_steps: SuperResConfig,
+    module_kwargs_model_last_step: SuperResConfig,
+    state_dict_prefixes: Vec<String>,
+}
+
+/// `sr/`: both SR networks built from `config.json`, one forward each on the
+/// recorded inputs; every recorded intermediate of the first compared, and
+/// the output of the last.
+pub async fn check_sr(
+    gpu: &Gpu,
+    config_json: &[u8],
+    weights: &WeightSource<'_>,
+    io: &[u8],
+    tol: f64,
+    dtype: WeightDType,
+) -> Result<Report> {
+    let case: SuperResCase = serde_json::from_slice(config_json)
+        .map_err(|e| Error::Invalid(format!("config.json: {e}")))?;
+    let [first_prefix, last_prefix] = case.state_dict_prefixes.as_slice() else {
+        return Err(Error::Invalid(
+            "config.json: state_dict_prefixes must name the two SR networks".into(),
+        ));
+    };
+    let loader = Loader::new(gpu, weights, dtype)?;
+    let first = SuperRes::load(case.module_kwargs_model_first_steps, &loader, first_prefix)?;
+    let last = SuperRes::load(case.module_kwargs_model_last_step, &loader, last_prefix)?;
+    loader.finish()?;
+    let io = Tensors::new(io, "io.safetensors")?;
+    let upload = |name: &str| -> Result<crate::tensor::Tensor> {
+        let (s, v) = io.get(name)?;
+        gpu.upload(&s, &v)
+    };
+    let (x, low_res) = (upload("in.x")?, upload("in.low_res")?);
+    let (t_first, t_last) = (upload("in.timesteps")?, upload("in.timesteps_last")?);
+    let mut cap = Vec::new();
+    let mut rec = gpu.recorder();
+    let out_first = first.forward(&mut rec, &x, &low_res, &t_first, Some(&mut cap))?;
+    let out_last = last.forward(&mut rec, &x, &low_res, &t_last, None)?;
+    rec.submit()?;
+    cap.push(("out".into(), out_first));
+    let mut report = Report::default();
+    for (name, t) in cap {
+        let name = match name.as_str() {
+            "time_embed_out" => "first.time_emb".to_string(),
+            n => format!("first.{n}"),
+        };
+        if io.has(&name) {
+            report.push(&name, &gpu.read(&t).await?, &io.get(&name)?.1, tol);
+        }
+    }
+    report.push(
+        "last.out",
+        &gpu.read(&out_last).await?,
+        &io.get("last.out")?.1,
+        tol,
+    );
+    Ok(report)
+}
+
+/// `bicubic/`: Karlo's antialiased bicubic resize (x2 and x4 cases).
+pub async fn check_bicubic(gpu: &Gpu, resize: &[u8], tol: f64) -> Result<Report> {
+    let io = Tensors::new(resize, "resize.safetensors")?;
+    let mut report = Report::default();
+    for key in ["x2", "x4"] {
+        let (s, x) = io.get(&format!("{key}.in"))?;
+        let (os, want) = io.get(&format!("{key}.out"))?;
+        if s.len() != 4 || os.len() != 4 {
+            return Err(Error::Invalid(format!("{key}: NCHW tensors expected")));
+        }
+        let xt = gpu.upload(&s, &x)?;
+        let mut rec = gpu.recorder();
+        let y = crate::kernels::resample::bicubic_aa(&mut rec, &xt, os[2], os[3])?;
+        rec.submit()?;
+        report.push(format!("{key}.out"), &gpu.read(&y).await?, &want, tol);
     }
     Ok(report)
 }

@@ -68,6 +68,8 @@ impl DecoderConfig {
             head_channels: (self.num_head_channels > 0).then_some(self.num_head_channels as usize),
             num_heads: self.num_heads.max(1) as usize,
             encoder_channels: self.xf_width,
+            scale_shift: true,
+            middle_attention: true,
         }
     }
 
@@ -230,7 +232,7 @@ impl Decoder {
             rec,
             x,
             timesteps,
-            &text.extra_emb,
+            Some(&text.extra_emb),
             &text.encoder_kv,
             Some(&text.encoder_mask),
             cap,
