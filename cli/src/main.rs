@@ -255,14 +255,14 @@ fn check_fixture(
         );
         return Ok(ok);
     }
-    // unCLIP's t2i run: so far its text and prior stages, replayed step by step.
+    // unCLIP's t2i run: every stage replayed step by step.
     if dir.join("trace.safetensors").exists() && !dir.join("weights.safetensors").exists() {
         let tok = generate::clip_tokenizer()?;
         let read_rel = |f: &str| -> engine::Result<Vec<u8>> {
             std::fs::read(dir.join(f))
                 .map_err(|e| engine::Error::Invalid(format!("{}: {e}", dir.join(f).display())))
         };
-        let report = pollster::block_on(engine::unclip::check::check_t2i_prior(
+        let report = pollster::block_on(engine::unclip::check::check_t2i(
             gpu, &tok, &read_rel, tol, dtype,
         ))?;
         return Ok(print_report(dir, &report, tol, dtype.name()));

@@ -5,7 +5,7 @@
 
 use engine::glide::weights::WeightSource;
 use engine::unclip::check::{
-    check_clip_text, check_decoder, check_prior, check_schedules, check_sr, check_t2i_prior,
+    check_clip_text, check_decoder, check_prior, check_schedules, check_sr, check_t2i,
 };
 use engine::unclip::tokenizer::ClipTokenizer;
 use engine::{Gpu, GpuOptions, WeightDType};
@@ -122,7 +122,7 @@ fn schedules_match_karlos_tables() {
 }
 
 #[test]
-fn t2i_text_and_prior_stages_replay_step_by_step() {
+fn t2i_run_replays_stage_by_stage_and_step_by_step() {
     let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
     let tok = ClipTokenizer::from_gz(include_bytes!(
         "../../public/tokenizer/bpe_simple_vocab_16e6.txt.gz"
@@ -132,8 +132,7 @@ fn t2i_text_and_prior_stages_replay_step_by_step() {
     let read = |f: &str| -> engine::Result<Vec<u8>> {
         std::fs::read(format!("{dir}/{f}")).map_err(|e| engine::Error::Invalid(format!("{f}: {e}")))
     };
-    let report =
-        pollster::block_on(check_t2i_prior(&gpu, &tok, &read, 1e-4, WeightDType::F32)).unwrap();
+    let report = pollster::block_on(check_t2i(&gpu, &tok, &read, 1e-4, WeightDType::F32)).unwrap();
     let bad: Vec<String> = report
         .rows
         .iter()
@@ -142,8 +141,11 @@ fn t2i_text_and_prior_stages_replay_step_by_step() {
         .collect();
     let worst = report.rows.iter().map(|r| r.rel).fold(0f64, f64::max);
     println!("{} tensors, worst rel {worst:.2e}", report.rows.len());
-    // tokens, mask, 2 CLIP outputs, 25 × 3 prior tensors, img_feat.
-    assert_eq!(report.rows.len(), 4 + 75 + 1);
+    // tokens, mask, 2 CLIP outputs; 25 × 3 prior tensors, img_feat; y, 5 × 3
+    // decoder tensors, images_64; low_res; 7 × 3 SR tensors, the two outputs.
+    assert_eq!(report.rows.len(), 4 + 75 + 1 + 1 + 15 + 1 + 1 + 21 + 2);
+    let names: Vec<&str> = report.rows.iter().map(|r| r.name.as_str()).collect();
+    assert!(names.contains(&"output.image") && names.contains(&"sr.step06.sample"));
     assert!(bad.is_empty(), "{bad:?}");
 }
 

@@ -244,14 +244,22 @@ struct T2iCase {
 struct T2iSampling {
     prior_sm: String,
     prior_cf_scale: f32,
+    decoder_sm: String,
+    decoder_cf_scale: f32,
+    sr_sm: String,
+    sr_size: usize,
 }
 
-/// `t2i/`, first stages: the prompts tokenized and encoded by CLIP (cond
-/// rows, then empty-prompt rows), then every prior step replayed from the
-/// recorded x_t and noise (CFG on x0, clamp ±10, fixed-small variance) and
-/// the de-standardised image embedding. `read` opens files relative to the
-/// t2i folder (the case names the other folders' weights and configs).
-pub async fn check_t2i_prior(
+/// `t2i/`, the whole text-to-image run stage by stage: the prompts
+/// tokenized and encoded by CLIP (cond rows, then empty-prompt rows); every
+/// prior step replayed from the recorded x_t and noise (CFG on x0, clamp
+/// ±10, fixed-small variance) and the de-standardised image embedding; every
+/// decoder step (y = [image embedding; cf_param], CFG on eps, learned-range
+/// variance, clamp ±1); the antialiased bicubic resize; every SR step (the
+/// first-steps network, then the last-step one; fixed-small variance) and
+/// the final image. `read` opens files relative to the t2i folder (the case
+/// names the other folders' weights and configs).
+pub async fn check_t2i(
     gpu: &Gpu,
     tok: &ClipTokenizer,
     read: &dyn Fn(&str) -> Result<Vec<u8>>,
@@ -410,6 +418,217 @@ pub async fn check_t2i_prior(
         &trace.get("prior.img_feat")?.1,
         tol,
     );
+
+    // Decoder: y = [image embedding (recorded); cf_param], every step from the recorded x_t.
+    let dec_case: DecoderCase = serde_json::from_slice(&read(&file(&case.configs, "decoder")?)?)
+        .map_err(|e| Error::Invalid(format!("decoder config: {e}")))?;
+    let dec_bytes = read(&file(&case.weights, "decoder")?)?;
+    let dec_src = WeightSource::single(&dec_bytes)?;
+    let dec_loader = Loader::new(gpu, &dec_src, dtype)?;
+    let decoder = Decoder::load(
+        gpu,
+        dec_case.module_kwargs,
+        &dec_loader,
+        &dec_case.state_dict_prefix,
+    )?;
+    dec_loader.finish()?;
+    let cf_param = gpu.read(&decoder.cf_param).await?;
+    let mut y = trace.get("prior.img_feat")?.1;
+    for _ in 0..b {
+        y.extend_from_slice(&cf_param);
+    }
+    report.push("decoder.y", &y, &trace.get("decoder.y")?.1, tol);
+    let y = gpu.upload(&[2 * b, d], &y)?;
+    let mut rec = gpu.recorder();
+    let dec_text = decoder.condition(
+        &mut rec,
+        &DecoderCond {
+            y: &y,
+            txt_feat: &feats.txt_feat,
+            txt_feat_seq: &feats.txt_feat_seq,
+            mask: &mask,
+        },
+        None,
+    )?;
+    rec.submit()?;
+    let sched = Schedule::new("squaredcos_cap_v2", 1000, &case.sampling.decoder_sm)?;
+    let (x_shape, mut x_t) = trace.get("decoder.noise_init")?;
+    let per = x_t.len() / x_shape[0].max(1);
+    let first_rows =
+        |name: &str| -> Result<Vec<f32>> { Ok(trace.get(name)?.1[..b * per].to_vec()) };
+    let img_shape = |rows: usize| [vec![rows], x_shape[1..].to_vec()].concat();
+    let mut last_sample = Vec::new();
+    for k in 0..sched.len() {
+        let i = sched.len() - 1 - k;
+        let key = |q: &str| format!("decoder.step{k:02}.{q}");
+        let half = &x_t[..b * per];
+        let model_in = gpu.upload(&img_shape(2 * b), &[half, half].concat())?;
+        let t = gpu.upload(&[2 * b], &vec![sched.timestep_map[i] as f32; 2 * b])?;
+        let x = gpu.upload(&img_shape(2 * b), &x_t)?;
+        let noise = gpu.upload(&img_shape(b), &first_rows(&key("noise"))?)?;
+        let mut rec = gpu.recorder();
+        let out = decoder.forward(&mut rec, &model_in, &t, &dec_text, None)?;
+        let (next, x0) = crate::kernels::sampler::sampler_step(
+            &mut rec,
+            &crate::kernels::sampler::Step {
+                model_out: &out,
+                x_t: &x,
+                noise: &noise,
+                guidance: Some(case.sampling.decoder_cf_scale),
+                ddim: false,
+                predict_x0: false,
+                learned_variance: true,
+                clamp_x0: Some(1.0),
+                pin: None,
+                grad: None,
+                last: i == 0,
+                replicate: false,
+                coeffs: sched.coeffs(i, 0.0),
+            },
+        )?;
+        rec.submit()?;
+        report.push(
+            key("model_out"),
+            &gpu.read(&out).await?,
+            &trace.get(&key("model_out"))?.1,
+            tol,
+        );
+        report.push(
+            key("pred_xstart"),
+            &gpu.read(&x0).await?,
+            &first_rows(&key("pred_xstart"))?,
+            tol,
+        );
+        last_sample = gpu.read(&next).await?;
+        report.push(
+            key("sample"),
+            &last_sample,
+            &first_rows(&key("sample"))?,
+            tol,
+        );
+        x_t = trace.get(&key("sample"))?.1;
+    }
+    report.push(
+        "decoder.images_64",
+        &last_sample,
+        &trace.get("decoder.images_64")?.1,
+        tol,
+    );
+
+    // Resize (clamped, antialiased bicubic) of the recorded decoder images.
+    let images: Vec<f32> = trace
+        .get("decoder.images_64")?
+        .1
+        .iter()
+        .map(|v| v.clamp(-1.0, 1.0))
+        .collect();
+    let images = gpu.upload(&img_shape(b), &images)?;
+    let size = case.sampling.sr_size;
+    let mut rec = gpu.recorder();
+    let low_res = crate::kernels::resample::bicubic_aa(&mut rec, &images, size, size)?;
+    rec.submit()?;
+    report.push(
+        "sr.low_res",
+        &gpu.read(&low_res).await?,
+        &trace.get("sr.low_res")?.1,
+        tol,
+    );
+    let low_res = {
+        let (s, v) = trace.get("sr.low_res")?;
+        gpu.upload(&s, &v)?
+    };
+
+    // SR: the first-steps network, then the last-step one at i = 0.
+    let sr_case: SuperResCase = serde_json::from_slice(&read(&file(&case.configs, "sr")?)?)
+        .map_err(|e| Error::Invalid(format!("sr config: {e}")))?;
+    let [first_prefix, last_prefix] = sr_case.state_dict_prefixes.as_slice() else {
+        return Err(Error::Invalid(
+            "sr config: two state_dict_prefixes expected".into(),
+        ));
+    };
+    let sr_bytes = read(&file(&case.weights, "sr")?)?;
+    let sr_src = WeightSource::single(&sr_bytes)?;
+    let sr_loader = Loader::new(gpu, &sr_src, dtype)?;
+    let sr_first = SuperRes::load(
+        sr_case.module_kwargs_model_first_steps,
+        &sr_loader,
+        first_prefix,
+    )?;
+    let sr_last = SuperRes::load(
+        sr_case.module_kwargs_model_last_step,
+        &sr_loader,
+        last_prefix,
+    )?;
+    sr_loader.finish()?;
+    let sched = Schedule::new("squaredcos_cap_v2", 1000, &case.sampling.sr_sm)?;
+    let (sr_shape, mut x_t) = trace.get("sr.noise_init")?;
+    let mut final_sample = Vec::new();
+    for k in 0..sched.len() {
+        let i = sched.len() - 1 - k;
+        let key = |q: &str| format!("sr.step{k:02}.{q}");
+        let x = gpu.upload(&sr_shape, &x_t)?;
+        let t = gpu.upload(
+            &[sr_shape[0]],
+            &vec![sched.timestep_map[i] as f32; sr_shape[0]],
+        )?;
+        let noise = {
+            let (s, v) = trace.get(&key("noise"))?;
+            gpu.upload(&s, &v)?
+        };
+        let net = if i == 0 { &sr_last } else { &sr_first };
+        let mut rec = gpu.recorder();
+        let out = net.forward(&mut rec, &x, &low_res, &t, None)?;
+        let (next, x0) = crate::kernels::sampler::sampler_step(
+            &mut rec,
+            &crate::kernels::sampler::Step {
+                model_out: &out,
+                x_t: &x,
+                noise: &noise,
+                guidance: None,
+                ddim: false,
+                predict_x0: false,
+                learned_variance: false,
+                clamp_x0: Some(1.0),
+                pin: None,
+                grad: None,
+                last: i == 0,
+                replicate: false,
+                coeffs: sched.coeffs(i, 0.0),
+            },
+        )?;
+        rec.submit()?;
+        report.push(
+            key("model_out"),
+            &gpu.read(&out).await?,
+            &trace.get(&key("model_out"))?.1,
+            tol,
+        );
+        report.push(
+            key("pred_xstart"),
+            &gpu.read(&x0).await?,
+            &trace.get(&key("pred_xstart"))?.1,
+            tol,
+        );
+        final_sample = gpu.read(&next).await?;
+        report.push(
+            key("sample"),
+            &final_sample,
+            &trace.get(&key("sample"))?.1,
+            tol,
+        );
+        x_t = trace.get(&key("sample"))?.1;
+    }
+    report.push(
+        "output.images_256",
+        &final_sample,
+        &trace.get("output.images_256")?.1,
+        tol,
+    );
+    let image: Vec<f32> = final_sample
+        .iter()
+        .map(|v| (v * 0.5 + 0.5).clamp(0.0, 1.0))
+        .collect();
+    report.push("output.image", &image, &trace.get("output.image")?.1, tol);
     Ok(report)
 }
 
