@@ -242,21 +242,7 @@ fn write_shards(
     Ok(manifest)
 }
 
-/// Shard file names with their bytes.
-pub type Shards = Vec<(String, Vec<u8>)>;
-
 /// Reads a converted model folder, verifying every shard's size and sha256.
-pub fn read_model_dir(dir: &Path) -> Result<(Manifest, Shards)> {
-    let manifest = Manifest::parse(
-        &std::fs::read(dir.join("manifest.json"))
-            .with_context(|| format!("reading {}/manifest.json", dir.display()))?,
-    )?;
-    let mut shards = Vec::new();
-    for s in &manifest.shards {
-        let bytes = std::fs::read(dir.join(&s.file))
-            .with_context(|| format!("reading shard {}", s.file))?;
-        manifest.verify_shard(&s.file, &bytes)?;
-        shards.push((s.file.clone(), bytes));
-    }
-    Ok((manifest, shards))
+pub fn read_model_dir(dir: &Path) -> Result<(Manifest, engine::glide::weights::Shards)> {
+    Ok(engine::glide::weights::read_model_dir(dir)?)
 }

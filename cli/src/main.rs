@@ -310,48 +310,24 @@ fn check_fixture(
         .ok()
         .and_then(|v| v["class"].as_str().map(String::from))
         .unwrap_or_default();
+    use engine::unclip::check as karlo;
+    let io = read("io.safetensors")?;
     let report = if class.contains("CLIP") {
-        pollster::block_on(engine::unclip::check::check_clip_text(
-            gpu,
-            &config,
-            &source,
-            &read("io.safetensors")?,
-            tol,
-            dtype,
+        pollster::block_on(karlo::check_clip_text(
+            gpu, &config, &source, &io, tol, dtype,
         ))?
     } else if class.contains("Text2ImProgressiveModel") {
-        pollster::block_on(engine::unclip::check::check_decoder(
-            gpu,
-            &config,
-            &source,
-            &read("io.safetensors")?,
-            tol,
-            dtype,
-        ))?
+        pollster::block_on(karlo::check_decoder(gpu, &config, &source, &io, tol, dtype))?
     } else if class.contains("SupRes") {
-        pollster::block_on(engine::unclip::check::check_sr(
-            gpu,
-            &config,
-            &source,
-            &read("io.safetensors")?,
-            tol,
-            dtype,
-        ))?
+        pollster::block_on(karlo::check_sr(gpu, &config, &source, &io, tol, dtype))?
     } else if class.contains("PriorDiffusionModel") {
-        pollster::block_on(engine::unclip::check::check_prior(
-            gpu,
-            &config,
-            &source,
-            &read("io.safetensors")?,
-            tol,
-            dtype,
-        ))?
+        pollster::block_on(karlo::check_prior(gpu, &config, &source, &io, tol, dtype))?
     } else {
         pollster::block_on(engine::glide::check::check_case(
             gpu,
             &config,
             &source,
-            &read("io.safetensors")?,
+            &io,
             trace.as_deref(),
             tol,
             dtype,

@@ -3,6 +3,7 @@
 //! compared in f32 (relative error <= 1e-4).
 #![cfg(not(target_arch = "wasm32"))]
 
+use engine::glide::check::Report;
 use engine::glide::weights::WeightSource;
 use engine::unclip::check::{
     check_clip_text, check_decoder, check_prior, check_schedules, check_sr, check_t2i,
@@ -12,49 +13,73 @@ use engine::{Gpu, GpuOptions, WeightDType};
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/unclip");
 
+/// Runs a model case's check on lavapipe, prints every row, and requires
+/// `want` among the compared tensors and every row within tolerance.
+fn model_case(
+    case: &str,
+    want: &[&str],
+    check: impl FnOnce(&Gpu, &[u8], &WeightSource, &[u8]) -> engine::Result<Report>,
+) {
+    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
+    let weights = read(case, "weights.safetensors");
+    let source = WeightSource::single(&weights).unwrap();
+    let report = check(
+        &gpu,
+        &read(case, "config.json"),
+        &source,
+        &read(case, "io.safetensors"),
+    )
+    .unwrap();
+    for r in &report.rows {
+        println!(
+            "{case}: {:<28} max abs {:.3e} rel {:.3e}",
+            r.name, r.max_abs, r.rel
+        );
+    }
+    let names: Vec<&str> = report.rows.iter().map(|r| r.name.as_str()).collect();
+    for w in want {
+        assert!(names.contains(w), "{case}: {w} not compared: {names:?}");
+    }
+    let bad: Vec<&str> = report
+        .rows
+        .iter()
+        .filter(|r| !r.ok)
+        .map(|r| r.name.as_str())
+        .collect();
+    assert!(report.ok(), "{case}: over tolerance: {bad:?}");
+}
+
+const TOL: f64 = 1e-4;
+
 fn read(case: &str, f: &str) -> Vec<u8> {
     std::fs::read(format!("{FIX}/{case}/{f}")).unwrap_or_else(|e| panic!("{case}/{f}: {e}"))
 }
 
 #[test]
 fn clip_text_tower_matches_every_intermediate() {
-    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
-    let weights = read("clip_text", "weights.safetensors");
-    let source = WeightSource::single(&weights).unwrap();
-    let report = pollster::block_on(check_clip_text(
-        &gpu,
-        &read("clip_text", "config.json"),
-        &source,
-        &read("clip_text", "io.safetensors"),
-        1e-4,
-        WeightDType::F32,
-    ))
-    .unwrap();
-    for r in &report.rows {
-        println!("{:<28} max abs {:.3e} rel {:.3e}", r.name, r.max_abs, r.rel);
-    }
-    let names: Vec<&str> = report.rows.iter().map(|r| r.name.as_str()).collect();
-    for want in [
-        "text.x_in",
-        "text.layer1_out",
-        "text.ln_final",
-        "text.txt_feat",
-        "text.txt_feat_seq",
-    ] {
-        assert!(names.contains(&want), "{want} not compared: {names:?}");
-    }
-    assert!(
-        report.ok(),
-        "over tolerance: {:?}",
-        report
-            .rows
-            .iter()
-            .filter(|r| !r.ok)
-            .map(|r| &r.name)
-            .collect::<Vec<_>>()
+    model_case(
+        "clip_text",
+        &[
+            "text.x_in",
+            "text.layer1_out",
+            "text.ln_final",
+            "text.txt_feat",
+            "text.txt_feat_seq",
+        ],
+        |gpu, config, weights, io| {
+            pollster::block_on(check_clip_text(
+                gpu,
+                config,
+                weights,
+                io,
+                TOL,
+                WeightDType::F32,
+            ))
+        },
     );
 
     // Another tower's weights: a clear error naming the key, not a panic.
+    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
     let wrong = read("prior", "weights.safetensors");
     let wrong = WeightSource::single(&wrong).unwrap();
     let err = pollster::block_on(check_clip_text(
@@ -71,34 +96,12 @@ fn clip_text_tower_matches_every_intermediate() {
 
 #[test]
 fn prior_matches_every_intermediate() {
-    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
-    let weights = read("prior", "weights.safetensors");
-    let source = WeightSource::single(&weights).unwrap();
-    let report = pollster::block_on(check_prior(
-        &gpu,
-        &read("prior", "config.json"),
-        &source,
-        &read("prior", "io.safetensors"),
-        1e-4,
-        WeightDType::F32,
-    ))
-    .unwrap();
-    for r in &report.rows {
-        println!("{:<28} max abs {:.3e} rel {:.3e}", r.name, r.max_abs, r.rel);
-    }
-    let names: Vec<&str> = report.rows.iter().map(|r| r.name.as_str()).collect();
-    for want in ["t_emb", "seq_in", "layer1_out", "final_ln", "out"] {
-        assert!(names.contains(&want), "{want} not compared: {names:?}");
-    }
-    assert!(
-        report.ok(),
-        "over tolerance: {:?}",
-        report
-            .rows
-            .iter()
-            .filter(|r| !r.ok)
-            .map(|r| &r.name)
-            .collect::<Vec<_>>()
+    model_case(
+        "prior",
+        &["t_emb", "seq_in", "layer1_out", "final_ln", "out"],
+        |gpu, config, weights, io| {
+            pollster::block_on(check_prior(gpu, config, weights, io, TOL, WeightDType::F32))
+        },
     );
 }
 
@@ -151,80 +154,43 @@ fn t2i_run_replays_stage_by_stage_and_step_by_step() {
 
 #[test]
 fn decoder_matches_every_intermediate() {
-    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
-    let weights = read("decoder", "weights.safetensors");
-    let source = WeightSource::single(&weights).unwrap();
-    let report = pollster::block_on(check_decoder(
-        &gpu,
-        &read("decoder", "config.json"),
-        &source,
-        &read("decoder", "io.safetensors"),
-        1e-4,
-        WeightDType::F32,
-    ))
-    .unwrap();
-    for r in &report.rows {
-        println!("{:<28} max abs {:.3e} rel {:.3e}", r.name, r.max_abs, r.rel);
-    }
-    let names: Vec<&str> = report.rows.iter().map(|r| r.name.as_str()).collect();
-    for want in [
-        "clip_emb",
-        "text_seq_proj",
-        "xf_out",
-        "emb",
-        "middle_block",
-        "output_blocks.8",
-        "out",
-    ] {
-        assert!(names.contains(&want), "{want} not compared: {names:?}");
-    }
-    assert!(
-        report.ok(),
-        "over tolerance: {:?}",
-        report
-            .rows
-            .iter()
-            .filter(|r| !r.ok)
-            .map(|r| &r.name)
-            .collect::<Vec<_>>()
+    model_case(
+        "decoder",
+        &[
+            "clip_emb",
+            "text_seq_proj",
+            "xf_out",
+            "emb",
+            "middle_block",
+            "output_blocks.8",
+            "out",
+        ],
+        |gpu, config, weights, io| {
+            pollster::block_on(check_decoder(
+                gpu,
+                config,
+                weights,
+                io,
+                TOL,
+                WeightDType::F32,
+            ))
+        },
     );
 }
 
 #[test]
 fn super_resolution_networks_match() {
-    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
-    let weights = read("sr", "weights.safetensors");
-    let source = WeightSource::single(&weights).unwrap();
-    let report = pollster::block_on(check_sr(
-        &gpu,
-        &read("sr", "config.json"),
-        &source,
-        &read("sr", "io.safetensors"),
-        1e-4,
-        WeightDType::F32,
-    ))
-    .unwrap();
-    for r in &report.rows {
-        println!("{:<28} max abs {:.3e} rel {:.3e}", r.name, r.max_abs, r.rel);
-    }
-    let names: Vec<&str> = report.rows.iter().map(|r| r.name.as_str()).collect();
-    for want in [
-        "first.time_emb",
-        "first.middle_block",
-        "first.output_blocks.3",
-        "first.out",
-        "last.out",
-    ] {
-        assert!(names.contains(&want), "{want} not compared: {names:?}");
-    }
-    assert!(
-        report.ok(),
-        "over tolerance: {:?}",
-        report
-            .rows
-            .iter()
-            .filter(|r| !r.ok)
-            .map(|r| &r.name)
-            .collect::<Vec<_>>()
+    model_case(
+        "sr",
+        &[
+            "first.time_emb",
+            "first.middle_block",
+            "first.output_blocks.3",
+            "first.out",
+            "last.out",
+        ],
+        |gpu, config, weights, io| {
+            pollster::block_on(check_sr(gpu, config, weights, io, TOL, WeightDType::F32))
+        },
     );
 }

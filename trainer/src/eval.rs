@@ -12,7 +12,7 @@ use engine::demo::shapes::{detect, eval_scenes, score};
 use engine::glide::model::GlideConfig;
 use engine::glide::schedule::Schedule;
 use engine::glide::tokenizer::pad_tokens;
-use engine::glide::weights::{Manifest, WeightSource};
+use engine::glide::weights::WeightSource;
 
 use crate::model::{Cond, Glide, Init, WeightMap};
 use crate::train::{read_safetensors, tokenizer};
@@ -158,17 +158,7 @@ fn read_config(path: &std::path::Path) -> Result<GlideConfig> {
 
 /// A `webglide convert` folder (manifest + verified shards) as f32 weights.
 pub fn read_converted(dir: &std::path::Path) -> Result<(GlideConfig, WeightMap)> {
-    let manifest = Manifest::parse(
-        &std::fs::read(dir.join("manifest.json"))
-            .with_context(|| format!("reading {}/manifest.json", dir.display()))?,
-    )?;
-    let mut shards = Vec::new();
-    for s in &manifest.shards {
-        let bytes = std::fs::read(dir.join(&s.file))
-            .with_context(|| format!("reading {}/{}", dir.display(), s.file))?;
-        manifest.verify_shard(&s.file, &bytes)?;
-        shards.push((s.file.clone(), bytes));
-    }
+    let (manifest, shards) = engine::glide::weights::read_model_dir(dir)?;
     let source = WeightSource::shards(manifest.tensors.clone().into_iter().collect(), &shards)?;
     let map = source
         .dequantized()?

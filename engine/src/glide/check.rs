@@ -172,7 +172,7 @@ impl<'a> Tensors<'a> {
             .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
             .collect())
     }
-    fn upload(&self, gpu: &Gpu, name: &str) -> Result<Tensor> {
+    pub(crate) fn upload(&self, gpu: &Gpu, name: &str) -> Result<Tensor> {
         let (s, v) = self.get(name)?;
         gpu.upload(&s, &v)
     }

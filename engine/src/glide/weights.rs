@@ -358,3 +358,24 @@ impl Manifest {
         Ok(())
     }
 }
+
+/// Shard file names with their bytes.
+pub type Shards = Vec<(String, Vec<u8>)>;
+
+/// Reads a converted model folder (`webglide convert`), verifying every
+/// shard's size and sha256 against the manifest.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_model_dir(dir: &std::path::Path) -> Result<(Manifest, Shards)> {
+    let read = |f: &str| {
+        std::fs::read(dir.join(f))
+            .map_err(|e| Error::Invalid(format!("reading {}: {e}", dir.join(f).display())))
+    };
+    let manifest = Manifest::parse(&read("manifest.json")?)?;
+    let mut shards = Vec::new();
+    for s in &manifest.shards {
+        let bytes = read(&s.file)?;
+        manifest.verify_shard(&s.file, &bytes)?;
+        shards.push((s.file.clone(), bytes));
+    }
+    Ok((manifest, shards))
+}

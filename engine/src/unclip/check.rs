@@ -5,8 +5,10 @@ use crate::error::{Error, Result};
 use crate::glide::check::{Report, Row, Tensors};
 use crate::glide::schedule::Schedule;
 use crate::glide::weights::{Loader, WeightSource};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Recorder};
+use crate::kernels::sampler::{sampler_step, Step};
 use crate::quant::WeightDType;
+use crate::tensor::Tensor;
 use crate::unclip::clip::{ClipText, ClipTextConfig};
 use crate::unclip::decoder::{Decoder, DecoderCond, DecoderConfig};
 use crate::unclip::prior::{Prior, PriorConfig, PriorText};
@@ -87,8 +89,7 @@ pub async fn check_clip_text(
     tol: f64,
     dtype: WeightDType,
 ) -> Result<Report> {
-    let case: ClipCase = serde_json::from_slice(config_json)
-        .map_err(|e| Error::Invalid(format!("config.json: {e}")))?;
+    let case: ClipCase = parse_config(config_json)?;
     let loader = Loader::new(gpu, weights, dtype)?;
     let clip = ClipText::load(gpu, case.ctor_args_in_order, &loader)?;
     // The visual tower and logit_scale belong to other checks.
@@ -126,16 +127,12 @@ pub async fn check_prior(
     tol: f64,
     dtype: WeightDType,
 ) -> Result<Report> {
-    let case: PriorCase = serde_json::from_slice(config_json)
-        .map_err(|e| Error::Invalid(format!("config.json: {e}")))?;
+    let case: PriorCase = parse_config(config_json)?;
     let loader = Loader::new(gpu, weights, dtype)?;
     let prior = Prior::load(case.module_kwargs, &loader, &case.state_dict_prefix)?;
     loader.finish()?;
     let io = Tensors::new(io, "io.safetensors")?;
-    let upload = |name: &str| -> Result<crate::tensor::Tensor> {
-        let (s, v) = io.get(name)?;
-        gpu.upload(&s, &v)
-    };
+    let upload = |name: &str| io.upload(gpu, name);
     let (x, t, text_emb, text_enc) = (
         upload("in.x")?,
         upload("in.timesteps")?,
@@ -339,62 +336,27 @@ pub async fn check_t2i(
         text_enc: &feats.txt_feat_seq,
         mask: &mask,
     };
-    let rows = |name: &str, n: usize| -> Result<Vec<f32>> {
-        let v = trace.get(name)?.1;
-        Ok(v[..(n * d).min(v.len())].to_vec())
+    let net = |rec: &mut Recorder, x: &Tensor, t: &Tensor, _i: usize| {
+        prior.forward(rec, x, t, &text, None)
     };
-    let mut x_t = trace.get("prior.noise_init")?.1;
-    let steps = sched.len();
-    for k in 0..steps {
-        let i = steps - 1 - k;
-        let key = |q: &str| format!("prior.step{k:02}.{q}");
-        let cond_x = &x_t[..b * d];
-        let model_in = gpu.upload(&[2 * b, d], &[cond_x, cond_x].concat())?;
-        let t = gpu.upload(&[2 * b], &vec![sched.timestep_map[i] as f32; 2 * b])?;
-        let x = gpu.upload(&[2 * b, d], &x_t)?;
-        let noise = gpu.upload(&[b, d], &rows(&key("noise"), b)?)?;
-        let mut rec = gpu.recorder();
-        let out = prior.forward(&mut rec, &model_in, &t, &text, None)?;
-        let (next, x0) = crate::kernels::sampler::sampler_step(
-            &mut rec,
-            &crate::kernels::sampler::Step {
-                model_out: &out,
-                x_t: &x,
-                noise: &noise,
-                guidance: Some(case.sampling.prior_cf_scale),
-                ddim: false,
-                predict_x0: true,
-                learned_variance: false,
-                clamp_x0: Some(10.0),
-                pin: None,
-                grad: None,
-                last: i == 0,
-                replicate: false,
-                coeffs: sched.coeffs(i, 0.0),
-            },
-        )?;
-        rec.submit()?;
-        report.push(
-            key("model_out"),
-            &gpu.read(&out).await?,
-            &trace.get(&key("model_out"))?.1,
-            tol,
-        );
-        report.push(
-            key("pred_xstart"),
-            &gpu.read(&x0).await?,
-            &rows(&key("pred_xstart"), b)?,
-            tol,
-        );
-        report.push(
-            key("sample"),
-            &gpu.read(&next).await?,
-            &rows(&key("sample"), b)?,
-            tol,
-        );
-        // The next step starts from the recorded sample (the run is chaotic over steps).
-        x_t = trace.get(&key("sample"))?.1;
-    }
+    let prior_kind = StageKind {
+        guidance: Some(case.sampling.prior_cf_scale),
+        predict_x0: true,
+        learned_variance: false,
+        clamp: 10.0,
+    };
+    let last = replay_stage(
+        gpu,
+        &trace,
+        &mut report,
+        "prior",
+        &sched,
+        &prior_kind,
+        b,
+        tol,
+        &net,
+    )
+    .await?;
     // De-standardised image embedding of the final (own) sample.
     let stats_bytes = read(&file(&case.weights, "clip_stats")?)?;
     let stats = Tensors::new(&stats_bytes, "clip_stats.safetensors")?;
@@ -406,7 +368,6 @@ pub async fn check_t2i(
             std.len()
         )));
     }
-    let last = rows(&format!("prior.step{:02}.sample", steps - 1), b)?;
     let img_feat: Vec<f32> = last
         .iter()
         .enumerate()
@@ -452,62 +413,29 @@ pub async fn check_t2i(
     )?;
     rec.submit()?;
     let sched = Schedule::new("squaredcos_cap_v2", 1000, &case.sampling.decoder_sm)?;
-    let (x_shape, mut x_t) = trace.get("decoder.noise_init")?;
-    let per = x_t.len() / x_shape[0].max(1);
-    let first_rows =
-        |name: &str| -> Result<Vec<f32>> { Ok(trace.get(name)?.1[..b * per].to_vec()) };
+    let net = |rec: &mut Recorder, x: &Tensor, t: &Tensor, _i: usize| {
+        decoder.forward(rec, x, t, &dec_text, None)
+    };
+    let decoder_kind = StageKind {
+        guidance: Some(case.sampling.decoder_cf_scale),
+        predict_x0: false,
+        learned_variance: true,
+        clamp: 1.0,
+    };
+    let last_sample = replay_stage(
+        gpu,
+        &trace,
+        &mut report,
+        "decoder",
+        &sched,
+        &decoder_kind,
+        b,
+        tol,
+        &net,
+    )
+    .await?;
+    let x_shape = trace.get("decoder.noise_init")?.0;
     let img_shape = |rows: usize| [vec![rows], x_shape[1..].to_vec()].concat();
-    let mut last_sample = Vec::new();
-    for k in 0..sched.len() {
-        let i = sched.len() - 1 - k;
-        let key = |q: &str| format!("decoder.step{k:02}.{q}");
-        let half = &x_t[..b * per];
-        let model_in = gpu.upload(&img_shape(2 * b), &[half, half].concat())?;
-        let t = gpu.upload(&[2 * b], &vec![sched.timestep_map[i] as f32; 2 * b])?;
-        let x = gpu.upload(&img_shape(2 * b), &x_t)?;
-        let noise = gpu.upload(&img_shape(b), &first_rows(&key("noise"))?)?;
-        let mut rec = gpu.recorder();
-        let out = decoder.forward(&mut rec, &model_in, &t, &dec_text, None)?;
-        let (next, x0) = crate::kernels::sampler::sampler_step(
-            &mut rec,
-            &crate::kernels::sampler::Step {
-                model_out: &out,
-                x_t: &x,
-                noise: &noise,
-                guidance: Some(case.sampling.decoder_cf_scale),
-                ddim: false,
-                predict_x0: false,
-                learned_variance: true,
-                clamp_x0: Some(1.0),
-                pin: None,
-                grad: None,
-                last: i == 0,
-                replicate: false,
-                coeffs: sched.coeffs(i, 0.0),
-            },
-        )?;
-        rec.submit()?;
-        report.push(
-            key("model_out"),
-            &gpu.read(&out).await?,
-            &trace.get(&key("model_out"))?.1,
-            tol,
-        );
-        report.push(
-            key("pred_xstart"),
-            &gpu.read(&x0).await?,
-            &first_rows(&key("pred_xstart"))?,
-            tol,
-        );
-        last_sample = gpu.read(&next).await?;
-        report.push(
-            key("sample"),
-            &last_sample,
-            &first_rows(&key("sample"))?,
-            tol,
-        );
-        x_t = trace.get(&key("sample"))?.1;
-    }
     report.push(
         "decoder.images_64",
         &last_sample,
@@ -561,63 +489,28 @@ pub async fn check_t2i(
     )?;
     sr_loader.finish()?;
     let sched = Schedule::new("squaredcos_cap_v2", 1000, &case.sampling.sr_sm)?;
-    let (sr_shape, mut x_t) = trace.get("sr.noise_init")?;
-    let mut final_sample = Vec::new();
-    for k in 0..sched.len() {
-        let i = sched.len() - 1 - k;
-        let key = |q: &str| format!("sr.step{k:02}.{q}");
-        let x = gpu.upload(&sr_shape, &x_t)?;
-        let t = gpu.upload(
-            &[sr_shape[0]],
-            &vec![sched.timestep_map[i] as f32; sr_shape[0]],
-        )?;
-        let noise = {
-            let (s, v) = trace.get(&key("noise"))?;
-            gpu.upload(&s, &v)?
-        };
-        let net = if i == 0 { &sr_last } else { &sr_first };
-        let mut rec = gpu.recorder();
-        let out = net.forward(&mut rec, &x, &low_res, &t, None)?;
-        let (next, x0) = crate::kernels::sampler::sampler_step(
-            &mut rec,
-            &crate::kernels::sampler::Step {
-                model_out: &out,
-                x_t: &x,
-                noise: &noise,
-                guidance: None,
-                ddim: false,
-                predict_x0: false,
-                learned_variance: false,
-                clamp_x0: Some(1.0),
-                pin: None,
-                grad: None,
-                last: i == 0,
-                replicate: false,
-                coeffs: sched.coeffs(i, 0.0),
-            },
-        )?;
-        rec.submit()?;
-        report.push(
-            key("model_out"),
-            &gpu.read(&out).await?,
-            &trace.get(&key("model_out"))?.1,
-            tol,
-        );
-        report.push(
-            key("pred_xstart"),
-            &gpu.read(&x0).await?,
-            &trace.get(&key("pred_xstart"))?.1,
-            tol,
-        );
-        final_sample = gpu.read(&next).await?;
-        report.push(
-            key("sample"),
-            &final_sample,
-            &trace.get(&key("sample"))?.1,
-            tol,
-        );
-        x_t = trace.get(&key("sample"))?.1;
-    }
+    // The last step (i = 0) runs the last-step network.
+    let net = |rec: &mut Recorder, x: &Tensor, t: &Tensor, i: usize| {
+        if i == 0 { &sr_last } else { &sr_first }.forward(rec, x, &low_res, t, None)
+    };
+    let sr_kind = StageKind {
+        guidance: None,
+        predict_x0: false,
+        learned_variance: false,
+        clamp: 1.0,
+    };
+    let final_sample = replay_stage(
+        gpu,
+        &trace,
+        &mut report,
+        "sr",
+        &sched,
+        &sr_kind,
+        b,
+        tol,
+        &net,
+    )
+    .await?;
     report.push(
         "output.images_256",
         &final_sample,
@@ -649,16 +542,12 @@ pub async fn check_decoder(
     tol: f64,
     dtype: WeightDType,
 ) -> Result<Report> {
-    let case: DecoderCase = serde_json::from_slice(config_json)
-        .map_err(|e| Error::Invalid(format!("config.json: {e}")))?;
+    let case: DecoderCase = parse_config(config_json)?;
     let loader = Loader::new(gpu, weights, dtype)?;
     let decoder = Decoder::load(gpu, case.module_kwargs, &loader, &case.state_dict_prefix)?;
     loader.finish()?;
     let io = Tensors::new(io, "io.safetensors")?;
-    let upload = |name: &str| -> Result<crate::tensor::Tensor> {
-        let (s, v) = io.get(name)?;
-        gpu.upload(&s, &v)
-    };
+    let upload = |name: &str| io.upload(gpu, name);
     let (x, t, y, txt_feat, txt_feat_seq) = (
         upload("in.x")?,
         upload("in.timesteps")?,
@@ -726,8 +615,7 @@ pub async fn check_sr(
     tol: f64,
     dtype: WeightDType,
 ) -> Result<Report> {
-    let case: SuperResCase = serde_json::from_slice(config_json)
-        .map_err(|e| Error::Invalid(format!("config.json: {e}")))?;
+    let case: SuperResCase = parse_config(config_json)?;
     let [first_prefix, last_prefix] = case.state_dict_prefixes.as_slice() else {
         return Err(Error::Invalid(
             "config.json: state_dict_prefixes must name the two SR networks".into(),
@@ -738,10 +626,7 @@ pub async fn check_sr(
     let last = SuperRes::load(case.module_kwargs_model_last_step, &loader, last_prefix)?;
     loader.finish()?;
     let io = Tensors::new(io, "io.safetensors")?;
-    let upload = |name: &str| -> Result<crate::tensor::Tensor> {
-        let (s, v) = io.get(name)?;
-        gpu.upload(&s, &v)
-    };
+    let upload = |name: &str| io.upload(gpu, name);
     let (x, low_res) = (upload("in.x")?, upload("in.low_res")?);
     let (t_first, t_last) = (upload("in.timesteps")?, upload("in.timesteps_last")?);
     let mut cap = Vec::new();
@@ -786,4 +671,109 @@ pub async fn check_bicubic(gpu: &Gpu, resize: &[u8], tol: f64) -> Result<Report>
         report.push(format!("{key}.out"), &gpu.read(&y).await?, &want, tol);
     }
     Ok(report)
+}
+
+/// How a Karlo stage samples.
+struct StageKind {
+    /// Classifier-free guidance (prior: on x0, decoder: on eps).
+    guidance: Option<f32>,
+    predict_x0: bool,
+    learned_variance: bool,
+    clamp: f32,
+}
+
+/// Replays every step of `stage` in a trace from the recorded x_t and noise:
+/// `net` (recorder, model input, timesteps, respaced index) runs the network
+/// (a CFG stage feeds `cat([x_t[:B], x_t[:B]])`), the engine's sampler kernel
+/// takes the step; the model output, x0 and the sample (first B rows) are
+/// compared. Returns the last sample.
+#[allow(clippy::too_many_arguments)]
+async fn replay_stage(
+    gpu: &Gpu,
+    trace: &Tensors<'_>,
+    report: &mut Report,
+    stage: &str,
+    sched: &Schedule,
+    kind: &StageKind,
+    b: usize,
+    tol: f64,
+    net: &dyn Fn(&mut Recorder, &Tensor, &Tensor, usize) -> Result<Tensor>,
+) -> Result<Vec<f32>> {
+    let (shape, mut x_t) = trace.get(&format!("{stage}.noise_init"))?;
+    let rows = shape.first().copied().unwrap_or(0);
+    let per = x_t.len() / rows.max(1);
+    if rows < b || (kind.guidance.is_some() && rows != 2 * b) {
+        return Err(Error::Invalid(format!(
+            "{stage}.noise_init: {rows} rows for {b} prompts"
+        )));
+    }
+    let with_rows = |n: usize| [vec![n], shape[1..].to_vec()].concat();
+    let first = |v: Vec<f32>| v[..(b * per).min(v.len())].to_vec();
+    let mut last = Vec::new();
+    for k in 0..sched.len() {
+        let i = sched.len() - 1 - k;
+        let key = |q: &str| format!("{stage}.step{k:02}.{q}");
+        let model_rows = if kind.guidance.is_some() { 2 * b } else { b };
+        let cond = &x_t[..b * per];
+        let model_in = if kind.guidance.is_some() {
+            [cond, cond].concat()
+        } else {
+            cond.to_vec()
+        };
+        let model_in = gpu.upload(&with_rows(model_rows), &model_in)?;
+        let t = gpu.upload(
+            &[model_rows],
+            &vec![sched.timestep_map[i] as f32; model_rows],
+        )?;
+        let x = gpu.upload(&shape, &x_t)?;
+        let noise = gpu.upload(&with_rows(b), &first(trace.get(&key("noise"))?.1))?;
+        let mut rec = gpu.recorder();
+        let out = net(&mut rec, &model_in, &t, i)?;
+        let (next, x0) = sampler_step(
+            &mut rec,
+            &Step {
+                model_out: &out,
+                x_t: &x,
+                noise: &noise,
+                guidance: kind.guidance,
+                ddim: false,
+                predict_x0: kind.predict_x0,
+                learned_variance: kind.learned_variance,
+                clamp_x0: Some(kind.clamp),
+                pin: None,
+                grad: None,
+                last: i == 0,
+                replicate: false,
+                coeffs: sched.coeffs(i, 0.0),
+            },
+        )?;
+        rec.submit()?;
+        report.push(
+            key("model_out"),
+            &gpu.read(&out).await?,
+            &trace.get(&key("model_out"))?.1,
+            tol,
+        );
+        report.push(
+            key("pred_xstart"),
+            &gpu.read(&x0).await?,
+            &first(trace.get(&key("pred_xstart"))?.1),
+            tol,
+        );
+        last = gpu.read(&next).await?;
+        report.push(
+            key("sample"),
+            &last,
+            &first(trace.get(&key("sample"))?.1),
+            tol,
+        );
+        // The next step starts from the recorded sample (the run is chaotic over steps).
+        x_t = trace.get(&key("sample"))?.1;
+    }
+    Ok(last)
+}
+
+/// A fixture folder's `config.json` as the case type it describes.
+fn parse_config<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T> {
+    serde_json::from_slice(json).map_err(|e| Error::Invalid(format!("config.json: {e}")))
 }
