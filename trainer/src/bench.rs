@@ -73,9 +73,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         _ => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
     };
     let cfg = train::demo_config(&args.kind)?;
-    let data = Data {
-        size: args.size,
-        ..Data::shapes()
+    // --size is the training image side: the crop for the upsampler.
+    let data = if cfg.super_res {
+        Data {
+            crop: args.size,
+            ..Data::shapes()
+        }
+    } else {
+        Data {
+            size: args.size,
+            ..Data::shapes()
+        }
     };
     let tok = train::tokenizer()?;
     let sched = Schedule::new(

@@ -108,6 +108,15 @@ fn train_resume_from_ema_eval_and_bench() {
     ] {
         assert!(t.contains(row), "no '{row}' in:\n{t}");
     }
+    // The upsampler's --size is its crop.
+    let out = train(&[
+        "bench", "--kind", "upsample", "--batch", "1", "--size", "32", "--steps", "1",
+    ]);
+    assert!(
+        out.status.success() && text(&out).contains("at 32 px"),
+        "{}",
+        text(&out)
+    );
     let out = train(&["bench", "--conv", "winograd"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     // Training without --out is an error, not a panic.
