@@ -56,7 +56,7 @@ fn read(case: &str, f: &str) -> Vec<u8> {
 }
 
 #[test]
-fn clip_text_tower_matches_every_intermediate() {
+fn clip_towers_match_every_intermediate() {
     model_case(
         "clip_text",
         &[
@@ -65,6 +65,11 @@ fn clip_text_tower_matches_every_intermediate() {
             "text.ln_final",
             "text.txt_feat",
             "text.txt_feat_seq",
+            "image.conv1",
+            "image.ln_pre",
+            "image.transformer_out",
+            "image.ln_post",
+            "image.img_feat",
         ],
         |gpu, config, weights, io| {
             pollster::block_on(check_clip_text(

@@ -9,7 +9,7 @@ use crate::gpu::{Gpu, Recorder};
 use crate::kernels::sampler::{sampler_step, Step};
 use crate::quant::WeightDType;
 use crate::tensor::Tensor;
-use crate::unclip::clip::{ClipText, ClipTextConfig};
+use crate::unclip::clip::{ClipText, ClipTextConfig, ClipVisual, ClipVisualConfig};
 use crate::unclip::decoder::{Decoder, DecoderCond, DecoderConfig};
 use crate::unclip::prior::{Prior, PriorConfig, PriorText};
 use crate::unclip::sr::{SuperRes, SuperResConfig};
@@ -79,8 +79,14 @@ struct ClipCase {
     ctor_args_in_order: ClipTextConfig,
 }
 
-/// `clip_text/`: the text tower built from `config.json` alone, run on the
-/// recorded tokens, every recorded intermediate compared.
+#[derive(serde::Deserialize)]
+struct ClipVisualCase {
+    ctor_args_in_order: ClipVisualConfig,
+}
+
+/// `clip_text/`: both towers built from `config.json` alone — the text
+/// tower on the recorded tokens, the visual tower on the recorded images —
+/// every recorded intermediate compared.
 pub async fn check_clip_text(
     gpu: &Gpu,
     config_json: &[u8],
@@ -92,8 +98,10 @@ pub async fn check_clip_text(
     let case: ClipCase = parse_config(config_json)?;
     let loader = Loader::new(gpu, weights, dtype)?;
     let clip = ClipText::load(gpu, case.ctor_args_in_order, &loader)?;
-    // The visual tower and logit_scale belong to other checks.
-    loader.finish_except(&["visual.", "logit_scale"])?;
+    let visual_case: ClipVisualCase = parse_config(config_json)?;
+    let visual = ClipVisual::load(gpu, visual_case.ctor_args_in_order, &loader)?;
+    // logit_scale only scales CLIP's contrastive logits, which unCLIP never forms.
+    loader.finish_except(&["logit_scale"])?;
     let io = Tensors::new(io, "io.safetensors")?;
     let (_, tokens) = io.get("text.tokens")?;
     let tokens: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
@@ -106,6 +114,29 @@ pub async fn check_clip_text(
     for (name, t) in cap {
         let want = io.get(&format!("text.{name}"))?.1;
         report.push(format!("text.{name}"), &gpu.read(&t).await?, &want, tol);
+    }
+    // The visual tower on the recorded images.
+    let (pix_shape, pixels) = io.get("image.pixels")?;
+    let mut cap = Vec::new();
+    let mut rec = gpu.recorder();
+    visual.encode(&mut rec, &pixels, pix_shape[0], Some(&mut cap))?;
+    rec.submit()?;
+    for (name, t) in cap {
+        let mut got = gpu.read(&t).await?;
+        let want_name = if name == "conv1_tokens" {
+            // The fixture records the patch conv's output channels-first [N, W, G, G].
+            let (l, w) = (t.shape()[1], t.shape()[2]);
+            got = (0..got.len())
+                .map(|i| {
+                    let (b, c, j) = (i / (w * l), (i / l) % w, i % l);
+                    got[(b * l + j) * w + c]
+                })
+                .collect();
+            "image.conv1".to_string()
+        } else {
+            format!("image.{name}")
+        };
+        report.push(&want_name, &got, &io.get(&want_name)?.1, tol);
     }
     Ok(report)
 }
