@@ -744,6 +744,13 @@ async fn replay_stage(
     for k in 0..sched.len() {
         let i = sched.len() - 1 - k;
         let key = |q: &str| format!("{stage}.step{k:02}.{q}");
+        if x_t.len() != rows * per {
+            return Err(Error::Invalid(format!(
+                "{stage} step {k}: recorded x_t of {} values, expected {}",
+                x_t.len(),
+                rows * per
+            )));
+        }
         let model_rows = if kind.guidance.is_some() { 2 * b } else { b };
         let cond = &x_t[..b * per];
         let model_in = if kind.guidance.is_some() {
