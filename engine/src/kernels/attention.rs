@@ -233,13 +233,32 @@ pub fn legacy_qkv(
 }
 
 /// Transformer attention on `qkv` `[N, L, H·3·d]` split q|k|v inside each head
-/// (GLIDE text transformer); returns `[N, L, H·d]`.
+/// (GLIDE text transformer, Karlo's prior); returns `[N, L, H·d]`.
 pub fn per_head_qkv(
     rec: &mut Recorder,
     qkv: &Tensor,
     heads: usize,
     causal: bool,
     mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    token_major_qkv(rec, qkv, heads, causal, mask, true)
+}
+
+/// Transformer attention on `qkv` `[N, L, 3·H·d]` laid out q | k | v with the
+/// heads inside each third (CLIP's fused `in_proj`); returns `[N, L, H·d]`.
+pub fn fused_qkv(rec: &mut Recorder, qkv: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    token_major_qkv(rec, qkv, heads, causal, None, false)
+}
+
+/// Token-major q/k/v read in place: `head_major` = `[h][q|k|v][d]` per token,
+/// else `[q|k|v][h][d]`. q·k is scaled by 1/√d (d^(−1/4) on each).
+fn token_major_qkv(
+    rec: &mut Recorder,
+    qkv: &Tensor,
+    heads: usize,
+    causal: bool,
+    mask: Option<&Tensor>,
+    head_major: bool,
 ) -> Result<Tensor> {
     let &[n, l, c3] = qkv.shape() else {
         return shape_err(
@@ -253,9 +272,9 @@ pub fn per_head_qkv(
     let d = c3 / (3 * heads);
     let view = |j: usize| View {
         t: qkv,
-        base: j * d,
+        base: if head_major { j * d } else { j * heads * d },
         sb: l * c3,
-        sh: 3 * d,
+        sh: if head_major { 3 * d } else { d },
         st: c3,
         sc: 1,
     };

@@ -9,7 +9,6 @@ use crate::error::{Error, Result};
 use crate::glide::model::{Layer, Norm};
 use crate::glide::weights::Loader;
 use crate::gpu::{Gpu, Recorder};
-use crate::kernels::attention::{attention, Attention, View};
 use crate::kernels::{self, Act};
 use crate::quant::{WeightDType, WeightData};
 use crate::tensor::{Tensor, Weight};
@@ -96,39 +95,9 @@ impl ResidualAttentionBlock {
         heads: usize,
         causal: bool,
     ) -> Result<Tensor> {
-        let &[n, l, w] = x.shape() else {
-            return Err(Error::Invalid(format!("CLIP block input {:?}", x.shape())));
-        };
-        let d = w / heads;
         let h = self.ln_1.layer(rec, x)?;
         let qkv = self.in_proj.apply_linear(rec, &h, None, Act::None)?; // [N, L, 3W]
-        let view = |part: usize| View {
-            t: &qkv,
-            base: part * w,
-            sb: l * 3 * w,
-            sh: d,
-            st: 3 * w,
-            sc: 1,
-        };
-        let a = attention(
-            rec,
-            &Attention {
-                q: view(0),
-                k: view(1),
-                v: view(2),
-                enc: None,
-                batch: n,
-                heads,
-                tq: l,
-                tkv: l,
-                d,
-                // q·k/√d, split as d^(−1/4) on each.
-                scale: 1.0 / (d as f32).sqrt().sqrt(),
-                causal,
-                mask: None,
-                channels_first: false,
-            },
-        )?;
+        let a = kernels::attention::fused_qkv(rec, &qkv, heads, causal)?;
         let x = self.out_proj.apply_linear(rec, &a, Some(x), Act::None)?;
         let h = self.ln_2.layer(rec, &x)?;
         let f = self.c_fc.apply_linear(rec, &h, None, Act::QuickGelu)?;
