@@ -38,14 +38,14 @@ pub fn upload(gpu: &Gpu, components: Vec<Component>) -> Result<(Models, Vec<Stri
         let m = c.manifest;
         let kind = m.kind.clone();
         let loaded = WeightDType::parse(&m.quant)
-            .map_err(Failure::from)
             .and_then(|dtype| {
                 let source = WeightSource::shards(m.tensors.into_iter().collect(), &c.shards)?;
-                Glide::load(gpu, m.config, &source, dtype).map_err(|e| {
-                    let mut f = Failure::from(e);
-                    f.message = format!("{kind}: {}", f.message);
-                    f
-                })
+                Glide::load(gpu, m.config, &source, dtype)
+            })
+            .map_err(|e| {
+                let mut f = Failure::from(e);
+                f.message = format!("{kind}: {}", f.message);
+                f
             });
         let model = match loaded {
             Ok(model) => model,

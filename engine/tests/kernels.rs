@@ -688,19 +688,12 @@ async fn resampling_matches_fixtures_and_cpu() -> TestResult {
         &fixture(UNITS, "interp.avgpool_2").1,
         1e-6,
     )?;
-    for key in ["x2", "x4"] {
-        let (s, x) = fixture(BICUBIC, &format!("{key}.in"));
-        let (os, want) = fixture(BICUBIC, &format!("{key}.out"));
-        let xt = gpu.upload(&s, &x).map_err(err)?;
-        let mut rec = gpu.recorder();
-        let y = kernels::resample::bicubic_aa(&mut rec, &xt, os[2], os[3]).map_err(err)?;
-        rec.submit().map_err(err)?;
-        check(
-            &format!("bicubic {key}"),
-            &gpu.read(&y).await.map_err(err)?,
-            &want,
-            2e-6,
-        )?;
+    // Karlo's resize, through the same check as `webglide check-fixture`.
+    let bicubic = engine::unclip::check::check_bicubic(gpu, BICUBIC, 2e-6)
+        .await
+        .map_err(err)?;
+    if bicubic.rows.len() != 2 || !bicubic.ok() {
+        return Err(format!("bicubic fixture: {:?}", bicubic.rows));
     }
     // Random odd sizes, up and down, vs the CPU references.
     let mut rng = Rng::new(7);
@@ -853,6 +846,23 @@ async fn copy_embedding_timestep_on(gpu: &Gpu) -> TestResult {
         .flat_map(|n| want[n * 35 + 10..n * 35 + 25].to_vec())
         .collect();
     check("slice", &gpu.read(&sl).await.map_err(err)?, &want_sl, 0.0)?;
+    // repeat along the batch
+    let one = rng.normals(7, 1.0);
+    let ot = gpu.upload(&[1, 1, 7], &one).map_err(err)?;
+    let mut rec = gpu.recorder();
+    let rep = kernels::copy::repeat_batch(&mut rec, &ot, 3).map_err(err)?;
+    rec.submit().map_err(err)?;
+    assert_eq!(rep.shape(), [3, 1, 7]);
+    check(
+        "repeat",
+        &gpu.read(&rep).await.map_err(err)?,
+        &one.repeat(3),
+        0.0,
+    )?;
+    let mut rec = gpu.recorder();
+    if kernels::copy::repeat_batch(&mut rec, &at, 2).is_ok() {
+        return Err("repeat_batch of a [2, …] tensor was accepted".into());
+    }
 
     // embedding with positional and padding tables, q8 table
     let (bsz, l, d, vocab) = (3, 7, 12, 50);

@@ -67,11 +67,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.batch == 0 || args.batch > 256 || args.steps == 0 || args.steps > 100 {
         bail!("--batch 1..=256 and --steps 1..=100");
     }
-    let dev = train::device(&args.device)?;
-    let plain = match args.device.as_str() {
-        "cpu" => Device::flex(),
-        _ => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-    };
+    let plain = train::device(&args.device)?;
+    let dev = plain.clone().autodiff();
     let cfg = train::demo_config(&args.kind)?;
     // --size is the training image side: the crop for the upsampler.
     let data = if cfg.super_res {

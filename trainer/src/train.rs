@@ -485,14 +485,13 @@ pub struct State {
     pub samples: u64,
 }
 
-/// The autodiff device for `--device cpu|gpu`.
+/// The backend device for `--device cpu|gpu` (`.autodiff()` for training).
 pub fn device(name: &str) -> Result<Device> {
     Ok(match name {
         "cpu" => Device::flex(),
         "gpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
         d => bail!("--device {d}: cpu or gpu"),
-    }
-    .autodiff())
+    })
 }
 
 /// A batch with its timesteps, made ahead on another thread.
@@ -513,7 +512,7 @@ pub fn run(args: &Args) -> Result<()> {
     if args.batch == 0 || args.batch > 256 || !(args.lr > 0.0 && args.lr < 1.0) {
         bail!("--batch 1..=256 and 0 < --lr < 1");
     }
-    let dev = device(&args.device)?;
+    let dev = device(&args.device)?.autodiff();
     dev.seed(args.seed);
     let out = args
         .out

@@ -1177,7 +1177,7 @@ impl Glide {
                 x.shape()
             )));
         };
-        let div = 1 << (c.channel_mult()?.len() - 1);
+        let div = 1 << (self.unet.spec.channel_mult.len() - 1);
         if h % div != 0 || w % div != 0 || timesteps.shape() != [n] || text.xf_proj.shape()[0] != n
         {
             return Err(Error::Invalid(format!(

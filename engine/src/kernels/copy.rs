@@ -103,3 +103,23 @@ pub fn slice_channels(
     copy_channels(rec, x, start, &out, 0, count)?;
     Ok(out)
 }
+
+/// `n` copies of a `[1, ...]` tensor along the batch dimension (a learned
+/// token every row of a batch starts from): `[n, ...]`.
+pub fn repeat_batch(rec: &mut Recorder, x: &Tensor, n: usize) -> Result<Tensor> {
+    if x.shape().first() != Some(&1) || n == 0 {
+        return shape_err(
+            "repeat",
+            format!("{n} copies of {:?} (needs [1, ...])", x.shape()),
+        );
+    }
+    let mut shape = x.shape().to_vec();
+    shape[0] = n;
+    let out = rec.gpu().empty(&shape)?;
+    let per = x.numel();
+    let (src, dst) = (x.reshape(&[1, 1, per])?, out.reshape(&[1, n, per])?);
+    for i in 0..n {
+        copy_channels(rec, &src, 0, &dst, i, 1)?;
+    }
+    Ok(out)
+}

@@ -95,10 +95,10 @@ pub async fn check_clip_text(
     tol: f64,
     dtype: WeightDType,
 ) -> Result<Report> {
-    let case: ClipCase = parse_config(config_json)?;
+    let case: ClipCase = parse_config(config_json, "config.json")?;
     let loader = Loader::new(gpu, weights, dtype)?;
     let clip = ClipText::load(gpu, case.ctor_args_in_order, &loader)?;
-    let visual_case: ClipVisualCase = parse_config(config_json)?;
+    let visual_case: ClipVisualCase = parse_config(config_json, "config.json")?;
     let visual = ClipVisual::load(gpu, visual_case.ctor_args_in_order, &loader)?;
     // logit_scale only scales CLIP's contrastive logits, which unCLIP never forms.
     loader.finish_except(&["logit_scale"])?;
@@ -125,13 +125,7 @@ pub async fn check_clip_text(
         let mut got = gpu.read(&t).await?;
         let want_name = if name == "conv1_tokens" {
             // The fixture records the patch conv's output channels-first [N, W, G, G].
-            let (l, w) = (t.shape()[1], t.shape()[2]);
-            got = (0..got.len())
-                .map(|i| {
-                    let (b, c, j) = (i / (w * l), (i / l) % w, i % l);
-                    got[(b * l + j) * w + c]
-                })
-                .collect();
+            got = channels_first(&got, &t);
             "image.conv1".to_string()
         } else {
             format!("image.{name}")
@@ -158,7 +152,7 @@ pub async fn check_prior(
     tol: f64,
     dtype: WeightDType,
 ) -> Result<Report> {
-    let case: PriorCase = parse_config(config_json)?;
+    let case: PriorCase = parse_config(config_json, "config.json")?;
     let loader = Loader::new(gpu, weights, dtype)?;
     let prior = Prior::load(case.module_kwargs, &loader, &case.state_dict_prefix)?;
     loader.finish()?;
@@ -294,8 +288,7 @@ pub async fn check_t2i(
     tol: f64,
     dtype: WeightDType,
 ) -> Result<Report> {
-    let case: T2iCase = serde_json::from_slice(&read("config.json")?)
-        .map_err(|e| Error::Invalid(format!("t2i config.json: {e}")))?;
+    let case: T2iCase = parse_config(&read("config.json")?, "t2i config.json")?;
     let file = |map: &std::collections::HashMap<String, String>, k: &str| {
         map.get(k)
             .cloned()
@@ -332,8 +325,7 @@ pub async fn check_t2i(
     report.push("text.mask", &as_f32(&mask), &trace.get("text.mask")?.1, 0.0);
 
     // CLIP text features.
-    let clip_cfg: ClipCase = serde_json::from_slice(&read(&file(&case.configs, "clip")?)?)
-        .map_err(|e| Error::Invalid(format!("clip config: {e}")))?;
+    let clip_cfg: ClipCase = parse_config(&read(&file(&case.configs, "clip")?)?, "clip config")?;
     let clip_bytes = read(&file(&case.weights, "clip")?)?;
     let clip_src = WeightSource::single(&clip_bytes)?;
     let clip_loader = Loader::new(gpu, &clip_src, dtype)?;
@@ -349,8 +341,8 @@ pub async fn check_t2i(
     }
 
     // Prior: every step from the recorded x_t and noise.
-    let prior_case: PriorCase = serde_json::from_slice(&read(&file(&case.configs, "prior")?)?)
-        .map_err(|e| Error::Invalid(format!("prior config: {e}")))?;
+    let prior_case: PriorCase =
+        parse_config(&read(&file(&case.configs, "prior")?)?, "prior config")?;
     let prior_bytes = read(&file(&case.weights, "prior")?)?;
     let prior_src = WeightSource::single(&prior_bytes)?;
     let prior_loader = Loader::new(gpu, &prior_src, dtype)?;
@@ -412,8 +404,8 @@ pub async fn check_t2i(
     );
 
     // Decoder: y = [image embedding (recorded); cf_param], every step from the recorded x_t.
-    let dec_case: DecoderCase = serde_json::from_slice(&read(&file(&case.configs, "decoder")?)?)
-        .map_err(|e| Error::Invalid(format!("decoder config: {e}")))?;
+    let dec_case: DecoderCase =
+        parse_config(&read(&file(&case.configs, "decoder")?)?, "decoder config")?;
     let dec_bytes = read(&file(&case.weights, "decoder")?)?;
     let dec_src = WeightSource::single(&dec_bytes)?;
     let dec_loader = Loader::new(gpu, &dec_src, dtype)?;
@@ -467,39 +459,23 @@ pub async fn check_t2i(
     .await?;
     let x_shape = trace.get("decoder.noise_init")?.0;
     let img_shape = |rows: usize| [vec![rows], x_shape[1..].to_vec()].concat();
-    report.push(
-        "decoder.images_64",
-        &last_sample,
-        &trace.get("decoder.images_64")?.1,
-        tol,
-    );
+    let recorded_images = trace.get("decoder.images_64")?.1;
+    report.push("decoder.images_64", &last_sample, &recorded_images, tol);
 
     // Resize (clamped, antialiased bicubic) of the recorded decoder images.
-    let images: Vec<f32> = trace
-        .get("decoder.images_64")?
-        .1
-        .iter()
-        .map(|v| v.clamp(-1.0, 1.0))
-        .collect();
+    let images: Vec<f32> = recorded_images.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
     let images = gpu.upload(&img_shape(b), &images)?;
     let size = case.sampling.sr_size;
     let mut rec = gpu.recorder();
     let low_res = crate::kernels::resample::bicubic_aa(&mut rec, &images, size, size)?;
     rec.submit()?;
-    report.push(
-        "sr.low_res",
-        &gpu.read(&low_res).await?,
-        &trace.get("sr.low_res")?.1,
-        tol,
-    );
-    let low_res = {
-        let (s, v) = trace.get("sr.low_res")?;
-        gpu.upload(&s, &v)?
-    };
+    let (low_shape, recorded_low) = trace.get("sr.low_res")?;
+    report.push("sr.low_res", &gpu.read(&low_res).await?, &recorded_low, tol);
+    // SR is fed the recorded resize, like every stage its recorded inputs.
+    let low_res = gpu.upload(&low_shape, &recorded_low)?;
 
     // SR: the first-steps network, then the last-step one at i = 0.
-    let sr_case: SuperResCase = serde_json::from_slice(&read(&file(&case.configs, "sr")?)?)
-        .map_err(|e| Error::Invalid(format!("sr config: {e}")))?;
+    let sr_case: SuperResCase = parse_config(&read(&file(&case.configs, "sr")?)?, "sr config")?;
     let [first_prefix, last_prefix] = sr_case.state_dict_prefixes.as_slice() else {
         return Err(Error::Invalid(
             "sr config: two state_dict_prefixes expected".into(),
@@ -573,7 +549,7 @@ pub async fn check_decoder(
     tol: f64,
     dtype: WeightDType,
 ) -> Result<Report> {
-    let case: DecoderCase = parse_config(config_json)?;
+    let case: DecoderCase = parse_config(config_json, "config.json")?;
     let loader = Loader::new(gpu, weights, dtype)?;
     let decoder = Decoder::load(gpu, case.module_kwargs, &loader, &case.state_dict_prefix)?;
     loader.finish()?;
@@ -615,13 +591,7 @@ pub async fn check_decoder(
         }
         if name == "xf_out_tokens" {
             // The fixture records it channels-first [N, W, S].
-            let (s, w) = (t.shape()[1], t.shape()[2]);
-            got = (0..got.len())
-                .map(|i| {
-                    let (b, c, j) = (i / (w * s), (i / s) % w, i % s);
-                    got[(b * s + j) * w + c]
-                })
-                .collect();
+            got = channels_first(&got, &t);
         }
         report.push(want_name, &got, &io.get(want_name)?.1, tol);
     }
@@ -646,7 +616,7 @@ pub async fn check_sr(
     tol: f64,
     dtype: WeightDType,
 ) -> Result<Report> {
-    let case: SuperResCase = parse_config(config_json)?;
+    let case: SuperResCase = parse_config(config_json, "config.json")?;
     let [first_prefix, last_prefix] = case.state_dict_prefixes.as_slice() else {
         return Err(Error::Invalid(
             "config.json: state_dict_prefixes must name the two SR networks".into(),
@@ -799,19 +769,28 @@ async fn replay_stage(
             tol,
         );
         last = gpu.read(&next).await?;
-        report.push(
-            key("sample"),
-            &last,
-            &first(trace.get(&key("sample"))?.1),
-            tol,
-        );
+        let recorded = trace.get(&key("sample"))?.1;
+        report.push(key("sample"), &last, &first(recorded.clone()), tol);
         // The next step starts from the recorded sample (the run is chaotic over steps).
-        x_t = trace.get(&key("sample"))?.1;
+        x_t = recorded;
     }
     Ok(last)
 }
 
-/// A fixture folder's `config.json` as the case type it describes.
-fn parse_config<T: serde::de::DeserializeOwned>(json: &[u8]) -> Result<T> {
-    serde_json::from_slice(json).map_err(|e| Error::Invalid(format!("config.json: {e}")))
+/// A fixture folder's `config.json` (`what` names it in errors) as the case
+/// type it describes.
+fn parse_config<T: serde::de::DeserializeOwned>(json: &[u8], what: &str) -> Result<T> {
+    serde_json::from_slice(json).map_err(|e| Error::Invalid(format!("{what}: {e}")))
+}
+
+/// Token-major `[N, L, W]` values (of tensor `t`) reordered channels-first
+/// `[N, W, L]`, the layout the fixtures record sequences in.
+fn channels_first(values: &[f32], t: &Tensor) -> Vec<f32> {
+    let (l, w) = (t.shape()[1], t.shape()[2]);
+    (0..values.len())
+        .map(|i| {
+            let (b, c, j) = (i / (w * l), (i / l) % w, i % l);
+            values[(b * l + j) * w + c]
+        })
+        .collect()
 }

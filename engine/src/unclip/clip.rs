@@ -366,17 +366,7 @@ impl ClipVisual {
         let patches = gpu.upload(&[n, g * g, 3 * p * p], &patches)?;
         let emb = kernels::matmul::linear(rec, &patches, &self.patch_embed, None, None, Act::None)?;
         keep("conv1_tokens", &emb);
-        let class = rec.gpu().empty(&[n, 1, w])?;
-        for i in 0..n {
-            kernels::copy::copy_channels(
-                rec,
-                &self.class_embedding,
-                0,
-                &class.reshape(&[1, n, w])?,
-                i,
-                1,
-            )?;
-        }
+        let class = kernels::copy::repeat_batch(rec, &self.class_embedding, n)?;
         let seq = kernels::copy::concat_channels(rec, &[&class, &emb])?;
         let seq = kernels::elementwise::binary(
             rec,

@@ -157,10 +157,7 @@ impl Prior {
         let x_proj = self.clip_img_proj.apply_linear(rec, x, None, Act::None)?;
         keep("x_proj", &x_proj);
         // One prediction token per row (the learned [1, 1, W] repeated).
-        let prd = rec.gpu().empty(&[n, 1, w])?;
-        for i in 0..n {
-            kernels::copy::copy_channels(rec, &self.prd_emb, 0, &prd.reshape(&[1, n, w])?, i, 1)?;
-        }
+        let prd = kernels::copy::repeat_batch(rec, &self.prd_emb, n)?;
         let token = |t: &Tensor| t.reshape(&[n, 1, w]);
         let seq = kernels::copy::concat_channels(
             rec,
