@@ -10,6 +10,7 @@ pub fn act(x: f64, a: Act) -> f64 {
         Act::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
         Act::QuickGelu => x / (1.0 + (-1.702 * x).exp()),
         Act::Relu => x.max(0.0),
+        Act::HardTanh => x.clamp(-1.0, 1.0),
     }
 }
 

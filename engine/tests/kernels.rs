@@ -805,14 +805,23 @@ async fn elementwise_and_activations() -> TestResult {
             2e-6,
         )?;
     }
-    let mut rec = gpu.recorder();
-    let y = kernels::elementwise::unary(&mut rec, &at, Act::Silu, 0.5, -0.25).map_err(err)?;
-    rec.submit().map_err(err)?;
-    let want: Vec<f32> = a
-        .iter()
-        .map(|&x| cpu::act(0.5 * x as f64 - 0.25, Act::Silu) as f32)
-        .collect();
-    check("unary silu", &gpu.read(&y).await.map_err(err)?, &want, 2e-6)
+    // Values of std 2 reach both clamp bounds of HardTanh.
+    for act in [Act::Silu, Act::HardTanh] {
+        let mut rec = gpu.recorder();
+        let y = kernels::elementwise::unary(&mut rec, &at, act, 0.5, -0.25).map_err(err)?;
+        rec.submit().map_err(err)?;
+        let want: Vec<f32> = a
+            .iter()
+            .map(|&x| cpu::act(0.5 * x as f64 - 0.25, act) as f32)
+            .collect();
+        check(
+            &format!("unary {act:?}"),
+            &gpu.read(&y).await.map_err(err)?,
+            &want,
+            2e-6,
+        )?;
+    }
+    Ok(())
 }
 gpu_test!(elementwise_and_activations);
 

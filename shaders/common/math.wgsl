@@ -58,6 +58,7 @@ fn activate(x: f32, kind: u32) -> f32 {
         case 2u: { return gelu_erf(x); }
         case 3u: { return quick_gelu(x); }
         case 4u: { return max(x, 0.0); }
+        case 5u: { return clamp(x, -1.0, 1.0); }
         default: { return x; }
     }
 }

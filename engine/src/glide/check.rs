@@ -118,6 +118,9 @@ impl<'a> Tensors<'a> {
                 .map_err(|e| Error::Invalid(format!("{what}: {e}")))?,
         ))
     }
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.0.names().into_iter().map(String::from).collect()
+    }
     pub(crate) fn has(&self, name: &str) -> bool {
         self.0.tensor(name).is_ok()
     }

@@ -319,18 +319,24 @@ impl<'m> DiffusionLoop<'m> {
 
 /// Image values in [-1, 1] → 8-bit RGB, `round((x + 1)·127.5)` clamped (the notebooks' display).
 pub fn to_rgb8(values: &[f32], batch: usize, size: usize) -> Vec<Vec<u8>> {
+    planes_to_rgb8(values, batch, size, |x| {
+        ((x + 1.0) * 127.5).round_ties_even().clamp(0.0, 255.0) as u8
+    })
+}
+
+/// `[B, 3, size, size]` planes → B interleaved RGB images, each value mapped by `byte`.
+pub fn planes_to_rgb8(
+    values: &[f32],
+    batch: usize,
+    size: usize,
+    byte: impl Fn(f32) -> u8 + Copy,
+) -> Vec<Vec<u8>> {
     let plane = size * size;
     (0..batch)
         .map(|b| {
             let img = &values[b * 3 * plane..(b + 1) * 3 * plane];
             (0..plane)
-                .flat_map(|p| {
-                    (0..3).map(move |c| {
-                        ((img[c * plane + p] + 1.0) * 127.5)
-                            .round_ties_even()
-                            .clamp(0.0, 255.0) as u8
-                    })
-                })
+                .flat_map(|p| (0..3).map(move |c| byte(img[c * plane + p])))
                 .collect()
         })
         .collect()

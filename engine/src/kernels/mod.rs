@@ -26,6 +26,8 @@ pub enum Act {
     Gelu,
     QuickGelu,
     Relu,
+    /// clamp(x, −1, 1): Karlo clamps the decoder's images before resizing them for SR.
+    HardTanh,
 }
 
 impl Act {
@@ -36,6 +38,7 @@ impl Act {
             Act::Gelu => 2.0,
             Act::QuickGelu => 3.0,
             Act::Relu => 4.0,
+            Act::HardTanh => 5.0,
         }
     }
 }

@@ -11,6 +11,9 @@ use crate::quant::WeightDType;
 use crate::tensor::Tensor;
 use crate::unclip::clip::{ClipText, ClipTextConfig, ClipVisual, ClipVisualConfig};
 use crate::unclip::decoder::{Decoder, DecoderCond, DecoderConfig};
+use crate::unclip::pipeline::{
+    DecoderStage, Draws, Phase, PriorStage, SrStage, StageKind, Stages, UnclipParams, UnclipRun,
+};
 use crate::unclip::prior::{Prior, PriorConfig, PriorText};
 use crate::unclip::sr::{SuperRes, SuperResConfig};
 use crate::unclip::tokenizer::ClipTokenizer;
@@ -288,19 +291,12 @@ pub async fn check_t2i(
     tol: f64,
     dtype: WeightDType,
 ) -> Result<Report> {
-    let case: T2iCase = parse_config(&read("config.json")?, "t2i config.json")?;
-    let file = |map: &std::collections::HashMap<String, String>, k: &str| {
-        map.get(k)
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("t2i config.json names no {k} file")))
-    };
+    let m = load_t2i(gpu, read, dtype)?;
+    let case = &m.case;
     let trace_bytes = read("trace.safetensors")?;
     let trace = Tensors::new(&trace_bytes, "trace.safetensors")?;
     let mut report = Report::default();
     let b = case.prompts.len();
-    if b == 0 {
-        return Err(Error::Invalid("t2i config.json: no prompts".into()));
-    }
 
     // Tokens: B prompts, then B empty prompts.
     let ctx = crate::unclip::tokenizer::TEXT_CTX;
@@ -325,13 +321,8 @@ pub async fn check_t2i(
     report.push("text.mask", &as_f32(&mask), &trace.get("text.mask")?.1, 0.0);
 
     // CLIP text features.
-    let clip_cfg: ClipCase = parse_config(&read(&file(&case.configs, "clip")?)?, "clip config")?;
-    let clip_bytes = read(&file(&case.weights, "clip")?)?;
-    let clip_src = WeightSource::single(&clip_bytes)?;
-    let clip_loader = Loader::new(gpu, &clip_src, dtype)?;
-    let clip = ClipText::load(gpu, clip_cfg.ctor_args_in_order, &clip_loader)?;
     let mut rec = gpu.recorder();
-    let feats = clip.encode(&mut rec, &tokens, None)?;
+    let feats = m.clip.encode(&mut rec, &tokens, None)?;
     rec.submit()?;
     for (name, t) in [
         ("text.txt_feat", &feats.txt_feat),
@@ -341,17 +332,7 @@ pub async fn check_t2i(
     }
 
     // Prior: every step from the recorded x_t and noise.
-    let prior_case: PriorCase =
-        parse_config(&read(&file(&case.configs, "prior")?)?, "prior config")?;
-    let prior_bytes = read(&file(&case.weights, "prior")?)?;
-    let prior_src = WeightSource::single(&prior_bytes)?;
-    let prior_loader = Loader::new(gpu, &prior_src, dtype)?;
-    let prior = Prior::load(
-        prior_case.module_kwargs,
-        &prior_loader,
-        &prior_case.state_dict_prefix,
-    )?;
-    prior_loader.finish()?;
+    let prior = &m.prior.model;
     let d = prior.config.clip_dim;
     let sched = Schedule::new("squaredcos_cap_v2", 1000, &case.sampling.prior_sm)?;
     let text = PriorText {
@@ -381,16 +362,10 @@ pub async fn check_t2i(
     )
     .await?;
     // De-standardised image embedding of the final (own) sample.
-    let stats_bytes = read(&file(&case.weights, "clip_stats")?)?;
-    let stats = Tensors::new(&stats_bytes, "clip_stats.safetensors")?;
-    let (mean, std) = (stats.get("clip_mean")?.1, stats.get("clip_std")?.1);
-    if mean.len() != d || std.len() != d {
-        return Err(Error::Invalid(format!(
-            "clip stats of {} / {} values for clip_dim {d}",
-            mean.len(),
-            std.len()
-        )));
-    }
+    let (mean, std) = (
+        gpu.read(&m.prior.clip_mean).await?,
+        gpu.read(&m.prior.clip_std).await?,
+    );
     let img_feat: Vec<f32> = last
         .iter()
         .enumerate()
@@ -404,18 +379,7 @@ pub async fn check_t2i(
     );
 
     // Decoder: y = [image embedding (recorded); cf_param], every step from the recorded x_t.
-    let dec_case: DecoderCase =
-        parse_config(&read(&file(&case.configs, "decoder")?)?, "decoder config")?;
-    let dec_bytes = read(&file(&case.weights, "decoder")?)?;
-    let dec_src = WeightSource::single(&dec_bytes)?;
-    let dec_loader = Loader::new(gpu, &dec_src, dtype)?;
-    let decoder = Decoder::load(
-        gpu,
-        dec_case.module_kwargs,
-        &dec_loader,
-        &dec_case.state_dict_prefix,
-    )?;
-    dec_loader.finish()?;
+    let decoder = &m.decoder.model;
     let cf_param = gpu.read(&decoder.cf_param).await?;
     let mut y = trace.get("prior.img_feat")?.1;
     for _ in 0..b {
@@ -475,30 +439,10 @@ pub async fn check_t2i(
     let low_res = gpu.upload(&low_shape, &recorded_low)?;
 
     // SR: the first-steps network, then the last-step one at i = 0.
-    let sr_case: SuperResCase = parse_config(&read(&file(&case.configs, "sr")?)?, "sr config")?;
-    let [first_prefix, last_prefix] = sr_case.state_dict_prefixes.as_slice() else {
-        return Err(Error::Invalid(
-            "sr config: two state_dict_prefixes expected".into(),
-        ));
-    };
-    let sr_bytes = read(&file(&case.weights, "sr")?)?;
-    let sr_src = WeightSource::single(&sr_bytes)?;
-    let sr_loader = Loader::new(gpu, &sr_src, dtype)?;
-    let sr_first = SuperRes::load(
-        sr_case.module_kwargs_model_first_steps,
-        &sr_loader,
-        first_prefix,
-    )?;
-    let sr_last = SuperRes::load(
-        sr_case.module_kwargs_model_last_step,
-        &sr_loader,
-        last_prefix,
-    )?;
-    sr_loader.finish()?;
+    let (sr_first, sr_last) = (&m.sr.first_steps, &m.sr.last_step);
     let sched = Schedule::new("squaredcos_cap_v2", 1000, &case.sampling.sr_sm)?;
-    // The last step (i = 0) runs the last-step network.
     let net = |rec: &mut Recorder, x: &Tensor, t: &Tensor, i: usize| {
-        if i == 0 { &sr_last } else { &sr_first }.forward(rec, x, &low_res, t, None)
+        if i == 0 { sr_last } else { sr_first }.forward(rec, x, &low_res, t, None)
     };
     let sr_kind = StageKind {
         guidance: None,
@@ -532,11 +476,205 @@ pub async fn check_t2i(
     Ok(report)
 }
 
+/// Every network of a `t2i/` case, loaded from the files its config names.
+struct T2iModels {
+    case: T2iCase,
+    clip: ClipText,
+    prior: PriorStage,
+    decoder: DecoderStage,
+    sr: SrStage,
+}
+
+fn load_t2i(gpu: &Gpu, read: &dyn Fn(&str) -> Result<Vec<u8>>, dtype: WeightDType) -> Result<T2iModels> {
+    let case: T2iCase = parse_config(&read("config.json")?, "t2i config.json")?;
+    if case.prompts.is_empty() {
+        return Err(Error::Invalid("t2i config.json: no prompts".into()));
+    }
+    let file = |map: &std::collections::HashMap<String, String>, k: &str| {
+        map.get(k)
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("t2i config.json names no {k} file")))
+    };
+    let config = |k: &str| -> Result<Vec<u8>> { read(&file(&case.configs, k)?) };
+    let weights = |k: &str| -> Result<Vec<u8>> { read(&file(&case.weights, k)?) };
+
+    let clip_cfg: ClipCase = parse_config(&config("clip")?, "clip config")?;
+    let bytes = weights("clip")?;
+    let src = WeightSource::single(&bytes)?;
+    let clip = ClipText::load(gpu, clip_cfg.ctor_args_in_order, &Loader::new(gpu, &src, dtype)?)?;
+
+    let prior_case: PriorCase = parse_config(&config("prior")?, "prior config")?;
+    let bytes = weights("prior")?;
+    let src = WeightSource::single(&bytes)?;
+    let loader = Loader::new(gpu, &src, dtype)?;
+    let prior = Prior::load(prior_case.module_kwargs, &loader, &prior_case.state_dict_prefix)?;
+    loader.finish()?;
+    let stats_bytes = weights("clip_stats")?;
+    let stats = Tensors::new(&stats_bytes, "clip_stats.safetensors")?;
+    let prior = PriorStage::new(
+        gpu,
+        prior,
+        &stats.get("clip_mean")?.1,
+        &stats.get("clip_std")?.1,
+    )?;
+
+    let dec_case: DecoderCase = parse_config(&config("decoder")?, "decoder config")?;
+    let bytes = weights("decoder")?;
+    let src = WeightSource::single(&bytes)?;
+    let loader = Loader::new(gpu, &src, dtype)?;
+    let decoder = Decoder::load(gpu, dec_case.module_kwargs, &loader, &dec_case.state_dict_prefix)?;
+    loader.finish()?;
+    let decoder = DecoderStage {
+        model: decoder,
+        image_size: dec_case.yaml_config.model.hparams.image_size,
+    };
+
+    let sr_case: SuperResCase = parse_config(&config("sr")?, "sr config")?;
+    let [first_prefix, last_prefix] = sr_case.state_dict_prefixes.as_slice() else {
+        return Err(Error::Invalid(
+            "sr config: two state_dict_prefixes expected".into(),
+        ));
+    };
+    let bytes = weights("sr")?;
+    let src = WeightSource::single(&bytes)?;
+    let loader = Loader::new(gpu, &src, dtype)?;
+    let sr = SrStage {
+        first_steps: SuperRes::load(
+            sr_case.module_kwargs_model_first_steps,
+            &loader,
+            first_prefix,
+        )?,
+        last_step: SuperRes::load(sr_case.module_kwargs_model_last_step, &loader, last_prefix)?,
+        image_size: case.sampling.sr_size,
+    };
+    loader.finish()?;
+    Ok(T2iModels {
+        case,
+        clip,
+        prior,
+        decoder,
+        sr,
+    })
+}
+
+/// `t2i/` free-running: the whole pipeline ([`UnclipRun`]) fed only the
+/// trace's random draws, its stage results compared with the official run's
+/// (errors accumulate over the steps, so `tol` is looser than the replay's).
+pub async fn check_t2i_pipeline(
+    gpu: &Gpu,
+    tok: &ClipTokenizer,
+    read: &dyn Fn(&str) -> Result<Vec<u8>>,
+    tol: f64,
+    dtype: WeightDType,
+) -> Result<Report> {
+    let m = load_t2i(gpu, read, dtype)?;
+    let trace_bytes = read("trace.safetensors")?;
+    let trace = Tensors::new(&trace_bytes, "trace.safetensors")?;
+    let b = m.case.prompts.len();
+    // Every draw, its first B rows (the engine samples B rows, as the official
+    // code uses only x_t[:B] of its CFG batch).
+    let mut draws = std::collections::HashMap::new();
+    for name in trace.names() {
+        if name.ends_with("noise_init") || name.ends_with(".noise") {
+            let (shape, v) = trace.get(&name)?;
+            let rows = shape[0].max(1);
+            let per = v.len() / rows;
+            let shape = [vec![b], shape[1..].to_vec()].concat();
+            draws.insert(name, gpu.upload(&shape, &v[..b * per])?);
+        }
+    }
+    let s = &m.case.sampling;
+    let params = UnclipParams {
+        prior_guidance: s.prior_cf_scale,
+        decoder_guidance: s.decoder_cf_scale,
+        prior_steps: s.prior_sm.clone(),
+        decoder_steps: s.decoder_sm.clone(),
+        sr_steps: s.sr_sm.clone(),
+    };
+    let prompts: Vec<&str> = m.case.prompts.iter().map(String::as_str).collect();
+    let mut run = UnclipRun::text_to_image(
+        gpu,
+        &m.clip,
+        tok,
+        &prompts,
+        params,
+        Draws::Recorded(draws),
+    )?;
+    let stages = Stages {
+        prior: Some(&m.prior),
+        decoder: Some(&m.decoder),
+        sr: Some(&m.sr),
+    };
+    let mut report = Report::default();
+    loop {
+        let before = run.phase();
+        let more = run.step(gpu, &stages)?;
+        match (before, run.phase()) {
+            (Phase::Prior, Phase::Decoder) => {
+                let feat = run.image_embedding().expect("after the prior");
+                report.push(
+                    "prior.img_feat",
+                    &gpu.read(feat).await?,
+                    &trace.get("prior.img_feat")?.1,
+                    tol,
+                );
+            }
+            (Phase::Decoder, Phase::SuperRes) => {
+                // The clamped images; the recorded ones are clamped to compare.
+                let want: Vec<f32> = trace
+                    .get("decoder.images_64")?
+                    .1
+                    .iter()
+                    .map(|v| v.clamp(-1.0, 1.0))
+                    .collect();
+                let got = run.decoded().expect("after the decoder");
+                report.push("decoder.images_64", &gpu.read(got).await?, &want, tol);
+            }
+            _ => {}
+        }
+        if !more {
+            break;
+        }
+    }
+    if run.steps_done() != run.total_steps() {
+        return Err(Error::Invalid(format!(
+            "{} of {} steps run",
+            run.steps_done(),
+            run.total_steps()
+        )));
+    }
+    let images = run.images().expect("finished");
+    report.push(
+        "output.images_256",
+        &gpu.read(images).await?,
+        &trace.get("output.images_256")?.1,
+        tol,
+    );
+    Ok(report)
+}
+
 #[derive(serde::Deserialize)]
 struct DecoderCase {
     module_kwargs: DecoderConfig,
     #[serde(default)]
     state_dict_prefix: String,
+    yaml_config: DecoderYaml,
+}
+
+/// The decoder's image size lives only in the yaml config's hparams.
+#[derive(serde::Deserialize)]
+struct DecoderYaml {
+    model: DecoderYamlModel,
+}
+
+#[derive(serde::Deserialize)]
+struct DecoderYamlModel {
+    hparams: DecoderHparams,
+}
+
+#[derive(serde::Deserialize)]
+struct DecoderHparams {
+    image_size: usize,
 }
 
 /// `decoder/`: the decoder built from `config.json` alone, one forward on
@@ -672,15 +810,6 @@ pub async fn check_bicubic(gpu: &Gpu, resize: &[u8], tol: f64) -> Result<Report>
         report.push(format!("{key}.out"), &gpu.read(&y).await?, &want, tol);
     }
     Ok(report)
-}
-
-/// How a Karlo stage samples.
-struct StageKind {
-    /// Classifier-free guidance (prior: on x0, decoder: on eps).
-    guidance: Option<f32>,
-    predict_x0: bool,
-    learned_variance: bool,
-    clamp: f32,
 }
 
 /// Replays every step of `stage` in a trace from the recorded x_t and noise:
