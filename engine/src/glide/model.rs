@@ -193,101 +193,40 @@ impl GlideConfig {
     /// tests check it against the full-size key lists of the released models.
     pub fn weight_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
         self.validate()?;
-        let (mc, w, ctx) = (self.num_channels, self.xf_width, self.text_ctx);
-        let emb = 4 * mc;
-        let mut k: Vec<(String, Vec<usize>)> = Vec::new();
-        let mut add = |name: String, shape: Vec<usize>| k.push((name, shape));
-        fn pair(add: &mut dyn FnMut(String, Vec<usize>), name: &str, w: Vec<usize>) {
-            let out = w[0];
-            add(format!("{name}.weight"), w);
-            add(format!("{name}.bias"), vec![out]);
-        }
-        let res = |add: &mut dyn FnMut(String, Vec<usize>), p: &str, cin: usize, cout: usize| {
-            pair(add, &format!("{p}.in_layers.0"), vec![cin]);
-            pair(add, &format!("{p}.in_layers.2"), vec![cout, cin, 3, 3]);
-            pair(add, &format!("{p}.emb_layers.1"), vec![2 * cout, emb]);
-            pair(add, &format!("{p}.out_layers.0"), vec![cout]);
-            pair(add, &format!("{p}.out_layers.3"), vec![cout, cout, 3, 3]);
-            if cin != cout {
-                pair(add, &format!("{p}.skip_connection"), vec![cout, cin, 1, 1]);
-            }
-        };
-        let attn = |add: &mut dyn FnMut(String, Vec<usize>), p: &str, ch: usize| {
-            pair(add, &format!("{p}.norm"), vec![ch]);
-            pair(add, &format!("{p}.qkv"), vec![3 * ch, ch, 1]);
-            pair(add, &format!("{p}.encoder_kv"), vec![2 * ch, w, 1]);
-            pair(add, &format!("{p}.proj_out"), vec![ch, ch, 1]);
-        };
-        add("positional_embedding".into(), vec![ctx, w]);
+        let (w, ctx) = (self.xf_width, self.text_ctx);
+        let mut k = vec![("positional_embedding".to_string(), vec![ctx, w])];
         if self.xf_padding {
-            add("padding_embedding".into(), vec![ctx, w]);
+            k.push(("padding_embedding".into(), vec![ctx, w]));
         }
-        pair(&mut add, "time_embed.0", vec![emb, mc]);
-        pair(&mut add, "time_embed.2", vec![emb, emb]);
-        let mult = self.channel_mult()?;
-        let attn_ds = self.attention_ds()?;
-        pair(
-            &mut add,
-            "input_blocks.0.0",
-            vec![mc, self.in_channels(), 3, 3],
-        );
-        let (mut ch, mut ds, mut i) = (mc, 1, 1);
-        let mut skips = vec![mc];
-        for (level, &m) in mult.iter().enumerate() {
-            for _ in 0..self.num_res_blocks {
-                res(&mut add, &format!("input_blocks.{i}.0"), ch, m * mc);
-                ch = m * mc;
-                if attn_ds.contains(&ds) {
-                    attn(&mut add, &format!("input_blocks.{i}.1"), ch);
-                }
-                skips.push(ch);
-                i += 1;
-            }
-            if level + 1 != mult.len() {
-                res(&mut add, &format!("input_blocks.{i}.0"), ch, ch);
-                skips.push(ch);
-                ds *= 2;
-                i += 1;
-            }
-        }
-        res(&mut add, "middle_block.0", ch, ch);
-        attn(&mut add, "middle_block.1", ch);
-        res(&mut add, "middle_block.2", ch, ch);
-        let mut o = 0;
-        for (level, &m) in mult.iter().enumerate().rev() {
-            for j in 0..=self.num_res_blocks {
-                let sc = skips.pop().unwrap_or(0);
-                res(&mut add, &format!("output_blocks.{o}.0"), ch + sc, m * mc);
-                ch = m * mc;
-                let mut sub = 1;
-                if attn_ds.contains(&ds) {
-                    attn(&mut add, &format!("output_blocks.{o}.1"), ch);
-                    sub = 2;
-                }
-                if level > 0 && j == self.num_res_blocks {
-                    res(&mut add, &format!("output_blocks.{o}.{sub}"), ch, ch);
-                    ds /= 2;
-                }
-                o += 1;
-            }
-        }
-        pair(&mut add, "out.0", vec![ch]);
-        pair(&mut add, "out.2", vec![6, ch, 3, 3]);
+        k.extend(self.unet_spec()?.weight_shapes(""));
+        let mut add = |name: String, shape: Vec<usize>| k.push((name, shape));
+        let pair = weight_and_bias;
         for l in 0..self.xf_layers {
-            let p = format!("transformer.resblocks.{l}");
-            pair(&mut add, &format!("{p}.attn.c_qkv"), vec![3 * w, w]);
-            pair(&mut add, &format!("{p}.attn.c_proj"), vec![w, w]);
-            pair(&mut add, &format!("{p}.ln_1"), vec![w]);
-            pair(&mut add, &format!("{p}.mlp.c_fc"), vec![4 * w, w]);
-            pair(&mut add, &format!("{p}.mlp.c_proj"), vec![w, 4 * w]);
-            pair(&mut add, &format!("{p}.ln_2"), vec![w]);
+            XfBlock::weight_shapes(&mut add, &format!("transformer.resblocks.{l}"), w);
         }
         if self.xf_final_ln {
             pair(&mut add, "final_ln", vec![w]);
         }
         add("token_embedding.weight".into(), vec![self.n_vocab, w]);
-        pair(&mut add, "transformer_proj", vec![emb, w]);
+        pair(&mut add, "transformer_proj", vec![4 * self.num_channels, w]);
         Ok(k)
+    }
+
+    /// The UNet's sizes (every GLIDE model: 6 output channels, middle attention).
+    pub fn unet_spec(&self) -> Result<UNetSpec> {
+        Ok(UNetSpec {
+            model_channels: self.num_channels,
+            in_channels: self.in_channels(),
+            out_channels: 6,
+            num_res_blocks: self.num_res_blocks,
+            channel_mult: self.channel_mult()?,
+            attention_ds: self.attention_ds()?,
+            head_channels: (self.num_head_channels > 0).then_some(self.num_head_channels as usize),
+            num_heads: self.num_heads,
+            encoder_channels: self.xf_width,
+            scale_shift: self.use_scale_shift_norm,
+            middle_attention: true,
+        })
     }
 
     /// Rejects configurations the architecture cannot build.
@@ -659,6 +598,17 @@ pub struct XfBlock {
 
 impl XfBlock {
     /// `{prefix}.ln_1`, `.attn.c_qkv`, … of width `w`.
+    /// The block's tensor names under `p` and their shapes.
+    pub(crate) fn weight_shapes(add: &mut dyn FnMut(String, Vec<usize>), p: &str, w: usize) {
+        let pair = weight_and_bias;
+        pair(add, &format!("{p}.attn.c_qkv"), vec![3 * w, w]);
+        pair(add, &format!("{p}.attn.c_proj"), vec![w, w]);
+        pair(add, &format!("{p}.ln_1"), vec![w]);
+        pair(add, &format!("{p}.mlp.c_fc"), vec![4 * w, w]);
+        pair(add, &format!("{p}.mlp.c_proj"), vec![w, 4 * w]);
+        pair(add, &format!("{p}.ln_2"), vec![w]);
+    }
+
     pub(crate) fn load(l: &Loader, prefix: &str, w: usize) -> Result<Self> {
         let p = prefix;
         Ok(XfBlock {
@@ -732,7 +682,103 @@ pub struct UNetSpec {
     pub middle_attention: bool,
 }
 
+/// `{name}.weight` of `shape` and `{name}.bias` of its first dimension.
+pub(crate) fn weight_and_bias(
+    add: &mut dyn FnMut(String, Vec<usize>),
+    name: &str,
+    shape: Vec<usize>,
+) {
+    let out = shape[0];
+    add(format!("{name}.weight"), shape);
+    add(format!("{name}.bias"), vec![out]);
+}
+
 impl UNetSpec {
+    /// Every tensor's official name (under `prefix`) and shape, in load order.
+    pub fn weight_shapes(&self, prefix: &str) -> Vec<(String, Vec<usize>)> {
+        let mc = self.model_channels;
+        let emb = 4 * mc;
+        let mut k: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut add = |name: String, shape: Vec<usize>| k.push((format!("{prefix}{name}"), shape));
+        let pair = weight_and_bias;
+        // Scale-shift ResBlocks project the embedding to scale and shift.
+        let emb_out = if self.scale_shift { 2 } else { 1 };
+        let res = |add: &mut dyn FnMut(String, Vec<usize>), p: &str, cin: usize, cout: usize| {
+            pair(add, &format!("{p}.in_layers.0"), vec![cin]);
+            pair(add, &format!("{p}.in_layers.2"), vec![cout, cin, 3, 3]);
+            pair(add, &format!("{p}.emb_layers.1"), vec![emb_out * cout, emb]);
+            pair(add, &format!("{p}.out_layers.0"), vec![cout]);
+            pair(add, &format!("{p}.out_layers.3"), vec![cout, cout, 3, 3]);
+            if cin != cout {
+                pair(add, &format!("{p}.skip_connection"), vec![cout, cin, 1, 1]);
+            }
+        };
+        let enc = self.encoder_channels;
+        let attn = |add: &mut dyn FnMut(String, Vec<usize>), p: &str, ch: usize| {
+            pair(add, &format!("{p}.norm"), vec![ch]);
+            pair(add, &format!("{p}.qkv"), vec![3 * ch, ch, 1]);
+            if enc > 0 {
+                pair(add, &format!("{p}.encoder_kv"), vec![2 * ch, enc, 1]);
+            }
+            pair(add, &format!("{p}.proj_out"), vec![ch, ch, 1]);
+        };
+        pair(&mut add, "time_embed.0", vec![emb, mc]);
+        pair(&mut add, "time_embed.2", vec![emb, emb]);
+        pair(
+            &mut add,
+            "input_blocks.0.0",
+            vec![mc, self.in_channels, 3, 3],
+        );
+        let mult = &self.channel_mult;
+        let (mut ch, mut ds, mut i) = (mc, 1, 1);
+        let mut skips = vec![mc];
+        for (level, &m) in mult.iter().enumerate() {
+            for _ in 0..self.num_res_blocks {
+                res(&mut add, &format!("input_blocks.{i}.0"), ch, m * mc);
+                ch = m * mc;
+                if self.attention_ds.contains(&ds) {
+                    attn(&mut add, &format!("input_blocks.{i}.1"), ch);
+                }
+                skips.push(ch);
+                i += 1;
+            }
+            if level + 1 != mult.len() {
+                res(&mut add, &format!("input_blocks.{i}.0"), ch, ch);
+                skips.push(ch);
+                ds *= 2;
+                i += 1;
+            }
+        }
+        res(&mut add, "middle_block.0", ch, ch);
+        let mut last = 1;
+        if self.middle_attention {
+            attn(&mut add, "middle_block.1", ch);
+            last = 2;
+        }
+        res(&mut add, &format!("middle_block.{last}"), ch, ch);
+        let mut o = 0;
+        for (level, &m) in mult.iter().enumerate().rev() {
+            for j in 0..=self.num_res_blocks {
+                let sc = skips.pop().unwrap_or(0);
+                res(&mut add, &format!("output_blocks.{o}.0"), ch + sc, m * mc);
+                ch = m * mc;
+                let mut sub = 1;
+                if self.attention_ds.contains(&ds) {
+                    attn(&mut add, &format!("output_blocks.{o}.1"), ch);
+                    sub = 2;
+                }
+                if level > 0 && j == self.num_res_blocks {
+                    res(&mut add, &format!("output_blocks.{o}.{sub}"), ch, ch);
+                    ds /= 2;
+                }
+                o += 1;
+            }
+        }
+        pair(&mut add, "out.0", vec![ch]);
+        pair(&mut add, "out.2", vec![self.out_channels, ch, 3, 3]);
+        k
+    }
+
     fn heads(&self, ch: usize) -> Result<usize> {
         match self.head_channels {
             Some(hc) if hc > 0 && ch.is_multiple_of(hc) => Ok(ch / hc),
@@ -1070,19 +1116,7 @@ impl Glide {
         let emb = 4 * mc;
         let xf_layer = |i: usize| XfBlock::load(&l, &format!("transformer.resblocks.{i}"), w);
         let transformer = (0..c.xf_layers).map(xf_layer).collect::<Result<Vec<_>>>()?;
-        let spec = UNetSpec {
-            model_channels: mc,
-            in_channels: c.in_channels(),
-            out_channels: 6,
-            num_res_blocks: c.num_res_blocks,
-            channel_mult: c.channel_mult()?,
-            attention_ds: c.attention_ds()?,
-            head_channels: (c.num_head_channels > 0).then_some(c.num_head_channels as usize),
-            num_heads: c.num_heads,
-            encoder_channels: w,
-            scale_shift: c.use_scale_shift_norm,
-            middle_attention: true,
-        };
+        let spec = c.unet_spec()?;
         let unet = UNet::load(&l, "", spec)?;
         let model = Glide {
             token_embedding: l.weight("token_embedding.weight", &[c.n_vocab, w])?,

@@ -57,7 +57,7 @@ impl DecoderConfig {
         }
     }
 
-    fn unet_spec(&self) -> UNetSpec {
+    pub(crate) fn unet_spec(&self) -> UNetSpec {
         UNetSpec {
             model_channels: self.model_channels,
             in_channels: self.in_channels,

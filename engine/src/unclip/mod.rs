@@ -10,3 +10,4 @@ pub mod pipeline;
 pub mod prior;
 pub mod sr;
 pub mod tokenizer;
+pub mod weights;

@@ -25,6 +25,23 @@ pub struct SuperResConfig {
 }
 
 impl SuperResConfig {
+    pub(crate) fn unet_spec(&self) -> UNetSpec {
+        UNetSpec {
+            model_channels: self.model_channels,
+            // x_t and the low-res image, concatenated.
+            in_channels: 2 * self.in_channels,
+            out_channels: self.out_channels,
+            num_res_blocks: self.num_res_blocks,
+            channel_mult: self.channel_mult.clone(),
+            attention_ds: Vec::new(),
+            head_channels: None,
+            num_heads: 1,
+            encoder_channels: 0,
+            scale_shift: false,
+            middle_attention: false,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         let ok = self.in_channels == 3
             && self.out_channels == 3
@@ -53,19 +70,7 @@ impl SuperRes {
     /// `prefix`: `model_first_steps.` or `model_last_step.` in Karlo's checkpoint.
     pub fn load(config: SuperResConfig, l: &Loader, prefix: &str) -> Result<Self> {
         config.validate()?;
-        let spec = UNetSpec {
-            model_channels: config.model_channels,
-            in_channels: 2 * config.in_channels,
-            out_channels: config.out_channels,
-            num_res_blocks: config.num_res_blocks,
-            channel_mult: config.channel_mult.clone(),
-            attention_ds: Vec::new(),
-            head_channels: None,
-            num_heads: 1,
-            encoder_channels: 0,
-            scale_shift: false,
-            middle_attention: false,
-        };
+        let spec = config.unet_spec();
         Ok(SuperRes {
             unet: UNet::load(l, prefix, spec)?,
             config,
