@@ -405,7 +405,8 @@ pub async fn import_files(
     let cache = cache().await?;
     let mut kinds = Vec::new();
     for (dir, path, bytes) in manifests {
-        let m = Manifest::parse(bytes).map_err(|e| format!("{path}: {e}"))?;
+        let m = Manifest::<engine::glide::model::GlideConfig>::parse(bytes)
+            .map_err(|e| format!("{path}: {e}"))?;
         let Some(kind) = KINDS.iter().copied().find(|k| *k == m.kind) else {
             return Err(format!("{path}: unknown model kind '{}'", m.kind));
         };

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use engine::glide::model::{quantizable, GlideConfig};
-use engine::glide::weights::{sha256_hex, Manifest, Shard, StoredTensor, MANIFEST_FORMAT};
+use engine::glide::weights::{sha256_hex, Manifest, ModelConfig, Shard, StoredTensor};
+use engine::unclip::weights::{UnclipConfig, CLIP_MEAN, CLIP_STD};
 use engine::{WeightDType, WeightData};
 
 use crate::pickle::{read_checkpoint, Checkpoint, DType};
@@ -40,14 +41,80 @@ pub fn read_config(path: &Path) -> Result<GlideConfig> {
         .with_context(|| format!("{}: not a GLIDE configuration", path.display()))
 }
 
+/// What a conversion wrote (for the summary line).
+pub struct Converted {
+    pub tensors: usize,
+    pub shards: Vec<Shard>,
+    pub quant: String,
+}
+
+/// Converts one model: GLIDE kinds (base, upsample, base-inpaint,
+/// upsample-inpaint) or unCLIP kinds (clip-text, clip-visual, prior, decoder,
+/// sr). `stats`: the prior's `ViT-L-14_stats.th` (or a safetensors file with
+/// `clip_mean`/`clip_std`). `sr_size`: the SR output side (unCLIP only).
+#[allow(clippy::too_many_arguments)]
 pub fn convert(
     checkpoint: &Path,
     kind: &str,
     quant: WeightDType,
     config: Option<&Path>,
+    stats: Option<&Path>,
+    sr_size: usize,
     out: &Path,
     force: bool,
-) -> Result<Manifest> {
+) -> Result<Converted> {
+    if out.exists() && !force {
+        bail!(
+            "{} already exists (use --force to replace it)",
+            out.display()
+        );
+    }
+    if engine::unclip::weights::KINDS.contains(&kind) {
+        let cfg = match config {
+            Some(p) => UnclipConfig::from_json(
+                kind,
+                &std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+                sr_size,
+            )?,
+            None => match UnclipConfig::released(kind)? {
+                UnclipConfig::Sr {
+                    first_steps,
+                    last_step,
+                    ..
+                } => UnclipConfig::Sr {
+                    first_steps,
+                    last_step,
+                    image_size: sr_size,
+                },
+                c => c,
+            },
+        };
+        let expected = cfg.weight_shapes()?;
+        let mut ckpt = read_tensors(checkpoint)?;
+        if kind == "prior" {
+            let Some(stats) = stats else {
+                bail!("the prior needs the CLIP statistics: --stats ViT-L-14_stats.th");
+            };
+            ckpt.tensors.extend(read_stats(stats)?);
+        } else if stats.is_some() {
+            bail!("--stats belongs to the prior");
+        }
+        let by_name = by_name(&ckpt);
+        check_keys(kind, &expected, &by_name, &|n| cfg.ignored(n))?;
+        let quantizable = |n: &str, s: &[usize]| cfg.quantizable(n, s);
+        return write_folder(
+            out,
+            kind,
+            cfg.clone(),
+            quant,
+            &expected,
+            &by_name,
+            &quantizable,
+        );
+    }
+    if stats.is_some() {
+        bail!("--stats belongs to unCLIP's prior");
+    }
     let cfg = match config {
         Some(p) => read_config(p)?,
         None => GlideConfig::for_kind(kind)?,
@@ -58,32 +125,69 @@ pub fn convert(
             cfg.kind()
         );
     }
-    if out.exists() && !force {
-        bail!(
-            "{} already exists (use --force to replace it)",
-            out.display()
-        );
-    }
     let expected = cfg.weight_shapes()?;
-    let bytes =
-        std::fs::read(checkpoint).with_context(|| format!("reading {}", checkpoint.display()))?;
-    // torch.save zips start with "PK"; a file with a .safetensors name is read
-    // as safetensors with the official key names (e.g. the fixture weights).
-    let ckpt = if checkpoint.extension().is_some_and(|e| e == "safetensors") {
-        read_safetensors(&bytes).with_context(|| format!("reading {}", checkpoint.display()))?
+    let ckpt = read_tensors(checkpoint)?;
+    let by_name = by_name(&ckpt);
+    check_keys(kind, &expected, &by_name, &|_| false)?;
+    write_folder(out, kind, cfg, quant, &expected, &by_name, &quantizable)
+}
+
+/// A torch.save zip (a state dict, or a dict holding one under `state_dict`)
+/// or, by its `.safetensors` name, safetensors with the official key names.
+fn read_tensors(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "safetensors") {
+        read_safetensors(&bytes).with_context(|| format!("reading {}", path.display()))
     } else {
-        read_checkpoint(&bytes)
-            .with_context(|| format!("reading checkpoint {}", checkpoint.display()))?
-    };
-    let mut by_name: BTreeMap<&str, (&Vec<usize>, &Vec<f32>)> = BTreeMap::new();
-    for (name, shape, _, vals) in &ckpt.tensors {
-        by_name.insert(name.as_str(), (shape, vals));
+        read_checkpoint(&bytes).with_context(|| format!("reading checkpoint {}", path.display()))
     }
+}
+
+/// `ViT-L-14_stats.th` (a pickled (mean, std) tuple) or a safetensors file
+/// with `clip_mean` / `clip_std`, as the prior folder's two tensors.
+fn read_stats(path: &Path) -> Result<Vec<(String, Vec<usize>, DType, Vec<f32>)>> {
+    let ckpt = read_tensors(path)?;
+    let find = |names: &[&str]| {
+        ckpt.tensors
+            .iter()
+            .find(|t| names.contains(&t.0.as_str()))
+            .cloned()
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: no {} tensor (expected (mean, std) or clip_mean/clip_std)",
+                    path.display(),
+                    names[0]
+                )
+            })
+    };
+    let (mut mean, mut std) = (find(&["clip_mean", "0"])?, find(&["clip_std", "1"])?);
+    // The released stats are [1, 768]: the prior folder keeps them flat.
+    for (t, name) in [(&mut mean, CLIP_MEAN), (&mut std, CLIP_STD)] {
+        t.0 = name.to_string();
+        t.1 = vec![t.3.len()];
+    }
+    Ok(vec![mean, std])
+}
+
+fn by_name(ckpt: &Checkpoint) -> BTreeMap<&str, (&Vec<usize>, &Vec<f32>)> {
+    ckpt.tensors
+        .iter()
+        .map(|(name, shape, _, vals)| (name.as_str(), (shape, vals)))
+        .collect()
+}
+
+/// Every expected key present with its shape, nothing unknown but `ignored` keys.
+fn check_keys(
+    kind: &str,
+    expected: &[(String, Vec<usize>)],
+    by_name: &BTreeMap<&str, (&Vec<usize>, &Vec<f32>)>,
+    ignored: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
     let unknown: Vec<&str> = by_name
         .keys()
         .copied()
-        .filter(|n| !known.contains(n))
+        .filter(|n| !known.contains(n) && !ignored(n))
         .collect();
     if !unknown.is_empty() {
         bail!(
@@ -98,7 +202,7 @@ pub fn convert(
             if unknown.len() > 5 { ", …" } else { "" }
         );
     }
-    for (name, shape) in &expected {
+    for (name, shape) in expected {
         match by_name.get(name.as_str()) {
             None => bail!("key '{name}' missing from the checkpoint (is --kind right?)"),
             Some((s, _)) if *s != shape => {
@@ -107,8 +211,20 @@ pub fn convert(
             _ => {}
         }
     }
+    Ok(())
+}
 
-    // Write everything into a temporary sibling folder, then rename it into place.
+/// Writes the shards and manifest into a temporary sibling folder, then
+/// renames it into place (replacing `out`), so a failure leaves nothing.
+fn write_folder<C: ModelConfig>(
+    out: &Path,
+    kind: &str,
+    config: C,
+    quant: WeightDType,
+    expected: &[(String, Vec<usize>)],
+    by_name: &BTreeMap<&str, (&Vec<usize>, &Vec<f32>)>,
+    quantizable: &dyn Fn(&str, &[usize]) -> bool,
+) -> Result<Converted> {
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -119,16 +235,35 @@ pub fn convert(
         out.file_name().and_then(|n| n.to_str()).unwrap_or("model"),
         std::process::id()
     ));
-    let result = write_shards(&tmp, kind, &cfg, quant, &expected, &by_name);
+    let result = (|| -> Result<Converted> {
+        let (tensors, shards) = write_shards(&tmp, quant, expected, by_name, quantizable)?;
+        let manifest = Manifest {
+            format: C::FORMAT.into(),
+            kind: kind.into(),
+            config,
+            quant: quant.name().into(),
+            tensors,
+            shards,
+        };
+        std::fs::write(
+            tmp.join("manifest.json"),
+            serde_json::to_vec_pretty(&manifest)?,
+        )?;
+        Ok(Converted {
+            tensors: manifest.tensors.len(),
+            shards: manifest.shards,
+            quant: manifest.quant,
+        })
+    })();
     match result {
-        Ok(manifest) => {
+        Ok(done) => {
             if out.exists() {
                 std::fs::remove_dir_all(out)
                     .with_context(|| format!("removing the old {}", out.display()))?;
             }
             std::fs::rename(&tmp, out)
                 .with_context(|| format!("moving the result to {}", out.display()))?;
-            Ok(manifest)
+            Ok(done)
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -141,12 +276,11 @@ type Entry = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
 
 fn write_shards(
     dir: &Path,
-    kind: &str,
-    cfg: &GlideConfig,
     quant: WeightDType,
     expected: &[(String, Vec<usize>)],
     tensors: &BTreeMap<&str, (&Vec<usize>, &Vec<f32>)>,
-) -> Result<Manifest> {
+    quantizable: &dyn Fn(&str, &[usize]) -> bool,
+) -> Result<(BTreeMap<String, StoredTensor>, Vec<Shard>)> {
     std::fs::create_dir_all(dir)?;
     let mut stored = BTreeMap::new();
     let mut shards = Vec::new();
@@ -227,22 +361,34 @@ fn write_shards(
         pending.push((name.clone(), st_dtype, st_shape, bytes));
     }
     flush(&mut pending, &mut shards)?;
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT.into(),
-        kind: kind.into(),
-        config: cfg.clone(),
-        quant: quant.name().into(),
-        tensors: stored,
-        shards,
-    };
-    std::fs::write(
-        dir.join("manifest.json"),
-        serde_json::to_vec_pretty(&manifest)?,
-    )?;
-    Ok(manifest)
+    Ok((stored, shards))
 }
 
 /// Reads a converted model folder, verifying every shard's size and sha256.
-pub fn read_model_dir(dir: &Path) -> Result<(Manifest, engine::glide::weights::Shards)> {
+pub fn read_model_dir<C: ModelConfig>(
+    dir: &Path,
+) -> Result<(Manifest<C>, engine::glide::weights::Shards)> {
     Ok(engine::glide::weights::read_model_dir(dir)?)
+}
+
+/// A converted folder of either family: its tensors and verified shards.
+pub fn read_any_model_dir(
+    dir: &Path,
+) -> Result<(
+    BTreeMap<String, StoredTensor>,
+    engine::glide::weights::Shards,
+)> {
+    // The manifest's format names the family; a broken folder of either
+    // family gets that family's error.
+    let format = std::fs::read(dir.join("manifest.json"))
+        .ok()
+        .and_then(|j| serde_json::from_slice::<serde_json::Value>(&j).ok())
+        .and_then(|v| v["format"].as_str().map(String::from));
+    if format.as_deref() == Some(UnclipConfig::FORMAT) {
+        let (m, shards) = read_model_dir::<UnclipConfig>(dir)?;
+        Ok((m.tensors, shards))
+    } else {
+        let (m, shards) = read_model_dir::<GlideConfig>(dir)?;
+        Ok((m.tensors, shards))
+    }
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use engine::glide::model::Glide;
+use engine::glide::model::{Glide, GlideConfig};
 use engine::glide::pipeline::{quantize_low_res, to_rgb8, DiffusionLoop, Extra, Sampler};
 use engine::glide::tokenizer::GlideTokenizer;
 use engine::glide::weights::WeightSource;
@@ -46,7 +46,7 @@ pub fn load_model(gpu: &Gpu, dir: &Path, kind: &str) -> Result<Option<Glide>> {
     if !sub.join("manifest.json").exists() {
         return Ok(None);
     }
-    let (manifest, shards) = crate::convert::read_model_dir(&sub)?;
+    let (manifest, shards) = crate::convert::read_model_dir::<GlideConfig>(&sub)?;
     if manifest.kind != kind {
         bail!(
             "{}: manifest says kind '{}', expected '{kind}'",
@@ -62,7 +62,7 @@ pub fn load_model(gpu: &Gpu, dir: &Path, kind: &str) -> Result<Option<Glide>> {
     ))
 }
 
-fn bar(len: usize, what: &str) -> ProgressBar {
+pub fn bar(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
     pb.set_style(
         ProgressStyle::with_template(
@@ -121,7 +121,7 @@ pub fn write_png(
 }
 
 /// Writes RGB8 images as PNG with text chunks; `batch > 1` adds `-N` to the name.
-fn write_pngs(
+pub fn write_pngs(
     out: &Path,
     images: &[Vec<u8>],
     size: usize,

@@ -5,6 +5,7 @@ mod convert;
 mod eval;
 mod generate;
 mod pickle;
+mod unclip;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -24,11 +25,35 @@ struct Cli {
 enum Cmd {
     /// Show the GPU adapter, its optional features and limits.
     Info,
-    /// Text to image (the text2im notebook): base model with classifier-free
-    /// guidance, then the upsampler (DDIM).
+    /// Text to image. GLIDE (the text2im notebook): base model with
+    /// classifier-free guidance, then the upsampler (DDIM). unCLIP (Karlo):
+    /// prior, decoder, super-resolution.
     Generate {
         #[command(flatten)]
         gen: GenArgs,
+        /// glide or unclip.
+        #[arg(long, default_value = "glide")]
+        pipeline: String,
+        #[command(flatten)]
+        unclip: UnclipArgs,
+    },
+    /// unCLIP image variations (Karlo's i2i): the image's CLIP embedding →
+    /// decoder → super-resolution, N images.
+    Variations {
+        #[arg(long)]
+        image: std::path::PathBuf,
+        #[arg(long, default_value_t = 4)]
+        n: usize,
+        /// Folder with converted unCLIP models in clip-text/, clip-visual/, decoder/, sr/.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        #[command(flatten)]
+        unclip: UnclipArgs,
+        /// Random seed (default: random; printed with the result).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
     /// Inpainting (the inpaint notebook). Mask: white = regenerate, black = keep;
     /// any image size (resized with antialiased bicubic like PIL).
@@ -57,11 +82,13 @@ enum Cmd {
         #[arg(long)]
         model: Option<std::path::PathBuf>,
     },
-    /// Convert a released GLIDE checkpoint (.pt, f32 or f16) to safetensors
-    /// shards of at most 64 MiB plus manifest.json (config, tensor -> shard,
-    /// storage type, sha256 of every shard).
+    /// Convert a released checkpoint to safetensors shards of at most 64 MiB
+    /// plus manifest.json (config, tensor -> shard, storage type, sha256 of
+    /// every shard): GLIDE's .pt (f32 or f16) or Karlo's .ckpt (unCLIP kinds).
     Convert {
         checkpoint: std::path::PathBuf,
+        /// GLIDE: base, upsample, base-inpaint, upsample-inpaint; unCLIP:
+        /// clip-text, clip-visual, prior, decoder, sr.
         #[arg(long)]
         kind: String,
         /// Storage type of the conv/linear weights: f32, f16, q8 or q4.
@@ -69,10 +96,17 @@ enum Cmd {
         quant: String,
         #[arg(long)]
         out: std::path::PathBuf,
-        /// Architecture as JSON (create_model_and_diffusion kwargs); default:
-        /// the released model of --kind.
+        /// Architecture as JSON (GLIDE: create_model_and_diffusion kwargs;
+        /// unCLIP: the official config / module kwargs); default: the
+        /// released model of --kind.
         #[arg(long)]
         config: Option<std::path::PathBuf>,
+        /// unCLIP prior: the CLIP statistics (ViT-L-14_stats.th).
+        #[arg(long)]
+        stats: Option<std::path::PathBuf>,
+        /// unCLIP sr: the side of the images it makes.
+        #[arg(long, default_value_t = 256)]
+        sr_size: usize,
         /// Replace --out if it exists.
         #[arg(long)]
         force: bool,
@@ -112,6 +146,46 @@ enum EvalWhat {
     },
 }
 
+/// unCLIP's runtime settings (Karlo's defaults).
+#[derive(clap::Args)]
+struct UnclipArgs {
+    /// Prior classifier-free guidance (on x0).
+    #[arg(long, default_value_t = 4.0)]
+    prior_guidance: f32,
+    /// Decoder classifier-free guidance (on eps).
+    #[arg(long, default_value_t = 8.0)]
+    decoder_guidance: f32,
+    #[arg(long, default_value = "25")]
+    prior_steps: String,
+    /// 50 (Karlo's default) or 25 (its fast mode); any respacing works.
+    #[arg(long, default_value = "50")]
+    decoder_steps: String,
+    #[arg(long, default_value = "7")]
+    sr_steps: String,
+}
+
+impl UnclipArgs {
+    fn params(self) -> engine::unclip::pipeline::UnclipParams {
+        engine::unclip::pipeline::UnclipParams {
+            prior_guidance: self.prior_guidance,
+            decoder_guidance: self.decoder_guidance,
+            prior_steps: self.prior_steps,
+            decoder_steps: self.decoder_steps,
+            sr_steps: self.sr_steps,
+        }
+    }
+}
+
+/// The given seed, or one from the clock and process id.
+fn seed_or_random(seed: Option<u64>) -> u64 {
+    seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32)
+    })
+}
+
 #[derive(clap::Args)]
 struct GenArgs {
     #[arg(long)]
@@ -148,12 +222,7 @@ impl GenArgs {
             "ddim" => engine::glide::pipeline::Sampler::Ddim,
             s => anyhow::bail!("unknown sampler '{s}' (ancestral, ddim)"),
         };
-        let seed = self.seed.unwrap_or_else(|| {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            (t.as_nanos() as u64) ^ ((std::process::id() as u64) << 32)
-        });
+        let seed = seed_or_random(self.seed);
         Ok(generate::Options {
             prompt: self.prompt,
             model: self.model,
@@ -293,9 +362,9 @@ fn check_fixture(
     let (plain, converted);
     let source = match model {
         Some(m) => {
-            converted = convert::read_model_dir(m)?;
+            converted = convert::read_any_model_dir(m)?;
             engine::glide::weights::WeightSource::shards(
-                converted.0.tensors.clone().into_iter().collect(),
+                converted.0.clone().into_iter().collect(),
                 &converted.1,
             )?
         }
@@ -429,16 +498,27 @@ fn run(cli: Cli) -> Result<()> {
             quant,
             out,
             config,
+            stats,
+            sr_size,
             force,
         } => {
             let q = engine::WeightDType::parse(&quant)?;
-            let m = convert::convert(&checkpoint, &kind, q, config.as_deref(), &out, force)?;
+            let m = convert::convert(
+                &checkpoint,
+                &kind,
+                q,
+                config.as_deref(),
+                stats.as_deref(),
+                sr_size,
+                &out,
+                force,
+            )?;
             let total: u64 = m.shards.iter().map(|s| s.bytes).sum();
             println!(
                 "{} -> {}: {} tensors in {} shard(s), {:.1} MiB, {}",
                 checkpoint.display(),
                 out.display(),
-                m.tensors.len(),
+                m.tensors,
                 m.shards.len(),
                 total as f64 / 1048576.0,
                 m.quant
@@ -465,7 +545,48 @@ fn run(cli: Cli) -> Result<()> {
                 batch,
             )?
         }
-        Cmd::Generate { gen } => generate::generate(&gpu()?, &gen.options()?)?,
+        Cmd::Generate {
+            gen,
+            pipeline,
+            unclip,
+        } => match pipeline.as_str() {
+            "glide" => generate::generate(&gpu()?, &gen.options()?)?,
+            "unclip" => {
+                let o = gen.options()?;
+                unclip::run(
+                    &gpu()?,
+                    &unclip::Options {
+                        prompt: Some(o.prompt),
+                        image: None,
+                        model: o.model,
+                        params: unclip.params(),
+                        seed: o.seed,
+                        batch: o.batch,
+                        out: o.out,
+                    },
+                )?
+            }
+            p => anyhow::bail!("unknown pipeline '{p}' (glide, unclip)"),
+        },
+        Cmd::Variations {
+            image,
+            n,
+            model,
+            unclip,
+            seed,
+            out,
+        } => unclip::run(
+            &gpu()?,
+            &unclip::Options {
+                prompt: None,
+                image: Some(image),
+                model,
+                params: unclip.params(),
+                seed: seed_or_random(seed),
+                batch: n,
+                out,
+            },
+        )?,
         Cmd::Inpaint { image, mask, gen } => {
             generate::inpaint(&gpu()?, &gen.options()?, &image, &mask)?
         }

@@ -372,6 +372,12 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
     .run()?;
     let mut dict = match root {
         Value::Dict(d) => d,
+        // A tuple of tensors (e.g. CLIP's (mean, std) stats): named "0", "1", ….
+        Value::Tuple(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (Value::Str(i.to_string()), v))
+            .collect(),
         _ => bail!("the checkpoint is not a dict of tensors"),
     };
     // Lightning-style {"state_dict": {...}} wrappers.

@@ -175,10 +175,21 @@ fn t2i_pipeline_free_running_matches_the_official_run() {
     let read = |f: &str| -> engine::Result<Vec<u8>> {
         std::fs::read(format!("{dir}/{f}")).map_err(|e| engine::Error::Invalid(format!("{f}: {e}")))
     };
-    let report =
-        pollster::block_on(check_t2i_pipeline(&gpu, &tok, &read, 2e-3, WeightDType::F32)).unwrap();
+    let report = pollster::block_on(check_t2i_pipeline(
+        &gpu,
+        &tok,
+        &read,
+        2e-3,
+        WeightDType::F32,
+    ))
+    .unwrap();
     for r in &report.rows {
-        println!("{:<20} rel {:.2e} {}", r.name, r.rel, if r.ok { "ok" } else { "FAIL" });
+        println!(
+            "{:<20} rel {:.2e} {}",
+            r.name,
+            r.rel,
+            if r.ok { "ok" } else { "FAIL" }
+        );
     }
     let names: Vec<&str> = report.rows.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(

@@ -68,7 +68,10 @@ fn released_sizes_have_the_official_parameter_counts() {
     assert_eq!(count("prior") - 2 * 768, n(&["prior", "n_params"]));
     assert_eq!(count("decoder"), n(&["decoder", "n_params"]));
     assert_eq!(count("sr"), n(&["sr", "n_params"]));
-    assert_eq!(count("clip-visual"), n(&["clip_vit_l14", "n_params_visual"]));
+    assert_eq!(
+        count("clip-visual"),
+        n(&["clip_vit_l14", "n_params_visual"])
+    );
     assert_eq!(
         count("clip-text"),
         n(&["clip_vit_l14", "n_params_text_incl_projection"])

@@ -129,6 +129,11 @@ impl Schedule {
     pub fn new(noise_schedule: &str, steps: usize, respacing: &str) -> Result<Self> {
         let base = betas(noise_schedule, steps)?;
         let use_ts = space_timesteps(steps, respacing)?;
+        if use_ts.is_empty() {
+            return Err(Error::Invalid(format!(
+                "respacing '{respacing}' gives no steps"
+            )));
+        }
         let mut ac = 1.0;
         let mut last = 1.0;
         let mut new_betas = Vec::new();
@@ -233,5 +238,8 @@ mod tests {
         );
         assert!(space_timesteps(1000, "abc").is_err());
         assert!(space_timesteps(10, "20").is_err());
+        // Zero steps is an error, not an empty schedule.
+        assert!(Schedule::new("linear", 1000, "0").is_err());
+        assert!(Schedule::new("linear", 1000, "0,0").is_err());
     }
 }

@@ -291,13 +291,31 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// A model family's configuration as `manifest.json` stores it.
+pub trait ModelConfig:
+    Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned
+{
+    /// The manifest's `format` for this family.
+    const FORMAT: &'static str;
+}
+
+impl ModelConfig for super::model::GlideConfig {
+    const FORMAT: &'static str = MANIFEST_FORMAT;
+}
+
+impl ModelConfig for crate::unclip::weights::UnclipConfig {
+    const FORMAT: &'static str = "webglide-unclip/1";
+}
+
 /// `manifest.json` of a converted model folder (`webglide convert`).
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
-pub struct Manifest {
+#[serde(bound = "C: ModelConfig")]
+pub struct Manifest<C = super::model::GlideConfig> {
     pub format: String,
-    /// base | upsample | base-inpaint | upsample-inpaint
+    /// GLIDE: base | upsample | base-inpaint | upsample-inpaint;
+    /// unCLIP: clip-text | clip-visual | prior | decoder | sr.
     pub kind: String,
-    pub config: super::model::GlideConfig,
+    pub config: C,
     /// Storage type of the quantisable weights.
     pub quant: String,
     pub tensors: std::collections::BTreeMap<String, StoredTensor>,
@@ -321,17 +339,23 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-impl Manifest {
+impl<C: ModelConfig> Manifest<C> {
     pub fn parse(json: &[u8]) -> Result<Self> {
-        let m: Manifest = serde_json::from_slice(json)
+        // The format first, so a folder of the other family gets a clear error.
+        #[derive(serde::Deserialize)]
+        struct Format {
+            format: String,
+        }
+        let f: Format = serde_json::from_slice(json)
             .map_err(|e| Error::Invalid(format!("manifest.json: {e}")))?;
-        if m.format != MANIFEST_FORMAT {
+        if f.format != C::FORMAT {
             return Err(Error::Invalid(format!(
-                "manifest.json: format '{}', expected '{MANIFEST_FORMAT}'",
-                m.format
+                "manifest.json: format '{}', expected '{}'",
+                f.format,
+                C::FORMAT
             )));
         }
-        Ok(m)
+        serde_json::from_slice(json).map_err(|e| Error::Invalid(format!("manifest.json: {e}")))
     }
 
     /// Checks a downloaded/read shard against the manifest (size and sha256).
@@ -365,12 +389,12 @@ pub type Shards = Vec<(String, Vec<u8>)>;
 /// Reads a converted model folder (`webglide convert`), verifying every
 /// shard's size and sha256 against the manifest.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn read_model_dir(dir: &std::path::Path) -> Result<(Manifest, Shards)> {
+pub fn read_model_dir<C: ModelConfig>(dir: &std::path::Path) -> Result<(Manifest<C>, Shards)> {
     let read = |f: &str| {
         std::fs::read(dir.join(f))
             .map_err(|e| Error::Invalid(format!("reading {}: {e}", dir.join(f).display())))
     };
-    let manifest = Manifest::parse(&read("manifest.json")?)?;
+    let manifest = Manifest::<C>::parse(&read("manifest.json")?)?;
     let mut shards = Vec::new();
     for s in &manifest.shards {
         let bytes = read(&s.file)?;

@@ -485,7 +485,11 @@ struct T2iModels {
     sr: SrStage,
 }
 
-fn load_t2i(gpu: &Gpu, read: &dyn Fn(&str) -> Result<Vec<u8>>, dtype: WeightDType) -> Result<T2iModels> {
+fn load_t2i(
+    gpu: &Gpu,
+    read: &dyn Fn(&str) -> Result<Vec<u8>>,
+    dtype: WeightDType,
+) -> Result<T2iModels> {
     let case: T2iCase = parse_config(&read("config.json")?, "t2i config.json")?;
     if case.prompts.is_empty() {
         return Err(Error::Invalid("t2i config.json: no prompts".into()));
@@ -501,13 +505,21 @@ fn load_t2i(gpu: &Gpu, read: &dyn Fn(&str) -> Result<Vec<u8>>, dtype: WeightDTyp
     let clip_cfg: ClipCase = parse_config(&config("clip")?, "clip config")?;
     let bytes = weights("clip")?;
     let src = WeightSource::single(&bytes)?;
-    let clip = ClipText::load(gpu, clip_cfg.ctor_args_in_order, &Loader::new(gpu, &src, dtype)?)?;
+    let clip = ClipText::load(
+        gpu,
+        clip_cfg.ctor_args_in_order,
+        &Loader::new(gpu, &src, dtype)?,
+    )?;
 
     let prior_case: PriorCase = parse_config(&config("prior")?, "prior config")?;
     let bytes = weights("prior")?;
     let src = WeightSource::single(&bytes)?;
     let loader = Loader::new(gpu, &src, dtype)?;
-    let prior = Prior::load(prior_case.module_kwargs, &loader, &prior_case.state_dict_prefix)?;
+    let prior = Prior::load(
+        prior_case.module_kwargs,
+        &loader,
+        &prior_case.state_dict_prefix,
+    )?;
     loader.finish()?;
     let stats_bytes = weights("clip_stats")?;
     let stats = Tensors::new(&stats_bytes, "clip_stats.safetensors")?;
@@ -522,7 +534,12 @@ fn load_t2i(gpu: &Gpu, read: &dyn Fn(&str) -> Result<Vec<u8>>, dtype: WeightDTyp
     let bytes = weights("decoder")?;
     let src = WeightSource::single(&bytes)?;
     let loader = Loader::new(gpu, &src, dtype)?;
-    let decoder = Decoder::load(gpu, dec_case.module_kwargs, &loader, &dec_case.state_dict_prefix)?;
+    let decoder = Decoder::load(
+        gpu,
+        dec_case.module_kwargs,
+        &loader,
+        &dec_case.state_dict_prefix,
+    )?;
     loader.finish()?;
     let decoder = DecoderStage {
         model: decoder,
@@ -592,14 +609,8 @@ pub async fn check_t2i_pipeline(
         sr_steps: s.sr_sm.clone(),
     };
     let prompts: Vec<&str> = m.case.prompts.iter().map(String::as_str).collect();
-    let mut run = UnclipRun::text_to_image(
-        gpu,
-        &m.clip,
-        tok,
-        &prompts,
-        params,
-        Draws::Recorded(draws),
-    )?;
+    let mut run =
+        UnclipRun::text_to_image(gpu, &m.clip, tok, &prompts, params, Draws::Recorded(draws))?;
     let stages = Stages {
         prior: Some(&m.prior),
         decoder: Some(&m.decoder),

@@ -228,7 +228,11 @@ impl StageLoop {
     ) -> Result<Self> {
         let mut rec = gpu.recorder();
         let noise = draw(&mut rec, draws, phase, None, &shape)?;
-        let x = stack(&mut rec, &noise, if kind.guidance.is_some() { 2 } else { 1 })?;
+        let x = stack(
+            &mut rec,
+            &noise,
+            if kind.guidance.is_some() { 2 } else { 1 },
+        )?;
         rec.submit()?;
         Ok(StageLoop {
             phase,
@@ -294,7 +298,9 @@ pub const MAX_BATCH: usize = 16;
 
 fn check_params(p: &UnclipParams, batch: usize) -> Result<[Schedule; 3]> {
     if batch == 0 || batch > MAX_BATCH {
-        return Err(Error::Invalid(format!("batch size {batch} (1..={MAX_BATCH})")));
+        return Err(Error::Invalid(format!(
+            "batch size {batch} (1..={MAX_BATCH})"
+        )));
     }
     for (what, g) in [
         ("prior guidance", p.prior_guidance),
@@ -374,7 +380,14 @@ impl UnclipRun {
         let feat = visual.encode(&mut rec, pixels, 1, None)?;
         let img_feat = stack(&mut rec, &feat, batch)?;
         rec.submit()?;
-        Ok(Self::start(batch, params, draws, scheds, text, Some(img_feat)))
+        Ok(Self::start(
+            batch,
+            params,
+            draws,
+            scheds,
+            text,
+            Some(img_feat),
+        ))
     }
 
     fn start(
@@ -662,7 +675,7 @@ fn encode_text(
 
 /// CLIP's image normalisation (mean, std per RGB channel).
 const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// An 8-bit interleaved RGB image → the visual tower's input `[3, res, res]`
 /// as Karlo's i2i prepares it: squashed to res×res with antialiased bicubic
@@ -687,4 +700,73 @@ pub fn to_rgb8(values: &[f32], batch: usize, size: usize) -> Vec<Vec<u8>> {
     crate::glide::pipeline::planes_to_rgb8(values, batch, size, |x| {
         ((x * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0) as u8
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_pixels_normalise_per_channel_and_resize_any_size() {
+        // A uniform 37×19 image stays uniform at any resolution: every value
+        // is (byte/255 − mean)/std of its channel.
+        let rgb: Vec<u8> = (0..37 * 19).flat_map(|_| [255u8, 0, 128]).collect();
+        let px = clip_pixels(&rgb, 37, 19, 8).unwrap();
+        assert_eq!(px.len(), 3 * 64);
+        for (c, byte) in [255.0f32, 0.0, 128.0].into_iter().enumerate() {
+            let want = (byte / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
+            for v in &px[c * 64..(c + 1) * 64] {
+                assert!((v - want).abs() < 1e-5, "channel {c}: {v} vs {want}");
+            }
+        }
+        // At its own size an image is not resampled: a pixel maps to itself.
+        let rgb: Vec<u8> = (0..16).flat_map(|i| [i as u8 * 16, 0, 0]).collect();
+        let px = clip_pixels(&rgb, 4, 4, 4).unwrap();
+        assert!((px[5] - (80.0 / 255.0 - CLIP_MEAN[0]) / CLIP_STD[0]).abs() < 1e-5);
+        assert!(
+            clip_pixels(&rgb, 4, 5, 4).is_err(),
+            "length must match the size"
+        );
+    }
+
+    #[test]
+    fn karlo_output_bytes_truncate() {
+        // (x·0.5 + 0.5)·255 truncated: 0.999 → 254, 1 → 255, −1 → 0, beyond → clamped.
+        let v = [0.999f32, 1.0, -1.0, 3.0];
+        // [1, 3, 2, 2]: channel-major planes of 4 pixels.
+        let planes: Vec<f32> = (0..3).flat_map(|_| v).collect();
+        let out = to_rgb8(&planes, 1, 2);
+        assert_eq!(
+            out[0].chunks(3).map(|p| p[0]).collect::<Vec<_>>(),
+            [254, 255, 0, 255]
+        );
+    }
+
+    #[test]
+    fn absurd_parameters_are_refused_before_any_work() {
+        let ok = UnclipParams::default();
+        assert!(check_params(&ok, 1).is_ok());
+        assert!(check_params(&ok, 0).is_err());
+        assert!(check_params(&ok, MAX_BATCH + 1).is_err());
+        for bad in [
+            UnclipParams {
+                prior_guidance: f32::NAN,
+                ..ok.clone()
+            },
+            UnclipParams {
+                decoder_guidance: -1.0,
+                ..ok.clone()
+            },
+            UnclipParams {
+                decoder_steps: "0".into(),
+                ..ok.clone()
+            },
+            UnclipParams {
+                sr_steps: "2000".into(),
+                ..ok.clone()
+            },
+        ] {
+            assert!(check_params(&bad, 1).is_err(), "{bad:?}");
+        }
+    }
 }

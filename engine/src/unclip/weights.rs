@@ -123,8 +123,7 @@ impl UnclipConfig {
     /// output side when the file does not say (256 in Karlo).
     pub fn from_json(kind: &str, json: &[u8], sr_size: usize) -> Result<Self> {
         let bad = |m: String| Error::Invalid(format!("{kind} config: {m}"));
-        let v: serde_json::Value =
-            serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
         if let Ok(c) = serde_json::from_value::<UnclipConfig>(v.clone()) {
             if c.kind() != kind {
                 return Err(bad(format!("the file describes a '{}' model", c.kind())));
@@ -144,8 +143,12 @@ impl UnclipConfig {
         }
         let wrap = |r: Result<UnclipConfig>| r.map_err(|e| bad(e.to_string()));
         let config = match kind {
-            "clip-text" => wrap(typed(field(&["ctor_args_in_order", "ctor_args"])).map(UnclipConfig::ClipText)),
-            "clip-visual" => wrap(typed(field(&["ctor_args_in_order", "ctor_args"])).map(UnclipConfig::ClipVisual)),
+            "clip-text" => {
+                wrap(typed(field(&["ctor_args_in_order", "ctor_args"])).map(UnclipConfig::ClipText))
+            }
+            "clip-visual" => wrap(
+                typed(field(&["ctor_args_in_order", "ctor_args"])).map(UnclipConfig::ClipVisual),
+            ),
             "prior" => wrap(typed(field(&["module_kwargs"])).map(UnclipConfig::Prior)),
             "decoder" => {
                 let hparams = ["yaml_config", "yaml"]
@@ -153,10 +156,12 @@ impl UnclipConfig {
                     .map(|y| &v[*y]["model"]["hparams"]["image_size"])
                     .find_map(|x| x.as_u64())
                     .ok_or_else(|| bad("no yaml model.hparams.image_size".into()))?;
-                wrap(typed(field(&["module_kwargs"])).map(|module| UnclipConfig::Decoder {
-                    module,
-                    image_size: hparams as usize,
-                }))
+                wrap(
+                    typed(field(&["module_kwargs"])).map(|module| UnclipConfig::Decoder {
+                        module,
+                        image_size: hparams as usize,
+                    }),
+                )
             }
             "sr" => wrap((|| {
                 Ok(UnclipConfig::Sr {
@@ -216,7 +221,10 @@ impl UnclipConfig {
                 let grid = c.image_resolution / p;
                 add("visual.conv1.weight".into(), vec![w, 3, p, p]);
                 add("visual.class_embedding".into(), vec![w]);
-                add("visual.positional_embedding".into(), vec![grid * grid + 1, w]);
+                add(
+                    "visual.positional_embedding".into(),
+                    vec![grid * grid + 1, w],
+                );
                 pair(&mut add, "visual.ln_pre", vec![w]);
                 for i in 0..c.vision_layers {
                     clip_block_shapes(&mut add, &format!("visual.transformer.resblocks.{i}"), w);

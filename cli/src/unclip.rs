@@ -1,0 +1,158 @@
+//! `webglide generate --pipeline unclip` and `webglide variations`: Karlo's
+//! t2i and i2i procedures on converted unCLIP folders (`clip-text/`,
+//! `clip-visual/`, `prior/`, `decoder/`, `sr/`), one stage on the GPU at a time.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use engine::glide::weights::WeightSource;
+use engine::unclip::pipeline::{to_rgb8, Draws, Phase, Stages, UnclipParams, UnclipRun};
+use engine::unclip::weights::{load_net, UnclipConfig, UnclipNet};
+use engine::{Gpu, WeightDType};
+
+use crate::generate::{bar, clip_tokenizer, write_pngs};
+
+pub struct Options {
+    /// Text → image: the prompt; variations: None.
+    pub prompt: Option<String>,
+    /// Variations: the source image.
+    pub image: Option<PathBuf>,
+    pub model: PathBuf,
+    pub params: UnclipParams,
+    pub seed: u64,
+    pub batch: usize,
+    pub out: PathBuf,
+}
+
+/// Loads `dir/<kind>/` (a `webglide convert --kind <kind>` folder).
+fn load(gpu: &Gpu, dir: &Path, kind: &str) -> Result<UnclipNet> {
+    let sub = dir.join(kind);
+    if !sub.join("manifest.json").exists() {
+        bail!(
+            "{}/manifest.json not found (convert the model with `webglide convert --kind {kind}`)",
+            sub.display()
+        );
+    }
+    let (manifest, shards) = crate::convert::read_model_dir::<UnclipConfig>(&sub)?;
+    if manifest.kind != kind || manifest.config.kind() != kind {
+        bail!(
+            "{}: manifest says kind '{}', expected '{kind}'",
+            sub.display(),
+            manifest.kind
+        );
+    }
+    let source = WeightSource::shards(manifest.tensors.clone().into_iter().collect(), &shards)?;
+    let dtype = WeightDType::parse(&manifest.quant)?;
+    load_net(gpu, &manifest.config, &source, dtype)
+        .with_context(|| format!("loading {}", sub.display()))
+}
+
+/// Karlo's i2i input: the image file decoded (transparency on white) and
+/// prepared for the visual tower.
+fn clip_image(path: &Path, resolution: usize) -> Result<Vec<f32>> {
+    let img = image::open(path)
+        .with_context(|| format!("{}: not a readable PNG/JPEG/WebP image", path.display()))?
+        .to_rgba8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let rgb = engine::glide::pipeline::rgba8_on_white(img.as_raw());
+    engine::unclip::pipeline::clip_pixels(&rgb, w, h, resolution)
+        .with_context(|| path.display().to_string())
+}
+
+pub fn run(gpu: &Gpu, o: &Options) -> Result<()> {
+    let tok = clip_tokenizer()?;
+    let draws = Draws::Seed(o.seed);
+    // The text tower (and the visual one) only start the run.
+    let mut run = {
+        let UnclipNet::ClipText(clip) = load(gpu, &o.model, "clip-text")? else {
+            unreachable!("load checks the kind")
+        };
+        match (&o.prompt, &o.image) {
+            (Some(prompt), None) => {
+                let prompts = vec![prompt.as_str(); o.batch];
+                UnclipRun::text_to_image(gpu, &clip, &tok, &prompts, o.params.clone(), draws)?
+            }
+            (None, Some(image)) => {
+                let UnclipNet::ClipVisual(visual) = load(gpu, &o.model, "clip-visual")? else {
+                    unreachable!("load checks the kind")
+                };
+                let pixels = clip_image(image, visual.config.image_resolution)?;
+                UnclipRun::variations(
+                    gpu,
+                    &clip,
+                    &visual,
+                    &tok,
+                    &pixels,
+                    o.batch,
+                    o.params.clone(),
+                    draws,
+                )?
+            }
+            _ => bail!("a prompt or an image, not both"),
+        }
+    };
+    let pb = bar(run.total_steps(), "unclip");
+    // One stage resident at a time: each is loaded when the run reaches it.
+    while run.phase() != Phase::Done {
+        let phase = run.phase();
+        pb.set_prefix(phase.name());
+        let net = load(gpu, &o.model, phase.name())?;
+        let stages = match &net {
+            UnclipNet::Prior(p) => Stages {
+                prior: Some(p),
+                ..Default::default()
+            },
+            UnclipNet::Decoder(d) => Stages {
+                decoder: Some(d),
+                ..Default::default()
+            },
+            UnclipNet::Sr(s) => Stages {
+                sr: Some(s),
+                ..Default::default()
+            },
+            _ => unreachable!("load checks the kind"),
+        };
+        while run.phase() == phase {
+            run.step(gpu, &stages)?;
+            pb.inc(1);
+        }
+    }
+    let images = run.images().expect("the run is done");
+    let size = images.shape()[2];
+    // Reading the result waits for the GPU, so the bar's time is the real time.
+    let values = pollster::block_on(gpu.read(images))?;
+    pb.finish();
+    let p = &o.params;
+    let mut params = vec![
+        (
+            "Software",
+            format!("webglide {}", env!("CARGO_PKG_VERSION")),
+        ),
+        ("webglide:pipeline", "unclip".to_string()),
+        ("webglide:prior_guidance", p.prior_guidance.to_string()),
+        ("webglide:decoder_guidance", p.decoder_guidance.to_string()),
+        ("webglide:prior_steps", p.prior_steps.clone()),
+        ("webglide:decoder_steps", p.decoder_steps.clone()),
+        ("webglide:sr_steps", p.sr_steps.clone()),
+        ("webglide:seed", o.seed.to_string()),
+        ("webglide:model", o.model.display().to_string()),
+    ];
+    match (&o.prompt, &o.image) {
+        (Some(prompt), _) => {
+            params.push(("webglide:mode", "text2im".into()));
+            params.push(("webglide:prompt", prompt.clone()));
+        }
+        (_, Some(image)) => {
+            params.push(("webglide:mode", "variations".into()));
+            params.push(("webglide:image", image.display().to_string()));
+            // The prior does not run for variations.
+            params.retain(|(k, _)| !k.starts_with("webglide:prior"));
+        }
+        _ => {}
+    }
+    let paths = write_pngs(&o.out, &to_rgb8(&values, o.batch, size), size, &params)?;
+    for p in paths {
+        println!("wrote {} (seed {})", p.display(), o.seed);
+    }
+    Ok(())
+}

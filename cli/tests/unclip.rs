@@ -1,0 +1,369 @@
+//! unCLIP in the CLI on models converted from the tiny official fixtures
+//! (random weights: the images are noise, but every stage of Karlo's
+//! procedures runs): `convert` of every kind (the decoder from its official
+//! `.ckpt`), `generate --pipeline unclip` and `variations` — PNG size and
+//! text chunks, same seed → same image, guidance changes the image — and
+//! the errors of missing or mismatched folders.
+
+mod common;
+use common::webglide;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/unclip");
+
+fn ok(args: &[&str]) -> String {
+    let r = webglide(args);
+    assert!(
+        r.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+fn err(args: &[&str]) -> String {
+    let r = webglide(args);
+    assert!(!r.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&r.stderr).into_owned()
+}
+
+/// The five folders of an unCLIP set (SR at the fixture's 64 px).
+fn models() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("webglide-unclip-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (src, kind, case, extra) in [
+            (
+                "clip_text/weights.safetensors",
+                "clip-text",
+                "clip_text",
+                vec![],
+            ),
+            (
+                "clip_text/weights.safetensors",
+                "clip-visual",
+                "clip_text",
+                vec![],
+            ),
+            (
+                "prior/weights.safetensors",
+                "prior",
+                "prior",
+                vec!["--stats", "prior/clip_stats.safetensors", "--quant", "f16"],
+            ),
+            (
+                "decoder/checkpoint.ckpt",
+                "decoder",
+                "decoder",
+                vec!["--quant", "q8"],
+            ),
+            (
+                "sr/weights.safetensors",
+                "sr",
+                "sr",
+                vec!["--sr-size", "64"],
+            ),
+        ] {
+            let out = dir.join(kind);
+            let src = format!("{FIX}/{src}");
+            let config = format!("{FIX}/{case}/config.json");
+            let extra: Vec<String> = extra
+                .iter()
+                .map(|a| {
+                    if a.ends_with(".safetensors") {
+                        format!("{FIX}/{a}")
+                    } else {
+                        a.to_string()
+                    }
+                })
+                .collect();
+            let mut args = vec!["convert", &src, "--kind", kind, "--config", &config];
+            args.extend(extra.iter().map(String::as_str));
+            args.extend(["--out", out.to_str().unwrap()]);
+            ok(&args);
+        }
+        dir
+    })
+}
+
+fn read_png(path: &Path) -> (u32, u32, Vec<u8>, Vec<(String, String)>) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut r = dec.read_info().unwrap();
+    let mut buf = vec![0; r.output_buffer_size()];
+    let info = r.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    let text = r
+        .info()
+        .utf8_text
+        .iter()
+        .map(|c| (c.keyword.clone(), c.get_text().unwrap()))
+        .collect();
+    (info.width, info.height, buf, text)
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("webglide-unclip-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A short run: 10 prior steps, 4 decoder steps, Karlo's 7 SR steps.
+const SHORT: [&str; 4] = ["--prior-steps", "10", "--decoder-steps", "4"];
+
+fn generate(out: &Path, extra: &[&str]) -> (u32, u32, Vec<u8>, Vec<(String, String)>) {
+    let m = models().to_str().unwrap();
+    let mut args = vec!["generate", "--pipeline", "unclip", "--model", m];
+    args.extend([
+        "--prompt",
+        "a photo of a red cube",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    args.extend(SHORT);
+    args.extend_from_slice(extra);
+    ok(&args);
+    read_png(out)
+}
+
+#[test]
+fn generate_unclip_writes_deterministic_pngs_with_parameters() {
+    let dir = tempdir("gen");
+    let (w, h, a, text) = generate(&dir.join("a.png"), &["--seed", "5"]);
+    assert_eq!((w, h), (64, 64), "decoder 32 px -> SR 64 px");
+    for (k, v) in [
+        ("webglide:pipeline", "unclip"),
+        ("webglide:prompt", "a photo of a red cube"),
+        ("webglide:prior_guidance", "4"),
+        ("webglide:decoder_guidance", "8"),
+        ("webglide:decoder_steps", "4"),
+        ("webglide:seed", "5"),
+    ] {
+        assert!(
+            text.iter().any(|(tk, tv)| tk == k && tv == v),
+            "{k}={v} in {text:?}"
+        );
+    }
+    let (_, _, b, _) = generate(&dir.join("b.png"), &["--seed", "5"]);
+    assert_eq!(a, b, "same seed, same image");
+    let (_, _, c, _) = generate(
+        &dir.join("c.png"),
+        &["--seed", "5", "--decoder-guidance", "2"],
+    );
+    assert_ne!(a, c, "decoder guidance changes the image");
+    let (_, _, d, _) = generate(
+        &dir.join("d.png"),
+        &["--seed", "5", "--prior-guidance", "1"],
+    );
+    assert_ne!(a, d, "prior guidance changes the image");
+    // A batch: image 1 is the single run's image (same noise rows), image 2 differs.
+    let m = models().to_str().unwrap();
+    let e = dir.join("e.png");
+    let args = ["generate", "--pipeline", "unclip", "--model", m, "--prompt"];
+    let more = ["--seed", "5", "--batch", "2", "--out", e.to_str().unwrap()];
+    ok(&[&args[..], &["a photo of a red cube"], &SHORT[..], &more[..]].concat());
+    let (_, _, e1, _) = read_png(&dir.join("e-1.png"));
+    let (_, _, e2, _) = read_png(&dir.join("e-2.png"));
+    assert_eq!(a, e1);
+    assert_ne!(e1, e2);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn variations_of_an_image() {
+    let dir = tempdir("var");
+    // A 50×30 RGBA source (any size: squashed to the visual tower's 32 px).
+    let src = dir.join("src.png");
+    let pixels: Vec<u8> = (0..50 * 30)
+        .flat_map(|i| [(i % 50 * 5) as u8, (i / 50 * 8) as u8, 128, 255])
+        .collect();
+    let f = std::io::BufWriter::new(std::fs::File::create(&src).unwrap());
+    let mut enc = png::Encoder::new(f, 50, 30);
+    enc.set_color(png::ColorType::Rgba);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header()
+        .unwrap()
+        .write_image_data(&pixels)
+        .unwrap();
+    let m = models().to_str().unwrap();
+    let out = dir.join("v.png");
+    let args = [
+        "variations",
+        "--image",
+        src.to_str().unwrap(),
+        "--n",
+        "2",
+        "--model",
+        m,
+    ];
+    let stdout = ok(&[
+        &args[..],
+        &[
+            "--decoder-steps",
+            "4",
+            "--seed",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ]
+    .concat());
+    assert!(
+        stdout.contains("v-1.png") && stdout.contains("v-2.png"),
+        "{stdout}"
+    );
+    let (w, h, v1, text) = read_png(&dir.join("v-1.png"));
+    let (_, _, v2, _) = read_png(&dir.join("v-2.png"));
+    assert_eq!((w, h), (64, 64));
+    assert_ne!(v1, v2, "each variation has its own noise");
+    assert!(text
+        .iter()
+        .any(|(k, v)| k == "webglide:mode" && v == "variations"));
+    assert!(
+        !text.iter().any(|(k, _)| k.starts_with("webglide:prior")),
+        "{text:?}"
+    );
+    // Another image gives other variations with the same seed.
+    let src2 = dir.join("src2.png");
+    let f = std::io::BufWriter::new(std::fs::File::create(&src2).unwrap());
+    let mut enc = png::Encoder::new(f, 50, 30);
+    enc.set_color(png::ColorType::Rgba);
+    enc.set_depth(png::BitDepth::Eight);
+    let flipped: Vec<u8> = pixels.chunks(4).rev().flatten().copied().collect();
+    enc.write_header()
+        .unwrap()
+        .write_image_data(&flipped)
+        .unwrap();
+    let out2 = dir.join("w.png");
+    ok(&[
+        &[
+            "variations",
+            "--image",
+            src2.to_str().unwrap(),
+            "--n",
+            "2",
+            "--model",
+            m,
+        ],
+        &[
+            "--decoder-steps",
+            "4",
+            "--seed",
+            "2",
+            "--out",
+            out2.to_str().unwrap(),
+        ][..],
+    ]
+    .concat());
+    let (_, _, w1, _) = read_png(&dir.join("w-1.png"));
+    assert_ne!(v1, w1, "the image conditions the decoder");
+    // Not an image: a clear error, no output.
+    let bad = dir.join("bad.png");
+    std::fs::write(&bad, b"not a png").unwrap();
+    let e = err(&[
+        "variations",
+        "--image",
+        bad.to_str().unwrap(),
+        "--model",
+        m,
+        "--out",
+        dir.join("x.png").to_str().unwrap(),
+    ]);
+    assert!(e.contains("not a readable"), "{e}");
+    assert!(!dir.join("x-1.png").exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn missing_or_mismatched_folders_are_clear_errors() {
+    let dir = tempdir("err");
+    let m = models();
+    // A set without the prior.
+    let partial = dir.join("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    for kind in ["clip-text", "decoder", "sr"] {
+        let to = partial.join(kind);
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(m.join(kind)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let out = dir.join("o.png");
+    let args = [
+        "generate",
+        "--pipeline",
+        "unclip",
+        "--prompt",
+        "x",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let e = err(&[
+        &args[..],
+        &["--model", partial.to_str().unwrap()],
+        &SHORT[..],
+    ]
+    .concat());
+    assert!(
+        e.contains("prior/manifest.json not found") && e.contains("--kind prior"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    // A GLIDE folder where an unCLIP one belongs.
+    let e = err(&[
+        &args[..],
+        &[
+            "--model",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../public/models/demo"),
+        ],
+    ]
+    .concat());
+    assert!(e.contains("clip-text"), "{e}");
+    // Unknown pipeline and absurd parameters.
+    let mm = m.to_str().unwrap();
+    let e = err(&[
+        "generate",
+        "--pipeline",
+        "dalle",
+        "--prompt",
+        "x",
+        "--model",
+        mm,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(e.contains("unknown pipeline"), "{e}");
+    let e = err(&[&args[..], &["--model", mm, "--decoder-guidance", "1e9"]].concat());
+    assert!(e.contains("decoder guidance"), "{e}");
+    let e = err(&[&args[..], &["--model", mm, "--decoder-steps", "zero"]].concat());
+    assert!(e.contains("decoder steps"), "{e}");
+    // The converter: the prior needs its statistics; a decoder file is not an SR.
+    let p = dir.join("p");
+    let e = err(&[
+        "convert",
+        &format!("{FIX}/prior/weights.safetensors"),
+        "--kind",
+        "prior",
+        "--config",
+        &format!("{FIX}/prior/config.json"),
+        "--out",
+        p.to_str().unwrap(),
+    ]);
+    assert!(e.contains("--stats"), "{e}");
+    let e = err(&[
+        "convert",
+        &format!("{FIX}/decoder/checkpoint.ckpt"),
+        "--kind",
+        "sr",
+        "--config",
+        &format!("{FIX}/sr/config.json"),
+        "--out",
+        p.to_str().unwrap(),
+    ]);
+    assert!(e.contains("unknown key"), "{e}");
+    assert!(!p.exists(), "a failed conversion leaves nothing");
+    std::fs::remove_dir_all(&dir).ok();
+}
