@@ -12,7 +12,7 @@ use engine::glide::weights::{sha256_hex, Manifest, ModelConfig, Shard, StoredTen
 use engine::unclip::weights::{UnclipConfig, CLIP_MEAN, CLIP_STD};
 use engine::{WeightDType, WeightData};
 
-use crate::pickle::{read_checkpoint, Checkpoint, DType};
+use crate::pickle::{read_checkpoint, Checkpoint, DType, NamedTensor};
 
 fn read_safetensors(bytes: &[u8]) -> Result<Checkpoint> {
     let st = safetensors::SafeTensors::deserialize(bytes)
@@ -145,7 +145,7 @@ fn read_tensors(path: &Path) -> Result<Checkpoint> {
 
 /// `ViT-L-14_stats.th` (a pickled (mean, std) tuple) or a safetensors file
 /// with `clip_mean` / `clip_std`, as the prior folder's two tensors.
-fn read_stats(path: &Path) -> Result<Vec<(String, Vec<usize>, DType, Vec<f32>)>> {
+fn read_stats(path: &Path) -> Result<Vec<NamedTensor>> {
     let ckpt = read_tensors(path)?;
     let find = |names: &[&str]| {
         ckpt.tensors

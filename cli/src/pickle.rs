@@ -345,9 +345,12 @@ impl<'a> Machine<'a> {
     }
 }
 
-/// A loaded checkpoint: tensor name → (dtype, shape, f32 values), in file order.
+/// One checkpoint tensor: name, shape, stored dtype, f32 values.
+pub type NamedTensor = (String, Vec<usize>, DType, Vec<f32>);
+
+/// A loaded checkpoint: its tensors in file order.
 pub struct Checkpoint {
-    pub tensors: Vec<(String, Vec<usize>, DType, Vec<f32>)>,
+    pub tensors: Vec<NamedTensor>,
 }
 
 /// Reads a `torch.save` zip checkpoint holding a state dict (or a dict with a
