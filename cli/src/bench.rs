@@ -365,6 +365,8 @@ pub fn kernels(gpu: &Gpu, iters: u32, quick: bool) -> Result<()> {
 
 /// The prompt of the benchmarks, "an oil painting of a corgi" (GLIDE BPE).
 const CORGI: &[u32] = &[272, 3056, 12036, 286, 257, 1162, 12397];
+/// The same prompt as text, for the CLIP tokenizer.
+const CORGI_TEXT: &str = "an oil painting of a corgi";
 
 /// The released architecture of `kind` ("full"), or the same topology with
 /// narrow channels and a small text transformer ("small").
@@ -387,8 +389,7 @@ fn sized_config(kind: &str, size: &str) -> Result<engine::glide::model::GlideCon
 /// Random weights for `cfg` as an in-memory safetensors file (norm gains 1,
 /// biases 0, other tensors N(0, 1/fan_in)), so the real architecture runs
 /// without a checkpoint.
-fn random_weights(cfg: &engine::glide::model::GlideConfig, seed: u64) -> Result<Vec<u8>> {
-    let shapes = cfg.weight_shapes()?;
+fn random_weights(shapes: &[(String, Vec<usize>)], seed: u64) -> Result<Vec<u8>> {
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, (name, shape)) in shapes.iter().enumerate() {
         let n: usize = shape.iter().product();
@@ -440,7 +441,7 @@ pub fn pipeline(
     let mut results = Vec::new();
     for (what, cfg, full_steps) in [("base", base_cfg, 100usize), ("upsample", up_cfg, 27usize)] {
         let t0 = Instant::now();
-        let bytes = random_weights(&cfg, 1)?;
+        let bytes = random_weights(&cfg.weight_shapes()?, 1)?;
         let source = WeightSource::single(&bytes)?;
         let model = Glide::load(gpu, cfg.clone(), &source, quant)?;
         drop(source);
@@ -506,6 +507,182 @@ pub fn pipeline(
     Ok(())
 }
 
+/// unCLIP's configurations at `size`: the released ones, or narrow ones of
+/// the same topology (`small`).
+fn unclip_config(kind: &str, size: &str) -> Result<engine::unclip::weights::UnclipConfig> {
+    use engine::unclip::weights::UnclipConfig as C;
+    let c = C::released(kind)?;
+    Ok(match (size, c) {
+        ("full", c) => c,
+        ("small", C::ClipText(mut t)) => {
+            (
+                t.embed_dim,
+                t.transformer_width,
+                t.transformer_heads,
+                t.transformer_layers,
+            ) = (64, 64, 2, 2);
+            C::ClipText(t)
+        }
+        ("small", C::Prior(mut p)) => {
+            (p.xf_width, p.xf_layers, p.xf_heads, p.clip_dim) = (128, 2, 2, 64);
+            C::Prior(p)
+        }
+        (
+            "small",
+            C::Decoder {
+                mut module,
+                image_size,
+            },
+        ) => {
+            module.model_channels = 32;
+            module.num_head_channels = 32;
+            module.xf_width = 64;
+            module.clip_dim = 64;
+            C::Decoder { module, image_size }
+        }
+        (
+            "small",
+            C::Sr {
+                mut first_steps,
+                mut last_step,
+                image_size,
+            },
+        ) => {
+            first_steps.model_channels = 32;
+            last_step.model_channels = 32;
+            C::Sr {
+                first_steps,
+                last_step,
+                image_size,
+            }
+        }
+        (s, _) => anyhow::bail!("unknown --size '{s}' (full, small)"),
+    })
+}
+
+/// `webglide bench pipeline --pipeline unclip`: Karlo's t2i procedure with
+/// random weights, one stage resident at a time (loaded, run, freed): load
+/// time, ms per step (one warm-up step, then `steps` timed ones; the
+/// per-step cost does not depend on the respacing, so each stage runs
+/// `steps + 1` respaced steps and the table scales to Karlo's counts),
+/// seconds per image, peak GPU memory and the largest buffer.
+pub fn unclip_pipeline(
+    gpu: &Gpu,
+    size: &str,
+    quant: WeightDType,
+    steps: usize,
+    batch: usize,
+    decoder_steps: usize,
+) -> Result<()> {
+    use engine::glide::weights::WeightSource;
+    use engine::unclip::pipeline::{Draws, Phase, Stages, UnclipParams, UnclipRun};
+    use engine::unclip::weights::{load_net, UnclipNet};
+    print!("{}", gpu.report);
+    if gpu.is_dry_run() {
+        println!("DRY RUN: buffers allocated, nothing computed (memory plan only; times are meaningless)");
+    }
+    println!(
+        "pipeline: {size} unCLIP (Karlo) with random weights, {} storage, batch {batch} (CFG batch {}), bindings capped at {} MiB",
+        quant.name(),
+        2 * batch,
+        gpu.max_binding >> 20
+    );
+    let load = |kind: &str| -> Result<(UnclipNet, f64)> {
+        let t0 = Instant::now();
+        let cfg = unclip_config(kind, size)?;
+        let bytes = random_weights(&cfg.weight_shapes()?, 1)?;
+        let source = WeightSource::single(&bytes)?;
+        let net = load_net(gpu, &cfg, &source, quant)?;
+        pollster::block_on(gpu.wait_idle())?;
+        Ok((net, t0.elapsed().as_secs_f64()))
+    };
+    let per = (steps + 1).to_string();
+    let params = UnclipParams {
+        prior_steps: per.clone(),
+        decoder_steps: per.clone(),
+        sr_steps: per,
+        ..UnclipParams::default()
+    };
+    let tok = crate::generate::clip_tokenizer()?;
+    let mut total = 0.0;
+    let (clip, load_s) = load("clip-text")?;
+    let UnclipNet::ClipText(clip) = clip else {
+        unreachable!("clip-text")
+    };
+    let t = Instant::now();
+    let prompts = vec![CORGI_TEXT; batch];
+    let mut run = UnclipRun::text_to_image(gpu, &clip, &tok, &prompts, params, Draws::Seed(1))?;
+    pollster::block_on(gpu.wait_idle())?;
+    let encode_s = t.elapsed().as_secs_f64();
+    total += encode_s;
+    println!(
+        "{:<9} load {load_s:6.1} s   encode {:9.1} ms",
+        "clip-text",
+        encode_s * 1e3
+    );
+    drop(clip);
+    gpu.trim_memory();
+    while run.phase() != Phase::Done {
+        let phase = run.phase();
+        let (net, load_s) = load(phase.name())?;
+        let stages = match &net {
+            UnclipNet::Prior(p) => Stages {
+                prior: Some(p),
+                ..Default::default()
+            },
+            UnclipNet::Decoder(d) => Stages {
+                decoder: Some(d),
+                ..Default::default()
+            },
+            UnclipNet::Sr(s) => Stages {
+                sr: Some(s),
+                ..Default::default()
+            },
+            _ => unreachable!("stage kinds"),
+        };
+        // Warm-up: pipelines compile, buffers settle.
+        let t = Instant::now();
+        run.step(gpu, &stages)?;
+        pollster::block_on(gpu.wait_idle())?;
+        let warm_ms = t.elapsed().as_secs_f64() * 1e3;
+        let (t, flops0) = (Instant::now(), gpu.flops_recorded());
+        let mut n = 0;
+        while run.phase() == phase {
+            run.step(gpu, &stages)?;
+            n += 1;
+        }
+        pollster::block_on(gpu.wait_idle())?;
+        let ms = if n > 0 {
+            t.elapsed().as_secs_f64() * 1e3 / n as f64
+        } else {
+            warm_ms
+        };
+        let gflop = (gpu.flops_recorded() - flops0) as f64 / n.max(1) as f64 / 1e9;
+        let karlo = match phase {
+            Phase::Prior => 25,
+            Phase::Decoder => decoder_steps,
+            _ => 7,
+        };
+        println!(
+            "{:<9} load {load_s:6.1} s   {ms:9.1} ms/step ({n} timed, warm-up {warm_ms:.0} ms)   x{karlo} steps = {:.2} s   {gflop:.1} GFLOP/step = {:.1} GFLOP/s",
+            phase.name(),
+            ms * karlo as f64 / 1e3,
+            gflop / ms * 1e3
+        );
+        total += ms * karlo as f64 / 1e3;
+        drop(net);
+        gpu.trim_memory();
+    }
+    let stats = gpu.memory_stats();
+    println!("seconds per image (clip + prior 25 + decoder {decoder_steps} + SR 7): {total:.2} s");
+    println!(
+        "peak GPU memory held by the engine: {:.0} MiB; largest buffer {:.1} MiB",
+        stats.peak_bytes as f64 / 1048576.0,
+        stats.largest_buffer as f64 / 1048576.0
+    );
+    Ok(())
+}
+
 /// `webglide bench quant`: the error of each storage type against f32 on
 /// random weights of the released architecture (the same generator as
 /// `bench pipeline`). Per layer: the relative RMS error of every quantised
@@ -537,7 +714,7 @@ pub fn quant(
     println!(
         "quantisation error: {size} {kind} with random weights (seed {seed}), forward at {res} px, batch 1, t = 500\n"
     );
-    let bytes = random_weights(&cfg, seed)?;
+    let bytes = random_weights(&cfg.weight_shapes()?, seed)?;
 
     // Per layer.
     let st = safetensors::SafeTensors::deserialize(&bytes)?;

@@ -240,9 +240,18 @@ impl GenArgs {
 
 #[derive(Subcommand)]
 enum BenchWhat {
-    /// The text2im notebook procedure (base with CFG + upsampler) with random
-    /// weights of the real architecture: ms/step, seconds per image, peak GPU memory.
+    /// A whole procedure with random weights of the real architecture:
+    /// ms/step, seconds per image, peak GPU memory. GLIDE: the text2im
+    /// notebook (base with CFG + upsampler); unCLIP: Karlo's t2i (CLIP text,
+    /// prior, decoder, SR; one stage resident at a time, bindings capped at
+    /// the browser's 128 MiB).
     Pipeline {
+        /// glide or unclip.
+        #[arg(long, default_value = "glide")]
+        pipeline: String,
+        /// unCLIP: the decoder's step count the time per image is given for (50 or 25).
+        #[arg(long, default_value_t = 50)]
+        decoder_steps: usize,
         /// full (the released sizes) or small (narrow channels, same topology).
         #[arg(long, default_value = "full")]
         size: String,
@@ -256,6 +265,11 @@ enum BenchWhat {
         steps: usize,
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Allocate every buffer but compute nothing: the memory plan (peak
+        /// memory, largest buffer) of sizes too slow for this adapter; the
+        /// times printed are then meaningless.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Quantisation error of f16/q8/q4 against f32 on random weights of the
     /// released architecture: per layer and end to end (one forward pass).
@@ -527,23 +541,38 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Bench {
             what:
                 BenchWhat::Pipeline {
+                    pipeline,
+                    decoder_steps,
                     size,
                     random_weights,
                     quant,
                     steps,
                     batch,
+                    dry_run,
                 },
         } => {
             if !random_weights {
                 anyhow::bail!("bench pipeline runs on random weights: pass --random-weights");
             }
-            bench::pipeline(
-                &gpu()?,
-                &size,
-                engine::WeightDType::parse(&quant)?,
-                steps,
-                batch,
-            )?
+            let opts = engine::GpuOptions {
+                dry_run,
+                ..opts.clone()
+            };
+            let gpu = || pollster::block_on(engine::Gpu::new(opts.clone()));
+            let q = engine::WeightDType::parse(&quant)?;
+            match pipeline.as_str() {
+                "glide" => bench::pipeline(&gpu()?, &size, q, steps, batch)?,
+                "unclip" => {
+                    // The budget a laptop browser gives one binding.
+                    let capped = engine::GpuOptions {
+                        max_binding_cap: Some(128 << 20),
+                        ..opts.clone()
+                    };
+                    let gpu = pollster::block_on(engine::Gpu::new(capped))?;
+                    bench::unclip_pipeline(&gpu, &size, q, steps, batch, decoder_steps)?
+                }
+                p => anyhow::bail!("unknown pipeline '{p}' (glide, unclip)"),
+            }
         }
         Cmd::Generate {
             gen,

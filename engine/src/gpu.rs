@@ -102,6 +102,10 @@ pub struct GpuOptions {
     /// buffer bounds checks stay on either way. Native only: browsers apply
     /// their own checks.
     pub loop_bounding: bool,
+    /// Allocate and check every buffer and binding but dispatch nothing: the
+    /// memory plan of a procedure (peak bytes, largest buffer) at sizes an
+    /// adapter could not run in reasonable time. Results are garbage.
+    pub dry_run: bool,
 }
 
 impl Default for GpuOptions {
@@ -113,6 +117,7 @@ impl Default for GpuOptions {
             allow_subgroups: true,
             poison: false,
             loop_bounding: false,
+            dry_run: false,
         }
     }
 }
@@ -201,6 +206,7 @@ pub struct Gpu {
     /// Largest storage binding the launchers may create (bytes).
     pub max_binding: u64,
     pub(crate) poison: bool,
+    pub(crate) dry_run: bool,
     pub(crate) pool: Arc<BufferPool>,
     modules: Mutex<HashMap<String, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<String, wgpu::ComputePipeline>>,
@@ -316,6 +322,7 @@ impl Gpu {
             report,
             max_binding,
             poison: opts.poison,
+            dry_run: opts.dry_run,
             pool,
             modules: Mutex::default(),
             pipelines: Mutex::default(),
@@ -359,6 +366,11 @@ impl Gpu {
     }
 
     /// Number of command submissions so far (tests check one per model step).
+    /// Whether dispatches are skipped ([`GpuOptions::dry_run`]).
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
+
     pub fn submissions(&self) -> u64 {
         *self.submissions.lock().unwrap()
     }
@@ -645,6 +657,10 @@ impl<'g> Recorder<'g> {
                     limit: self.gpu.max_binding,
                 });
             }
+        }
+        if self.gpu.dry_run {
+            self.dispatches += 1;
+            return Ok(());
         }
         if self.params.len() as u64 >= PARAM_SLOT * ARENA_SLOTS {
             self.flush();

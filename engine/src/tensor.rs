@@ -20,6 +20,8 @@ pub struct PoolStats {
     pub bytes: u64,
     /// Most bytes ever held.
     pub peak_bytes: u64,
+    /// The largest single buffer created (what one binding can be at most).
+    pub largest_buffer: u64,
 }
 
 pub(crate) struct BufferPool {
@@ -145,6 +147,7 @@ impl BufferPool {
             s.created += 1;
             s.bytes += size;
             s.peak_bytes = s.peak_bytes.max(s.bytes);
+            s.largest_buffer = s.largest_buffer.max(size);
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
                 size,
