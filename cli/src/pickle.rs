@@ -23,6 +23,8 @@ enum Value {
     /// persistent id (torch storages)
     Persistent(Box<Value>),
     Tensor(TensorRef),
+    /// A TorchScript module (`__torch__.…` class): its attributes, set by BUILD.
+    Object(Vec<(Value, Value)>),
     /// An object we do not interpret (e.g. a module's state); kept opaque.
     Opaque,
 }
@@ -42,6 +44,9 @@ pub enum DType {
     F16,
     BF16,
     F64,
+    /// Integer tensors (e.g. CLIP's `context_length` buffer), read as f32.
+    I64,
+    I32,
 }
 
 impl DType {
@@ -51,14 +56,16 @@ impl DType {
             "HalfStorage" => DType::F16,
             "BFloat16Storage" => DType::BF16,
             "DoubleStorage" => DType::F64,
+            "LongStorage" => DType::I64,
+            "IntStorage" => DType::I32,
             other => bail!("unsupported tensor storage type torch.{other}"),
         })
     }
     pub fn size(self) -> usize {
         match self {
-            DType::F32 => 4,
+            DType::F32 | DType::I32 => 4,
             DType::F16 | DType::BF16 => 2,
-            DType::F64 => 8,
+            DType::F64 | DType::I64 => 8,
         }
     }
 }
@@ -126,6 +133,15 @@ impl<'a> Machine<'a> {
         };
         match (module.as_str(), name.as_str()) {
             ("collections", "OrderedDict") => Ok(Value::Dict(Vec::new())),
+            // TorchScript archives pickle their modules as objects of code/ classes.
+            (m, _) if m == "__torch__" || m.starts_with("__torch__.") => {
+                Ok(Value::Object(Vec::new()))
+            }
+            // A Parameter wraps its tensor.
+            ("torch._utils", "_rebuild_parameter") => match args.into_iter().next() {
+                Some(t @ Value::Tensor(_)) => Ok(t),
+                _ => bail!("unexpected _rebuild_parameter arguments"),
+            },
             ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
                 let mut it = args.into_iter();
                 let (
@@ -302,8 +318,14 @@ impl<'a> Machine<'a> {
                     self.stack.push(Self::reduce(cls, args)?)
                 }
                 b'b' => {
-                    // BUILD: object state (e.g. the state dict's _metadata) is not needed.
-                    self.pop()?;
+                    // BUILD: a TorchScript module's attributes; any other
+                    // object's state (e.g. a state dict's _metadata) is not needed.
+                    let state = self.pop()?;
+                    if let (Some(Value::Object(attrs)), Value::Dict(d)) =
+                        (self.stack.last_mut(), state)
+                    {
+                        *attrs = d;
+                    }
                 }
                 b's' => {
                     let v = self.pop()?;
@@ -345,6 +367,27 @@ impl<'a> Machine<'a> {
     }
 }
 
+/// The tensors of a TorchScript module tree, named `sub.module.attr`.
+fn flatten_module(
+    prefix: &str,
+    attrs: Vec<(Value, Value)>,
+    out: &mut Vec<(Value, Value)>,
+    depth: usize,
+) -> Result<()> {
+    if depth > 64 {
+        bail!("TorchScript modules nested over 64 deep");
+    }
+    for (k, v) in attrs {
+        let Value::Str(name) = k else { continue };
+        match v {
+            t @ Value::Tensor(_) => out.push((Value::Str(format!("{prefix}{name}")), t)),
+            Value::Object(sub) => flatten_module(&format!("{prefix}{name}."), sub, out, depth + 1)?,
+            _ => {} // flags such as `training`, ints, strings
+        }
+    }
+    Ok(())
+}
+
 /// One checkpoint tensor: name, shape, stored dtype, f32 values.
 pub type NamedTensor = (String, Vec<usize>, DType, Vec<f32>);
 
@@ -375,6 +418,12 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
     .run()?;
     let mut dict = match root {
         Value::Dict(d) => d,
+        // A TorchScript module: its tensors by dotted attribute path, as state_dict() names them.
+        Value::Object(attrs) => {
+            let mut flat = Vec::new();
+            flatten_module("", attrs, &mut flat, 0)?;
+            flat
+        }
         // A tuple of tensors (e.g. CLIP's (mean, std) stats): named "0", "1", ….
         Value::Tuple(items) => items
             .into_iter()
@@ -425,6 +474,8 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
                 DType::F16 => half::f16::from_le_bytes(b.try_into().unwrap()).to_f32(),
                 DType::BF16 => half::bf16::from_le_bytes(b.try_into().unwrap()).to_f32(),
                 DType::F64 => f64::from_le_bytes(b.try_into().unwrap()) as f32,
+                DType::I64 => i64::from_le_bytes(b.try_into().unwrap()) as f32,
+                DType::I32 => i32::from_le_bytes(b.try_into().unwrap()) as f32,
             });
             for d in (0..idx.len()).rev() {
                 idx[d] += 1;

@@ -367,3 +367,235 @@ fn missing_or_mismatched_folders_are_clear_errors() {
     assert!(!p.exists(), "a failed conversion leaves nothing");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A pickle writer for the opcodes of PyTorch's C++ pickler (protocol 2).
+#[derive(Default)]
+struct Pickle(Vec<u8>);
+
+impl Pickle {
+    fn op(&mut self, b: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+    fn global(&mut self, module: &str, name: &str) -> &mut Self {
+        self.op(format!("c{module}\n{name}\n").as_bytes())
+    }
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.op(b"X")
+            .op(&(s.len() as u32).to_le_bytes())
+            .op(s.as_bytes())
+    }
+    fn int(&mut self, v: i32) -> &mut Self {
+        self.op(b"J").op(&v.to_le_bytes())
+    }
+    fn ints(&mut self, v: &[usize]) -> &mut Self {
+        self.op(b"(");
+        for &x in v {
+            self.int(x as i32);
+        }
+        self.op(b"t")
+    }
+    /// `_rebuild_tensor_v2(persistent ('storage', torch.<storage>, key, 'cpu', n), 0, size, stride, False, OrderedDict())`.
+    fn tensor(&mut self, storage: &str, key: &str, shape: &[usize]) -> &mut Self {
+        let n: usize = shape.iter().product();
+        let mut stride = vec![1; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            stride[i] = stride[i + 1] * shape[i + 1];
+        }
+        self.global("torch._utils", "_rebuild_tensor_v2").op(b"(");
+        self.op(b"(")
+            .str("storage")
+            .global("torch", storage)
+            .str(key)
+            .str("cpu");
+        self.int(n as i32)
+            .op(b"tQ")
+            .int(0)
+            .ints(shape)
+            .ints(&stride)
+            .op(&[0x89]);
+        self.global("collections", "OrderedDict")
+            .op(b")R")
+            .op(b"tR")
+    }
+}
+
+/// A module tree (name → submodule or tensor) as TorchScript pickles it:
+/// `GLOBAL __torch__.…; EMPTY_TUPLE; NEWOBJ; EMPTY_DICT; MARK; attrs; SETITEMS; BUILD`.
+enum Node {
+    Module(Vec<(String, Node)>),
+    Tensor(&'static str, String, Vec<usize>),
+}
+
+fn write_node(p: &mut Pickle, node: &Node, class: &str) {
+    match node {
+        Node::Tensor(storage, key, shape) => {
+            p.tensor(storage, key, shape);
+        }
+        Node::Module(attrs) => {
+            p.global(&format!("__torch__.{class}"), "Module")
+                .op(b")")
+                .op(&[0x81]);
+            p.op(b"}(").str("training").op(&[0x89]);
+            for (name, child) in attrs {
+                p.str(name);
+                write_node(p, child, &format!("{class}.{name}"));
+            }
+            p.op(b"ub");
+        }
+    }
+}
+
+fn insert(node: &mut Node, path: &[&str], leaf: Node) {
+    let Node::Module(attrs) = node else {
+        panic!("a tensor has no children")
+    };
+    if path.len() == 1 {
+        attrs.push((path[0].to_string(), leaf));
+        return;
+    }
+    if !attrs.iter().any(|(n, _)| n == path[0]) {
+        attrs.push((path[0].to_string(), Node::Module(Vec::new())));
+    }
+    let child = &mut attrs.iter_mut().find(|(n, _)| n == path[0]).unwrap().1;
+    insert(child, &path[1..], leaf);
+}
+
+/// The released `ViT-L-14.pt` is a TorchScript archive of an fp16 CLIP with
+/// integer buffers beside the weights. The fixture CLIP written that way
+/// converts to the same tensors (as f16 values) as its safetensors, for each tower.
+#[test]
+fn torchscript_clip_archive_converts_like_its_state_dict() {
+    let dir = tempdir("jit");
+    let bytes = std::fs::read(format!("{FIX}/clip_text/weights.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut root = Node::Module(Vec::new());
+    let mut storages: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    for name in &names {
+        let t = st.tensor(name).unwrap();
+        let halves: Vec<u8> = t
+            .data()
+            .chunks_exact(4)
+            .flat_map(|c| {
+                half::f16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes()
+            })
+            .collect();
+        let key = storages.len().to_string();
+        storages.push((key.clone(), halves));
+        let path: Vec<&str> = name.split('.').collect();
+        insert(
+            &mut root,
+            &path,
+            Node::Tensor("HalfStorage", key, t.shape().to_vec()),
+        );
+    }
+    for (name, v) in [
+        ("input_resolution", 32i64),
+        ("context_length", 77),
+        ("vocab_size", 49408),
+    ] {
+        let key = storages.len().to_string();
+        storages.push((key.clone(), v.to_le_bytes().to_vec()));
+        insert(&mut root, &[name], Node::Tensor("LongStorage", key, vec![]));
+    }
+    let mut p = Pickle::default();
+    p.op(&[0x80, 2]);
+    write_node(
+        &mut p,
+        &root,
+        "multimodal.model.multimodal_transformer.Multimodal",
+    );
+    p.op(b".");
+    let archive = dir.join("ViT-tiny.pt");
+    {
+        use std::io::Write;
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&archive).unwrap());
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        z.start_file("ViT-tiny/data.pkl", opts).unwrap();
+        z.write_all(&p.0).unwrap();
+        z.start_file("ViT-tiny/constants.pkl", opts).unwrap();
+        z.write_all(&[0x80, 2, b')', b'.']).unwrap();
+        z.start_file("ViT-tiny/code/__torch__/multimodal/model.py", opts)
+            .unwrap();
+        z.write_all(b"class Multimodal(Module):\n  pass\n").unwrap();
+        for (key, data) in &storages {
+            z.start_file(format!("ViT-tiny/data/{key}"), opts).unwrap();
+            z.write_all(data).unwrap();
+        }
+        z.finish().unwrap();
+    }
+    for kind in ["clip-text", "clip-visual"] {
+        let config = format!("{FIX}/clip_text/config.json");
+        let jit_out = dir.join(format!("{kind}-jit"));
+        ok(&[
+            "convert",
+            archive.to_str().unwrap(),
+            "--kind",
+            kind,
+            "--config",
+            &config,
+            "--out",
+            jit_out.to_str().unwrap(),
+        ]);
+        let read = |d: &Path| -> Vec<(String, Vec<f32>)> {
+            let shard = std::fs::read(d.join("model-00001.safetensors")).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&shard).unwrap();
+            let mut v: Vec<(String, Vec<f32>)> = st
+                .tensors()
+                .into_iter()
+                .map(|(n, t)| {
+                    let vals = t
+                        .data()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect();
+                    (n, vals)
+                })
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let got = read(&jit_out);
+        let want: Vec<(String, Vec<f32>)> = names
+            .iter()
+            .filter(|n| (kind == "clip-visual") == n.starts_with("visual.") && *n != "logit_scale")
+            .map(|n| {
+                let t = st.tensor(n).unwrap();
+                let vals = t
+                    .data()
+                    .chunks_exact(4)
+                    .map(|c| {
+                        half::f16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_f32()
+                    })
+                    .collect();
+                (n.clone(), vals)
+            })
+            .collect();
+        assert_eq!(got.len(), want.len(), "{kind}: tensor count");
+        for ((gn, gv), (wn, wv)) in got.iter().zip(&want) {
+            assert_eq!(gn, wn);
+            assert_eq!(gv, wv, "{kind}: {gn}");
+        }
+    }
+    // A truncated archive is an error that leaves nothing behind.
+    let cut = dir.join("cut.pt");
+    let all = std::fs::read(&archive).unwrap();
+    std::fs::write(&cut, &all[..all.len() / 2]).unwrap();
+    let out = dir.join("cut-out");
+    let e = err(&[
+        "convert",
+        cut.to_str().unwrap(),
+        "--kind",
+        "clip-text",
+        "--config",
+        &format!("{FIX}/clip_text/config.json"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(e.contains("truncated") || e.contains("zip"), "{e}");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).ok();
+}
