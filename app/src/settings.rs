@@ -49,17 +49,11 @@ impl Default for Settings {
     }
 }
 
-fn storage() -> Option<web_sys::Storage> {
-    web_sys::window()?.local_storage().ok()?
-}
-
 impl Settings {
     /// Stored settings, repaired where a value is out of range; defaults otherwise.
     pub fn load() -> Self {
-        let mut s: Settings = storage()
-            .and_then(|st| st.get_item(KEY).ok()?)
-            .and_then(|json| serde_json::from_str(&json).ok())
-            .unwrap_or_default();
+        use gloo_storage::Storage;
+        let mut s: Settings = gloo_storage::LocalStorage::get(KEY).unwrap_or_default();
         if !s.guidance.is_finite() {
             s.guidance = 3.0;
         }
@@ -75,9 +69,9 @@ impl Settings {
         s
     }
 
+    /// Best effort: a full or disabled localStorage only loses the settings.
     pub fn save(&self) {
-        if let (Some(st), Ok(json)) = (storage(), serde_json::to_string(self)) {
-            let _ = st.set_item(KEY, &json);
-        }
+        use gloo_storage::Storage;
+        let _ = gloo_storage::LocalStorage::set(KEY, self);
     }
 }

@@ -8,7 +8,7 @@
 //! A kind's manifest is cached last, so a cached manifest means a complete kind.
 
 use engine::glide::weights::Manifest;
-use js_sys::{Promise, Reflect, Uint8Array};
+use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
@@ -475,10 +475,5 @@ pub async fn delete(id: &str) -> Result<(), String> {
 
 /// Resolves after the browser had a chance to render (a macrotask).
 pub async fn yield_now() {
-    let p = Promise::new(&mut |resolve, _| {
-        if let Some(w) = web_sys::window() {
-            let _ = w.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, 0);
-        }
-    });
-    let _ = JsFuture::from(p).await;
+    gloo_timers::future::TimeoutFuture::new(0).await;
 }

@@ -575,7 +575,7 @@ pub fn unclip_pipeline(
     decoder_steps: usize,
 ) -> Result<()> {
     use engine::glide::weights::WeightSource;
-    use engine::unclip::pipeline::{Draws, Phase, Stages, UnclipParams, UnclipRun};
+    use engine::unclip::pipeline::{Draws, Phase, UnclipParams, UnclipRun};
     use engine::unclip::weights::{load_net, UnclipNet};
     print!("{}", gpu.report);
     if gpu.is_dry_run() {
@@ -625,21 +625,7 @@ pub fn unclip_pipeline(
     while run.phase() != Phase::Done {
         let phase = run.phase();
         let (net, load_s) = load(phase.name())?;
-        let stages = match &net {
-            UnclipNet::Prior(p) => Stages {
-                prior: Some(p),
-                ..Default::default()
-            },
-            UnclipNet::Decoder(d) => Stages {
-                decoder: Some(d),
-                ..Default::default()
-            },
-            UnclipNet::Sr(s) => Stages {
-                sr: Some(s),
-                ..Default::default()
-            },
-            _ => unreachable!("stage kinds"),
-        };
+        let stages = net.stages().expect("a sampling stage");
         // Warm-up: pipelines compile, buffers settle.
         let t = Instant::now();
         run.step(gpu, &stages)?;

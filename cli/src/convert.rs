@@ -371,6 +371,27 @@ pub fn read_model_dir<C: ModelConfig>(
     Ok(engine::glide::weights::read_model_dir(dir)?)
 }
 
+/// `dir/<kind>/` (a `webglide convert --kind <kind>` folder) if it exists,
+/// its manifest checked to describe that kind and every shard verified.
+pub fn read_kind<C: ModelConfig>(
+    dir: &Path,
+    kind: &str,
+) -> Result<Option<(Manifest<C>, engine::glide::weights::Shards)>> {
+    let sub = dir.join(kind);
+    if !sub.join("manifest.json").exists() {
+        return Ok(None);
+    }
+    let (manifest, shards) = read_model_dir::<C>(&sub)?;
+    if manifest.kind != kind {
+        bail!(
+            "{}: manifest says kind '{}', expected '{kind}'",
+            sub.display(),
+            manifest.kind
+        );
+    }
+    Ok(Some((manifest, shards)))
+}
+
 /// A converted folder of either family: its tensors and verified shards.
 pub fn read_any_model_dir(
     dir: &Path,

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use engine::glide::model::{Glide, GlideConfig};
 use engine::glide::pipeline::{quantize_low_res, to_rgb8, DiffusionLoop, Extra, Sampler};
 use engine::glide::tokenizer::GlideTokenizer;
@@ -42,23 +42,14 @@ pub fn clip_tokenizer() -> Result<engine::unclip::tokenizer::ClipTokenizer> {
 
 /// Loads `dir/<kind>/` (a `webglide convert` folder).
 pub fn load_model(gpu: &Gpu, dir: &Path, kind: &str) -> Result<Option<Glide>> {
-    let sub = dir.join(kind);
-    if !sub.join("manifest.json").exists() {
+    let Some((manifest, shards)) = crate::convert::read_kind::<GlideConfig>(dir, kind)? else {
         return Ok(None);
-    }
-    let (manifest, shards) = crate::convert::read_model_dir::<GlideConfig>(&sub)?;
-    if manifest.kind != kind {
-        bail!(
-            "{}: manifest says kind '{}', expected '{kind}'",
-            sub.display(),
-            manifest.kind
-        );
-    }
+    };
     let source = WeightSource::shards(manifest.tensors.clone().into_iter().collect(), &shards)?;
     let dtype = WeightDType::parse(&manifest.quant)?;
     Ok(Some(
         Glide::load(gpu, manifest.config.clone(), &source, dtype)
-            .with_context(|| format!("loading {}", sub.display()))?,
+            .with_context(|| format!("loading {}", dir.join(kind).display()))?,
     ))
 }
 
@@ -252,14 +243,19 @@ pub fn generate(gpu: &Gpu, o: &Options) -> Result<()> {
     write_result(o, &img, size, "text2im")
 }
 
-/// Decodes an image file to `[3, size, size]` in [-1, 1] (antialiased bicubic, as PIL's BICUBIC).
-fn load_image(path: &Path, size: usize) -> Result<Vec<f32>> {
+/// Decodes an image file to interleaved RGB8 (transparent pixels on white,
+/// as the web app reads them) with its width and height.
+pub fn read_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
     let img = image::open(path)
         .with_context(|| format!("{}: not a readable PNG/JPEG/WebP image", path.display()))?
         .to_rgba8();
     let (w, h) = (img.width() as usize, img.height() as usize);
-    // Transparent pixels on white, as the web app reads them.
-    let rgb = engine::glide::pipeline::rgba8_on_white(img.as_raw());
+    Ok((engine::glide::pipeline::rgba8_on_white(img.as_raw()), w, h))
+}
+
+/// Decodes an image file to `[3, size, size]` in [-1, 1] (antialiased bicubic, as PIL's BICUBIC).
+fn load_image(path: &Path, size: usize) -> Result<Vec<f32>> {
+    let (rgb, w, h) = read_rgb(path)?;
     engine::glide::pipeline::rgb8_to_planes(&rgb, w, h, size)
         .with_context(|| path.display().to_string())
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use engine::glide::weights::WeightSource;
-use engine::unclip::pipeline::{to_rgb8, Draws, Phase, Stages, UnclipParams, UnclipRun};
+use engine::unclip::pipeline::{to_rgb8, Draws, Phase, UnclipParams, UnclipRun};
 use engine::unclip::weights::{load_net, UnclipConfig, UnclipNet};
 use engine::{Gpu, WeightDType};
 
@@ -26,35 +26,28 @@ pub struct Options {
 
 /// Loads `dir/<kind>/` (a `webglide convert --kind <kind>` folder).
 fn load(gpu: &Gpu, dir: &Path, kind: &str) -> Result<UnclipNet> {
-    let sub = dir.join(kind);
-    if !sub.join("manifest.json").exists() {
+    let Some((manifest, shards)) = crate::convert::read_kind::<UnclipConfig>(dir, kind)? else {
         bail!(
             "{}/manifest.json not found (convert the model with `webglide convert --kind {kind}`)",
-            sub.display()
+            dir.join(kind).display()
         );
-    }
-    let (manifest, shards) = crate::convert::read_model_dir::<UnclipConfig>(&sub)?;
-    if manifest.kind != kind || manifest.config.kind() != kind {
+    };
+    if manifest.config.kind() != kind {
         bail!(
-            "{}: manifest says kind '{}', expected '{kind}'",
-            sub.display(),
-            manifest.kind
+            "{}: the config describes a '{}' model",
+            dir.join(kind).display(),
+            manifest.config.kind()
         );
     }
     let source = WeightSource::shards(manifest.tensors.clone().into_iter().collect(), &shards)?;
     let dtype = WeightDType::parse(&manifest.quant)?;
     load_net(gpu, &manifest.config, &source, dtype)
-        .with_context(|| format!("loading {}", sub.display()))
+        .with_context(|| format!("loading {}", dir.join(kind).display()))
 }
 
-/// Karlo's i2i input: the image file decoded (transparency on white) and
-/// prepared for the visual tower.
+/// Karlo's i2i input: the image file decoded and prepared for the visual tower.
 fn clip_image(path: &Path, resolution: usize) -> Result<Vec<f32>> {
-    let img = image::open(path)
-        .with_context(|| format!("{}: not a readable PNG/JPEG/WebP image", path.display()))?
-        .to_rgba8();
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let rgb = engine::glide::pipeline::rgba8_on_white(img.as_raw());
+    let (rgb, w, h) = crate::generate::read_rgb(path)?;
     engine::unclip::pipeline::clip_pixels(&rgb, w, h, resolution)
         .with_context(|| path.display().to_string())
 }
@@ -97,21 +90,7 @@ pub fn run(gpu: &Gpu, o: &Options) -> Result<()> {
         let phase = run.phase();
         pb.set_prefix(phase.name());
         let net = load(gpu, &o.model, phase.name())?;
-        let stages = match &net {
-            UnclipNet::Prior(p) => Stages {
-                prior: Some(p),
-                ..Default::default()
-            },
-            UnclipNet::Decoder(d) => Stages {
-                decoder: Some(d),
-                ..Default::default()
-            },
-            UnclipNet::Sr(s) => Stages {
-                sr: Some(s),
-                ..Default::default()
-            },
-            _ => unreachable!("load checks the kind"),
-        };
+        let stages = net.stages().expect("a sampling stage");
         while run.phase() == phase {
             run.step(gpu, &stages)?;
             pb.inc(1);

@@ -4,7 +4,7 @@
 //! image, guidance changes the image, inpainting keeps the unmasked pixels.
 
 mod common;
-use common::{webglide, FIX};
+use common::{read_png, webglide, FIX};
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -47,21 +47,6 @@ fn models() -> &'static Path {
         }
         dir
     })
-}
-
-fn read_png(path: &Path) -> (u32, u32, Vec<u8>, Vec<(String, String)>) {
-    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut r = dec.read_info().unwrap();
-    let mut buf = vec![0; r.output_buffer_size()];
-    let info = r.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    let text = r
-        .info()
-        .utf8_text
-        .iter()
-        .map(|c| (c.keyword.clone(), c.get_text().unwrap()))
-        .collect();
-    (info.width, info.height, buf, text)
 }
 
 fn gen(out: &Path, extra: &[&str]) -> (u32, u32, Vec<u8>, Vec<(String, String)>) {

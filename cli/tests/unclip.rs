@@ -6,7 +6,7 @@
 //! the errors of missing or mismatched folders.
 
 mod common;
-use common::webglide;
+use common::{read_png, webglide};
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -87,21 +87,6 @@ fn models() -> &'static Path {
         }
         dir
     })
-}
-
-fn read_png(path: &Path) -> (u32, u32, Vec<u8>, Vec<(String, String)>) {
-    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    let mut r = dec.read_info().unwrap();
-    let mut buf = vec![0; r.output_buffer_size()];
-    let info = r.next_frame(&mut buf).unwrap();
-    buf.truncate(info.buffer_size());
-    let text = r
-        .info()
-        .utf8_text
-        .iter()
-        .map(|c| (c.keyword.clone(), c.get_text().unwrap()))
-        .collect();
-    (info.width, info.height, buf, text)
 }
 
 fn tempdir(name: &str) -> PathBuf {

@@ -130,18 +130,25 @@ fn schedules_match_karlos_tables() {
     assert!(bad.is_empty(), "{bad:?}");
 }
 
-#[test]
-fn t2i_run_replays_stage_by_stage_and_step_by_step() {
+fn gpu_and_tokenizer() -> (Gpu, ClipTokenizer) {
     let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
     let tok = ClipTokenizer::from_gz(include_bytes!(
         "../../public/tokenizer/bpe_simple_vocab_16e6.txt.gz"
     ))
     .unwrap();
-    let dir = format!("{FIX}/t2i");
-    let read = |f: &str| -> engine::Result<Vec<u8>> {
-        std::fs::read(format!("{dir}/{f}")).map_err(|e| engine::Error::Invalid(format!("{f}: {e}")))
-    };
-    let report = pollster::block_on(check_t2i(&gpu, &tok, &read, 1e-4, WeightDType::F32)).unwrap();
+    (gpu, tok)
+}
+
+/// Opens files of the `t2i/` case folder.
+fn read_t2i(f: &str) -> engine::Result<Vec<u8>> {
+    std::fs::read(format!("{FIX}/t2i/{f}")).map_err(|e| engine::Error::Invalid(format!("{f}: {e}")))
+}
+
+#[test]
+fn t2i_run_replays_stage_by_stage_and_step_by_step() {
+    let (gpu, tok) = gpu_and_tokenizer();
+    let report =
+        pollster::block_on(check_t2i(&gpu, &tok, &read_t2i, 1e-4, WeightDType::F32)).unwrap();
     let bad: Vec<String> = report
         .rows
         .iter()
@@ -166,19 +173,11 @@ fn t2i_run_replays_stage_by_stage_and_step_by_step() {
 /// free run is held to 2e-3 where the step-by-step replay meets 1e-4.
 #[test]
 fn t2i_pipeline_free_running_matches_the_official_run() {
-    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
-    let tok = ClipTokenizer::from_gz(include_bytes!(
-        "../../public/tokenizer/bpe_simple_vocab_16e6.txt.gz"
-    ))
-    .unwrap();
-    let dir = format!("{FIX}/t2i");
-    let read = |f: &str| -> engine::Result<Vec<u8>> {
-        std::fs::read(format!("{dir}/{f}")).map_err(|e| engine::Error::Invalid(format!("{f}: {e}")))
-    };
+    let (gpu, tok) = gpu_and_tokenizer();
     let report = pollster::block_on(check_t2i_pipeline(
         &gpu,
         &tok,
-        &read,
+        &read_t2i,
         2e-3,
         WeightDType::F32,
     ))

@@ -10,3 +10,19 @@ pub fn webglide(args: &[&str]) -> std::process::Output {
         .output()
         .expect("run webglide")
 }
+
+/// A PNG's width, height, pixels and text chunks.
+pub fn read_png(path: &std::path::Path) -> (u32, u32, Vec<u8>, Vec<(String, String)>) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut r = dec.read_info().unwrap();
+    let mut buf = vec![0; r.output_buffer_size()];
+    let info = r.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    let text = r
+        .info()
+        .utf8_text
+        .iter()
+        .map(|c| (c.keyword.clone(), c.get_text().unwrap()))
+        .collect();
+    (info.width, info.height, buf, text)
+}

@@ -12,7 +12,8 @@ use crate::tensor::Tensor;
 use crate::unclip::clip::{ClipText, ClipTextConfig, ClipVisual, ClipVisualConfig};
 use crate::unclip::decoder::{Decoder, DecoderCond, DecoderConfig};
 use crate::unclip::pipeline::{
-    DecoderStage, Draws, Phase, PriorStage, SrStage, StageKind, Stages, UnclipParams, UnclipRun,
+    cfg_tokens, DecoderStage, Draws, Phase, PriorStage, SrStage, StageKind, Stages, UnclipParams,
+    UnclipRun,
 };
 use crate::unclip::prior::{Prior, PriorConfig, PriorText};
 use crate::unclip::sr::{SuperRes, SuperResConfig};
@@ -299,18 +300,8 @@ pub async fn check_t2i(
     let b = case.prompts.len();
 
     // Tokens: B prompts, then B empty prompts.
-    let ctx = crate::unclip::tokenizer::TEXT_CTX;
-    let (mut tokens, mut mask) = (Vec::new(), Vec::new());
-    for text in case
-        .prompts
-        .iter()
-        .map(String::as_str)
-        .chain(std::iter::repeat_n("", b))
-    {
-        let (t, m) = tok.padded(text, ctx);
-        tokens.extend(t);
-        mask.extend(m);
-    }
+    let prompts: Vec<&str> = case.prompts.iter().map(String::as_str).collect();
+    let (tokens, mask) = cfg_tokens(tok, &prompts, crate::unclip::tokenizer::TEXT_CTX);
     let as_f32 = |v: &[u32]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
     report.push(
         "text.tokens",
@@ -502,25 +493,33 @@ fn load_t2i(
     let config = |k: &str| -> Result<Vec<u8>> { read(&file(&case.configs, k)?) };
     let weights = |k: &str| -> Result<Vec<u8>> { read(&file(&case.weights, k)?) };
 
+    // Each network from its file; `load` must use every key but those under `rest`.
+    fn with_loader<T>(
+        gpu: &Gpu,
+        bytes: &[u8],
+        dtype: WeightDType,
+        rest: &[&str],
+        load: impl FnOnce(&Loader) -> Result<T>,
+    ) -> Result<T> {
+        let src = WeightSource::single(bytes)?;
+        let loader = Loader::new(gpu, &src, dtype)?;
+        let net = load(&loader)?;
+        loader.finish_except(rest)?;
+        Ok(net)
+    }
     let clip_cfg: ClipCase = parse_config(&config("clip")?, "clip config")?;
-    let bytes = weights("clip")?;
-    let src = WeightSource::single(&bytes)?;
-    let clip = ClipText::load(
+    // The CLIP file also holds the visual tower and logit_scale.
+    let clip = with_loader(
         gpu,
-        clip_cfg.ctor_args_in_order,
-        &Loader::new(gpu, &src, dtype)?,
+        &weights("clip")?,
+        dtype,
+        &["visual.", "logit_scale"],
+        |l| ClipText::load(gpu, clip_cfg.ctor_args_in_order, l),
     )?;
-
     let prior_case: PriorCase = parse_config(&config("prior")?, "prior config")?;
-    let bytes = weights("prior")?;
-    let src = WeightSource::single(&bytes)?;
-    let loader = Loader::new(gpu, &src, dtype)?;
-    let prior = Prior::load(
-        prior_case.module_kwargs,
-        &loader,
-        &prior_case.state_dict_prefix,
-    )?;
-    loader.finish()?;
+    let prior = with_loader(gpu, &weights("prior")?, dtype, &[], |l| {
+        Prior::load(prior_case.module_kwargs, l, &prior_case.state_dict_prefix)
+    })?;
     let stats_bytes = weights("clip_stats")?;
     let stats = Tensors::new(&stats_bytes, "clip_stats.safetensors")?;
     let prior = PriorStage::new(
@@ -529,20 +528,11 @@ fn load_t2i(
         &stats.get("clip_mean")?.1,
         &stats.get("clip_std")?.1,
     )?;
-
     let dec_case: DecoderCase = parse_config(&config("decoder")?, "decoder config")?;
-    let bytes = weights("decoder")?;
-    let src = WeightSource::single(&bytes)?;
-    let loader = Loader::new(gpu, &src, dtype)?;
-    let decoder = Decoder::load(
-        gpu,
-        dec_case.module_kwargs,
-        &loader,
-        &dec_case.state_dict_prefix,
-    )?;
-    loader.finish()?;
     let decoder = DecoderStage {
-        model: decoder,
+        model: with_loader(gpu, &weights("decoder")?, dtype, &[], |l| {
+            Decoder::load(gpu, dec_case.module_kwargs, l, &dec_case.state_dict_prefix)
+        })?,
         image_size: dec_case.yaml_config.model.hparams.image_size,
     };
 
@@ -552,19 +542,13 @@ fn load_t2i(
             "sr config: two state_dict_prefixes expected".into(),
         ));
     };
-    let bytes = weights("sr")?;
-    let src = WeightSource::single(&bytes)?;
-    let loader = Loader::new(gpu, &src, dtype)?;
-    let sr = SrStage {
-        first_steps: SuperRes::load(
-            sr_case.module_kwargs_model_first_steps,
-            &loader,
-            first_prefix,
-        )?,
-        last_step: SuperRes::load(sr_case.module_kwargs_model_last_step, &loader, last_prefix)?,
-        image_size: case.sampling.sr_size,
-    };
-    loader.finish()?;
+    let sr = with_loader(gpu, &weights("sr")?, dtype, &[], |l| {
+        Ok(SrStage {
+            first_steps: SuperRes::load(sr_case.module_kwargs_model_first_steps, l, first_prefix)?,
+            last_step: SuperRes::load(sr_case.module_kwargs_model_last_step, l, last_prefix)?,
+            image_size: case.sampling.sr_size,
+        })
+    })?;
     Ok(T2iModels {
         case,
         clip,

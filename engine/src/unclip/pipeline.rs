@@ -652,14 +652,12 @@ impl UnclipRun {
     }
 }
 
-/// CLIP features of `[prompts (B), "" × B]` and the padded masks.
-fn encode_text(
-    gpu: &Gpu,
-    clip: &ClipText,
+/// Padded tokens and masks of `[prompts (B), "" × B]`: the CFG batch.
+pub(crate) fn cfg_tokens(
     tok: &ClipTokenizer,
     prompts: &[&str],
-) -> Result<(TextFeatures, Vec<u32>)> {
-    let ctx = clip.config.context_length;
+    ctx: usize,
+) -> (Vec<u32>, Vec<u32>) {
     let (mut tokens, mut mask) = (Vec::new(), Vec::new());
     let empty = std::iter::repeat_n("", prompts.len());
     for text in prompts.iter().copied().chain(empty) {
@@ -667,6 +665,17 @@ fn encode_text(
         tokens.extend(t);
         mask.extend(m);
     }
+    (tokens, mask)
+}
+
+/// CLIP features of the CFG batch and its masks.
+fn encode_text(
+    gpu: &Gpu,
+    clip: &ClipText,
+    tok: &ClipTokenizer,
+    prompts: &[&str],
+) -> Result<(TextFeatures, Vec<u32>)> {
+    let (tokens, mask) = cfg_tokens(tok, prompts, clip.config.context_length);
     let mut rec = gpu.recorder();
     let feats = clip.encode(&mut rec, &tokens, None)?;
     rec.submit()?;

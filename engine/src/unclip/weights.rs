@@ -5,7 +5,7 @@
 
 use super::clip::{ClipText, ClipTextConfig, ClipVisual, ClipVisualConfig};
 use super::decoder::{Decoder, DecoderConfig};
-use super::pipeline::{DecoderStage, PriorStage, SrStage};
+use super::pipeline::{DecoderStage, PriorStage, SrStage, Stages};
 use super::prior::{Prior, PriorConfig};
 use super::sr::{SuperRes, SuperResConfig};
 use crate::error::{Error, Result};
@@ -336,6 +336,28 @@ pub enum UnclipNet {
     Prior(PriorStage),
     Decoder(DecoderStage),
     Sr(SrStage),
+}
+
+impl UnclipNet {
+    /// The sampling stage this network is (None for the CLIP towers).
+    pub fn stages(&self) -> Option<Stages<'_>> {
+        let none = Stages::default();
+        Some(match self {
+            UnclipNet::Prior(p) => Stages {
+                prior: Some(p),
+                ..none
+            },
+            UnclipNet::Decoder(d) => Stages {
+                decoder: Some(d),
+                ..none
+            },
+            UnclipNet::Sr(s) => Stages {
+                sr: Some(s),
+                ..none
+            },
+            UnclipNet::ClipText(_) | UnclipNet::ClipVisual(_) => return None,
+        })
+    }
 }
 
 /// Loads a converted folder's network from its manifest config and shards.

@@ -1,0 +1,54 @@
+//! The right column: the inpainting source and mask editor, and the live preview.
+
+use leptos::prelude::*;
+use wasm_bindgen::JsCast;
+
+use crate::imageio;
+use crate::mask::MaskEditor;
+use crate::state::AppState;
+
+#[component]
+pub fn CanvasColumn() -> impl IntoView {
+    let st = expect_context::<AppState>();
+    let settings = st.settings;
+    let brush = Signal::derive(move || settings.with(|s| s.brush));
+    let on_upload = move |ev: web_sys::Event| {
+        let Some(file) = ev
+            .target()
+            .and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok())
+            .and_then(|input| input.files())
+            .and_then(|f| f.get(0))
+        else {
+            return;
+        };
+        leptos::task::spawn_local(async move {
+            match imageio::decode(&file).await {
+                Ok(img) => {
+                    st.error.set(None);
+                    st.inpaint_src.set(Some(img));
+                    st.mask.clear();
+                }
+                Err(e) => st.fail(e),
+            }
+        });
+    };
+    view! {
+        <div class="canvas-column">
+            <div class:hidden=move || settings.with(|s| s.mode != "inpaint")>
+                <h3>"Inpainting"</h3>
+                <p class="hint">"Paint the region to regenerate; the rest of the image is kept."</p>
+                <input type="file" accept="image/png,image/jpeg,image/webp" data-testid="upload" on:change=on_upload />
+                <MaskEditor handle=st.mask source=st.inpaint_src brush=brush />
+                <label>"Brush size "
+                    <input type="range" min="2" max="96" step="1" data-testid="brush-size"
+                        prop:value=move || settings.with(|s| s.brush.to_string())
+                        on:input=move |ev| {
+                            if let Ok(v) = event_target_value(&ev).parse::<u32>() { st.set(|s| s.brush = v.clamp(2, 96)) }
+                        } />
+                </label>
+            </div>
+            <h3>"Preview"</h3>
+            <canvas node_ref=st.preview data-testid="preview" class="preview" width="64" height="64"></canvas>
+        </div>
+    }
+}
