@@ -1,8 +1,8 @@
 // End-to-end tests of the built app (dist/) in Debian's headless Chromium,
 // with real WebGPU on SwiftShader. Serves dist/ on loopback only.
 // Usage: node e2e/e2e.js DIST [MODELS]   -> prints "N passed, N failed".
-// MODELS: a model set (base/, upsample/, base-inpaint/, upsample-inpaint/ as
-// written by `webglide convert`) served at /models/demo/ in place of the
+// MODELS: a model set (base/, upsample/, base-inpaint/, upsample-inpaint/ and
+// unclip/… as written by `webglide convert`) served at /models/demo/ in place of the
 // bundled demo model, and with every shard corrupted at /models/corrupt/.
 // scripts/test.sh converts the tiny official-architecture fixtures for it.
 const http = require('http');
@@ -387,6 +387,63 @@ const tests = [
       assert(await page.locator('option[value=inpaint]').isEnabled(), 'base-inpaint lost with upsample-inpaint');
       await setForm(page, { steps: 2, upsample: false, seed: 2 });
       await generate(page);
+    });
+  }],
+  ['unCLIP: text to image with its own sliders, variations of a result and of an upload', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      assert(await page.locator('[data-testid=pipeline] option[value=unclip]').isEnabled(), 'unCLIP not offered');
+      await page.getByTestId('pipeline').selectOption('unclip');
+      assert(await page.getByTestId('prior-guidance').isVisible() && !(await page.getByTestId('guidance').isVisible()),
+        'the unCLIP sliders replace GLIDE\'s');
+      assert(await page.getByTestId('prior-guidance').inputValue() === '4'
+        && await page.getByTestId('decoder-guidance').inputValue() === '8', 'not Karlo\'s guidance defaults');
+      assert(await page.getByTestId('sr-steps').inputValue() === '7', 'not Karlo\'s 7 SR steps');
+      // Few steps: SwiftShader takes seconds per 64-px SR step even for the fixture.
+      await page.getByTestId('prompt').fill('a photo of a red cube');
+      await page.getByTestId('prior-steps').fill('5');
+      await page.getByTestId('decoder-steps').fill('3');
+      await page.getByTestId('sr-steps').fill('2');
+      await setForm(page, { seed: 3 });
+      const a = await generate(page);
+      assert(a.w === 64 && a.h === 64, `result size ${a.w}x${a.h}, expected SR's 64x64`);
+      let min = 255, max = 0;
+      for (let i = 0; i < a.data.length; i += 4) for (let c = 0; c < 3; c++) { min = Math.min(min, a.data[i + c]); max = Math.max(max, a.data[i + c]); }
+      assert(max - min > 20, `blank image (range ${min}..${max})`);
+      const prog = await page.getByTestId('progress-text').textContent();
+      assert(/sr 10\/10/.test(prog), 'progress did not finish SR: ' + prog);
+      assert(/unCLIP/.test(await page.locator('.gallery figcaption').first().textContent()), 'caption does not say unCLIP');
+      const href = await page.getByTestId('download').first().getAttribute('href');
+      const chunks = await page.evaluate(async (h) => new TextDecoder('latin1').decode(
+        new Uint8Array(await (await fetch(h)).arrayBuffer())), href);
+      assert(/webglide:pipeline[^]*unclip/.test(chunks) && chunks.includes('webglide:decoder_guidance'), 'PNG lacks unCLIP parameters');
+      // The decoder's guidance changes the image (the CLI tests check that a seed repeats).
+      await page.getByTestId('decoder-guidance').fill('2');
+      const b = await generate(page);
+      assert(maxDiff(a, b) > 2, 'decoder guidance 8 and 2 gave the same image');
+      // Variations of the newest result: two images.
+      await page.getByTestId('send-to-variations').first().click();
+      assert(await page.getByTestId('mode').inputValue() === 'variations', 'mode did not switch to variations');
+      await page.getByTestId('batch').fill('2');
+      const before = await figures(page);
+      const v = await generate(page);
+      assert(await figures(page) === before + 2, 'batch 2 did not give two variations');
+      assert(/variation/.test(await page.locator('.gallery figcaption').first().textContent()), 'caption does not say variation');
+      // Variations of an uploaded image differ from those of the result.
+      await page.getByTestId('variations-upload').setInputFiles({ name: 'solid.png', mimeType: 'image/png', buffer: solidPng(41, 29, [40, 90, 220]) });
+      await page.waitForFunction(() => {
+        const c = document.querySelector('[data-testid=variations-source]');
+        const d = c.getContext('2d').getImageData(64, 64, 1, 1).data;
+        return d[2] > 200 && d[0] < 60;
+      }, null, { timeout: 30000 });
+      await page.getByTestId('batch').fill('1');
+      const u = await generate(page);
+      assert(maxDiff(u, v) > 2, 'the uploaded image did not change the variations');
+      await page.screenshot({ path: path.join(ARTIFACTS, 'unclip.png'), fullPage: true });
+      // Back to GLIDE: its controls return.
+      await page.getByTestId('pipeline').selectOption('glide');
+      assert(await page.getByTestId('guidance').isVisible() && await page.getByTestId('mode').inputValue() === 'text',
+        'GLIDE controls did not come back');
     });
   }],
   ['a model folder picked from disk is verified, stored and loaded; delete removes its files', async (url) => {

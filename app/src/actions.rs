@@ -95,6 +95,7 @@ pub fn start(st: AppState) {
                     gpu: Some(gpu.clone()),
                     models: None,
                     tok,
+                    clip_tok: None,
                 });
                 load_models(st, st.active_entry());
                 st.self_check
@@ -148,9 +149,9 @@ pub fn load_models(st: AppState, entry: ModelEntry) {
         };
         let bytes: u64 = comps
             .iter()
-            .flat_map(|c| c.manifest.shards.iter().map(|s| s.bytes))
+            .flat_map(|c| c.manifest.shards().iter().map(|s| s.bytes))
             .sum();
-        let kinds: Vec<String> = comps.iter().map(|c| c.manifest.kind.clone()).collect();
+        let kinds: Vec<&str> = comps.iter().map(|c| c.kind).collect();
         st.model_state.set(ModelState::Loading(LoadProgress {
             what: "uploading the weights to the GPU".into(),
             done: bytes,
@@ -163,10 +164,29 @@ pub fn load_models(st: AppState, entry: ModelEntry) {
             Ok((models, broken)) => {
                 st.warnings
                     .update(|ws| ws.extend(broken.iter().map(|u| unavailable(u))));
-                st.caps.set(Caps {
+                let caps = Caps {
+                    glide: models.base.is_some(),
+                    unclip: models.unclip.is_some(),
+                    variations: models.unclip.as_ref().is_some_and(|u| u.visual.is_some()),
                     upsample: models.upsample.is_some(),
                     inpaint: models.inpaint.is_some(),
                     upsample_inpaint: models.upsample_inpaint.is_some(),
+                };
+                if caps.unclip && st.engine.with_value(|e| e.clip_tok.is_none()) {
+                    match run::clip_tokenizer().await {
+                        Ok(t) => st.engine.update_value(|e| e.clip_tok = Some(Rc::new(t))),
+                        Err(e) => st.warnings.update(|w| w.push(e)),
+                    }
+                }
+                st.caps.set(caps);
+                // Stay on a pipeline (and a mode) the set has.
+                st.set(|s| {
+                    if s.pipeline == "unclip" && !caps.unclip {
+                        s.pipeline = "glide".into();
+                    } else if s.pipeline == "glide" && !caps.glide {
+                        s.pipeline = "unclip".into();
+                    }
+                    s.mode = fit_mode(s, caps);
                 });
                 let summary = format!("{} · {} · {}", kinds.join(", "), models.quant, mb(bytes));
                 st.engine.update_value(|e| e.models = Some(Rc::new(models)));
@@ -212,35 +232,58 @@ pub fn delete_model(st: AppState) {
     });
 }
 
+/// The mode if the pipeline and set offer it, else text → image.
+pub fn fit_mode(s: &Settings, caps: Caps) -> String {
+    let ok = match (s.pipeline.as_str(), s.mode.as_str()) {
+        ("glide", "inpaint") => caps.inpaint,
+        ("unclip", "variations") => caps.variations,
+        (_, m) => m == "text",
+    };
+    if ok {
+        s.mode.clone()
+    } else {
+        "text".into()
+    }
+}
+
 fn random_seed() -> u64 {
     (js_sys::Math::random() * 4294967296.0) as u64
 }
 
 fn png_params(s: &Settings, seed: u64, model: &str) -> Vec<(String, String)> {
-    [
+    let mut p = vec![
         (
             "Software",
             format!("webglide {}", env!("CARGO_PKG_VERSION")),
         ),
+        ("webglide:pipeline", s.pipeline.clone()),
         ("webglide:mode", s.mode.clone()),
         ("webglide:prompt", s.prompt.clone()),
-        ("webglide:guidance", s.guidance.to_string()),
-        ("webglide:steps", s.steps.clone()),
-        ("webglide:sampler", s.sampler.clone()),
-        (
+    ];
+    if s.pipeline == "unclip" {
+        if s.mode != "variations" {
+            p.push(("webglide:prior_guidance", s.prior_guidance.to_string()));
+            p.push(("webglide:prior_steps", s.prior_steps.clone()));
+        }
+        p.push(("webglide:decoder_guidance", s.decoder_guidance.to_string()));
+        p.push(("webglide:decoder_steps", s.decoder_steps.clone()));
+        p.push(("webglide:sr_steps", s.sr_steps.clone()));
+    } else {
+        p.push(("webglide:guidance", s.guidance.to_string()));
+        p.push(("webglide:steps", s.steps.clone()));
+        p.push(("webglide:sampler", s.sampler.clone()));
+        p.push((
             "webglide:upsample_steps",
             if s.upsample {
                 s.upsample_steps.clone()
             } else {
                 "none".into()
             },
-        ),
-        ("webglide:seed", seed.to_string()),
-        ("webglide:model", model.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+        ));
+    }
+    p.push(("webglide:seed", seed.to_string()));
+    p.push(("webglide:model", model.to_string()));
+    p.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 /// The job the form describes, or why there is none.
@@ -308,25 +351,60 @@ fn add_result(st: AppState, rgb: Vec<u8>, size: usize, s: &Settings, seconds: f6
     }
 }
 
-/// Generates with the form's settings: previews while it runs, results into the gallery.
-pub fn generate(st: AppState) {
-    if st.running.get_untracked() {
-        return;
-    }
-    let Engine {
-        gpu: Some(gpu),
-        models: Some(models),
-        tok: Some(tok),
-    } = st.engine.get_value()
-    else {
-        st.fail("no model is loaded yet (see Models below)");
-        return;
-    };
-    let mut s = st.settings.get_untracked();
+/// What a run needs that is not `Send`, and what it does.
+enum Work {
+    Glide(
+        run::Job,
+        Rc<run::Models>,
+        Rc<engine::glide::tokenizer::GlideTokenizer>,
+    ),
+    Unclip(
+        run::UnclipJob,
+        Rc<run::Models>,
+        Rc<engine::unclip::tokenizer::ClipTokenizer>,
+    ),
+}
+
+/// The form's run, or why there is none.
+fn work(st: AppState, s: &mut Settings) -> Result<Work, String> {
+    let e = st.engine.get_value();
+    let models = e
+        .models
+        .ok_or("no model is loaded yet (see Models below)")?;
     let caps = st.caps.get_untracked();
+    if s.pipeline == "unclip" {
+        let tok = e
+            .clip_tok
+            .ok_or("unCLIP is not available with this model set")?;
+        if !caps.unclip {
+            return Err("this model set has no unCLIP models (unclip/…)".into());
+        }
+        let variations_of = if s.mode == "variations" {
+            Some(st.variations_src.get_untracked().ok_or(
+                "choose an image to make variations of first (upload one, or use a result)",
+            )?)
+        } else {
+            None
+        };
+        let params = engine::unclip::pipeline::UnclipParams {
+            prior_guidance: s.prior_guidance,
+            decoder_guidance: s.decoder_guidance,
+            prior_steps: s.prior_steps.trim().to_string(),
+            decoder_steps: s.decoder_steps.trim().to_string(),
+            sr_steps: s.sr_steps.trim().to_string(),
+        };
+        let job = run::UnclipJob {
+            prompt: s.prompt.clone(),
+            params,
+            seed: s.seed,
+            batch: s.batch,
+            variations_of,
+        };
+        return Ok(Work::Unclip(job, models, tok));
+    }
+    let tok = e.tok.ok_or("the GLIDE tokenizer did not load")?;
     if s.mode == "inpaint" && !caps.inpaint {
-        st.fail("this model set has no inpainting model (base-inpaint)");
-        return;
+        return Err("this model set has no inpainting model (base-inpaint)".into());
     }
     // Upsample only where the set has an upsampler for this mode.
     s.upsample &= if s.mode == "inpaint" {
@@ -334,12 +412,24 @@ pub fn generate(st: AppState) {
     } else {
         caps.upsample
     };
+    Ok(Work::Glide(job(st, s)?, models, tok))
+}
+
+/// Generates with the form's settings: previews while it runs, results into the gallery.
+pub fn generate(st: AppState) {
+    if st.running.get_untracked() {
+        return;
+    }
+    let Some(gpu) = st.engine.with_value(|e| e.gpu.clone()) else {
+        return st.fail("the GPU is not open");
+    };
+    let mut s = st.settings.get_untracked();
     if s.random_seed {
         s.seed = random_seed();
         st.set(|st| st.seed = s.seed);
     }
-    let job = match job(st, &s) {
-        Ok(j) => j,
+    let work = match work(st, &mut s) {
+        Ok(w) => w,
         Err(e) => return st.fail(e),
     };
     let model_label = st.active_entry().label;
@@ -349,24 +439,24 @@ pub fn generate(st: AppState) {
     st.status_line.set(format!("seed {}", s.seed));
     leptos::task::spawn_local(async move {
         let t0 = js_sys::Date::now();
-        let result = run::run(
-            &gpu,
-            &models,
-            &tok,
-            &job,
-            &|| st.cancel.get_untracked(),
-            |ev| match ev {
-                run::Event::Step { stage, done, total } => {
-                    st.progress.set((stage.to_string(), done, total))
+        let on = |ev| match ev {
+            run::Event::Step { stage, done, total } => {
+                st.progress.set((stage.to_string(), done, total))
+            }
+            run::Event::Preview { images, size } => {
+                if let Some(c) = st.preview.get_untracked() {
+                    let _ = imageio::draw_rgb(&c, &images, size as u32);
                 }
-                run::Event::Preview { images, size } => {
-                    if let Some(c) = st.preview.get_untracked() {
-                        let _ = imageio::draw_rgb(&c, &images, size as u32);
-                    }
-                }
+            }
+        };
+        let cancelled = || st.cancel.get_untracked();
+        let result = match &work {
+            Work::Glide(job, models, tok) => run::run(&gpu, models, tok, job, &cancelled, on).await,
+            Work::Unclip(job, models, tok) => match &models.unclip {
+                Some(set) => run::run_unclip(&gpu, set, tok, job, &cancelled, on).await,
+                None => Err(Failure::msg("this model set has no unCLIP models".into())),
             },
-        )
-        .await;
+        };
         let seconds = (js_sys::Date::now() - t0) / 1000.0;
         match result {
             Ok(Some(out)) => {

@@ -113,3 +113,31 @@ pub async fn decode(file: &web_sys::File) -> Result<(Vec<u8>, usize, usize), Str
     let rgb = engine::glide::pipeline::rgba8_on_white(&data);
     Ok((rgb, w as usize, h as usize))
 }
+
+/// Draws an RGB8 image of any size scaled to fill the canvas.
+pub fn draw_scaled(
+    canvas: &HtmlCanvasElement,
+    rgb: &[u8],
+    w: usize,
+    h: usize,
+) -> Result<(), String> {
+    let src = new_canvas(w as u32, h as u32)?;
+    let data = web_sys::ImageData::new_with_u8_clamped_array_and_sh(
+        wasm_bindgen::Clamped(&rgba(rgb)),
+        w as u32,
+        h as u32,
+    )
+    .map_err(js_err)?;
+    context(&src)?
+        .put_image_data(&data, 0.0, 0.0)
+        .map_err(js_err)?;
+    let ctx = context(canvas)?;
+    ctx.draw_image_with_html_canvas_element_and_dw_and_dh(
+        &src,
+        0.0,
+        0.0,
+        canvas.width() as f64,
+        canvas.height() as f64,
+    )
+    .map_err(js_err)
+}

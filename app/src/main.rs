@@ -32,7 +32,7 @@ fn App() -> impl IntoView {
     view! {
         <header>
             <h1>"webglide"</h1>
-            <p class="tagline">"GLIDE text-to-image and inpainting, running entirely on your GPU."</p>
+            <p class="tagline">"GLIDE text-to-image and inpainting, and unCLIP (Karlo), running entirely on your GPU."</p>
         </header>
         <main>
             <StatusPanel />

@@ -13,67 +13,208 @@ use engine::glide::tokenizer::GlideTokenizer;
 use engine::glide::weights::WeightSource;
 use engine::{Gpu, WeightDType};
 
-use crate::store::Component;
+use engine::glide::weights::{Manifest, Shards};
+use engine::unclip::clip::{ClipText, ClipVisual};
+use engine::unclip::pipeline::{clip_pixels, Draws, Phase, UnclipParams, UnclipRun};
+use engine::unclip::tokenizer::ClipTokenizer;
+use engine::unclip::weights::{load_net, UnclipConfig, UnclipNet};
+
+use crate::store::{Component, KindManifest, UNCLIP_CORE};
 
 /// The kinds of a loaded set on the GPU.
 pub struct Models {
-    pub base: Glide,
+    pub base: Option<Glide>,
     pub upsample: Option<Glide>,
     pub inpaint: Option<Glide>,
     pub upsample_inpaint: Option<Glide>,
+    pub unclip: Option<UnclipSet>,
     /// Storage type of the weights (f32, f16, q8, q4).
     pub quant: String,
 }
 
+/// unCLIP's networks: the CLIP towers on the GPU; the prior, decoder and SR
+/// kept as verified bytes and put on the GPU one at a time when a run reaches
+/// them (so the full-size pipeline fits a browser's memory).
+pub struct UnclipSet {
+    pub clip: ClipText,
+    /// For image variations.
+    pub visual: Option<ClipVisual>,
+    stages: Vec<(Manifest<UnclipConfig>, Shards)>,
+}
+
+impl UnclipSet {
+    /// Uploads the network of `phase` (prior, decoder or SR).
+    fn load_stage(&self, gpu: &Gpu, phase: Phase) -> Result<UnclipNet, Failure> {
+        let (m, shards) = self
+            .stages
+            .iter()
+            .find(|(m, _)| m.kind == phase.name())
+            .ok_or_else(|| Failure::msg(format!("the set has no unclip/{}", phase.name())))?;
+        let source = WeightSource::shards(m.tensors.clone().into_iter().collect(), shards)?;
+        Ok(load_net(
+            gpu,
+            &m.config,
+            &source,
+            WeightDType::parse(&m.quant)?,
+        )?)
+    }
+}
+
+/// Loads a CLIP tower (or any unCLIP kind) onto the GPU.
+fn load_unclip(
+    gpu: &Gpu,
+    m: &Manifest<UnclipConfig>,
+    shards: &[(String, Vec<u8>)],
+) -> engine::Result<UnclipNet> {
+    let source = WeightSource::shards(m.tensors.clone().into_iter().collect(), shards)?;
+    load_net(gpu, &m.config, &source, WeightDType::parse(&m.quant)?)
+}
+
+/// A load failure named by its kind.
+fn named(kind: &str, e: engine::Error) -> Failure {
+    let mut f = Failure::from(e);
+    f.message = format!("{kind}: {}", f.message);
+    f
+}
+
 /// Uploads the loaded kinds. A kind that fails to load is left out with its
-/// reason in the returned list (only `base` failing fails the set).
+/// reason in the returned list; the set fails only when neither GLIDE's base
+/// nor unCLIP's core loads.
 pub fn upload(gpu: &Gpu, components: Vec<Component>) -> Result<(Models, Vec<String>), Failure> {
-    let mut base = None;
-    let mut upsample = None;
-    let mut inpaint = None;
-    let mut upsample_inpaint = None;
-    let mut quant = String::new();
+    let mut models = Models {
+        base: None,
+        upsample: None,
+        inpaint: None,
+        upsample_inpaint: None,
+        unclip: None,
+        quant: String::new(),
+    };
     let mut unavailable = Vec::new();
+    let mut base_failure = None;
+    let mut unclip_parts = Vec::new();
     for c in components {
-        let m = c.manifest;
-        let kind = m.kind.clone();
-        let loaded = WeightDType::parse(&m.quant)
-            .and_then(|dtype| {
-                let source = WeightSource::shards(m.tensors.into_iter().collect(), &c.shards)?;
-                Glide::load(gpu, m.config, &source, dtype)
-            })
-            .map_err(|e| {
-                let mut f = Failure::from(e);
-                f.message = format!("{kind}: {}", f.message);
-                f
-            });
-        let model = match loaded {
-            Ok(model) => model,
-            Err(f) if kind != "base" && !f.device_lost => {
-                unavailable.push(f.message);
+        let m = match c.manifest {
+            KindManifest::Glide(m) => m,
+            KindManifest::Unclip(m) => {
+                unclip_parts.push((c.kind, m, c.shards));
                 continue;
             }
-            Err(f) => return Err(f),
         };
-        let slot = match kind.as_str() {
-            "base" => {
-                quant = m.quant.clone();
-                &mut base
+        let kind = c.kind;
+        let loaded = WeightDType::parse(&m.quant).and_then(|dtype| {
+            let source = WeightSource::shards(m.tensors.into_iter().collect(), &c.shards)?;
+            Glide::load(gpu, m.config, &source, dtype)
+        });
+        let model = match loaded {
+            Ok(model) => model,
+            Err(e) => {
+                let f = named(kind, e);
+                if f.device_lost {
+                    return Err(f);
+                }
+                if kind == "base" {
+                    base_failure = Some(f);
+                } else {
+                    unavailable.push(f.message);
+                }
+                continue;
             }
-            "upsample" => &mut upsample,
-            "base-inpaint" => &mut inpaint,
-            _ => &mut upsample_inpaint,
+        };
+        let slot = match kind {
+            "base" => {
+                models.quant = m.quant.clone();
+                &mut models.base
+            }
+            "upsample" => &mut models.upsample,
+            "base-inpaint" => &mut models.inpaint,
+            _ => &mut models.upsample_inpaint,
         };
         *slot = Some(model);
     }
-    let models = Models {
-        base: base.ok_or_else(|| Failure::msg("the model set has no base model".into()))?,
-        upsample,
-        inpaint,
-        upsample_inpaint,
-        quant,
-    };
+    if !unclip_parts.is_empty() {
+        match unclip_set(gpu, unclip_parts) {
+            Ok((set, problems)) => {
+                if models.quant.is_empty() {
+                    models.quant = set.1;
+                }
+                models.unclip = Some(set.0);
+                unavailable.extend(problems);
+            }
+            Err(f) if f.device_lost => return Err(f),
+            Err(f) => unavailable.push(f.message),
+        }
+    }
+    if models.base.is_none() && models.unclip.is_none() {
+        return Err(
+            base_failure.unwrap_or_else(|| Failure::msg("the model set has no base model".into()))
+        );
+    }
+    if let Some(f) = base_failure {
+        unavailable.push(f.message);
+    }
     Ok((models, unavailable))
+}
+
+type UnclipPart = (&'static str, Manifest<UnclipConfig>, Shards);
+
+/// The unCLIP kinds of a set: the text tower uploaded (and the visual one,
+/// optional), the stages kept for the run. Returns the set, its storage
+/// type, and the problems of optional parts.
+fn unclip_set(
+    gpu: &Gpu,
+    parts: Vec<UnclipPart>,
+) -> Result<((UnclipSet, String), Vec<String>), Failure> {
+    let missing: Vec<&str> = UNCLIP_CORE
+        .iter()
+        .copied()
+        .filter(|k| !parts.iter().any(|(kind, _, _)| kind == k))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Failure::msg(format!(
+            "unCLIP needs {} as well (it is left out)",
+            missing.join(", ")
+        )));
+    }
+    let mut clip = None;
+    let mut visual = None;
+    let mut problems = Vec::new();
+    let mut stages = Vec::new();
+    let mut quant = String::new();
+    for (kind, m, shards) in parts {
+        match kind {
+            "unclip/clip-text" => {
+                quant = m.quant.clone();
+                match load_unclip(gpu, &m, &shards).map_err(|e| named(kind, e))? {
+                    UnclipNet::ClipText(c) => clip = Some(c),
+                    _ => unreachable!("the manifest kind was checked"),
+                }
+            }
+            "unclip/clip-visual" => match load_unclip(gpu, &m, &shards) {
+                Ok(UnclipNet::ClipVisual(v)) => visual = Some(v),
+                Ok(_) => unreachable!("the manifest kind was checked"),
+                Err(e) => problems.push(named(kind, e).message),
+            },
+            _ => stages.push((m, shards)),
+        }
+    }
+    let clip = clip.expect("clip-text is in the core");
+    Ok((
+        (
+            UnclipSet {
+                clip,
+                visual,
+                stages,
+            },
+            quant,
+        ),
+        problems,
+    ))
+}
+
+/// CLIP's BPE vocabulary, served with the app (fetched only for unCLIP sets).
+pub async fn clip_tokenizer() -> Result<ClipTokenizer, String> {
+    let gz = crate::store::fetch_bytes("tokenizer/bpe_simple_vocab_16e6.txt.gz").await?;
+    ClipTokenizer::from_gz(&gz).map_err(|e| format!("CLIP tokenizer: {e}"))
 }
 
 pub fn tokenizer() -> Result<GlideTokenizer, String> {
@@ -216,7 +357,12 @@ pub async fn run(
     let b = job.batch;
     let guidance = (job.guidance > 0.0).then_some(job.guidance);
     let (base, up) = match &job.inpaint {
-        None => (&models.base, models.upsample.as_ref()),
+        None => (
+            models.base.as_ref().ok_or_else(|| {
+                Failure::msg("this model set has no GLIDE base model: choose unCLIP".into())
+            })?,
+            models.upsample.as_ref(),
+        ),
         Some(_) => (
             models.inpaint.as_ref().ok_or_else(|| {
                 Failure::msg("this model set has no inpainting model (base-inpaint)".into())
@@ -308,6 +454,81 @@ pub async fn run(
     }
     Ok(Some(Output {
         images: to_rgb8(&img, b, size),
+        size,
+    }))
+}
+
+/// An unCLIP job: text → image, or variations of an image.
+#[derive(Clone)]
+pub struct UnclipJob {
+    pub prompt: String,
+    pub params: UnclipParams,
+    pub seed: u64,
+    pub batch: usize,
+    /// Variations: the source image (RGB8, w, h).
+    pub variations_of: Option<(Vec<u8>, usize, usize)>,
+}
+
+/// Runs Karlo's procedure, one stage on the GPU at a time; `Ok(None)` when cancelled.
+pub async fn run_unclip(
+    gpu: &Gpu,
+    set: &UnclipSet,
+    tok: &ClipTokenizer,
+    job: &UnclipJob,
+    cancelled: &dyn Fn() -> bool,
+    mut on: impl FnMut(Event),
+) -> Result<Option<Output>, Failure> {
+    let b = job.batch;
+    let draws = Draws::Seed(job.seed);
+    let mut run = match &job.variations_of {
+        None => {
+            let prompts = vec![job.prompt.as_str(); b];
+            UnclipRun::text_to_image(gpu, &set.clip, tok, &prompts, job.params.clone(), draws)?
+        }
+        Some((rgb, w, h)) => {
+            let visual = set.visual.as_ref().ok_or_else(|| {
+                Failure::msg("this model set has no unclip/clip-visual (image variations)".into())
+            })?;
+            let pixels = clip_pixels(rgb, *w, *h, visual.config.image_resolution)?;
+            let params = job.params.clone();
+            UnclipRun::variations(gpu, &set.clip, visual, tok, &pixels, b, params, draws)?
+        }
+    };
+    let total = run.total_steps();
+    while run.phase() != Phase::Done {
+        let phase = run.phase();
+        let net = set.load_stage(gpu, phase)?;
+        let stages = net.stages().expect("a sampling stage");
+        while run.phase() == phase {
+            if cancelled() {
+                return Ok(None);
+            }
+            run.step(gpu, &stages)?;
+            match run.preview() {
+                Some(pred) => {
+                    // Waiting for the read-back is where the browser gets to run.
+                    let size = pred.shape()[2];
+                    let values = gpu.read(pred).await?;
+                    on(Event::Preview {
+                        images: to_rgb8(&values, b, size),
+                        size,
+                    });
+                }
+                // The prior's samples are embeddings: nothing to show, but let the page breathe.
+                None => crate::store::yield_now().await,
+            }
+            on(Event::Step {
+                stage: phase.name(),
+                done: run.steps_done(),
+                total,
+            });
+        }
+    }
+    let images = run.images().expect("the run is done");
+    let size = images.shape()[2];
+    let values = gpu.read(images).await?;
+    Ok(Some(Output {
+        images: engine::unclip::pipeline::to_rgb8(&values, b, size),
         size,
     }))
 }

@@ -7,7 +7,9 @@ const KEY: &str = "webglide.settings.v1";
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct Settings {
-    /// "text" or "inpaint".
+    /// "glide" or "unclip".
+    pub pipeline: String,
+    /// "text", "inpaint" (GLIDE) or "variations" (unCLIP).
     pub mode: String,
     pub prompt: String,
     pub guidance: f32,
@@ -21,6 +23,14 @@ pub struct Settings {
     pub upsample: bool,
     /// The upsampler's respacing.
     pub upsample_steps: String,
+    /// unCLIP: classifier-free guidance of the prior (on x0) and the decoder (on eps).
+    pub prior_guidance: f32,
+    pub decoder_guidance: f32,
+    /// unCLIP respacings: prior "25", decoder "50" (or "25", Karlo's fast mode).
+    pub prior_steps: String,
+    pub decoder_steps: String,
+    /// Super-resolution: Karlo's "7" (its last step by the second network).
+    pub sr_steps: String,
     /// Brush diameter on the 256-px mask.
     pub brush: u32,
     /// Id of the active model set.
@@ -32,6 +42,7 @@ impl Default for Settings {
     fn default() -> Self {
         // The GLIDE text2im notebook's defaults.
         Settings {
+            pipeline: "glide".into(),
             mode: "text".into(),
             prompt: "an oil painting of a corgi".into(),
             guidance: 3.0,
@@ -42,6 +53,12 @@ impl Default for Settings {
             batch: 1,
             upsample: true,
             upsample_steps: "fast27".into(),
+            // Karlo's t2i defaults.
+            prior_guidance: 4.0,
+            decoder_guidance: 8.0,
+            prior_steps: "25".into(),
+            decoder_steps: "50".into(),
+            sr_steps: "7".into(),
             brush: 32,
             model: "demo".into(),
             custom_models: Vec::new(),
@@ -54,13 +71,24 @@ impl Settings {
     pub fn load() -> Self {
         use gloo_storage::Storage;
         let mut s: Settings = gloo_storage::LocalStorage::get(KEY).unwrap_or_default();
-        if !s.guidance.is_finite() {
-            s.guidance = 3.0;
+        let d = Settings::default();
+        for (v, default) in [
+            (&mut s.guidance, d.guidance),
+            (&mut s.prior_guidance, d.prior_guidance),
+            (&mut s.decoder_guidance, d.decoder_guidance),
+        ] {
+            *v = if v.is_finite() {
+                v.clamp(0.0, 20.0)
+            } else {
+                default
+            };
         }
-        s.guidance = s.guidance.clamp(0.0, 20.0);
         s.batch = s.batch.clamp(1, 4);
         s.brush = s.brush.clamp(2, 96);
-        if s.mode != "inpaint" {
+        if s.pipeline != "unclip" {
+            s.pipeline = "glide".into();
+        }
+        if !["text", "inpaint", "variations"].contains(&s.mode.as_str()) {
             s.mode = "text".into();
         }
         if s.sampler != "ddim" {

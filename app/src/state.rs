@@ -3,6 +3,7 @@
 use std::rc::Rc;
 
 use engine::glide::tokenizer::GlideTokenizer;
+use engine::unclip::tokenizer::ClipTokenizer;
 use engine::Gpu;
 use leptos::html;
 use leptos::prelude::*;
@@ -52,11 +53,19 @@ pub struct Engine {
     pub gpu: Option<Rc<Gpu>>,
     pub models: Option<Rc<Models>>,
     pub tok: Option<Rc<GlideTokenizer>>,
+    /// Fetched when a set with unCLIP loads.
+    pub clip_tok: Option<Rc<ClipTokenizer>>,
 }
 
-/// Which optional kinds the loaded set has.
+/// Which pipelines and optional kinds the loaded set has.
 #[derive(Clone, Copy, Default, PartialEq)]
 pub struct Caps {
+    /// GLIDE (a base model).
+    pub glide: bool,
+    /// unCLIP text → image (CLIP text tower, prior, decoder, SR).
+    pub unclip: bool,
+    /// unCLIP image variations (also the CLIP visual tower).
+    pub variations: bool,
     pub upsample: bool,
     pub inpaint: bool,
     pub upsample_inpaint: bool,
@@ -80,6 +89,8 @@ pub struct AppState {
     pub next_id: StoredValue<u32>,
     /// The inpainting source image (RGB8, w, h).
     pub inpaint_src: RwSignal<Option<(Vec<u8>, usize, usize)>>,
+    /// The image unCLIP makes variations of (RGB8, w, h).
+    pub variations_src: RwSignal<Option<(Vec<u8>, usize, usize)>>,
     /// "x MB stored for this model · …"
     pub stored: RwSignal<String>,
     pub caps: RwSignal<Caps>,
@@ -104,6 +115,7 @@ impl AppState {
             gallery: RwSignal::new(Vec::new()),
             next_id: StoredValue::new(0),
             inpaint_src: RwSignal::new(None),
+            variations_src: RwSignal::new(None),
             stored: RwSignal::new(String::new()),
             caps: RwSignal::new(Caps::default()),
             engine: StoredValue::new_local(Engine::default()),
@@ -138,6 +150,10 @@ impl AppState {
 
     pub fn model_ready(&self) -> bool {
         matches!(self.model_state.get(), ModelState::Ready { .. })
+    }
+
+    pub fn unclip_selected(&self) -> bool {
+        self.settings.with(|s| s.pipeline == "unclip")
     }
 
     /// Whether the set has an upsampler for the current mode.

@@ -1,5 +1,6 @@
 //! Model sets in the browser: a folder (URL, or files the user picks) with
-//! `base/`, `upsample/`, `base-inpaint/`, `upsample-inpaint/`, each a
+//! GLIDE's `base/`, `upsample/`, `base-inpaint/`, `upsample-inpaint/` and/or
+//! unCLIP's `unclip/{clip-text,prior,decoder,sr,clip-visual}/`, each a
 //! `webglide convert` output (manifest.json + safetensors shards).
 //!
 //! Every shard is checked against the manifest's sha256 and kept in Cache
@@ -7,13 +8,33 @@
 //! network, and an interrupted download resumes at the first missing shard.
 //! A kind's manifest is cached last, so a cached manifest means a complete kind.
 
-use engine::glide::weights::Manifest;
+use engine::glide::model::GlideConfig;
+use engine::glide::weights::{Manifest, Shard};
+use engine::unclip::weights::UnclipConfig;
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 
-/// The kinds a set may hold; `base` is required, the rest enable features.
-pub const KINDS: [&str; 4] = ["base", "upsample", "base-inpaint", "upsample-inpaint"];
+/// The kinds a set may hold, as folder paths: GLIDE's `base` or unCLIP's
+/// core ([`UNCLIP_CORE`]) is required, the rest enable features.
+pub const KINDS: [&str; 9] = [
+    "base",
+    "upsample",
+    "base-inpaint",
+    "upsample-inpaint",
+    "unclip/clip-text",
+    "unclip/prior",
+    "unclip/decoder",
+    "unclip/sr",
+    "unclip/clip-visual",
+];
+/// What unCLIP text-to-image needs (variations need `unclip/clip-visual` too).
+pub const UNCLIP_CORE: [&str; 4] = [
+    "unclip/clip-text",
+    "unclip/prior",
+    "unclip/decoder",
+    "unclip/sr",
+];
 const CACHE_NAME: &str = "webglide-models-v1";
 
 /// A model set the user can choose in the model manager.
@@ -35,9 +56,64 @@ impl ModelEntry {
     }
 }
 
-/// A loaded kind: its manifest and verified shard bytes.
+/// A kind's manifest: GLIDE's or unCLIP's family.
+#[derive(Clone)]
+pub enum KindManifest {
+    Glide(Manifest<GlideConfig>),
+    Unclip(Manifest<UnclipConfig>),
+}
+
+impl KindManifest {
+    /// `kind` is the folder path (`base`, `unclip/prior`, …); its manifest must describe it.
+    fn parse(kind: &str, bytes: &[u8]) -> Result<Self, String> {
+        let err = |e: engine::Error| format!("{kind}: {e}");
+        let (m, described) = match kind.strip_prefix("unclip/") {
+            Some(k) => {
+                let m = Manifest::<UnclipConfig>::parse(bytes).map_err(err)?;
+                let ok = m.kind == k && m.config.kind() == k;
+                (KindManifest::Unclip(m), ok)
+            }
+            None => {
+                let m = Manifest::<GlideConfig>::parse(bytes).map_err(err)?;
+                let ok = m.kind == kind;
+                (KindManifest::Glide(m), ok)
+            }
+        };
+        if !described {
+            return Err(format!(
+                "{kind}/manifest.json describes a '{}' model",
+                m.kind()
+            ));
+        }
+        Ok(m)
+    }
+
+    pub fn kind(&self) -> &str {
+        match self {
+            KindManifest::Glide(m) => &m.kind,
+            KindManifest::Unclip(m) => &m.kind,
+        }
+    }
+
+    pub fn shards(&self) -> &[Shard] {
+        match self {
+            KindManifest::Glide(m) => &m.shards,
+            KindManifest::Unclip(m) => &m.shards,
+        }
+    }
+
+    fn verify_shard(&self, file: &str, bytes: &[u8]) -> engine::Result<()> {
+        match self {
+            KindManifest::Glide(m) => m.verify_shard(file, bytes),
+            KindManifest::Unclip(m) => m.verify_shard(file, bytes),
+        }
+    }
+}
+
+/// A loaded kind: its folder path, manifest and verified shard bytes.
 pub struct Component {
-    pub manifest: Manifest,
+    pub kind: &'static str,
+    pub manifest: KindManifest,
     pub shards: Vec<(String, Vec<u8>)>,
 }
 
@@ -194,17 +270,6 @@ fn join(base: &str, rel: &str) -> String {
     }
 }
 
-fn parse_manifest(kind: &str, bytes: &[u8]) -> Result<Manifest, String> {
-    let m = Manifest::parse(bytes).map_err(|e| format!("{kind}: {e}"))?;
-    if m.kind != kind {
-        return Err(format!(
-            "{kind}/manifest.json describes a '{}' model",
-            m.kind
-        ));
-    }
-    Ok(m)
-}
-
 /// What `load` found: the kinds that loaded, and the optional kinds that are
 /// present but unusable (with why), which disable only their own features.
 pub struct Loaded {
@@ -248,29 +313,31 @@ pub async fn load(
     for kind in KINDS {
         match load_manifest(entry, cache.as_ref(), kind).await {
             Ok(Some((m, b))) => manifests.push((kind, m, b)),
-            Ok(None) if kind == "base" => {
-                return Err(match &entry.url {
-                    Some(url) => format!(
-                        "no model at {}: base/manifest.json was not found (a model folder holds \
-                         base/, upsample/, … as written by `webglide convert`)",
-                        join(url, "")
-                    ),
-                    None => "the files of this model are no longer stored: pick them again".into(),
-                })
-            }
             Ok(None) => {}
             Err(e) => drop_kind(kind, e)?,
         }
     }
+    // A set is GLIDE's (base) and/or unCLIP's (its four core kinds).
+    let has = |k: &str| manifests.iter().any(|(kind, _, _)| *kind == k);
+    if !has("base") && !UNCLIP_CORE.iter().all(|k| has(k)) {
+        return Err(match &entry.url {
+            Some(url) => format!(
+                "no model at {}: neither base/manifest.json nor unclip/{{clip-text,prior,decoder,sr}}/manifest.json \
+                 was found (a model folder holds base/, upsample/, … or unclip/… as written by `webglide convert`)",
+                join(url, "")
+            ),
+            None => "the files of this model are no longer stored: pick them again".into(),
+        });
+    }
     let total: u64 = manifests
         .iter()
-        .flat_map(|(_, m, _)| m.shards.iter().map(|s| s.bytes))
+        .flat_map(|(_, m, _)| m.shards().iter().map(|s| s.bytes))
         .sum();
     let mut done = 0u64;
     let mut components = Vec::new();
     for (kind, manifest, manifest_bytes) in manifests {
         let mut shards = Vec::new();
-        for shard in manifest.shards.clone() {
+        for shard in manifest.shards().to_vec() {
             let what = format!("{kind}/{}", shard.file);
             let base = done;
             let fetched = load_shard(entry, cache.as_ref(), kind, &manifest, &shard.file, |n| {
@@ -301,7 +368,7 @@ pub async fn load(
                 }
             }
         }
-        if shards.len() != manifest.shards.len() {
+        if shards.len() != manifest.shards().len() {
             continue;
         }
         if let Some(c) = &cache {
@@ -310,7 +377,11 @@ pub async fn load(
                 warn(e);
             }
         }
-        components.push(Component { manifest, shards });
+        components.push(Component {
+            kind,
+            manifest,
+            shards,
+        });
     }
     Ok(Loaded {
         components,
@@ -324,7 +395,7 @@ async fn load_manifest(
     entry: &ModelEntry,
     cache: Option<&web_sys::Cache>,
     kind: &str,
-) -> Result<Option<(Manifest, Vec<u8>)>, String> {
+) -> Result<Option<(KindManifest, Vec<u8>)>, String> {
     let k = key(&entry.id, kind, "manifest.json")?;
     let cached = match cache {
         Some(c) => cache_get(c, &k).await?,
@@ -340,7 +411,7 @@ async fn load_manifest(
         }
         (None, None) => return Ok(None),
     };
-    Ok(Some((parse_manifest(kind, &bytes)?, bytes)))
+    Ok(Some((KindManifest::parse(kind, &bytes)?, bytes)))
 }
 
 /// One verified shard (cache first, then the network, then kept in the
@@ -349,7 +420,7 @@ async fn load_shard(
     entry: &ModelEntry,
     cache: Option<&web_sys::Cache>,
     kind: &str,
-    manifest: &Manifest,
+    manifest: &KindManifest,
     file: &str,
     progress: impl FnMut(u64),
 ) -> Result<(Vec<u8>, Option<String>), String> {
@@ -405,13 +476,21 @@ pub async fn import_files(
     let cache = cache().await?;
     let mut kinds = Vec::new();
     for (dir, path, bytes) in manifests {
-        let m = Manifest::<engine::glide::model::GlideConfig>::parse(bytes)
-            .map_err(|e| format!("{path}: {e}"))?;
-        let Some(kind) = KINDS.iter().copied().find(|k| *k == m.kind) else {
-            return Err(format!("{path}: unknown model kind '{}'", m.kind));
+        // "demo/unclip/prior/" → the kind whose folder path ends the directory.
+        let dir_trim = dir.trim_end_matches('/');
+        let Some(kind) = KINDS
+            .iter()
+            .copied()
+            .filter(|k| dir_trim == *k || dir_trim.ends_with(&format!("/{k}")))
+            .max_by_key(|k| k.len())
+        else {
+            return Err(format!(
+                "{path}: not in a model folder (base/, upsample/, …, unclip/prior/, …)"
+            ));
         };
+        let m = KindManifest::parse(kind, bytes).map_err(|e| format!("{path}: {e}"))?;
         let mut verified = Vec::new();
-        for shard in &m.shards {
+        for shard in m.shards() {
             let want = format!("{dir}{}", shard.file);
             let (_, b) = files
                 .iter()
@@ -427,10 +506,21 @@ pub async fn import_files(
         cache_put(&cache, &key(id, kind, "manifest.json")?, bytes).await?;
         kinds.push(kind);
     }
-    if !kinds.contains(&"base") {
-        return Err("the picked files hold no base model".into());
+    if !kinds.contains(&"base") && !UNCLIP_CORE.iter().all(|k| kinds.contains(k)) {
+        return Err(
+            "the picked files hold no base model (nor unCLIP's clip-text, prior, decoder and sr)"
+                .into(),
+        );
     }
     Ok(kinds)
+}
+
+/// Fetches a file the app serves (e.g. a tokenizer's vocabulary).
+pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
+    match fetch(url, |_| {}).await? {
+        Fetched::Bytes(b) => Ok(b),
+        Fetched::NotFound => Err(format!("{url}: not found")),
+    }
 }
 
 /// URLs of everything kept for a set (complete kinds and partial downloads).

@@ -658,6 +658,13 @@ pub fn unclip_pipeline(
         total += ms * karlo as f64 / 1e3;
         drop(net);
         gpu.trim_memory();
+        let stats = gpu.memory_stats();
+        println!(
+            "{:<9} peak so far {:.0} MiB, largest buffer so far {:.1} MiB",
+            "",
+            stats.peak_bytes as f64 / 1048576.0,
+            stats.largest_buffer as f64 / 1048576.0
+        );
     }
     let stats = gpu.memory_stats();
     println!("seconds per image (clip + prior 25 + decoder {decoder_steps} + SR 7): {total:.2} s");

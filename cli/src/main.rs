@@ -270,6 +270,9 @@ enum BenchWhat {
         /// times printed are then meaningless.
         #[arg(long)]
         dry_run: bool,
+        /// unCLIP: the cap on one binding in MiB (a browser's budget; 0 = the adapter's own limit).
+        #[arg(long, default_value_t = 128)]
+        binding_cap_mib: u64,
     },
     /// Quantisation error of f16/q8/q4 against f32 on random weights of the
     /// released architecture: per layer and end to end (one forward pass).
@@ -549,6 +552,7 @@ fn run(cli: Cli) -> Result<()> {
                     steps,
                     batch,
                     dry_run,
+                    binding_cap_mib,
                 },
         } => {
             if !random_weights {
@@ -565,7 +569,7 @@ fn run(cli: Cli) -> Result<()> {
                 "unclip" => {
                     // The budget a laptop browser gives one binding.
                     let capped = engine::GpuOptions {
-                        max_binding_cap: Some(128 << 20),
+                        max_binding_cap: (binding_cap_mib > 0).then_some(binding_cap_mib << 20),
                         ..opts.clone()
                     };
                     let gpu = pollster::block_on(engine::Gpu::new(capped))?;

@@ -1,4 +1,5 @@
-//! The right column: the inpainting source and mask editor, and the live preview.
+//! The right column: the inpainting source and mask editor, the source of
+//! unCLIP's image variations, and the live preview.
 
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
@@ -32,9 +33,42 @@ pub fn CanvasColumn() -> impl IntoView {
             }
         });
     };
+    let on_variations_upload = move |ev: web_sys::Event| {
+        let Some(file) = ev
+            .target()
+            .and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok())
+            .and_then(|input| input.files())
+            .and_then(|f| f.get(0))
+        else {
+            return;
+        };
+        leptos::task::spawn_local(async move {
+            match imageio::decode(&file).await {
+                Ok(img) => {
+                    st.error.set(None);
+                    st.variations_src.set(Some(img));
+                }
+                Err(e) => st.fail(e),
+            }
+        });
+    };
+    let source_ref = NodeRef::<leptos::html::Canvas>::new();
+    // Show the variations source (squashed to the canvas, as the visual tower sees it).
+    Effect::new(move |_| {
+        if let (Some(c), Some((rgb, w, h))) = (source_ref.get(), st.variations_src.get()) {
+            let _ = imageio::draw_scaled(&c, &rgb, w, h);
+        }
+    });
+    let variations = move || st.unclip_selected() && settings.with(|s| s.mode == "variations");
     view! {
         <div class="canvas-column">
-            <div class:hidden=move || settings.with(|s| s.mode != "inpaint")>
+            <div class:hidden=move || !variations()>
+                <h3>"Image variations"</h3>
+                <p class="hint">"Upload an image, or use a result's “Variations” button: unCLIP draws new images with its CLIP embedding."</p>
+                <input type="file" accept="image/png,image/jpeg,image/webp" data-testid="variations-upload" on:change=on_variations_upload />
+                <canvas node_ref=source_ref data-testid="variations-source" class="preview" width="128" height="128"></canvas>
+            </div>
+            <div class:hidden=move || st.unclip_selected() || settings.with(|s| s.mode != "inpaint")>
                 <h3>"Inpainting"</h3>
                 <p class="hint">"Paint the region to regenerate; the rest of the image is kept."</p>
                 <input type="file" accept="image/png,image/jpeg,image/webp" data-testid="upload" on:change=on_upload />
