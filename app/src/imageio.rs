@@ -132,6 +132,7 @@ pub fn draw_scaled(
         .put_image_data(&data, 0.0, 0.0)
         .map_err(js_err)?;
     let ctx = context(canvas)?;
+    ctx.clear_rect(0.0, 0.0, canvas.width() as f64, canvas.height() as f64);
     ctx.draw_image_with_html_canvas_element_and_dw_and_dh(
         &src,
         0.0,

@@ -8,50 +8,45 @@ use crate::imageio;
 use crate::mask::MaskEditor;
 use crate::state::AppState;
 
+/// Decodes the file an `<input type=file>` change event picked and hands the
+/// RGB8 image to `take`; an unreadable file is an error in the page.
+fn decode_upload(
+    st: AppState,
+    ev: web_sys::Event,
+    take: impl FnOnce((Vec<u8>, usize, usize)) + 'static,
+) {
+    let Some(file) = ev
+        .target()
+        .and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok())
+        .and_then(|input| input.files())
+        .and_then(|f| f.get(0))
+    else {
+        return;
+    };
+    leptos::task::spawn_local(async move {
+        match imageio::decode(&file).await {
+            Ok(img) => {
+                st.error.set(None);
+                take(img);
+            }
+            Err(e) => st.fail(e),
+        }
+    });
+}
+
 #[component]
 pub fn CanvasColumn() -> impl IntoView {
     let st = expect_context::<AppState>();
     let settings = st.settings;
     let brush = Signal::derive(move || settings.with(|s| s.brush));
-    let on_upload = move |ev: web_sys::Event| {
-        let Some(file) = ev
-            .target()
-            .and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok())
-            .and_then(|input| input.files())
-            .and_then(|f| f.get(0))
-        else {
-            return;
-        };
-        leptos::task::spawn_local(async move {
-            match imageio::decode(&file).await {
-                Ok(img) => {
-                    st.error.set(None);
-                    st.inpaint_src.set(Some(img));
-                    st.mask.clear();
-                }
-                Err(e) => st.fail(e),
-            }
-        });
+    let on_upload = move |ev| {
+        decode_upload(st, ev, move |img| {
+            st.inpaint_src.set(Some(img));
+            st.mask.clear();
+        })
     };
-    let on_variations_upload = move |ev: web_sys::Event| {
-        let Some(file) = ev
-            .target()
-            .and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok())
-            .and_then(|input| input.files())
-            .and_then(|f| f.get(0))
-        else {
-            return;
-        };
-        leptos::task::spawn_local(async move {
-            match imageio::decode(&file).await {
-                Ok(img) => {
-                    st.error.set(None);
-                    st.variations_src.set(Some(img));
-                }
-                Err(e) => st.fail(e),
-            }
-        });
-    };
+    let on_variations_upload =
+        move |ev| decode_upload(st, ev, move |img| st.variations_src.set(Some(img)));
     let source_ref = NodeRef::<leptos::html::Canvas>::new();
     // Show the variations source (squashed to the canvas, as the visual tower sees it).
     Effect::new(move |_| {
