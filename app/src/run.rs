@@ -17,7 +17,7 @@ use engine::glide::weights::{Manifest, Shards};
 use engine::unclip::clip::{ClipText, ClipVisual};
 use engine::unclip::pipeline::{clip_pixels, Draws, Phase, UnclipParams, UnclipRun};
 use engine::unclip::tokenizer::ClipTokenizer;
-use engine::unclip::weights::{load_net, UnclipConfig, UnclipNet};
+use engine::unclip::weights::{load_converted, UnclipConfig, UnclipNet};
 
 use crate::store::{Component, KindManifest, UNCLIP_CORE};
 
@@ -50,24 +50,8 @@ impl UnclipSet {
             .iter()
             .find(|(m, _)| m.kind == phase.name())
             .ok_or_else(|| Failure::msg(format!("the set has no unclip/{}", phase.name())))?;
-        let source = WeightSource::shards(m.tensors.clone().into_iter().collect(), shards)?;
-        Ok(load_net(
-            gpu,
-            &m.config,
-            &source,
-            WeightDType::parse(&m.quant)?,
-        )?)
+        Ok(load_converted(gpu, m, shards)?)
     }
-}
-
-/// Loads a CLIP tower (or any unCLIP kind) onto the GPU.
-fn load_unclip(
-    gpu: &Gpu,
-    m: &Manifest<UnclipConfig>,
-    shards: &[(String, Vec<u8>)],
-) -> engine::Result<UnclipNet> {
-    let source = WeightSource::shards(m.tensors.clone().into_iter().collect(), shards)?;
-    load_net(gpu, &m.config, &source, WeightDType::parse(&m.quant)?)
 }
 
 /// A load failure named by its kind.
@@ -184,12 +168,12 @@ fn unclip_set(
         match kind {
             "unclip/clip-text" => {
                 quant = m.quant.clone();
-                match load_unclip(gpu, &m, &shards).map_err(|e| named(kind, e))? {
+                match load_converted(gpu, &m, &shards).map_err(|e| named(kind, e))? {
                     UnclipNet::ClipText(c) => clip = Some(c),
                     _ => unreachable!("the manifest kind was checked"),
                 }
             }
-            "unclip/clip-visual" => match load_unclip(gpu, &m, &shards) {
+            "unclip/clip-visual" => match load_converted(gpu, &m, &shards) {
                 Ok(UnclipNet::ClipVisual(v)) => visual = Some(v),
                 Ok(_) => unreachable!("the manifest kind was checked"),
                 Err(e) => problems.push(named(kind, e).message),

@@ -5,10 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use engine::glide::weights::WeightSource;
 use engine::unclip::pipeline::{to_rgb8, Draws, Phase, UnclipParams, UnclipRun};
-use engine::unclip::weights::{load_net, UnclipConfig, UnclipNet};
-use engine::{Gpu, WeightDType};
+use engine::unclip::weights::{load_converted, UnclipConfig, UnclipNet};
+use engine::Gpu;
 
 use crate::generate::{bar, clip_tokenizer, write_pngs};
 
@@ -32,16 +31,7 @@ fn load(gpu: &Gpu, dir: &Path, kind: &str) -> Result<UnclipNet> {
             dir.join(kind).display()
         );
     };
-    if manifest.config.kind() != kind {
-        bail!(
-            "{}: the config describes a '{}' model",
-            dir.join(kind).display(),
-            manifest.config.kind()
-        );
-    }
-    let source = WeightSource::shards(manifest.tensors.clone().into_iter().collect(), &shards)?;
-    let dtype = WeightDType::parse(&manifest.quant)?;
-    load_net(gpu, &manifest.config, &source, dtype)
+    load_converted(gpu, &manifest, &shards)
         .with_context(|| format!("loading {}", dir.join(kind).display()))
 }
 

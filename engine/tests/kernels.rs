@@ -872,6 +872,28 @@ async fn copy_embedding_timestep_on(gpu: &Gpu) -> TestResult {
     if kernels::copy::repeat_batch(&mut rec, &at, 2).is_ok() {
         return Err("repeat_batch of a [2, …] tensor was accepted".into());
     }
+    // Whole rows: stacked copies of a [2, 5, 3] tensor, then its first row back.
+    let mut rec = gpu.recorder();
+    let rows = kernels::copy::repeat_rows(&mut rec, &at, 3).map_err(err)?;
+    let first = kernels::copy::first_rows(&mut rec, &rows, 1).map_err(err)?;
+    rec.submit().map_err(err)?;
+    assert_eq!(rows.shape(), [6, 3, 5]);
+    check(
+        "repeat_rows",
+        &gpu.read(&rows).await.map_err(err)?,
+        &a.repeat(3),
+        0.0,
+    )?;
+    check(
+        "first_rows",
+        &gpu.read(&first).await.map_err(err)?,
+        &a[..15],
+        0.0,
+    )?;
+    let mut rec = gpu.recorder();
+    if kernels::copy::first_rows(&mut rec, &at, 3).is_ok() {
+        return Err("first_rows beyond the rows was accepted".into());
+    }
 
     // embedding with positional and padding tables, q8 table
     let (bsz, l, d, vocab) = (3, 7, 12, 50);

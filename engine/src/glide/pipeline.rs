@@ -51,17 +51,10 @@ pub struct DiffusionLoop<'m> {
     pred: Option<Tensor>,
 }
 
+/// `times` stacked copies of `t` (one submission).
 fn repeat_rows(gpu: &Gpu, t: &Tensor, times: usize) -> Result<Tensor> {
-    if times == 1 {
-        return Ok(t.clone());
-    }
-    let mut shape = t.shape().to_vec();
-    shape[0] *= times;
-    let out = gpu.empty(&shape)?;
     let mut rec = gpu.recorder();
-    for i in 0..times {
-        rec.copy(t.buffer(), 0, out.buffer(), i as u64 * t.bytes(), t.bytes());
-    }
+    let out = kernels::copy::repeat_rows(&mut rec, t, times)?;
     rec.submit()?;
     Ok(out)
 }
@@ -300,20 +293,10 @@ impl<'m> DiffusionLoop<'m> {
 
     /// The current sample's first B rows `[B, 3, H, W]`.
     pub fn sample(&self, gpu: &Gpu) -> Result<Tensor> {
-        if self.x.shape()[0] == self.b {
-            return Ok(self.x.clone());
-        }
         let mut rec = gpu.recorder();
-        let out = kernels::copy::slice_channels(
-            &mut rec,
-            &self
-                .x
-                .reshape(&[1, self.x.shape()[0] * 3, self.shape[2], self.shape[3]])?,
-            0,
-            self.b * 3,
-        )?;
+        let out = kernels::copy::first_rows(&mut rec, &self.x, self.b)?;
         rec.submit()?;
-        out.reshape(&self.shape)
+        Ok(out)
     }
 }
 

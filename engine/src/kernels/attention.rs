@@ -13,6 +13,12 @@ kernel!(ATTENTION, "attention.wgsl", "main");
 /// Largest head dimension the kernel supports (GLIDE, CLIP and Karlo all use 64).
 pub const MAX_HEAD_DIM: usize = 64;
 
+/// Whether `width` channels split into `heads` heads this kernel can run
+/// (a transformer config's check before anything is loaded).
+pub fn heads_fit(width: usize, heads: usize) -> bool {
+    width > 0 && heads > 0 && width.is_multiple_of(heads) && width / heads <= MAX_HEAD_DIM
+}
+
 /// A strided view: element (b, h, t, c) is at `base + b·sb + h·sh + t·st + c·sc`.
 #[derive(Clone, Copy)]
 pub struct View<'a> {

@@ -123,3 +123,33 @@ pub fn repeat_batch(rec: &mut Recorder, x: &Tensor, n: usize) -> Result<Tensor> 
     }
     Ok(out)
 }
+
+/// `[n·R, ...]`: `n` copies of `x` `[R, ...]` stacked along dim 0 (the CFG
+/// batch `[x, x]`); `n = 1` is `x` itself.
+pub fn repeat_rows(rec: &mut Recorder, x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let mut shape = x.shape().to_vec();
+    if shape.is_empty() {
+        return shape_err("repeat_rows", "need [R, ...], got a scalar");
+    }
+    let copies = repeat_batch(rec, &x.reshape(&[1, x.numel()])?, n)?;
+    shape[0] *= n;
+    copies.reshape(&shape)
+}
+
+/// The first `b` rows of `x` `[R, ...]` (`b = R` is `x` itself).
+pub fn first_rows(rec: &mut Recorder, x: &Tensor, b: usize) -> Result<Tensor> {
+    let rows = x.shape().first().copied().unwrap_or(0);
+    if b == rows {
+        return Ok(x.clone());
+    }
+    if b == 0 || b > rows {
+        return shape_err("first_rows", format!("{b} rows of {:?}", x.shape()));
+    }
+    let per = x.numel() / rows;
+    let mut shape = x.shape().to_vec();
+    shape[0] = b;
+    slice_channels(rec, &x.reshape(&[1, rows, per])?, 0, b)?.reshape(&shape)
+}

@@ -12,8 +12,8 @@ use crate::tensor::Tensor;
 use crate::unclip::clip::{ClipText, ClipTextConfig, ClipVisual, ClipVisualConfig};
 use crate::unclip::decoder::{Decoder, DecoderCond, DecoderConfig};
 use crate::unclip::pipeline::{
-    cfg_tokens, DecoderStage, Draws, Phase, PriorStage, SrStage, StageKind, Stages, UnclipParams,
-    UnclipRun,
+    cfg_tokens, karlo_schedule, DecoderStage, Draws, Phase, PriorStage, SrStage, StageKind, Stages,
+    UnclipParams, UnclipRun,
 };
 use crate::unclip::prior::{Prior, PriorConfig, PriorText};
 use crate::unclip::sr::{SuperRes, SuperResConfig};
@@ -199,7 +199,7 @@ pub fn check_schedules(json: &[u8], tables: &[u8], tol: f64) -> Result<Report> {
         let steps = case["num_steps"]
             .as_u64()
             .ok_or_else(|| bad(format!("{name}: no num_steps")))? as usize;
-        let sched = Schedule::new("squaredcos_cap_v2", 1000, &steps.to_string())?;
+        let sched = karlo_schedule(&steps.to_string())?;
         let want_map = tables.f64s_or_ints(&format!("{name}.timestep_map"))?;
         let map_ok = want_map.len() == sched.timestep_map.len()
             && want_map
@@ -325,7 +325,7 @@ pub async fn check_t2i(
     // Prior: every step from the recorded x_t and noise.
     let prior = &m.prior.model;
     let d = prior.config.clip_dim;
-    let sched = Schedule::new("squaredcos_cap_v2", 1000, &case.sampling.prior_sm)?;
+    let sched = karlo_schedule(&case.sampling.prior_sm)?;
     let text = PriorText {
         text_emb: &feats.txt_feat,
         text_enc: &feats.txt_feat_seq,
@@ -334,12 +334,7 @@ pub async fn check_t2i(
     let net = |rec: &mut Recorder, x: &Tensor, t: &Tensor, _i: usize| {
         prior.forward(rec, x, t, &text, None)
     };
-    let prior_kind = StageKind {
-        guidance: Some(case.sampling.prior_cf_scale),
-        predict_x0: true,
-        learned_variance: false,
-        clamp: 10.0,
-    };
+    let prior_kind = StageKind::prior(case.sampling.prior_cf_scale);
     let last = replay_stage(
         gpu,
         &trace,
@@ -390,16 +385,11 @@ pub async fn check_t2i(
         None,
     )?;
     rec.submit()?;
-    let sched = Schedule::new("squaredcos_cap_v2", 1000, &case.sampling.decoder_sm)?;
+    let sched = karlo_schedule(&case.sampling.decoder_sm)?;
     let net = |rec: &mut Recorder, x: &Tensor, t: &Tensor, _i: usize| {
         decoder.forward(rec, x, t, &dec_text, None)
     };
-    let decoder_kind = StageKind {
-        guidance: Some(case.sampling.decoder_cf_scale),
-        predict_x0: false,
-        learned_variance: true,
-        clamp: 1.0,
-    };
+    let decoder_kind = StageKind::decoder(case.sampling.decoder_cf_scale);
     let last_sample = replay_stage(
         gpu,
         &trace,
@@ -431,16 +421,11 @@ pub async fn check_t2i(
 
     // SR: the first-steps network, then the last-step one at i = 0.
     let (sr_first, sr_last) = (&m.sr.first_steps, &m.sr.last_step);
-    let sched = Schedule::new("squaredcos_cap_v2", 1000, &case.sampling.sr_sm)?;
+    let sched = karlo_schedule(&case.sampling.sr_sm)?;
     let net = |rec: &mut Recorder, x: &Tensor, t: &Tensor, i: usize| {
         if i == 0 { sr_last } else { sr_first }.forward(rec, x, &low_res, t, None)
     };
-    let sr_kind = StageKind {
-        guidance: None,
-        predict_x0: false,
-        learned_variance: false,
-        clamp: 1.0,
-    };
+    let sr_kind = StageKind::SR;
     let final_sample = replay_stage(
         gpu,
         &trace,

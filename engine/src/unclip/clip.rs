@@ -39,10 +39,7 @@ impl ClipTextConfig {
 
     pub fn validate(&self) -> Result<()> {
         let w = self.transformer_width;
-        let ok = w > 0
-            && self.transformer_heads > 0
-            && w.is_multiple_of(self.transformer_heads)
-            && w / self.transformer_heads <= kernels::attention::MAX_HEAD_DIM
+        let ok = kernels::attention::heads_fit(w, self.transformer_heads)
             && (1..=1024).contains(&self.context_length)
             && (1..=1_000_000).contains(&self.vocab_size)
             && (1..=128).contains(&self.transformer_layers)
@@ -247,9 +244,7 @@ impl ClipVisualConfig {
 
     pub fn validate(&self) -> Result<()> {
         let (w, p) = (self.vision_width, self.vision_patch_size);
-        let ok = w > 0
-            && w.is_multiple_of(self.heads())
-            && w / self.heads() <= kernels::attention::MAX_HEAD_DIM
+        let ok = kernels::attention::heads_fit(w, self.heads())
             && p > 0
             && self.image_resolution.is_multiple_of(p)
             && (1..=1024).contains(&self.grid())

@@ -32,9 +32,10 @@ const STREAM_PRIOR: u32 = 2 << 16;
 const STREAM_DECODER: u32 = 3 << 16;
 const STREAM_SR: u32 = 4 << 16;
 
-/// Karlo's schedule for all three stages.
-const NOISE_SCHEDULE: &str = "squaredcos_cap_v2";
-const DIFFUSION_STEPS: usize = 1000;
+/// Karlo's schedule for all three stages (1000 cosine steps), respaced by `spec`.
+pub(crate) fn karlo_schedule(spec: &str) -> Result<Schedule> {
+    Schedule::new("squaredcos_cap_v2", 1000, spec)
+}
 
 /// Every runtime choice of a run; `Default` is Karlo's t2i defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,6 +78,36 @@ pub(crate) struct StageKind {
     pub predict_x0: bool,
     pub learned_variance: bool,
     pub clamp: f32,
+}
+
+impl StageKind {
+    /// The prior: CFG on its x0 prediction, clamp ±10 (its `denoised_fn`), fixed-small variance.
+    pub fn prior(guidance: f32) -> Self {
+        StageKind {
+            guidance: Some(guidance),
+            predict_x0: true,
+            learned_variance: false,
+            clamp: 10.0,
+        }
+    }
+
+    /// The decoder: CFG on eps, learned-range variance, x0 clamped to ±1.
+    pub fn decoder(guidance: f32) -> Self {
+        StageKind {
+            guidance: Some(guidance),
+            predict_x0: false,
+            learned_variance: true,
+            clamp: 1.0,
+        }
+    }
+
+    /// Super-resolution: no CFG, eps, fixed-small variance, x0 clamped to ±1.
+    pub const SR: StageKind = StageKind {
+        guidance: None,
+        predict_x0: false,
+        learned_variance: false,
+        clamp: 1.0,
+    };
 }
 
 /// The prior with the CLIP statistics its samples are de-standardised with.
@@ -182,26 +213,6 @@ fn draw(
     }
 }
 
-/// `[n·rows, ...]` of `n` stacked copies of `x` (the CFG batch `[x, x]`).
-fn stack(rec: &mut Recorder, x: &Tensor, n: usize) -> Result<Tensor> {
-    let mut shape = x.shape().to_vec();
-    let copies = kernels::copy::repeat_batch(rec, &x.reshape(&[1, x.numel()])?, n)?;
-    shape[0] *= n;
-    copies.reshape(&shape)
-}
-
-/// The first `b` rows of `x`.
-fn first_rows(rec: &mut Recorder, x: &Tensor, b: usize) -> Result<Tensor> {
-    let rows = x.shape()[0];
-    if rows == b {
-        return Ok(x.clone());
-    }
-    let per = x.numel() / rows;
-    let mut shape = x.shape().to_vec();
-    shape[0] = b;
-    kernels::copy::slice_channels(rec, &x.reshape(&[1, rows, per])?, 0, b)?.reshape(&shape)
-}
-
 /// One denoising stage: ancestral steps of the sampler kernel.
 struct StageLoop {
     phase: Phase,
@@ -228,7 +239,7 @@ impl StageLoop {
     ) -> Result<Self> {
         let mut rec = gpu.recorder();
         let noise = draw(&mut rec, draws, phase, None, &shape)?;
-        let x = stack(
+        let x = kernels::copy::repeat_rows(
             &mut rec,
             &noise,
             if kind.guidance.is_some() { 2 } else { 1 },
@@ -289,7 +300,7 @@ impl StageLoop {
     }
 
     fn sample(&self, rec: &mut Recorder) -> Result<Tensor> {
-        first_rows(rec, &self.x, self.shape[0])
+        kernels::copy::first_rows(rec, &self.x, self.shape[0])
     }
 }
 
@@ -311,8 +322,7 @@ fn check_params(p: &UnclipParams, batch: usize) -> Result<[Schedule; 3]> {
         }
     }
     let sched = |what: &str, spec: &str| {
-        Schedule::new(NOISE_SCHEDULE, DIFFUSION_STEPS, spec)
-            .map_err(|e| Error::Invalid(format!("{what} steps '{spec}': {e}")))
+        karlo_schedule(spec).map_err(|e| Error::Invalid(format!("{what} steps '{spec}': {e}")))
     };
     Ok([
         sched("prior", &p.prior_steps)?,
@@ -378,7 +388,7 @@ impl UnclipRun {
         let text = encode_text(gpu, clip, tok, &vec![""; batch])?;
         let mut rec = gpu.recorder();
         let feat = visual.encode(&mut rec, pixels, 1, None)?;
-        let img_feat = stack(&mut rec, &feat, batch)?;
+        let img_feat = kernels::copy::repeat_rows(&mut rec, &feat, batch)?;
         rec.submit()?;
         Ok(Self::start(
             batch,
@@ -418,10 +428,6 @@ impl UnclipRun {
             output: None,
             steps_done: 0,
         }
-    }
-
-    pub fn params(&self) -> &UnclipParams {
-        &self.params
     }
 
     /// The stage the next step runs (the one that must be loaded).
@@ -474,12 +480,7 @@ impl UnclipRun {
                 let prior = stages.prior.ok_or_else(|| missing("prior"))?;
                 let (feats, mask) = self.text.as_ref().ok_or_else(|| missing("text"))?;
                 if self.stage.is_none() {
-                    let kind = StageKind {
-                        guidance: Some(self.params.prior_guidance),
-                        predict_x0: true,
-                        learned_variance: false,
-                        clamp: 10.0,
-                    };
+                    let kind = StageKind::prior(self.params.prior_guidance);
                     let shape = vec![self.b, prior.model.config.clip_dim];
                     let sched = self.scheds[0].clone();
                     self.stage = Some(StageLoop::new(
@@ -555,12 +556,7 @@ impl UnclipRun {
                     rec.submit()?;
                     self.low_res = Some(low_res);
                     self.decoded = None;
-                    let kind = StageKind {
-                        guidance: None,
-                        predict_x0: false,
-                        learned_variance: false,
-                        clamp: 1.0,
-                    };
+                    let kind = StageKind::SR;
                     let sched = self.scheds[2].clone();
                     self.stage = Some(StageLoop::new(
                         gpu,
@@ -613,7 +609,8 @@ impl UnclipRun {
             )));
         }
         let mut rec = gpu.recorder();
-        let uncond = stack(&mut rec, &dec.model.cf_param.reshape(&[1, d])?, self.b)?;
+        let uncond =
+            kernels::copy::repeat_rows(&mut rec, &dec.model.cf_param.reshape(&[1, d])?, self.b)?;
         let y = kernels::copy::concat_channels(
             &mut rec,
             &[
@@ -633,12 +630,7 @@ impl UnclipRun {
             None,
         )?);
         rec.submit()?;
-        let kind = StageKind {
-            guidance: Some(self.params.decoder_guidance),
-            predict_x0: false,
-            learned_variance: true,
-            clamp: 1.0,
-        };
+        let kind = StageKind::decoder(self.params.decoder_guidance);
         let s = dec.image_size;
         self.stage = Some(StageLoop::new(
             gpu,

@@ -31,10 +31,7 @@ impl PriorConfig {
 
     pub fn validate(&self) -> Result<()> {
         let (w, h) = (self.xf_width, self.xf_heads);
-        let ok = w > 0
-            && h > 0
-            && w.is_multiple_of(h)
-            && w / h <= kernels::attention::MAX_HEAD_DIM
+        let ok = kernels::attention::heads_fit(w, h)
             && (1..=1024).contains(&self.text_ctx)
             && (1..=128).contains(&self.xf_layers)
             && (1..=8192).contains(&self.clip_dim)

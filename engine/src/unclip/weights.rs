@@ -10,7 +10,7 @@ use super::prior::{Prior, PriorConfig};
 use super::sr::{SuperRes, SuperResConfig};
 use crate::error::{Error, Result};
 use crate::glide::model::{weight_and_bias, XfBlock};
-use crate::glide::weights::{Loader, WeightSource};
+use crate::glide::weights::{Loader, Manifest, WeightSource};
 use crate::gpu::Gpu;
 use crate::quant::WeightDType;
 
@@ -394,4 +394,28 @@ pub fn load_net(
     };
     l.finish()?;
     Ok(net)
+}
+
+/// Loads a converted folder (`webglide convert` output: its manifest and
+/// verified shards) with the storage type the manifest names. A manifest
+/// whose kind and config disagree is an error.
+pub fn load_converted(
+    gpu: &Gpu,
+    manifest: &Manifest<UnclipConfig>,
+    shards: &[(String, Vec<u8>)],
+) -> Result<UnclipNet> {
+    if manifest.kind != manifest.config.kind() {
+        return Err(Error::Invalid(format!(
+            "manifest.json: kind '{}' but the config describes a '{}' model",
+            manifest.kind,
+            manifest.config.kind()
+        )));
+    }
+    let source = WeightSource::shards(manifest.tensors.clone().into_iter().collect(), shards)?;
+    load_net(
+        gpu,
+        &manifest.config,
+        &source,
+        WeightDType::parse(&manifest.quant)?,
+    )
 }
