@@ -4,7 +4,9 @@
 //   coeffs: per (n, c): mean, A = rstd*gamma*(1+scale), B = beta*(1+scale)+shift
 //           (scale/shift from an embedding row [scale | shift], GLIDE's order);
 //   apply:  out = act((x - mean) * A + B).
-struct Params { c: u32, groups: u32, hw: u32, eps: f32, n0: u32, has_emb: u32, emb_stride: u32, n: u32 }
+// A dispatch covers `groups` groups (`c` channels) from group g0 of groups_all
+// (channel ranges of an item over the binding limit), of items n0.. .
+struct Params { c: u32, groups: u32, hw: u32, eps: f32, n0: u32, g0: u32, groups_all: u32, n: u32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> stats: array<f32>;   // [N, G, 2]
@@ -23,7 +25,7 @@ fn stats_main(@builtin(workgroup_id) wg: vec3<u32>, lane: Lane) {
     for (var i = li; i < len; i = i + 256u) { let d = x[base + i] - mean; q = q + d * d; }
     let var_ = wg_sum(lane, q) / f32(len);
     if (li == 0u) {
-        let o = ((p.n0 + wg.y) * p.groups + wg.x) * 2u;
+        let o = ((p.n0 + wg.y) * p.groups_all + p.g0 + wg.x) * 2u;
         stats[o] = mean;
         stats[o + 1u] = 1.0 / sqrt(var_ + p.eps);
     }

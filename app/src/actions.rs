@@ -160,7 +160,7 @@ pub fn load_models(st: AppState, entry: ModelEntry) {
         store::yield_now().await;
         // Release the previous set's GPU memory first.
         st.engine.update_value(|e| e.models = None);
-        match run::upload(&gpu, comps) {
+        match run::upload(&gpu, &entry, comps) {
             Ok((models, broken)) => {
                 st.warnings
                     .update(|ws| ws.extend(broken.iter().map(|u| unavailable(u))));

@@ -15,11 +15,11 @@ use engine::{Gpu, WeightDType};
 
 use engine::glide::weights::{Manifest, Shards};
 use engine::unclip::clip::{ClipText, ClipVisual};
-use engine::unclip::pipeline::{clip_pixels, Draws, Phase, UnclipParams, UnclipRun};
+use engine::unclip::pipeline::{clip_pixels, Draws, Network, UnclipParams, UnclipRun};
 use engine::unclip::tokenizer::ClipTokenizer;
 use engine::unclip::weights::{load_converted, UnclipConfig, UnclipNet};
 
-use crate::store::{Component, KindManifest, UNCLIP_CORE};
+use crate::store::{Component, KindManifest, ModelEntry, UNCLIP_CORE};
 
 /// The kinds of a loaded set on the GPU.
 pub struct Models {
@@ -33,24 +33,53 @@ pub struct Models {
 }
 
 /// unCLIP's networks: the CLIP towers on the GPU; the prior, decoder and SR
-/// kept as verified bytes and put on the GPU one at a time when a run reaches
-/// them (so the full-size pipeline fits a browser's memory).
+/// put on the GPU one at a time when a run reaches them, their shards read
+/// from Cache Storage then (so the full-size pipeline fits a browser's memory).
 pub struct UnclipSet {
     pub clip: ClipText,
     /// For image variations.
     pub visual: Option<ClipVisual>,
-    stages: Vec<(Manifest<UnclipConfig>, Shards)>,
+    stages: Vec<Stage>,
+    entry: ModelEntry,
+}
+
+/// A sampling stage's manifest, and its verified shards unless they are in Cache Storage.
+struct Stage {
+    manifest: Manifest<UnclipConfig>,
+    shards: Option<Shards>,
 }
 
 impl UnclipSet {
-    /// Uploads the network of `phase` (prior, decoder or SR).
-    fn load_stage(&self, gpu: &Gpu, phase: Phase) -> Result<UnclipNet, Failure> {
-        let (m, shards) = self
+    /// Uploads `network` (the prior, the decoder or one SR network).
+    async fn load_network(&self, gpu: &Gpu, network: Network) -> Result<UnclipNet, Failure> {
+        let kind = format!("unclip/{}", network.kind());
+        let stage = self
             .stages
             .iter()
-            .find(|(m, _)| m.kind == phase.name())
-            .ok_or_else(|| Failure::msg(format!("the set has no unclip/{}", phase.name())))?;
-        Ok(load_converted(gpu, m, shards)?)
+            .find(|s| s.manifest.kind == network.kind())
+            .ok_or_else(|| Failure::msg(format!("the set has no {kind}")))?;
+        let only = Some(network);
+        let net = match &stage.shards {
+            Some(shards) => load_converted(gpu, &stage.manifest, shards, only),
+            None => {
+                let manifest = KindManifest::Unclip(stage.manifest.clone());
+                let shards = crate::store::read_shards(&self.entry, &kind, &manifest)
+                    .await
+                    .map_err(Failure::msg)?;
+                load_converted(gpu, &stage.manifest, &shards, only)
+            }
+        };
+        net.map_err(|e| named(&kind, e))
+    }
+}
+
+/// The progress label while a network's weights go to the GPU.
+fn loading(network: Network) -> &'static str {
+    match network {
+        Network::Prior => "loading the prior",
+        Network::Decoder => "loading the decoder",
+        Network::SrFirstSteps => "loading the SR",
+        Network::SrLastStep => "loading the last SR step",
     }
 }
 
@@ -64,7 +93,11 @@ fn named(kind: &str, e: engine::Error) -> Failure {
 /// Uploads the loaded kinds. A kind that fails to load is left out with its
 /// reason in the returned list; the set fails only when neither GLIDE's base
 /// nor unCLIP's core loads.
-pub fn upload(gpu: &Gpu, components: Vec<Component>) -> Result<(Models, Vec<String>), Failure> {
+pub fn upload(
+    gpu: &Gpu,
+    entry: &ModelEntry,
+    components: Vec<Component>,
+) -> Result<(Models, Vec<String>), Failure> {
     let mut models = Models {
         base: None,
         upsample: None,
@@ -80,7 +113,7 @@ pub fn upload(gpu: &Gpu, components: Vec<Component>) -> Result<(Models, Vec<Stri
         let m = match c.manifest {
             KindManifest::Glide(m) => m,
             KindManifest::Unclip(m) => {
-                unclip_parts.push((c.kind, m, c.shards));
+                unclip_parts.push((c.kind, m, (!c.in_cache).then_some(c.shards)));
                 continue;
             }
         };
@@ -116,7 +149,7 @@ pub fn upload(gpu: &Gpu, components: Vec<Component>) -> Result<(Models, Vec<Stri
         *slot = Some(model);
     }
     if !unclip_parts.is_empty() {
-        match unclip_set(gpu, unclip_parts) {
+        match unclip_set(gpu, entry, unclip_parts) {
             Ok((set, problems)) => {
                 if models.quant.is_empty() {
                     models.quant = set.1;
@@ -139,13 +172,15 @@ pub fn upload(gpu: &Gpu, components: Vec<Component>) -> Result<(Models, Vec<Stri
     Ok((models, unavailable))
 }
 
-type UnclipPart = (&'static str, Manifest<UnclipConfig>, Shards);
+/// A kind, its manifest, and its shards unless they are in Cache Storage.
+type UnclipPart = (&'static str, Manifest<UnclipConfig>, Option<Shards>);
 
 /// The unCLIP kinds of a set: the text tower uploaded (and the visual one,
 /// optional), the stages kept for the run. Returns the set, its storage
 /// type, and the problems of optional parts.
 fn unclip_set(
     gpu: &Gpu,
+    entry: &ModelEntry,
     parts: Vec<UnclipPart>,
 ) -> Result<((UnclipSet, String), Vec<String>), Failure> {
     let missing: Vec<&str> = UNCLIP_CORE
@@ -168,17 +203,24 @@ fn unclip_set(
         match kind {
             "unclip/clip-text" => {
                 quant = m.quant.clone();
-                match load_converted(gpu, &m, &shards).map_err(|e| named(kind, e))? {
+                // Only the stages are left in the cache: the towers' shards are here.
+                let shards = shards.unwrap_or_default();
+                match load_converted(gpu, &m, &shards, None).map_err(|e| named(kind, e))? {
                     UnclipNet::ClipText(c) => clip = Some(c),
                     _ => unreachable!("the manifest kind was checked"),
                 }
             }
-            "unclip/clip-visual" => match load_converted(gpu, &m, &shards) {
-                Ok(UnclipNet::ClipVisual(v)) => visual = Some(v),
-                Ok(_) => unreachable!("the manifest kind was checked"),
-                Err(e) => problems.push(named(kind, e).message),
-            },
-            _ => stages.push((m, shards)),
+            "unclip/clip-visual" => {
+                match load_converted(gpu, &m, &shards.unwrap_or_default(), None) {
+                    Ok(UnclipNet::ClipVisual(v)) => visual = Some(v),
+                    Ok(_) => unreachable!("the manifest kind was checked"),
+                    Err(e) => problems.push(named(kind, e).message),
+                }
+            }
+            _ => stages.push(Stage {
+                manifest: m,
+                shards,
+            }),
         }
     }
     let clip = clip.expect("clip-text is in the core");
@@ -188,6 +230,7 @@ fn unclip_set(
                 clip,
                 visual,
                 stages,
+                entry: entry.clone(),
             },
             quant,
         ),
@@ -479,11 +522,15 @@ pub async fn run_unclip(
         }
     };
     let total = run.total_steps();
-    while run.phase() != Phase::Done {
-        let phase = run.phase();
-        let net = set.load_stage(gpu, phase)?;
+    while let Some(network) = run.network() {
+        on(Event::Step {
+            stage: loading(network),
+            done: run.steps_done(),
+            total,
+        });
+        let net = set.load_network(gpu, network).await?;
         let stages = net.stages().expect("a sampling stage");
-        while run.phase() == phase {
+        while run.network() == Some(network) {
             if cancelled() {
                 return Ok(None);
             }
@@ -502,11 +549,14 @@ pub async fn run_unclip(
                 None => crate::store::yield_now().await,
             }
             on(Event::Step {
-                stage: phase.name(),
+                stage: network.kind(),
                 done: run.steps_done(),
                 total,
             });
         }
+        // The next network reuses this one's memory, not the pool's spares.
+        drop(net);
+        gpu.trim_memory();
     }
     let images = run.images().expect("the run is done");
     let size = images.shape()[2];

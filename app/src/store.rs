@@ -35,6 +35,10 @@ pub const UNCLIP_CORE: [&str; 4] = [
     "unclip/decoder",
     "unclip/sr",
 ];
+/// unCLIP's sampling stages: on the GPU one at a time during a run, so their
+/// shards stay in Cache Storage until a run reaches them (Karlo's full q4
+/// stages are ~1.6 GB: held together in the page's memory they would not fit).
+pub const UNCLIP_STAGES: [&str; 3] = ["unclip/prior", "unclip/decoder", "unclip/sr"];
 const CACHE_NAME: &str = "webglide-models-v1";
 
 /// A model set the user can choose in the model manager.
@@ -114,7 +118,11 @@ impl KindManifest {
 pub struct Component {
     pub kind: &'static str,
     pub manifest: KindManifest,
+    /// Empty when `in_cache`.
     pub shards: Vec<(String, Vec<u8>)>,
+    /// The shards are verified and kept in Cache Storage, not in memory: an
+    /// unCLIP stage, read again with [`read_shards`] when a run needs it.
+    pub in_cache: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -337,6 +345,8 @@ pub async fn load(
     let mut components = Vec::new();
     for (kind, manifest, manifest_bytes) in manifests {
         let mut shards = Vec::new();
+        // A stage stays in the cache when every shard of it went there.
+        let mut in_cache = cache.is_some() && UNCLIP_STAGES.contains(&kind);
         for shard in manifest.shards().to_vec() {
             let what = format!("{kind}/{}", shard.file);
             let base = done;
@@ -357,9 +367,14 @@ pub async fn load(
             match fetched {
                 Ok((bytes, storage_problem)) => {
                     if let Some(w) = storage_problem {
+                        in_cache = false;
                         warn(w);
                     }
                     shards.push((shard.file.clone(), bytes));
+                    if in_cache {
+                        // Only the count matters until the run reads them back.
+                        shards.last_mut().expect("pushed").1 = Vec::new();
+                    }
                 }
                 Err(e) => {
                     drop_kind(kind, e)?;
@@ -377,16 +392,37 @@ pub async fn load(
                 warn(e);
             }
         }
+        if in_cache {
+            shards.clear();
+        }
         components.push(Component {
             kind,
             manifest,
             shards,
+            in_cache,
         });
     }
     Ok(Loaded {
         components,
         unavailable,
     })
+}
+
+/// The verified shards of a kind [`load`] left in Cache Storage (fetched
+/// again, like [`load`] does, if the cache lost them since).
+pub async fn read_shards(
+    entry: &ModelEntry,
+    kind: &str,
+    manifest: &KindManifest,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let cache = cache().await.ok();
+    let mut shards = Vec::new();
+    for shard in manifest.shards() {
+        let (bytes, _) =
+            load_shard(entry, cache.as_ref(), kind, manifest, &shard.file, |_| {}).await?;
+        shards.push((shard.file.clone(), bytes));
+    }
+    Ok(shards)
 }
 
 /// A kind's manifest (and its bytes) from the cache or the network; `None`

@@ -390,17 +390,27 @@ fn sized_config(kind: &str, size: &str) -> Result<engine::glide::model::GlideCon
 /// biases 0, other tensors N(0, 1/fan_in)), so the real architecture runs
 /// without a checkpoint.
 fn random_weights(shapes: &[(String, Vec<usize>)], seed: u64) -> Result<Vec<u8>> {
+    synthetic_weights(shapes, Some(seed))
+}
+
+/// Zeros in the layout of [`random_weights`]: a dry run allocates the weights
+/// but never reads them, and drawing a billion normals takes minutes.
+fn placeholder_weights(shapes: &[(String, Vec<usize>)]) -> Result<Vec<u8>> {
+    synthetic_weights(shapes, None)
+}
+
+fn synthetic_weights(shapes: &[(String, Vec<usize>)], seed: Option<u64>) -> Result<Vec<u8>> {
     let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, (name, shape)) in shapes.iter().enumerate() {
         let n: usize = shape.iter().product();
         let fan_in = if shape.len() > 1 { n / shape[0] } else { 1 };
-        let vals: Vec<f32> = if name.ends_with(".bias") {
+        let vals: Vec<f32> = if name.ends_with(".bias") || seed.is_none() {
             vec![0.0; n]
         } else if shape.len() == 1 {
             vec![1.0; n]
         } else {
             let s = 1.0 / (fan_in as f32).sqrt();
-            engine::rng::randn(n, seed, i as u32)
+            engine::rng::randn(n, seed.unwrap_or(0), i as u32)
                 .iter()
                 .map(|v| v * s)
                 .collect()
@@ -561,7 +571,7 @@ fn unclip_config(kind: &str, size: &str) -> Result<engine::unclip::weights::Uncl
 }
 
 /// `webglide bench pipeline --pipeline unclip`: Karlo's t2i procedure with
-/// random weights, one stage resident at a time (loaded, run, freed): load
+/// random weights, one network resident at a time (loaded, run, freed): load
 /// time, ms per step (one warm-up step, then `steps` timed ones; the
 /// per-step cost does not depend on the respacing, so each stage runs
 /// `steps + 1` respaced steps and the table scales to Karlo's counts),
@@ -575,7 +585,7 @@ pub fn unclip_pipeline(
     decoder_steps: usize,
 ) -> Result<()> {
     use engine::glide::weights::WeightSource;
-    use engine::unclip::pipeline::{Draws, Phase, UnclipParams, UnclipRun};
+    use engine::unclip::pipeline::{Draws, Network, UnclipParams, UnclipRun};
     use engine::unclip::weights::{load_net, UnclipNet};
     print!("{}", gpu.report);
     if gpu.is_dry_run() {
@@ -587,25 +597,30 @@ pub fn unclip_pipeline(
         2 * batch,
         gpu.max_binding >> 20
     );
-    let load = |kind: &str| -> Result<(UnclipNet, f64)> {
+    let load = |kind: &str, only: Option<Network>| -> Result<(UnclipNet, f64)> {
         let t0 = Instant::now();
         let cfg = unclip_config(kind, size)?;
-        let bytes = random_weights(&cfg.weight_shapes()?, 1)?;
+        let bytes = if gpu.is_dry_run() {
+            placeholder_weights(&cfg.weight_shapes()?)?
+        } else {
+            random_weights(&cfg.weight_shapes()?, 1)?
+        };
         let source = WeightSource::single(&bytes)?;
-        let net = load_net(gpu, &cfg, &source, quant)?;
+        let net = load_net(gpu, &cfg, &source, quant, only)?;
         pollster::block_on(gpu.wait_idle())?;
         Ok((net, t0.elapsed().as_secs_f64()))
     };
     let per = (steps + 1).to_string();
     let params = UnclipParams {
         prior_steps: per.clone(),
-        decoder_steps: per.clone(),
-        sr_steps: per,
+        decoder_steps: per,
+        // The first-steps SR network gets a warm-up and `steps` timed steps too.
+        sr_steps: (steps + 2).to_string(),
         ..UnclipParams::default()
     };
     let tok = crate::generate::clip_tokenizer()?;
     let mut total = 0.0;
-    let (clip, load_s) = load("clip-text")?;
+    let (clip, load_s) = load("clip-text", None)?;
     let UnclipNet::ClipText(clip) = clip else {
         unreachable!("clip-text")
     };
@@ -622,18 +637,17 @@ pub fn unclip_pipeline(
     );
     drop(clip);
     gpu.trim_memory();
-    while run.phase() != Phase::Done {
-        let phase = run.phase();
-        let (net, load_s) = load(phase.name())?;
+    while let Some(network) = run.network() {
+        let (net, load_s) = load(network.kind(), Some(network))?;
         let stages = net.stages().expect("a sampling stage");
         // Warm-up: pipelines compile, buffers settle.
-        let t = Instant::now();
+        let (t, warm_flops) = (Instant::now(), gpu.flops_recorded());
         run.step(gpu, &stages)?;
         pollster::block_on(gpu.wait_idle())?;
         let warm_ms = t.elapsed().as_secs_f64() * 1e3;
         let (t, flops0) = (Instant::now(), gpu.flops_recorded());
         let mut n = 0;
-        while run.phase() == phase {
+        while run.network() == Some(network) {
             run.step(gpu, &stages)?;
             n += 1;
         }
@@ -643,15 +657,21 @@ pub fn unclip_pipeline(
         } else {
             warm_ms
         };
-        let gflop = (gpu.flops_recorded() - flops0) as f64 / n.max(1) as f64 / 1e9;
-        let karlo = match phase {
-            Phase::Prior => 25,
-            Phase::Decoder => decoder_steps,
-            _ => 7,
+        // A network with one step (Karlo's last SR step) has only the warm-up.
+        let gflop = if n > 0 {
+            (gpu.flops_recorded() - flops0) as f64 / n as f64 / 1e9
+        } else {
+            (flops0 - warm_flops) as f64 / 1e9
+        };
+        let karlo = match network {
+            Network::Prior => 25,
+            Network::Decoder => decoder_steps,
+            Network::SrFirstSteps => 6,
+            Network::SrLastStep => 1,
         };
         println!(
             "{:<9} load {load_s:6.1} s   {ms:9.1} ms/step ({n} timed, warm-up {warm_ms:.0} ms)   x{karlo} steps = {:.2} s   {gflop:.1} GFLOP/step = {:.1} GFLOP/s",
-            phase.name(),
+            network.name(),
             ms * karlo as f64 / 1e3,
             gflop / ms * 1e3
         );
@@ -660,17 +680,19 @@ pub fn unclip_pipeline(
         gpu.trim_memory();
         let stats = gpu.memory_stats();
         println!(
-            "{:<9} peak so far {:.0} MiB, largest buffer so far {:.1} MiB",
+            "{:<9} peak so far {:.0} MiB (tensors alive at most {:.0} MiB), largest buffer so far {:.1} MiB",
             "",
             stats.peak_bytes as f64 / 1048576.0,
+            stats.peak_in_use as f64 / 1048576.0,
             stats.largest_buffer as f64 / 1048576.0
         );
     }
     let stats = gpu.memory_stats();
     println!("seconds per image (clip + prior 25 + decoder {decoder_steps} + SR 7): {total:.2} s");
     println!(
-        "peak GPU memory held by the engine: {:.0} MiB; largest buffer {:.1} MiB",
+        "peak GPU memory held by the engine: {:.0} MiB (tensors alive at most {:.0} MiB); largest buffer {:.1} MiB",
         stats.peak_bytes as f64 / 1048576.0,
+        stats.peak_in_use as f64 / 1048576.0,
         stats.largest_buffer as f64 / 1048576.0
     );
     Ok(())

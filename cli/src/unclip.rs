@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use engine::unclip::pipeline::{to_rgb8, Draws, Phase, UnclipParams, UnclipRun};
+use engine::unclip::pipeline::{to_rgb8, Draws, Network, UnclipParams, UnclipRun};
 use engine::unclip::weights::{load_converted, UnclipConfig, UnclipNet};
 use engine::Gpu;
 
@@ -23,15 +23,16 @@ pub struct Options {
     pub out: PathBuf,
 }
 
-/// Loads `dir/<kind>/` (a `webglide convert --kind <kind>` folder).
-fn load(gpu: &Gpu, dir: &Path, kind: &str) -> Result<UnclipNet> {
+/// Loads `dir/<kind>/` (a `webglide convert --kind <kind>` folder); of the
+/// SR folder only the network `only` names.
+fn load(gpu: &Gpu, dir: &Path, kind: &str, only: Option<Network>) -> Result<UnclipNet> {
     let Some((manifest, shards)) = crate::convert::read_kind::<UnclipConfig>(dir, kind)? else {
         bail!(
             "{}/manifest.json not found (convert the model with `webglide convert --kind {kind}`)",
             dir.join(kind).display()
         );
     };
-    load_converted(gpu, &manifest, &shards)
+    load_converted(gpu, &manifest, &shards, only)
         .with_context(|| format!("loading {}", dir.join(kind).display()))
 }
 
@@ -47,7 +48,7 @@ pub fn run(gpu: &Gpu, o: &Options) -> Result<()> {
     let draws = Draws::Seed(o.seed);
     // The text tower (and the visual one) only start the run.
     let mut run = {
-        let UnclipNet::ClipText(clip) = load(gpu, &o.model, "clip-text")? else {
+        let UnclipNet::ClipText(clip) = load(gpu, &o.model, "clip-text", None)? else {
             unreachable!("load checks the kind")
         };
         match (&o.prompt, &o.image) {
@@ -56,7 +57,8 @@ pub fn run(gpu: &Gpu, o: &Options) -> Result<()> {
                 UnclipRun::text_to_image(gpu, &clip, &tok, &prompts, o.params.clone(), draws)?
             }
             (None, Some(image)) => {
-                let UnclipNet::ClipVisual(visual) = load(gpu, &o.model, "clip-visual")? else {
+                let UnclipNet::ClipVisual(visual) = load(gpu, &o.model, "clip-visual", None)?
+                else {
                     unreachable!("load checks the kind")
                 };
                 let pixels = clip_image(image, visual.config.image_resolution)?;
@@ -74,17 +76,20 @@ pub fn run(gpu: &Gpu, o: &Options) -> Result<()> {
             _ => bail!("a prompt or an image, not both"),
         }
     };
+    gpu.trim_memory();
     let pb = bar(run.total_steps(), "unclip");
-    // One stage resident at a time: each is loaded when the run reaches it.
-    while run.phase() != Phase::Done {
-        let phase = run.phase();
-        pb.set_prefix(phase.name());
-        let net = load(gpu, &o.model, phase.name())?;
+    // One network resident at a time: each is loaded when the run reaches it.
+    while let Some(network) = run.network() {
+        pb.set_prefix(network.name());
+        let net = load(gpu, &o.model, network.kind(), Some(network))?;
         let stages = net.stages().expect("a sampling stage");
-        while run.phase() == phase {
+        while run.network() == Some(network) {
             run.step(gpu, &stages)?;
             pb.inc(1);
         }
+        // The next network reuses this one's memory, not the pool's spares.
+        drop(net);
+        gpu.trim_memory();
     }
     let images = run.images().expect("the run is done");
     let size = images.shape()[2];

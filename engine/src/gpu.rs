@@ -658,6 +658,12 @@ impl<'g> Recorder<'g> {
                 });
             }
         }
+        if self.gpu.pool.take_pressure() {
+            // Idle buffers of other sizes pile up: submitting makes those freed
+            // while recording safe to destroy.
+            self.flush();
+            self.gpu.pool.trim();
+        }
         if self.gpu.dry_run {
             self.dispatches += 1;
             return Ok(());

@@ -22,6 +22,10 @@ pub struct PoolStats {
     pub peak_bytes: u64,
     /// The largest single buffer created (what one binding can be at most).
     pub largest_buffer: u64,
+    /// Bytes of the buffers on loan (tensors alive), and the most ever:
+    /// what `peak_bytes` would be if the pool kept nothing free.
+    pub in_use: u64,
+    pub peak_in_use: u64,
 }
 
 pub(crate) struct BufferPool {
@@ -29,6 +33,16 @@ pub(crate) struct BufferPool {
     free: Mutex<HashMap<(u64, u32), Vec<FreeBuffer>>>,
     stats: Mutex<PoolStats>,
     recording: Mutex<Recording>,
+    /// Set when idle free buffers pile up (see [`BufferPool::take_pressure`]).
+    pressure: std::sync::atomic::AtomicBool,
+}
+
+/// Idle bytes in free buffers that make the pool ask for a flush + trim:
+/// a quarter of the bytes in use, at least 256 MiB. Steps of a sampling loop
+/// stay far below it; Karlo's SR at 256 px (tensors of 20 to 240 MiB freed
+/// within one step's recording) would otherwise hold 1.5 times what it uses.
+fn idle_limit(in_use: u64) -> u64 {
+    (in_use / 4).max(256 << 20)
 }
 
 /// Open recorders, and a generation that advances whenever all work recorded
@@ -60,6 +74,7 @@ pub struct PooledBuffer {
 impl Drop for PooledBuffer {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
+            pool.stats.lock().unwrap().in_use -= self.size;
             let dirty_in = {
                 let r = pool.recording.lock().unwrap();
                 (r.open > 0).then_some(r.generation)
@@ -84,7 +99,16 @@ impl BufferPool {
             free: Mutex::default(),
             stats: Mutex::default(),
             recording: Mutex::default(),
+            pressure: Default::default(),
         }
+    }
+
+    /// True (once) when the free buffers hold more than [`idle_limit`]:
+    /// the recorder then submits what it holds, so that the buffers freed
+    /// while recording stop being pending, and trims the pool.
+    pub(crate) fn take_pressure(&self) -> bool {
+        self.pressure
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn begin_recording(&self) {
@@ -131,30 +155,48 @@ impl BufferPool {
     fn take(self: &Arc<Self>, size: u64, usage: wgpu::BufferUsages, host: bool) -> PooledBuffer {
         let size = size.max(16).div_ceil(256) * 256;
         let generation = self.recording.lock().unwrap().generation;
-        let reused = self
-            .free
-            .lock()
-            .unwrap()
-            .get_mut(&(size, usage.bits()))
-            .and_then(|v| {
-                let i = v
-                    .iter()
-                    .rposition(|f| !host || f.dirty_in.is_none_or(|g| g < generation))?;
-                Some(v.swap_remove(i).buffer)
-            });
-        let buffer = reused.unwrap_or_else(|| {
+        let usable = |f: &FreeBuffer| !host || f.dirty_in.is_none_or(|g| g < generation);
+        let reused = {
+            let mut free = self.free.lock().unwrap();
+            // The smallest free buffer that fits and wastes at most half of
+            // itself: tensors of a step come in many sizes, and exact matches
+            // alone leave the large ones idle while others are created.
+            let fit = free
+                .iter()
+                .filter(|(&(s, u), v)| {
+                    u == usage.bits() && s >= size && s <= 4 * size && v.iter().any(usable)
+                })
+                .map(|(&key, _)| key)
+                .min();
+            fit.map(|key| {
+                let v = free.get_mut(&key).expect("found above");
+                let i = v.iter().rposition(usable).expect("found above");
+                (key.0, v.swap_remove(i).buffer)
+            })
+        };
+        let (size, buffer) = reused.unwrap_or_else(|| {
             let mut s = self.stats.lock().unwrap();
             s.created += 1;
             s.bytes += size;
             s.peak_bytes = s.peak_bytes.max(s.bytes);
             s.largest_buffer = s.largest_buffer.max(size);
-            self.device.create_buffer(&wgpu::BufferDescriptor {
+            if s.bytes - s.in_use - size > idle_limit(s.in_use + size) {
+                self.pressure
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
                 size,
                 usage,
                 mapped_at_creation: false,
-            })
+            });
+            (size, buffer)
         });
+        {
+            let mut s = self.stats.lock().unwrap();
+            s.in_use += size;
+            s.peak_in_use = s.peak_in_use.max(s.in_use);
+        }
         PooledBuffer {
             buffer,
             size,
@@ -238,6 +280,16 @@ impl Tensor {
             buffer: &self.buf.buffer,
             offset: start as u64 * item,
             size: count as u64 * item,
+        }
+    }
+    /// Binding of `piece` of this `[N, C, ...]` tensor (see [`Piece`]).
+    pub(crate) fn bind_piece(&self, piece: Piece) -> Bind<'_> {
+        let item = self.bytes() / self.shape[0].max(1) as u64;
+        let channel = item / self.shape.get(1).copied().unwrap_or(1).max(1) as u64;
+        Bind {
+            buffer: &self.buf.buffer,
+            offset: piece.n0 as u64 * item + piece.c0 as u64 * channel,
+            size: (piece.nc as u64 - 1) * item + piece.cc as u64 * channel,
         }
     }
     /// True when both tensors share storage.
@@ -481,6 +533,100 @@ impl Gpu {
         }
         let per = (limit / biggest) as usize;
         Ok((0..n).step_by(per).map(|s| (s, per.min(n - s))).collect())
+    }
+}
+
+/// One dispatch's share of `[N, C, ...]` tensors: items `n0..n0+nc` whole, or,
+/// when one item is over the binding limit (Karlo's SR at 256 px holds 960
+/// channels, 240 MiB), channels `c0..c0+cc` of item `n0` alone (`nc` = 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Piece {
+    pub n0: usize,
+    pub nc: usize,
+    pub c0: usize,
+    pub cc: usize,
+}
+
+impl Gpu {
+    /// Pieces of `n` items of `c` channels for tensors bound together, each
+    /// with `channel_bytes` per channel. Channel ranges hold whole multiples
+    /// of `align` channels (GroupNorm groups) and start 256-byte aligned.
+    pub(crate) fn pieces(
+        &self,
+        n: usize,
+        c: usize,
+        channel_bytes: &[u64],
+        align: usize,
+    ) -> Result<Vec<Piece>> {
+        let items: Vec<u64> = channel_bytes.iter().map(|b| b * c as u64).collect();
+        if items.iter().all(|&b| b <= self.max_binding) {
+            let chunks = self.batch_chunks(n, &items)?;
+            return Ok(chunks
+                .into_iter()
+                .map(|(n0, nc)| Piece {
+                    n0,
+                    nc,
+                    c0: 0,
+                    cc: c,
+                })
+                .collect());
+        }
+        let ranges = self.channel_ranges(c, channel_bytes, align)?;
+        if n > 1 && items.iter().any(|b| b % 256 != 0) {
+            return Err(Error::Invalid(format!(
+                "a tensor over the binding limit ({} bytes) must have batch items of a multiple of 256 bytes",
+                self.max_binding
+            )));
+        }
+        Ok((0..n)
+            .flat_map(|n0| {
+                ranges
+                    .iter()
+                    .map(move |&(c0, cc)| Piece { n0, nc: 1, c0, cc })
+            })
+            .collect())
+    }
+
+    /// Splits `c` channels into the fewest near-equal ranges whose bindings
+    /// (`channel_bytes` per channel, per bound tensor) stay within the
+    /// binding limit; range starts are multiples of `align` channels at
+    /// 256-byte offsets.
+    pub(crate) fn channel_ranges(
+        &self,
+        c: usize,
+        channel_bytes: &[u64],
+        align: usize,
+    ) -> Result<Vec<(usize, usize)>> {
+        let align = align.max(1);
+        let widest = channel_bytes.iter().copied().max().unwrap_or(0);
+        if widest * c as u64 <= self.max_binding || c == 0 {
+            return Ok(vec![(0, c)]);
+        }
+        // The smallest multiple of `align` channels that keeps every offset aligned.
+        let step = (1..=256)
+            .map(|k| k * align)
+            .find(|s| {
+                channel_bytes
+                    .iter()
+                    .all(|b| (*s as u64 * b).is_multiple_of(256))
+            })
+            .ok_or_else(|| {
+                Error::Invalid("channel ranges cannot start at 256-byte offsets".into())
+            })?;
+        let steps_per_range = (self.max_binding / (step as u64 * widest)) as usize;
+        if steps_per_range == 0 {
+            return Err(Error::TooLarge {
+                what: format!("{step} channels of a binding"),
+                bytes: step as u64 * widest,
+                limit: self.max_binding,
+            });
+        }
+        let count = c.div_ceil(steps_per_range * step);
+        let per = c.div_ceil(count).div_ceil(step) * step;
+        Ok((0..c)
+            .step_by(per)
+            .map(|c0| (c0, per.min(c - c0)))
+            .collect())
     }
 }
 

@@ -345,6 +345,102 @@ async fn conv_case(
     )
 }
 
+/// `conv2d_upsampled`: GLIDE's up ResBlock convs, nearest ×2 folded into the
+/// loads of the (normalised) input and of the residual, against the CPU
+/// upsampling then convolving; odd sizes, and on the small-binding device an
+/// item over the cap (input and output in channel ranges).
+async fn conv2d_upsampled_matches_cpu() -> TestResult {
+    // (n, cin, h, w, cout, ks, norm, res)
+    let cases = [
+        (2, 40, 5, 7, 24, 3, true, true),
+        (1, 72, 8, 8, 20, 3, true, true),
+        (3, 8, 3, 2, 5, 1, false, true),
+        (1, 16, 4, 6, 70, 3, true, false),
+    ];
+    let mut runs: Vec<(&Gpu, &[_])> = devices()
+        .await
+        .into_iter()
+        .map(|g| (g, &cases[..]))
+        .collect();
+    // Over the 16 KiB cap: the 72-channel input, the 20-channel output (16×16).
+    runs.push((small_gpu().await, &cases[1..2]));
+    for (gpu, cases) in runs {
+        let mut rng = Rng::new(31);
+        for &(n, cin, h, w, cout, ks, norm, res) in cases {
+            let x = rng.normals(n * cin * h * w, 1.0);
+            let wd = WeightData::from_f32(
+                &[cout, cin, ks, ks],
+                &rng.normals(cout * cin * ks * ks, 0.3),
+                WeightDType::Q8,
+            )
+            .map_err(err)?;
+            let bias = rng.normals(cout, 0.5);
+            let resv = rng.normals(n * cout * h * w, 1.0);
+            let groups = 8;
+            let gamma = rng.normals(cin, 0.3);
+            let beta = rng.normals(cin, 0.3);
+            let xt = gpu.upload(&[n, cin, h, w], &x).map_err(err)?;
+            let wt = gpu.upload_weight(&wd).map_err(err)?;
+            let bt = gpu.upload(&[cout], &bias).map_err(err)?;
+            let rt = gpu.upload(&[n, cout, h, w], &resv).map_err(err)?;
+            let (gt, bet) = (
+                gpu.upload(&[cin], &gamma).map_err(err)?,
+                gpu.upload(&[cin], &beta).map_err(err)?,
+            );
+            let mut rec = gpu.recorder();
+            let coef =
+                kernels::group_norm::norm_coeffs(&mut rec, &xt, &gt, &bet, groups, 1e-5, None)
+                    .map_err(err)?;
+            let y = kernels::conv::conv2d_upsampled(
+                &mut rec,
+                &xt,
+                &wt,
+                Some(&bt),
+                norm.then_some(kernels::conv::InputNorm {
+                    coef: &coef,
+                    silu: true,
+                }),
+                res.then_some(&rt),
+                kernels::conv::Upsampled {
+                    input: true,
+                    res: true,
+                },
+            )
+            .map_err(err)?;
+            rec.submit().map_err(err)?;
+            let got = gpu.read(&y).await.map_err(err)?;
+            let cpu_coef = cpu::group_norm_coeffs(&x, n, cin, groups, 1e-5, &gamma, &beta, None);
+            let xin = if norm {
+                cpu::norm_apply(&x, n, cin, &cpu_coef, Act::Silu)
+            } else {
+                x.clone()
+            };
+            let want = cpu::conv2d(
+                &cpu::nearest2x(&xin, n * cin, h, w),
+                n,
+                cin,
+                2 * h,
+                2 * w,
+                &wd.to_f32(),
+                cout,
+                ks,
+                Some(&bias),
+                None,
+                res.then(|| cpu::nearest2x(&resv, n * cout, h, w))
+                    .as_deref(),
+            );
+            check(
+                &format!("upsampled conv{ks}x{ks} n{n} {cin}->{cout} {h}x{w} norm {norm} res {res} (cap {} KiB)", gpu.max_binding >> 10),
+                &got,
+                &want,
+                3e-5,
+            )?;
+        }
+    }
+    Ok(())
+}
+gpu_test!(conv2d_upsampled_matches_cpu);
+
 async fn conv2d_matches_cpu() -> TestResult {
     for gpu in devices().await {
         conv2d_matches_cpu_on(gpu).await?;
@@ -1214,9 +1310,9 @@ async fn binding_splits_match_unsplit() -> TestResult {
     {
         check(&format!("split {name}"), &outs[1][i], &outs[0][i], 1e-6)?;
     }
-    // One item larger than the cap is a clear error, not a crash.
+    // One channel larger than the cap is a clear error, not a crash.
     let xt = small
-        .upload(&[1, 64, 32, 32], &vec![0.0; 64 * 1024])
+        .upload(&[1, 1, 128, 128], &vec![0.0; 128 * 128])
         .map_err(err)?;
     let mut rec = small.recorder();
     match kernels::resample::nearest2x(&mut rec, &xt) {
@@ -1225,6 +1321,93 @@ async fn binding_splits_match_unsplit() -> TestResult {
     }
 }
 gpu_test!(binding_splits_match_unsplit);
+
+/// Items over the binding cap (Karlo's SR holds 240 MiB items at 256 px) go in
+/// channel ranges: GroupNorm by whole groups, convs summed over input ranges
+/// (here three, so the partial sums alternate buffers) into output ranges,
+/// resampling by planes, concatenation by buffer copies. 12×12 planes make the
+/// ranges start at multiples of 4 channels (and of whole 2-channel groups) to keep
+/// offsets 256-byte aligned.
+async fn channel_splits_match_unsplit() -> TestResult {
+    let big = gpu().await;
+    let small = small_gpu().await;
+    let mut rng = Rng::new(29);
+    let (n, c, h, w, cout) = (2, 64, 12, 12, 40); // 36 KiB items, cap 16 KiB
+    let x = rng.normals(n * c * h * w, 1.0);
+    let res = rng.normals(n * cout * h * w, 1.0);
+    let emb = rng.normals(n * 2 * c, 0.5);
+    let g = rng.normals(c, 0.3);
+    let be = rng.normals(c, 0.3);
+    let bias = rng.normals(cout, 0.5);
+    let w3 = WeightData::from_f32(
+        &[cout, c, 3, 3],
+        &rng.normals(cout * c * 9, 0.2),
+        WeightDType::Q4,
+    )
+    .map_err(err)?;
+    let w1 = WeightData::from_f32(
+        &[cout, c, 1, 1],
+        &rng.normals(cout * c, 0.2),
+        WeightDType::F32,
+    )
+    .map_err(err)?;
+    let names = [
+        "conv3x3 q4 norm+res",
+        "conv1x1",
+        "group_norm",
+        "nearest2x",
+        "avgpool2",
+        "concat",
+        "slice",
+    ];
+    let mut outs = Vec::new();
+    for gpu in [big, small] {
+        let up = |shape: &[usize], v: &[f32]| gpu.upload(shape, v).map_err(err);
+        let (xt, rt, et) = (
+            up(&[n, c, h, w], &x)?,
+            up(&[n, cout, h, w], &res)?,
+            up(&[n, 2 * c], &emb)?,
+        );
+        let (gt, bt, biast) = (up(&[c], &g)?, up(&[c], &be)?, up(&[cout], &bias)?);
+        let (w3t, w1t) = (
+            gpu.upload_weight(&w3).map_err(err)?,
+            gpu.upload_weight(&w1).map_err(err)?,
+        );
+        let mut rec = gpu.recorder();
+        let coef = kernels::group_norm::norm_coeffs(&mut rec, &xt, &gt, &bt, 32, 1e-5, Some(&et))
+            .map_err(err)?;
+        let norm = kernels::conv::InputNorm {
+            coef: &coef,
+            silu: true,
+        };
+        let conv3 = kernels::conv::conv2d(&mut rec, &xt, &w3t, Some(&biast), Some(norm), Some(&rt))
+            .map_err(err)?;
+        let conv1 = kernels::conv::conv2d(&mut rec, &xt, &w1t, None, None, None).map_err(err)?;
+        let gn = kernels::group_norm::apply(&mut rec, &xt, &coef, Act::Silu).map_err(err)?;
+        let near = kernels::resample::nearest2x(&mut rec, &xt).map_err(err)?;
+        let down = kernels::resample::avgpool2(&mut rec, &xt).map_err(err)?;
+        let cat = kernels::copy::concat_channels(&mut rec, &[&xt, &gn]).map_err(err)?;
+        let slice = kernels::copy::slice_channels(&mut rec, &cat, 50, 70).map_err(err)?;
+        rec.submit().map_err(err)?;
+        let mut v = Vec::new();
+        for t in [&conv3, &conv1, &gn, &near, &down, &cat, &slice] {
+            v.push(gpu.read(t).await.map_err(err)?);
+        }
+        outs.push(v);
+    }
+    for (i, name) in names.iter().enumerate() {
+        // Convs sum their input ranges in another order.
+        let tol = if name.starts_with("conv") { 1e-5 } else { 1e-6 };
+        check(
+            &format!("channel split {name}"),
+            &outs[1][i],
+            &outs[0][i],
+            tol,
+        )?;
+    }
+    Ok(())
+}
+gpu_test!(channel_splits_match_unsplit);
 
 /// A repeated step allocates no new GPU buffers and costs one submission.
 async fn steady_state_allocates_nothing() -> TestResult {

@@ -9,7 +9,7 @@ use super::weights::{Loader, WeightSource};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Recorder};
 use crate::kernels::attention::{attention, Attention, View};
-use crate::kernels::conv::{conv2d, InputNorm};
+use crate::kernels::conv::{conv2d, InputNorm, Upsampled};
 use crate::kernels::{self, Act};
 use crate::quant::WeightDType;
 use crate::tensor::{Tensor, Weight};
@@ -428,32 +428,40 @@ impl ResBlock {
     /// `emb_silu` is SiLU(emb), shared by every block of a forward pass.
     fn forward(&self, rec: &mut Recorder, x: &Tensor, emb_silu: &Tensor) -> Result<Tensor> {
         let coef = self.in_layers_0.coeffs(rec, x, None)?;
-        let (h, x) = match self.resample {
+        let norm = InputNorm {
+            coef: &coef,
+            silu: true,
+        };
+        // Resampling comes after GN+SiLU and before the conv, the skip input's too.
+        let (h, x, skip_upsampled) = match self.resample {
             Resample::None => (
-                self.in_layers_2.apply_conv(
+                self.in_layers_2.apply_conv(rec, x, Some(norm), None)?,
+                x.clone(),
+                false,
+            ),
+            // Folded into the convs' loads; the skip (and its 1×1 conv, which
+            // commutes with nearest upsampling) stays at the low resolution.
+            Resample::Up => {
+                let l = &self.in_layers_2;
+                let h = kernels::conv::conv2d_upsampled(
                     rec,
                     x,
-                    Some(InputNorm {
-                        coef: &coef,
-                        silu: true,
-                    }),
+                    &l.weight,
+                    l.bias.as_ref(),
+                    Some(norm),
                     None,
-                )?,
-                x.clone(),
-            ),
-            r => {
-                // Resample after GN+SiLU and before the conv; the skip input too.
+                    Upsampled {
+                        input: true,
+                        res: false,
+                    },
+                )?;
+                (h, x.clone(), true)
+            }
+            Resample::Down => {
                 let h = kernels::group_norm::apply(rec, x, &coef, Act::Silu)?;
-                let f = |rec: &mut Recorder, t: &Tensor| {
-                    if r == Resample::Up {
-                        kernels::resample::nearest2x(rec, t)
-                    } else {
-                        kernels::resample::avgpool2(rec, t)
-                    }
-                };
-                let h = f(rec, &h)?;
-                let x = f(rec, x)?;
-                (self.in_layers_2.apply_conv(rec, &h, None, None)?, x)
+                let h = kernels::resample::avgpool2(rec, &h)?;
+                let x = kernels::resample::avgpool2(rec, x)?;
+                (self.in_layers_2.apply_conv(rec, &h, None, None)?, x, false)
             }
         };
         let e = self
@@ -479,14 +487,20 @@ impl ResBlock {
             Some(s) => s.apply_conv(rec, &x, None, None)?,
             None => x,
         };
-        self.out_layers_3.apply_conv(
+        kernels::conv::conv2d_upsampled(
             rec,
             &h,
+            &self.out_layers_3.weight,
+            self.out_layers_3.bias.as_ref(),
             Some(InputNorm {
                 coef: &coef2,
                 silu: true,
             }),
             Some(&skip),
+            Upsampled {
+                input: false,
+                res: skip_upsampled,
+            },
         )
     }
 }

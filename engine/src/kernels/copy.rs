@@ -36,7 +36,18 @@ pub fn copy_channels(
             ),
         );
     }
-    for (n0, nc) in gpu.batch_chunks(n, &[(sc * inner) as u64 * 4, (dc * inner) as u64 * 4])? {
+    let items = [(sc * inner) as u64 * 4, (dc * inner) as u64 * 4];
+    if items.iter().any(|&b| b > gpu.max_binding) {
+        // Items over the binding limit: buffer copies, which bind nothing.
+        let bytes = (count * inner) as u64 * 4;
+        for i in 0..n {
+            let from = ((i * sc + src_off) * inner) as u64 * 4;
+            let to = ((i * dc + dst_off) * inner) as u64 * 4;
+            rec.copy(src.buffer(), from, dst.buffer(), to, bytes);
+        }
+        return Ok(());
+    }
+    for (n0, nc) in gpu.batch_chunks(n, &items)? {
         let total = (nc * count * inner) as u64;
         rec.dispatch(
             &COPY,

@@ -33,22 +33,23 @@ pub fn stats(rec: &mut Recorder, x: &Tensor, groups: usize, eps: f32) -> Result<
         );
     }
     let out = gpu.empty(&[n, groups, 2])?;
-    for (n0, nc) in gpu.batch_chunks(n, &[(c * hw) as u64 * 4])? {
+    let cg = c / groups;
+    for piece in gpu.pieces(n, c, &[hw as u64 * 4], cg)? {
         rec.dispatch(
             &GN_STATS,
             &[],
             &[
-                c as u32,
-                groups as u32,
+                piece.cc as u32,
+                (piece.cc / cg) as u32,
                 hw as u32,
                 super::f(eps),
-                n0 as u32,
-                0,
-                0,
-                nc as u32,
+                piece.n0 as u32,
+                (piece.c0 / cg) as u32,
+                groups as u32,
+                piece.nc as u32,
             ],
-            &[x.bind_items(n0, nc), out.bind()],
-            [groups as u32, nc as u32, 1],
+            &[x.bind_piece(piece), out.bind()],
+            [(piece.cc / cg) as u32, piece.nc as u32, 1],
         )?;
     }
     Ok(out)
@@ -131,13 +132,20 @@ pub fn apply(rec: &mut Recorder, x: &Tensor, coef: &Tensor, act: Act) -> Result<
         );
     }
     let out = gpu.empty(x.shape())?;
-    for (n0, nc) in gpu.batch_chunks(n, &[(c * hw) as u64 * 4])? {
-        let total = nc * c * hw;
+    for piece in gpu.pieces(n, c, &[hw as u64 * 4], 1)? {
+        let total = piece.nc * piece.cc * hw;
         rec.dispatch(
             &GN_APPLY,
             &[("ACT", act.code())],
-            &[c as u32, hw as u32, n0 as u32, total as u32],
-            &[x.bind_items(n0, nc), coef.bind(), out.bind_items(n0, nc)],
+            &[
+                piece.cc as u32,
+                hw as u32,
+                piece.n0 as u32,
+                total as u32,
+                piece.c0 as u32,
+                c as u32,
+            ],
+            &[x.bind_piece(piece), coef.bind(), out.bind_piece(piece)],
             grid((total as u64).div_ceil(256)),
         )?;
     }

@@ -29,20 +29,15 @@ fn launch(
         return shape_err("resample", format!("empty image {h}x{w} -> {hout}x{wout}"));
     }
     let out = gpu.empty(&[n, c, hout, wout])?;
-    for (n0, nc) in gpu.batch_chunks(n, &[(c * h * w) as u64 * 4, (c * hout * wout) as u64 * 4])? {
-        let total = (nc * c * hout * wout) as u64;
+    // Planes are independent: an item over the binding limit goes in channel ranges.
+    for piece in gpu.pieces(n, c, &[(h * w) as u64 * 4, (hout * wout) as u64 * 4], 1)? {
+        let planes = piece.nc * piece.cc;
         rec.dispatch(
             kernel,
             &[],
-            &[
-                (nc * c) as u32,
-                h as u32,
-                w as u32,
-                hout as u32,
-                wout as u32,
-            ],
-            &[x.bind_items(n0, nc), out.bind_items(n0, nc)],
-            grid(total.div_ceil(256)),
+            &[planes as u32, h as u32, w as u32, hout as u32, wout as u32],
+            &[x.bind_piece(piece), out.bind_piece(piece)],
+            grid(((planes * hout * wout) as u64).div_ceil(256)),
         )?;
     }
     Ok(out)

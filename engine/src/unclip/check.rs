@@ -420,7 +420,8 @@ pub async fn check_t2i(
     let low_res = gpu.upload(&low_shape, &recorded_low)?;
 
     // SR: the first-steps network, then the last-step one at i = 0.
-    let (sr_first, sr_last) = (&m.sr.first_steps, &m.sr.last_step);
+    let both = m.sr.first_steps.as_ref().zip(m.sr.last_step.as_ref());
+    let (sr_first, sr_last) = both.ok_or_else(|| Error::Invalid("both SR networks".into()))?;
     let sched = karlo_schedule(&case.sampling.sr_sm)?;
     let net = |rec: &mut Recorder, x: &Tensor, t: &Tensor, i: usize| {
         if i == 0 { sr_last } else { sr_first }.forward(rec, x, &low_res, t, None)
@@ -529,8 +530,16 @@ fn load_t2i(
     };
     let sr = with_loader(gpu, &weights("sr")?, dtype, &[], |l| {
         Ok(SrStage {
-            first_steps: SuperRes::load(sr_case.module_kwargs_model_first_steps, l, first_prefix)?,
-            last_step: SuperRes::load(sr_case.module_kwargs_model_last_step, l, last_prefix)?,
+            first_steps: Some(SuperRes::load(
+                sr_case.module_kwargs_model_first_steps,
+                l,
+                first_prefix,
+            )?),
+            last_step: Some(SuperRes::load(
+                sr_case.module_kwargs_model_last_step,
+                l,
+                last_prefix,
+            )?),
             image_size: case.sampling.sr_size,
         })
     })?;

@@ -142,11 +142,42 @@ pub struct DecoderStage {
     pub image_size: usize,
 }
 
-/// Both SR networks and the side of the images they make (256 in Karlo).
+/// The SR networks and the side of the images they make (256 in Karlo).
+/// A run needs one at a time ([`UnclipRun::network`]): each may be absent.
 pub struct SrStage {
-    pub first_steps: SuperRes,
-    pub last_step: SuperRes,
+    pub first_steps: Option<SuperRes>,
+    pub last_step: Option<SuperRes>,
     pub image_size: usize,
+}
+
+/// The network a run's next step needs on the GPU. Holding one at a time is
+/// what fits a browser: Karlo's two SR networks alone are 1 GiB in q4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Network {
+    Prior,
+    Decoder,
+    SrFirstSteps,
+    SrLastStep,
+}
+
+impl Network {
+    /// The converted folder (kind) that holds it.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Network::Prior => "prior",
+            Network::Decoder => "decoder",
+            Network::SrFirstSteps | Network::SrLastStep => "sr",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Network::Prior => "prior",
+            Network::Decoder => "decoder",
+            Network::SrFirstSteps => "sr-first",
+            Network::SrLastStep => "sr-last",
+        }
+    }
 }
 
 /// The stages a step may need; the others can be `None` (not loaded).
@@ -173,6 +204,15 @@ impl Phase {
             Phase::SuperRes => "sr",
             Phase::Done => "done",
         }
+    }
+}
+
+/// The SR network of step `i` (Karlo's last-step network runs i = 0).
+fn sr_network_name(i: usize) -> &'static str {
+    if i == 0 {
+        Network::SrLastStep.name()
+    } else {
+        Network::SrFirstSteps.name()
     }
 }
 
@@ -435,6 +475,26 @@ impl UnclipRun {
         self.phase
     }
 
+    /// The network the next step runs (None when done): the prior, the
+    /// decoder, then Karlo's first-steps SR network and, for the last step
+    /// (i = 0), the last-step one.
+    pub fn network(&self) -> Option<Network> {
+        Some(match self.phase {
+            Phase::Prior => Network::Prior,
+            Phase::Decoder => Network::Decoder,
+            Phase::SuperRes => {
+                let n = self.scheds[2].len();
+                let done = self.stage.as_ref().map_or(0, |s| s.step_index);
+                if done + 1 >= n {
+                    Network::SrLastStep
+                } else {
+                    Network::SrFirstSteps
+                }
+            }
+            Phase::Done => return None,
+        })
+    }
+
     pub fn total_steps(&self) -> usize {
         let prior = if self.with_prior {
             self.scheds[0].len()
@@ -572,11 +632,14 @@ impl UnclipRun {
                 // The last step (i = 0) runs the last-step network.
                 let more = stage.step(gpu, &self.draws, &|rec, x, t, i| {
                     let net = if i == 0 {
-                        &sr.last_step
+                        sr.last_step.as_ref()
                     } else {
-                        &sr.first_steps
+                        sr.first_steps.as_ref()
                     };
-                    net.forward(rec, x, low_res, t, None)
+                    net.ok_or_else(|| {
+                        Error::Invalid(format!("the {} network is not loaded", sr_network_name(i)))
+                    })?
+                    .forward(rec, x, low_res, t, None)
                 })?;
                 if !more {
                     self.output = Some(stage.x.clone());

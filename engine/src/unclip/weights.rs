@@ -5,7 +5,7 @@
 
 use super::clip::{ClipText, ClipTextConfig, ClipVisual, ClipVisualConfig};
 use super::decoder::{Decoder, DecoderConfig};
-use super::pipeline::{DecoderStage, PriorStage, SrStage, Stages};
+use super::pipeline::{DecoderStage, Network, PriorStage, SrStage, Stages};
 use super::prior::{Prior, PriorConfig};
 use super::sr::{SuperRes, SuperResConfig};
 use crate::error::{Error, Result};
@@ -360,15 +360,27 @@ impl UnclipNet {
     }
 }
 
-/// Loads a converted folder's network from its manifest config and shards.
+/// Loads a converted folder's network from its manifest config and shards;
+/// of an SR folder, only the network `only` names (both when None).
 pub fn load_net(
     gpu: &Gpu,
     config: &UnclipConfig,
     source: &WeightSource,
     dtype: WeightDType,
+    only: Option<Network>,
 ) -> Result<UnclipNet> {
     config.validate()?;
+    if let Some(n) = only {
+        if n.kind() != config.kind() {
+            return Err(Error::Invalid(format!(
+                "the {} network is not in a '{}' folder",
+                n.name(),
+                config.kind()
+            )));
+        }
+    }
     let l = Loader::new(gpu, source, dtype)?;
+    let mut skipped = Vec::new();
     let net = match config.clone() {
         UnclipConfig::ClipText(c) => UnclipNet::ClipText(ClipText::load(gpu, c, &l)?),
         UnclipConfig::ClipVisual(c) => UnclipNet::ClipVisual(ClipVisual::load(gpu, c, &l)?),
@@ -386,13 +398,23 @@ pub fn load_net(
             first_steps,
             last_step,
             image_size,
-        } => UnclipNet::Sr(SrStage {
-            first_steps: SuperRes::load(first_steps, &l, SR_FIRST_PREFIX)?,
-            last_step: SuperRes::load(last_step, &l, SR_LAST_PREFIX)?,
-            image_size,
-        }),
+        } => {
+            let mut part = |config, prefix, wanted: Network| {
+                if only.is_none_or(|n| n == wanted) {
+                    SuperRes::load(config, &l, prefix).map(Some)
+                } else {
+                    skipped.push(prefix);
+                    Ok(None)
+                }
+            };
+            UnclipNet::Sr(SrStage {
+                first_steps: part(first_steps, SR_FIRST_PREFIX, Network::SrFirstSteps)?,
+                last_step: part(last_step, SR_LAST_PREFIX, Network::SrLastStep)?,
+                image_size,
+            })
+        }
     };
-    l.finish()?;
+    l.finish_except(&skipped)?;
     Ok(net)
 }
 
@@ -403,6 +425,7 @@ pub fn load_converted(
     gpu: &Gpu,
     manifest: &Manifest<UnclipConfig>,
     shards: &[(String, Vec<u8>)],
+    only: Option<Network>,
 ) -> Result<UnclipNet> {
     if manifest.kind != manifest.config.kind() {
         return Err(Error::Invalid(format!(
@@ -417,5 +440,6 @@ pub fn load_converted(
         &manifest.config,
         &source,
         WeightDType::parse(&manifest.quant)?,
+        only,
     )
 }
