@@ -367,6 +367,7 @@ enum Work {
 
 /// The form's run, or why there is none.
 fn work(st: AppState, s: &mut Settings) -> Result<Work, String> {
+    engine::limits::check_prompt(&s.prompt).map_err(|e| e.to_string())?;
     let e = st.engine.get_value();
     let models = e
         .models

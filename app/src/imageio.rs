@@ -90,17 +90,20 @@ pub async fn decode(file: &web_sys::File) -> Result<(Vec<u8>, usize, usize), Str
             js_err(e)
         )
     };
+    let max = engine::limits::MAX_IMAGE_FILE_BYTES;
+    if file.size() > max as f64 {
+        return Err(format!(
+            "{}: {} bytes, at most {max} accepted",
+            file.name(),
+            file.size()
+        ));
+    }
     let window = web_sys::window().ok_or("no window")?;
     let promise = window.create_image_bitmap_with_blob(file).map_err(bad)?;
     let bmp: web_sys::ImageBitmap = JsFuture::from(promise).await.map_err(bad)?.unchecked_into();
     let (w, h) = (bmp.width(), bmp.height());
-    let max = engine::glide::pipeline::MAX_IMAGE_SIDE as u32;
-    if w == 0 || h == 0 || w > max || h > max {
-        return Err(format!(
-            "{}: image size {w}x{h} is out of range (1..={max} per side)",
-            file.name()
-        ));
-    }
+    engine::limits::check_image(w as usize, h as usize)
+        .map_err(|e| format!("{}: {e}", file.name()))?;
     let canvas = new_canvas(w, h)?;
     let ctx = context(&canvas)?;
     ctx.draw_image_with_image_bitmap(&bmp, 0.0, 0.0)

@@ -12,7 +12,7 @@ use engine::glide::weights::{sha256_hex, Manifest, ModelConfig, Shard, StoredTen
 use engine::unclip::weights::{UnclipConfig, CLIP_MEAN, CLIP_STD};
 use engine::{WeightDType, WeightData};
 
-use crate::pickle::{read_checkpoint, Checkpoint, DType, NamedTensor};
+use webglide_cli::pickle::{read_checkpoint, Checkpoint, DType, NamedTensor};
 
 fn read_safetensors(bytes: &[u8]) -> Result<Checkpoint> {
     let st = safetensors::SafeTensors::deserialize(bytes)

@@ -92,16 +92,7 @@ pub fn write_png(
         let file = std::io::BufWriter::new(
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
         );
-        let mut enc = png::Encoder::new(file, w as u32, h as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        for (k, v) in params {
-            enc.add_itxt_chunk(k.to_string(), v.clone())?;
-        }
-        let mut wr = enc.write_header()?;
-        wr.write_image_data(rgb)?;
-        wr.finish()?;
-        Ok(())
+        webglide_cli::output::encode_png(file, rgb, w, h, params)
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
@@ -243,30 +234,16 @@ pub fn generate(gpu: &Gpu, o: &Options) -> Result<()> {
     write_result(o, &img, size, "text2im")
 }
 
-/// Decodes an image file to interleaved RGB8 (transparent pixels on white,
-/// as the web app reads them) with its width and height.
-pub fn read_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
-    let img = image::open(path)
-        .with_context(|| format!("{}: not a readable PNG/JPEG/WebP image", path.display()))?
-        .to_rgba8();
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    Ok((engine::glide::pipeline::rgba8_on_white(img.as_raw()), w, h))
-}
-
 /// Decodes an image file to `[3, size, size]` in [-1, 1] (antialiased bicubic, as PIL's BICUBIC).
 fn load_image(path: &Path, size: usize) -> Result<Vec<f32>> {
-    let (rgb, w, h) = read_rgb(path)?;
+    let (rgb, w, h) = webglide_cli::inputs::read_rgb(path)?;
     engine::glide::pipeline::rgb8_to_planes(&rgb, w, h, size)
         .with_context(|| path.display().to_string())
 }
 
 /// Mask file → keep-mask at `size` (1 = keep). White (≥ 50 %) marks the region to regenerate.
 fn load_mask(path: &Path, size: usize) -> Result<Vec<f32>> {
-    let img = image::open(path)
-        .with_context(|| format!("{}: not a readable PNG/JPEG/WebP mask", path.display()))?
-        .to_luma8();
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let plane: Vec<f32> = img.pixels().map(|p| p[0] as f32 / 255.0).collect();
+    let (plane, w, h) = webglide_cli::inputs::read_luma(path)?;
     engine::glide::pipeline::keep_mask(&plane, w, h, size)
         .with_context(|| path.display().to_string())
 }

@@ -4,7 +4,6 @@ mod bench;
 mod convert;
 mod eval;
 mod generate;
-mod pickle;
 mod unclip;
 
 use anyhow::Result;
@@ -223,6 +222,7 @@ impl GenArgs {
             s => anyhow::bail!("unknown sampler '{s}' (ancestral, ddim)"),
         };
         let seed = seed_or_random(self.seed);
+        engine::limits::check_prompt(&self.prompt)?;
         Ok(generate::Options {
             prompt: self.prompt,
             model: self.model,

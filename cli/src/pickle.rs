@@ -76,11 +76,82 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    /// Values copied in or out of the memo or walked by nesting checks so
+    /// far, and the most allowed.
+    work: usize,
+    max_work: usize,
+}
+
+/// Values memo copies may make in all, per byte of pickle (and at least
+/// `MIN_COPIES`): torch.save's state dicts copy ~37 values per tensor, whose
+/// pickle takes ~115 bytes (0.3 a byte); a pickle of 300 bytes that doubles
+/// a list forty times would copy 2⁴⁰.
+const COPIES_PER_BYTE: usize = 4;
+const MIN_COPIES: usize = 1 << 16;
+
+/// How deep values may nest: dropping, copying and printing them recurse.
+const MAX_DEPTH: usize = 200;
+
+/// Fails when a value about to go into a container is nested too deep. The
+/// check walks the values, so its walking is counted like memo copies (a
+/// pickle wrapping one wide value over and over would walk it each time).
+fn nest<'v>(m: &mut Machine, items: impl IntoIterator<Item = &'v Value>) -> Result<()> {
+    for v in items {
+        if v.deeper_than(MAX_DEPTH, &mut m.work) {
+            bail!("pickle values nested over {MAX_DEPTH} deep (not a checkpoint?)");
+        }
+        if m.work > m.max_work {
+            bail!(
+                "pickle values walked over {} times (not a checkpoint?)",
+                m.max_work
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Value {
+    /// Whether this value nests more than `limit` levels (a scalar is one),
+    /// counting the values it looks at in `walked`.
+    fn deeper_than(&self, limit: usize, walked: &mut usize) -> bool {
+        *walked += 1;
+        if limit == 0 {
+            return true;
+        }
+        match self {
+            Value::Tuple(v) | Value::List(v) => v.iter().any(|x| x.deeper_than(limit - 1, walked)),
+            Value::Dict(d) | Value::Object(d) => d
+                .iter()
+                .any(|(k, x)| k.deeper_than(limit - 1, walked) || x.deeper_than(limit - 1, walked)),
+            Value::Persistent(v) => v.deeper_than(limit - 1, walked),
+            _ => false,
+        }
+    }
+
+    /// The values in this one (itself included), counting up to `limit`.
+    fn nodes(&self, limit: usize) -> usize {
+        let mut n = 1;
+        let add = |v: &Value, n: &mut usize| {
+            if *n < limit {
+                *n += v.nodes(limit - *n);
+            }
+        };
+        match self {
+            Value::Tuple(v) | Value::List(v) => v.iter().for_each(|x| add(x, &mut n)),
+            Value::Dict(d) | Value::Object(d) => d.iter().for_each(|(k, x)| {
+                add(k, &mut n);
+                add(x, &mut n);
+            }),
+            Value::Persistent(v) => add(v, &mut n),
+            _ => {}
+        }
+        n
+    }
 }
 
 impl<'a> Machine<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        if self.pos + n > self.data.len() {
+        if n > self.data.len() - self.pos {
             bail!("pickle data ends early (truncated checkpoint?)");
         }
         let s = &self.data[self.pos..self.pos + n];
@@ -101,6 +172,39 @@ impl<'a> Machine<'a> {
         let s = String::from_utf8_lossy(&self.data[start..self.pos]).into_owned();
         self.take(1)?;
         Ok(s)
+    }
+    /// A copy of memo entry `i`. Values are copied, not shared, so copies
+    /// are counted: a few bytes of GET/PUT pairs could otherwise double a
+    /// value per opcode (a "billion laughs" pickle).
+    fn memo_get(&mut self, i: u32) -> Result<Value> {
+        let v = self
+            .memo
+            .get(&i)
+            .ok_or_else(|| anyhow!("pickle memo {i} missing"))?;
+        self.charge(v.nodes(self.max_work + 1))?;
+        Ok(self.memo[&i].clone())
+    }
+    /// Counts a copy of `nodes` values against the allowance (before making it).
+    fn charge(&mut self, nodes: usize) -> Result<()> {
+        self.work += nodes;
+        if self.work > self.max_work {
+            bail!(
+                "pickle memo copies over {} values (not a checkpoint?)",
+                self.max_work
+            );
+        }
+        Ok(())
+    }
+    /// Stores a copy of the top of the stack as memo entry `i` (counted like [`Self::memo_get`]).
+    fn memo_put(&mut self, i: u32) -> Result<()> {
+        let top = self
+            .stack
+            .last()
+            .ok_or_else(|| anyhow!("memo of empty stack"))?;
+        self.charge(top.nodes(self.max_work + 1))?;
+        let top = self.stack[self.stack.len() - 1].clone();
+        self.memo.insert(i, top);
+        Ok(())
     }
     fn pop(&mut self) -> Result<Value> {
         self.stack
@@ -162,13 +266,14 @@ impl<'a> Machine<'a> {
                     {
                         (DType::from_storage(storage)?, key.clone())
                     }
-                    _ => bail!("unexpected storage id {pid:?}"),
+                    _ => bail!("unexpected storage id (a tuple of {} values)", pid.len()),
                 };
                 let ints = |v: Vec<Value>| -> Result<Vec<usize>> {
                     v.into_iter()
                         .map(|x| match x {
                             Value::Int(i) if i >= 0 => Ok(i as usize),
-                            other => Err(anyhow!("bad tensor dimension {other:?}")),
+                            Value::Int(i) => Err(anyhow!("negative tensor dimension {i}")),
+                            _ => Err(anyhow!("a tensor dimension that is not an integer")),
                         })
                         .collect()
                 };
@@ -247,27 +352,24 @@ impl<'a> Machine<'a> {
                 }
                 b'q' => {
                     let i = self.u8()? as u32;
-                    let top = self.stack.last().cloned().ok_or_else(|| anyhow!("memo of empty stack"))?;
-                    self.memo.insert(i, top);
+                    self.memo_put(i)?;
                 }
                 b'r' => {
                     let i = self.u32()?;
-                    let top = self.stack.last().cloned().ok_or_else(|| anyhow!("memo of empty stack"))?;
-                    self.memo.insert(i, top);
+                    self.memo_put(i)?;
                 }
                 0x94 => {
                     let i = self.memo.len() as u32;
-                    let top = self.stack.last().cloned().ok_or_else(|| anyhow!("memo of empty stack"))?;
-                    self.memo.insert(i, top);
+                    self.memo_put(i)?;
                 }
                 b'h' => {
                     let i = self.u8()? as u32;
-                    let v = self.memo.get(&i).cloned().ok_or_else(|| anyhow!("pickle memo {i} missing"))?;
+                    let v = self.memo_get(i)?;
                     self.stack.push(v)
                 }
                 b'j' => {
                     let i = self.u32()?;
-                    let v = self.memo.get(&i).cloned().ok_or_else(|| anyhow!("pickle memo {i} missing"))?;
+                    let v = self.memo_get(i)?;
                     self.stack.push(v)
                 }
                 b'c' => {
@@ -285,25 +387,30 @@ impl<'a> Machine<'a> {
                 }
                 b't' => {
                     let items = self.pop_mark()?;
+                    nest(&mut self, &items)?;
                     self.stack.push(Value::Tuple(items))
                 }
                 0x85 => {
                     let a = self.pop()?;
+                    nest(&mut self, [&a])?;
                     self.stack.push(Value::Tuple(vec![a]))
                 }
                 0x86 => {
                     let b = self.pop()?;
                     let a = self.pop()?;
+                    nest(&mut self, [&a, &b])?;
                     self.stack.push(Value::Tuple(vec![a, b]))
                 }
                 0x87 => {
                     let c = self.pop()?;
                     let b = self.pop()?;
                     let a = self.pop()?;
+                    nest(&mut self, [&a, &b, &c])?;
                     self.stack.push(Value::Tuple(vec![a, b, c]))
                 }
                 b'Q' => {
                     let pid = self.pop()?;
+                    nest(&mut self, [&pid])?;
                     self.stack.push(Value::Persistent(Box::new(pid)))
                 }
                 b'R' => {
@@ -321,6 +428,7 @@ impl<'a> Machine<'a> {
                     // BUILD: a TorchScript module's attributes; any other
                     // object's state (e.g. a state dict's _metadata) is not needed.
                     let state = self.pop()?;
+                    nest(&mut self, [&state])?;
                     if let (Some(Value::Object(attrs)), Value::Dict(d)) =
                         (self.stack.last_mut(), state)
                     {
@@ -330,6 +438,7 @@ impl<'a> Machine<'a> {
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
+                    nest(&mut self, [&k, &v])?;
                     match self.stack.last_mut() {
                         Some(Value::Dict(d)) => d.push((k, v)),
                         _ => bail!("SETITEM on a non-dict"),
@@ -337,6 +446,7 @@ impl<'a> Machine<'a> {
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
+                    nest(&mut self, &items)?;
                     match self.stack.last_mut() {
                         Some(Value::Dict(d)) => {
                             let mut it = items.into_iter();
@@ -349,6 +459,7 @@ impl<'a> Machine<'a> {
                 }
                 b'a' => {
                     let v = self.pop()?;
+                    nest(&mut self, [&v])?;
                     match self.stack.last_mut() {
                         Some(Value::List(l)) => l.push(v),
                         _ => bail!("APPEND on a non-list"),
@@ -356,6 +467,7 @@ impl<'a> Machine<'a> {
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
+                    nest(&mut self, &items)?;
                     match self.stack.last_mut() {
                         Some(Value::List(l)) => l.extend(items),
                         _ => bail!("APPENDS on a non-list"),
@@ -396,6 +508,33 @@ pub struct Checkpoint {
     pub tensors: Vec<NamedTensor>,
 }
 
+/// Reads a zip entry whole. Its size must be one the archive (`archive_len`
+/// bytes) can hold: stored as is, or deflated at most 1032 : 1 — so a lying
+/// header cannot make us allocate more than the file could expand to.
+fn read_entry(
+    zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+    name: &str,
+    archive_len: usize,
+) -> Result<Vec<u8>> {
+    let entry = zip
+        .by_name(name)
+        .with_context(|| format!("{name} missing from the archive"))?;
+    let limit = (entry.compressed_size().min(archive_len as u64)).saturating_mul(1032);
+    if entry.size() > limit {
+        bail!(
+            "{name}: {} bytes claimed by {} stored",
+            entry.size(),
+            entry.compressed_size()
+        );
+    }
+    let mut buf = Vec::new();
+    entry
+        .take(limit)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading {name}"))?;
+    Ok(buf)
+}
+
 /// Reads a `torch.save` zip checkpoint holding a state dict (or a dict with a
 /// `state_dict` / `model` entry holding one).
 pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
@@ -406,14 +545,15 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
         .find(|n| n.ends_with("data.pkl"))
         .ok_or_else(|| anyhow!("no data.pkl in the archive"))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_string();
-    let mut pkl = Vec::new();
-    zip.by_name(&pkl_name)?.read_to_end(&mut pkl)?;
+    let pkl = read_entry(&mut zip, &pkl_name, bytes.len())?;
     let root = Machine {
         data: &pkl,
         pos: 0,
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        work: 0,
+        max_work: (pkl.len() * COPIES_PER_BYTE).max(MIN_COPIES),
     }
     .run()?;
     let mut dict = match root {
@@ -446,29 +586,48 @@ pub fn read_checkpoint(bytes: &[u8]) -> Result<Checkpoint> {
             continue;
         };
         if !storages.contains_key(&t.storage_key) {
-            let mut buf = Vec::new();
-            zip.by_name(&format!("{prefix}data/{}", t.storage_key))
-                .with_context(|| {
-                    format!(
-                        "storage {} of '{name}' missing from the archive",
-                        t.storage_key
-                    )
-                })?
-                .read_to_end(&mut buf)
-                .with_context(|| format!("reading storage of '{name}'"))?;
+            let entry = format!("{prefix}data/{}", t.storage_key);
+            let buf = read_entry(&mut zip, &entry, bytes.len())
+                .with_context(|| format!("storage {} of '{name}'", t.storage_key))?;
             storages.insert(t.storage_key.clone(), buf);
         }
         let raw = &storages[&t.storage_key];
-        let numel: usize = t.shape.iter().product();
+        let es = t.dtype.size();
+        // Every element lies in the storage, so the storage bounds what the
+        // shape may claim (before anything is allocated for it).
+        let past = || anyhow!("tensor '{name}' reaches past its storage (truncated checkpoint?)");
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(past)?;
+        if t.shape.len() != t.stride.len() {
+            bail!(
+                "tensor '{name}': {} sizes but {} strides",
+                t.shape.len(),
+                t.stride.len()
+            );
+        }
+        if numel > 0 {
+            // The farthest element: offset + Σ (size − 1)·stride.
+            let last = t
+                .shape
+                .iter()
+                .zip(&t.stride)
+                .try_fold(t.offset, |o, (&d, &st)| {
+                    o.checked_add((d - 1).checked_mul(st)?)
+                })
+                .ok_or_else(past)?;
+            if last >= raw.len() / es || numel > raw.len() / es {
+                return Err(past());
+            }
+        }
         // Contiguity: the released checkpoints store contiguous tensors; gather by stride anyway.
         let mut vals = Vec::with_capacity(numel);
-        let es = t.dtype.size();
         let mut idx = vec![0usize; t.shape.len()];
         for _ in 0..numel {
             let off = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
-            let b = raw.get(off * es..(off + 1) * es).ok_or_else(|| {
-                anyhow!("tensor '{name}' reaches past its storage (truncated checkpoint?)")
-            })?;
+            let b = raw.get(off * es..(off + 1) * es).ok_or_else(past)?;
             vals.push(match t.dtype {
                 DType::F32 => f32::from_le_bytes(b.try_into().unwrap()),
                 DType::F16 => half::f16::from_le_bytes(b.try_into().unwrap()).to_f32(),

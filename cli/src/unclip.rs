@@ -38,7 +38,7 @@ fn load(gpu: &Gpu, dir: &Path, kind: &str, only: Option<Network>) -> Result<Uncl
 
 /// Karlo's i2i input: the image file decoded and prepared for the visual tower.
 fn clip_image(path: &Path, resolution: usize) -> Result<Vec<f32>> {
-    let (rgb, w, h) = crate::generate::read_rgb(path)?;
+    let (rgb, w, h) = webglide_cli::inputs::read_rgb(path)?;
     engine::unclip::pipeline::clip_pixels(&rgb, w, h, resolution)
         .with_context(|| path.display().to_string())
 }

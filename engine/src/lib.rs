@@ -20,6 +20,7 @@ pub mod error;
 pub mod glide;
 pub mod gpu;
 pub mod kernels;
+pub mod limits;
 pub mod quant;
 pub mod reference;
 pub mod rng;

@@ -15,7 +15,7 @@ pub fn Controls() -> impl IntoView {
         <div class="controls">
             <PipelineAndMode />
             <label for="prompt">"Prompt"</label>
-            <textarea id="prompt" data-testid="prompt" rows="3"
+            <textarea id="prompt" data-testid="prompt" rows="3" maxlength=engine::limits::MAX_PROMPT_BYTES
                 placeholder="an oil painting of a corgi"
                 prop:value=move || settings.with(|s| s.prompt.clone())
                 on:input=move |ev| { let v = event_target_value(&ev); st.set(|s| s.prompt = v) }

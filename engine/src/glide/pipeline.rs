@@ -333,15 +333,8 @@ pub fn quantize_low_res(values: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// The largest image side accepted for inpainting sources and masks.
-pub const MAX_IMAGE_SIDE: usize = 16384;
-
 fn check_image(what: &str, len: usize, channels: usize, w: usize, h: usize) -> Result<()> {
-    if w == 0 || h == 0 || w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
-        return Err(Error::Invalid(format!(
-            "{what}: size {w}x{h} (1..={MAX_IMAGE_SIDE} per side)"
-        )));
-    }
+    crate::limits::check_image(w, h).map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
     if len != w * h * channels {
         return Err(Error::Invalid(format!(
             "{what}: {len} values for {w}x{h}x{channels}"

@@ -1,0 +1,65 @@
+//! Images and masks from users, decoded within [`engine::limits`]: the
+//! header's size is checked before any pixel is decoded, and the decoder may
+//! not allocate more than the largest accepted image needs.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use engine::limits::{check_image, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE};
+
+fn decode(bytes: &[u8]) -> Result<image::DynamicImage> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .context("reading the image")?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE as u32);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE as u32);
+    // RGBA8 of the largest accepted image, plus the decoders' own buffers.
+    limits.max_alloc = Some(MAX_IMAGE_PIXELS as u64 * 4 + (64 << 20));
+    reader.limits(limits.clone());
+    let (w, h) = reader
+        .into_dimensions()
+        .context("not a readable PNG/JPEG/WebP image")?;
+    check_image(w as usize, h as usize)?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
+    reader.limits(limits);
+    reader
+        .decode()
+        .context("not a readable PNG/JPEG/WebP image")
+}
+
+/// Decodes an image to interleaved RGB8 (transparent pixels on white, as the
+/// web app reads them) with its width and height.
+pub fn decode_rgb(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
+    let img = decode(bytes)?.to_rgba8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    Ok((engine::glide::pipeline::rgba8_on_white(img.as_raw()), w, h))
+}
+
+/// Decodes a mask to its luminance in [0, 1] with its width and height.
+pub fn decode_luma(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize)> {
+    let img = decode(bytes)?.to_luma8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    Ok((img.pixels().map(|p| p[0] as f32 / 255.0).collect(), w, h))
+}
+
+/// A user's file, refused before reading when it is larger than `max` bytes.
+pub fn read_file(path: &Path, max: usize) -> Result<Vec<u8>> {
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if len > max as u64 {
+        bail!("{}: {len} bytes, at most {max} accepted", path.display());
+    }
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// [`decode_rgb`] of an image file.
+pub fn read_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
+    decode_rgb(&read_file(path, MAX_IMAGE_FILE_BYTES)?).with_context(|| path.display().to_string())
+}
+
+/// [`decode_luma`] of a mask file.
+pub fn read_luma(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
+    decode_luma(&read_file(path, MAX_IMAGE_FILE_BYTES)?).with_context(|| path.display().to_string())
+}

@@ -1,0 +1,58 @@
+//! What webglide accepts from outside, in one place (the table in
+//! `docs/reliability.md`): anything over these limits gets a clear error,
+//! in the CLI and in the page, before it can cost memory or time.
+
+use crate::error::{Error, Result};
+
+/// Longest side of an image or mask a user gives us (inpainting sources,
+/// variations, masks). Every model input is 64–256 px; a phone photo is ~4000.
+pub const MAX_IMAGE_SIDE: usize = 8192;
+/// Pixels of such an image (48 MP: RGBA8 decodes to 192 MiB).
+pub const MAX_IMAGE_PIXELS: usize = 48_000_000;
+/// Bytes of an image file.
+pub const MAX_IMAGE_FILE_BYTES: usize = 64 << 20;
+/// Bytes of a prompt. The tokenizers keep the first 128 (GLIDE) or 77 (CLIP)
+/// tokens as the official code does, but byte-pair merging costs the square
+/// of a word's length: megabytes of text would stall the page.
+pub const MAX_PROMPT_BYTES: usize = 2048;
+
+/// An image of `w × h` pixels is within the limits.
+pub fn check_image(w: usize, h: usize) -> Result<()> {
+    if w == 0 || h == 0 {
+        return Err(Error::Invalid(format!("an empty image ({w}×{h})")));
+    }
+    if w.max(h) > MAX_IMAGE_SIDE || w.saturating_mul(h) > MAX_IMAGE_PIXELS {
+        return Err(Error::Invalid(format!(
+            "a {w}×{h} image is too large (at most {MAX_IMAGE_SIDE} px a side and {} MP)",
+            MAX_IMAGE_PIXELS / 1_000_000
+        )));
+    }
+    Ok(())
+}
+
+/// A prompt is within the limits.
+pub fn check_prompt(text: &str) -> Result<()> {
+    if text.len() > MAX_PROMPT_BYTES {
+        return Err(Error::Invalid(format!(
+            "a prompt of {} bytes (at most {MAX_PROMPT_BYTES}; the models read its first 77–128 tokens)",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_reject_what_they_name() {
+        assert!(check_image(4000, 3000).is_ok());
+        assert!(check_image(0, 10).is_err());
+        assert!(check_image(MAX_IMAGE_SIDE + 1, 1).is_err());
+        assert!(check_image(8000, 8000).is_err()); // 64 MP
+        assert!(check_image(usize::MAX, usize::MAX).is_err());
+        assert!(check_prompt(&"a".repeat(MAX_PROMPT_BYTES)).is_ok());
+        assert!(check_prompt(&"a".repeat(MAX_PROMPT_BYTES + 1)).is_err());
+    }
+}
