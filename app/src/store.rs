@@ -371,10 +371,6 @@ pub async fn load(
                         warn(w);
                     }
                     shards.push((shard.file.clone(), bytes));
-                    if in_cache {
-                        // Only the count matters until the run reads them back.
-                        shards.last_mut().expect("pushed").1 = Vec::new();
-                    }
                 }
                 Err(e) => {
                     drop_kind(kind, e)?;
@@ -393,6 +389,7 @@ pub async fn load(
             }
         }
         if in_cache {
+            // Every shard is in the cache: a run reads them back when it needs them.
             shards.clear();
         }
         components.push(Component {
