@@ -463,11 +463,15 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     // Only the commands that compute open a GPU (convert works without one).
     // WEBGLIDE_LOOP_BOUNDING=1 turns naga's loop bounding back on and
-    // WEBGLIDE_PORTABLE=1 leaves shader-f16 and subgroups unused (to measure what they change).
+    // WEBGLIDE_PORTABLE=1 leaves shader-f16 and subgroups unused (to measure what they change);
+    // benchmark variants: WEBGLIDE_UNCHECKED=1 (no buffer bounds checks either),
+    // WEBGLIDE_ZERO_WG=1 (workgroup memory zeroed at every dispatch, WebGPU's default).
     let env_on = |name| std::env::var_os(name).is_some_and(|v| v == "1");
     let portable = env_on("WEBGLIDE_PORTABLE");
     let opts = engine::GpuOptions {
         loop_bounding: env_on("WEBGLIDE_LOOP_BOUNDING"),
+        unchecked_bounds: env_on("WEBGLIDE_UNCHECKED"),
+        zero_workgroup_memory: env_on("WEBGLIDE_ZERO_WG"),
         allow_f16: !portable,
         allow_subgroups: !portable,
         ..Default::default()

@@ -102,6 +102,13 @@ pub struct GpuOptions {
     /// buffer bounds checks stay on either way. Native only: browsers apply
     /// their own checks.
     pub loop_bounding: bool,
+    /// Buffer bounds checks off as well (`ShaderRuntimeChecks::unchecked()`):
+    /// a benchmark variant only, to measure what the checks cost on a GPU
+    /// (issue 15); an out-of-range index is then undefined behaviour.
+    pub unchecked_bounds: bool,
+    /// Zero workgroup memory at every dispatch (WebGPU's default; off here,
+    /// since every kernel writes its tiles before reading them): a benchmark variant.
+    pub zero_workgroup_memory: bool,
     /// Allocate and check every buffer and binding but dispatch nothing: the
     /// memory plan of a procedure (peak bytes, largest buffer) at sizes an
     /// adapter could not run in reasonable time. Results are garbage.
@@ -117,6 +124,8 @@ impl Default for GpuOptions {
             allow_subgroups: true,
             poison: false,
             loop_bounding: false,
+            unchecked_bounds: false,
+            zero_workgroup_memory: false,
             dry_run: false,
         }
     }
@@ -144,6 +153,9 @@ pub struct GpuReport {
     /// Whether shaders were built with naga's forced loop bounding (see
     /// [`GpuOptions::loop_bounding`]).
     pub loop_bounding: bool,
+    /// See [`GpuOptions::unchecked_bounds`] and [`GpuOptions::zero_workgroup_memory`].
+    pub unchecked_bounds: bool,
+    pub zero_workgroup_memory: bool,
 }
 
 impl std::fmt::Display for GpuReport {
@@ -177,8 +189,10 @@ impl std::fmt::Display for GpuReport {
         )?;
         writeln!(
             f,
-            "shaders:   buffer bounds checks on, loop bounding {}; f16 weights {}, reductions {}",
+            "shaders:   buffer bounds checks {}, loop bounding {}, workgroup memory zeroed {}; f16 weights {}, reductions {}",
+            if self.unchecked_bounds { "OFF" } else { "on" },
             if self.loop_bounding { "on" } else { "off" },
+            if self.zero_workgroup_memory { "yes" } else { "no" },
             if self.shader_f16 {
                 "native f16"
             } else {
@@ -278,6 +292,8 @@ impl Gpu {
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_workgroups_per_dim: limits.max_compute_workgroups_per_dimension,
             loop_bounding: opts.loop_bounding,
+            unchecked_bounds: opts.unchecked_bounds,
+            zero_workgroup_memory: opts.zero_workgroup_memory,
         };
         Ok(Self::from_parts(device, queue, report, opts))
     }
@@ -290,6 +306,8 @@ impl Gpu {
         opts: GpuOptions,
     ) -> Gpu {
         report.loop_bounding = opts.loop_bounding;
+        report.unchecked_bounds = opts.unchecked_bounds;
+        report.zero_workgroup_memory = opts.zero_workgroup_memory;
         let errors: Arc<Mutex<Option<String>>> = Arc::default();
         let lost: Arc<Mutex<Option<String>>> = Arc::default();
         {
@@ -412,11 +430,17 @@ impl Gpu {
                         label: Some(&label),
                         source: wgpu::ShaderSource::Wgsl(variant.source(kernel).into()),
                     };
+                    let base = if self.report.unchecked_bounds {
+                        wgpu::ShaderRuntimeChecks::unchecked()
+                    } else {
+                        wgpu::ShaderRuntimeChecks::checked()
+                    };
                     let checks = wgpu::ShaderRuntimeChecks {
                         force_loop_bounding: self.report.loop_bounding,
-                        ..wgpu::ShaderRuntimeChecks::checked()
+                        ..base
                     };
-                    // SAFETY: buffer bounds checks stay on; without loop
+                    // SAFETY: buffer bounds checks stay on (unless a benchmark
+                    // asks for `unchecked_bounds`); without loop
                     // bounding a shader must not loop forever, and every loop
                     // in shaders/ runs to a bound derived from sizes the
                     // launchers validate (see GpuOptions::loop_bounding).
@@ -433,7 +457,7 @@ impl Gpu {
                 entry_point: Some(kernel.entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
                     constants,
-                    zero_initialize_workgroup_memory: false,
+                    zero_initialize_workgroup_memory: self.report.zero_workgroup_memory,
                 },
                 cache: None,
             });

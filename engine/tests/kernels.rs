@@ -1409,6 +1409,53 @@ async fn channel_splits_match_unsplit() -> TestResult {
 }
 gpu_test!(channel_splits_match_unsplit);
 
+/// The benchmark variants of issue 15 (no buffer bounds checks; workgroup
+/// memory zeroed at every dispatch) build valid pipelines and compute the
+/// same values as the default device (native only: browsers keep their checks).
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn benchmark_shader_variants_compute_the_same() {
+    let base = pollster::block_on(gpu());
+    let variant = pollster::block_on(Gpu::new(engine::GpuOptions {
+        unchecked_bounds: true,
+        zero_workgroup_memory: true,
+        ..Default::default()
+    }))
+    .expect("a GPU adapter");
+    assert!(variant.report.unchecked_bounds && variant.report.zero_workgroup_memory);
+    let mut rng = Rng::new(41);
+    let x = rng.normals(2 * 24 * 7 * 9, 1.0);
+    let wv = WeightData::from_f32(
+        &[16, 24, 3, 3],
+        &rng.normals(16 * 24 * 9, 0.2),
+        WeightDType::Q4,
+    )
+    .unwrap();
+    let (g, b) = (rng.normals(24, 0.3), rng.normals(24, 0.3));
+    let mut outs = Vec::new();
+    for gpu in [base, &variant] {
+        let xt = gpu.upload(&[2, 24, 7, 9], &x).unwrap();
+        let wt = gpu.upload_weight(&wv).unwrap();
+        let (gt, bt) = (
+            gpu.upload(&[24], &g).unwrap(),
+            gpu.upload(&[24], &b).unwrap(),
+        );
+        let mut rec = gpu.recorder();
+        let coef =
+            kernels::group_norm::norm_coeffs(&mut rec, &xt, &gt, &bt, 8, 1e-5, None).unwrap();
+        let norm = kernels::conv::InputNorm {
+            coef: &coef,
+            silu: true,
+        };
+        let y = kernels::conv::conv2d(&mut rec, &xt, &wt, None, Some(norm), None).unwrap();
+        let s =
+            kernels::softmax::softmax(&mut rec, &y.reshape(&[32, 63]).unwrap(), 1.0, None).unwrap();
+        rec.submit().unwrap();
+        outs.push(pollster::block_on(gpu.read(&s)).unwrap());
+    }
+    check("unchecked + zeroed variant", &outs[1], &outs[0], 1e-6).unwrap();
+}
+
 /// A repeated step allocates no new GPU buffers and costs one submission.
 async fn steady_state_allocates_nothing() -> TestResult {
     // A device of its own: other tests allocate on the shared one concurrently.

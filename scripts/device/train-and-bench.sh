@@ -25,6 +25,12 @@ if [ -z "${SKIPBENCH:-}" ]; then
     # The same with naga's loop bounding back on (the suspect of the 2026-11-27 run).
     WEBGLIDE_LOOP_BOUNDING=1 timeout 60 "$W/webglide" bench kernels >"$L/bench-kernels-loop-bounding.txt" 2>&1
     echo "bench kernels (loop bounding) rc $? at +$(($(date +%s) - T0)) s"
+    # Buffer bounds checks off, and workgroup memory zeroed (WebGPU's default): what each costs.
+    WEBGLIDE_UNCHECKED=1 timeout 40 "$W/webglide" bench kernels >"$L/bench-kernels-unchecked.txt" 2>&1
+    echo "bench kernels (unchecked) rc $? at +$(($(date +%s) - T0)) s"
+    WEBGLIDE_ZERO_WG=1 timeout 40 "$W/webglide" bench kernels >"$L/bench-kernels-zero-wg.txt" 2>&1
+    echo "bench kernels (zeroed workgroup memory) rc $? at +$(($(date +%s) - T0)) s"
+    nvidia-smi --query-gpu=pstate,clocks.sm,clocks.max.sm,clocks_event_reasons.active --format=csv >"$L/nvidia-clocks-after.csv" 2>&1
     # Without shader-f16 and subgroups (the portable kernels), to see what they change.
     WEBGLIDE_PORTABLE=1 timeout 40 "$W/webglide" bench kernels >"$L/bench-kernels-portable.txt" 2>&1
     echo "bench kernels (portable) rc $? at +$(($(date +%s) - T0)) s"
