@@ -10,6 +10,7 @@
 
 use engine::glide::model::GlideConfig;
 use engine::glide::weights::{Manifest, Shard};
+use engine::limits::MAX_MANIFEST_BYTES;
 use engine::unclip::weights::UnclipConfig;
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
@@ -218,7 +219,9 @@ enum Fetched {
 }
 
 /// GET with progress callbacks (bytes so far).
-async fn fetch(url: &str, mut progress: impl FnMut(u64)) -> Result<Fetched, String> {
+/// Downloads `url`, refusing more than `max` bytes (what the manifest says a
+/// shard holds, or a limit): a lying or broken server cannot fill the memory.
+async fn fetch(url: &str, max: u64, mut progress: impl FnMut(u64)) -> Result<Fetched, String> {
     let resp = JsFuture::from(window()?.fetch_with_str(url))
         .await
         .map_err(|e| {
@@ -264,7 +267,12 @@ async fn fetch(url: &str, mut progress: impl FnMut(u64)) -> Result<Fetched, Stri
             break;
         }
         let value = Reflect::get(&chunk, &"value".into()).map_err(js_err)?;
-        out.extend(Uint8Array::new(&value).to_vec());
+        let chunk = Uint8Array::new(&value);
+        if out.len() as u64 + chunk.length() as u64 > max {
+            let _ = reader.cancel();
+            return Err(format!("{url}: more than the {max} bytes expected"));
+        }
+        out.extend(chunk.to_vec());
         progress(out.len() as u64);
     }
     Ok(Fetched::Bytes(out))
@@ -437,7 +445,8 @@ async fn load_manifest(
     let bytes = match (cached, &entry.url) {
         (Some(b), _) => b,
         (None, Some(url)) => {
-            match fetch(&join(url, &format!("{kind}/manifest.json")), |_| {}).await? {
+            let manifest_url = join(url, &format!("{kind}/manifest.json"));
+            match fetch(&manifest_url, MAX_MANIFEST_BYTES as u64, |_| {}).await? {
                 Fetched::Bytes(b) => b,
                 Fetched::NotFound => return Ok(None),
             }
@@ -471,7 +480,12 @@ async fn load_shard(
         ));
     };
     let url = join(url, &format!("{kind}/{file}"));
-    let b = match fetch(&url, progress).await? {
+    let expected = manifest
+        .shards()
+        .iter()
+        .find(|s| s.file == file)
+        .map_or(0, |s| s.bytes);
+    let b = match fetch(&url, expected, progress).await? {
         Fetched::Bytes(b) => b,
         Fetched::NotFound => return Err(format!("{url}: not found (HTTP 404)")),
     };
@@ -550,7 +564,8 @@ pub async fn import_files(
 
 /// Fetches a file the app serves (e.g. a tokenizer's vocabulary).
 pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
-    match fetch(url, |_| {}).await? {
+    // The app's own files (the CLIP vocabulary: 1.3 MB).
+    match fetch(url, 64 << 20, |_| {}).await? {
         Fetched::Bytes(b) => Ok(b),
         Fetched::NotFound => Err(format!("{url}: not found")),
     }

@@ -16,6 +16,33 @@ pub const MAX_IMAGE_FILE_BYTES: usize = 64 << 20;
 /// of a word's length: megabytes of text would stall the page.
 pub const MAX_PROMPT_BYTES: usize = 2048;
 
+/// A converted model folder (`manifest.json` + safetensors shards; our
+/// converter writes shards of ≤ 64 MiB, Karlo's largest folder is ~5.5 GB f32).
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+pub const MAX_TENSORS: usize = 100_000;
+pub const MAX_SHARDS: usize = 4096;
+pub const MAX_SHARD_BYTES: u64 = 2 << 30;
+pub const MAX_MODEL_BYTES: u64 = 32 << 30;
+
+/// A shard's file name is a plain name (letters, digits, `.`, `_`, `-`, not
+/// starting with `.`): the CLI joins it to the folder and the page to the
+/// folder's URL, so `../` or `/etc/…` must not reach either.
+pub fn check_shard_name(name: &str) -> Result<()> {
+    let plain = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "manifest.json: shard file name {name:?} is not a plain file name"
+        )))
+    }
+}
+
 /// An image of `w × h` pixels is within the limits.
 pub fn check_image(w: usize, h: usize) -> Result<()> {
     if w == 0 || h == 0 {
@@ -54,5 +81,9 @@ mod tests {
         assert!(check_image(usize::MAX, usize::MAX).is_err());
         assert!(check_prompt(&"a".repeat(MAX_PROMPT_BYTES)).is_ok());
         assert!(check_prompt(&"a".repeat(MAX_PROMPT_BYTES + 1)).is_err());
+        assert!(check_shard_name("model-00001.safetensors").is_ok());
+        for bad in ["", "../x", "/etc/passwd", ".hidden", "a/b", "a\\b", "é"] {
+            assert!(check_shard_name(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -355,7 +355,41 @@ impl<C: ModelConfig> Manifest<C> {
                 C::FORMAT
             )));
         }
-        serde_json::from_slice(json).map_err(|e| Error::Invalid(format!("manifest.json: {e}")))
+        let m: Self = serde_json::from_slice(json)
+            .map_err(|e| Error::Invalid(format!("manifest.json: {e}")))?;
+        m.check_limits()?;
+        Ok(m)
+    }
+
+    /// What a manifest may ask us to fetch, read or hold ([`crate::limits`]).
+    fn check_limits(&self) -> Result<()> {
+        use crate::limits::*;
+        let too_many = |what: &str, n: usize, max: usize| {
+            Error::Invalid(format!("manifest.json: {n} {what} (at most {max})"))
+        };
+        if self.tensors.len() > MAX_TENSORS {
+            return Err(too_many("tensors", self.tensors.len(), MAX_TENSORS));
+        }
+        if self.shards.len() > MAX_SHARDS {
+            return Err(too_many("shards", self.shards.len(), MAX_SHARDS));
+        }
+        let mut total = 0u64;
+        for s in &self.shards {
+            check_shard_name(&s.file)?;
+            if s.bytes > MAX_SHARD_BYTES {
+                return Err(Error::Invalid(format!(
+                    "manifest.json: shard {} of {} bytes (at most {MAX_SHARD_BYTES})",
+                    s.file, s.bytes
+                )));
+            }
+            total += s.bytes;
+        }
+        if total > MAX_MODEL_BYTES {
+            return Err(Error::Invalid(format!(
+                "manifest.json: {total} bytes of shards (at most {MAX_MODEL_BYTES})"
+            )));
+        }
+        Ok(())
     }
 
     /// Checks a downloaded/read shard against the manifest (size and sha256).
@@ -390,16 +424,78 @@ pub type Shards = Vec<(String, Vec<u8>)>;
 /// shard's size and sha256 against the manifest.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn read_model_dir<C: ModelConfig>(dir: &std::path::Path) -> Result<(Manifest<C>, Shards)> {
-    let read = |f: &str| {
-        std::fs::read(dir.join(f))
-            .map_err(|e| Error::Invalid(format!("reading {}: {e}", dir.join(f).display())))
+    // A file is read only when its size is the one expected (at most `max`).
+    let read = |f: &str, max: u64| {
+        let path = dir.join(f);
+        let err = |e: std::io::Error| Error::Invalid(format!("reading {}: {e}", path.display()));
+        let len = std::fs::metadata(&path).map_err(err)?.len();
+        if len > max {
+            return Err(Error::Invalid(format!(
+                "{}: {len} bytes, at most {max} expected",
+                path.display()
+            )));
+        }
+        std::fs::read(&path).map_err(err)
     };
-    let manifest = Manifest::<C>::parse(&read("manifest.json")?)?;
+    let manifest = Manifest::<C>::parse(&read(
+        "manifest.json",
+        crate::limits::MAX_MANIFEST_BYTES as u64,
+    )?)?;
     let mut shards = Vec::new();
     for s in &manifest.shards {
-        let bytes = read(&s.file)?;
+        let bytes = read(&s.file, s.bytes)?;
         manifest.verify_shard(&s.file, &bytes)?;
         shards.push((s.file.clone(), bytes));
     }
     Ok((manifest, shards))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(shards: &str, tensors: usize) -> String {
+        let tensors: Vec<String> = (0..tensors)
+            .map(|i| {
+                format!(r#""t{i}": {{"shard": "a.safetensors", "dtype": "f32", "shape": [1]}}"#)
+            })
+            .collect();
+        let config = serde_json::to_string(&crate::glide::model::GlideConfig::default()).unwrap();
+        format!(
+            r#"{{"format": "{MANIFEST_FORMAT}", "kind": "base", "config": {config}, "quant": "f32",
+                "tensors": {{{}}}, "shards": [{shards}]}}"#,
+            tensors.join(",")
+        )
+    }
+
+    #[test]
+    fn manifests_over_the_limits_are_refused() {
+        let shard = |file: &str, bytes: u64| {
+            format!(r#"{{"file": "{file}", "bytes": {bytes}, "sha256": ""}}"#)
+        };
+        let ok = manifest(&shard("a.safetensors", 100), 3);
+        assert!(Manifest::<crate::glide::model::GlideConfig>::parse(ok.as_bytes()).is_ok());
+        for (bad, why) in [
+            (
+                manifest(&shard("../../etc/passwd", 100), 1),
+                "a path for a shard",
+            ),
+            (manifest(&shard("/abs", 100), 1), "an absolute path"),
+            (
+                manifest(&shard("a.safetensors", 3 << 30), 1),
+                "a 3 GiB shard",
+            ),
+            (
+                manifest(&vec![shard("a.safetensors", 1 << 30); 40].join(","), 1),
+                "40 GiB in all",
+            ),
+            (
+                manifest(&shard("a.safetensors", 1), crate::limits::MAX_TENSORS + 1),
+                "too many tensors",
+            ),
+        ] {
+            let r = Manifest::<crate::glide::model::GlideConfig>::parse(bad.as_bytes());
+            assert!(r.is_err(), "{why} was accepted");
+        }
+    }
 }
