@@ -7,8 +7,10 @@ use crate::error::{Error, Result};
 /// Longest side of an image or mask a user gives us (inpainting sources,
 /// variations, masks). Every model input is 64–256 px; a phone photo is ~4000.
 pub const MAX_IMAGE_SIDE: usize = 8192;
-/// Pixels of such an image (48 MP: RGBA8 decodes to 192 MiB).
-pub const MAX_IMAGE_PIXELS: usize = 48_000_000;
+/// Pixels of such an image (a 16 MP phone photo is 4896 × 3264; RGBA8 of
+/// 24 MP is 96 MiB, and squashing it to the model's size costs ~12 multiply-adds
+/// a pixel and channel).
+pub const MAX_IMAGE_PIXELS: usize = 24_000_000;
 /// Bytes of an image file.
 pub const MAX_IMAGE_FILE_BYTES: usize = 64 << 20;
 /// Bytes of a prompt. The tokenizers keep the first 128 (GLIDE) or 77 (CLIP)
@@ -77,6 +79,7 @@ mod tests {
         assert!(check_image(4000, 3000).is_ok());
         assert!(check_image(0, 10).is_err());
         assert!(check_image(MAX_IMAGE_SIDE + 1, 1).is_err());
+        assert!(check_image(6000, 4000).is_ok()); // 24 MP
         assert!(check_image(8000, 8000).is_err()); // 64 MP
         assert!(check_image(usize::MAX, usize::MAX).is_err());
         assert!(check_prompt(&"a".repeat(MAX_PROMPT_BYTES)).is_ok());
