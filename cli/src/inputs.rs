@@ -4,8 +4,10 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use engine::limits::{check_image, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE};
+use anyhow::{Context, Result};
+use engine::limits::{
+    check_image, read_at_most, MAX_IMAGE_FILE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE,
+};
 
 fn decode(bytes: &[u8]) -> Result<image::DynamicImage> {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
@@ -43,23 +45,14 @@ pub fn decode_luma(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize)> {
     Ok((img.pixels().map(|p| p[0] as f32 / 255.0).collect(), w, h))
 }
 
-/// A user's file, refused before reading when it is larger than `max` bytes.
-pub fn read_file(path: &Path, max: usize) -> Result<Vec<u8>> {
-    let len = std::fs::metadata(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .len();
-    if len > max as u64 {
-        bail!("{}: {len} bytes, at most {max} accepted", path.display());
-    }
-    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
-}
-
 /// [`decode_rgb`] of an image file.
 pub fn read_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
-    decode_rgb(&read_file(path, MAX_IMAGE_FILE_BYTES)?).with_context(|| path.display().to_string())
+    decode_rgb(&read_at_most(path, MAX_IMAGE_FILE_BYTES as u64)?)
+        .with_context(|| path.display().to_string())
 }
 
 /// [`decode_luma`] of a mask file.
 pub fn read_luma(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
-    decode_luma(&read_file(path, MAX_IMAGE_FILE_BYTES)?).with_context(|| path.display().to_string())
+    decode_luma(&read_at_most(path, MAX_IMAGE_FILE_BYTES as u64)?)
+        .with_context(|| path.display().to_string())
 }

@@ -45,6 +45,21 @@ pub fn check_shard_name(name: &str) -> Result<()> {
     }
 }
 
+/// A file from outside read whole, refused before reading when it is larger
+/// than `max` bytes (what a manifest says a shard holds, or a limit).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_at_most(path: &std::path::Path, max: u64) -> Result<Vec<u8>> {
+    let err = |e: std::io::Error| Error::Invalid(format!("reading {}: {e}", path.display()));
+    let len = std::fs::metadata(path).map_err(err)?.len();
+    if len > max {
+        return Err(Error::Invalid(format!(
+            "{}: {len} bytes, at most {max} expected",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(err)
+}
+
 /// An image of `w × h` pixels is within the limits.
 pub fn check_image(w: usize, h: usize) -> Result<()> {
     if w == 0 || h == 0 {

@@ -158,8 +158,8 @@ impl BufferPool {
         let usable = |f: &FreeBuffer| !host || f.dirty_in.is_none_or(|g| g < generation);
         let reused = {
             let mut free = self.free.lock().unwrap();
-            // The smallest free buffer that fits and wastes at most half of
-            // itself: tensors of a step come in many sizes, and exact matches
+            // The smallest free buffer that fits, at most four times the
+            // request: tensors of a step come in many sizes, and exact matches
             // alone leave the large ones idle while others are created.
             let fit = free
                 .iter()

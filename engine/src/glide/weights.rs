@@ -424,19 +424,7 @@ pub type Shards = Vec<(String, Vec<u8>)>;
 /// shard's size and sha256 against the manifest.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn read_model_dir<C: ModelConfig>(dir: &std::path::Path) -> Result<(Manifest<C>, Shards)> {
-    // A file is read only when its size is the one expected (at most `max`).
-    let read = |f: &str, max: u64| {
-        let path = dir.join(f);
-        let err = |e: std::io::Error| Error::Invalid(format!("reading {}: {e}", path.display()));
-        let len = std::fs::metadata(&path).map_err(err)?.len();
-        if len > max {
-            return Err(Error::Invalid(format!(
-                "{}: {len} bytes, at most {max} expected",
-                path.display()
-            )));
-        }
-        std::fs::read(&path).map_err(err)
-    };
+    let read = |f: &str, max: u64| crate::limits::read_at_most(&dir.join(f), max);
     let manifest = Manifest::<C>::parse(&read(
         "manifest.json",
         crate::limits::MAX_MANIFEST_BYTES as u64,

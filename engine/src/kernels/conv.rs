@@ -107,8 +107,8 @@ pub fn conv2d_upsampled(
         Some(InputNorm { silu: true, .. }) => 2.0,
     };
     gpu.count_flops(2 * (n * cout * cin * ks * ks) as u64 * hw);
-    // `res` is the caller's residual (in `res_shape`) for the first input
-    // range, then the partial sum so far (in `out_shape`, `partial_up` off).
+    // `res` is the caller's residual (in `res_shape`, upsampled when its flag
+    // says so) for the first input range, then the partial sum so far.
     let dispatch = |rec: &mut Recorder,
                     inp: Piece,
                     outp: Piece,
@@ -154,17 +154,12 @@ pub fn conv2d_upsampled(
             ],
         )
     };
-    let biggest = [cin as u64 * hw_in, cout as u64 * hw, cout as u64 * hw_res]
-        .into_iter()
-        .max()
-        .unwrap_or(0)
-        * 4;
-    if biggest <= gpu.max_binding {
-        let items = [
-            cin as u64 * hw_in * 4,
-            cout as u64 * hw * 4,
-            cout as u64 * hw_res * 4,
-        ];
+    let items = [
+        cin as u64 * hw_in * 4,
+        cout as u64 * hw * 4,
+        cout as u64 * hw_res * 4,
+    ];
+    if items.iter().all(|&b| b <= gpu.max_binding) {
         for (n0, nc) in gpu.batch_chunks(n, &items)? {
             let piece = |c| Piece {
                 n0,

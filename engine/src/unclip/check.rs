@@ -420,11 +420,9 @@ pub async fn check_t2i(
     let low_res = gpu.upload(&low_shape, &recorded_low)?;
 
     // SR: the first-steps network, then the last-step one at i = 0.
-    let both = m.sr.first_steps.as_ref().zip(m.sr.last_step.as_ref());
-    let (sr_first, sr_last) = both.ok_or_else(|| Error::Invalid("both SR networks".into()))?;
     let sched = karlo_schedule(&case.sampling.sr_sm)?;
     let net = |rec: &mut Recorder, x: &Tensor, t: &Tensor, i: usize| {
-        if i == 0 { sr_last } else { sr_first }.forward(rec, x, &low_res, t, None)
+        m.sr.for_step(i)?.forward(rec, x, &low_res, t, None)
     };
     let sr_kind = StageKind::SR;
     let final_sample = replay_stage(

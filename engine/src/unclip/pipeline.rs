@@ -150,6 +150,18 @@ pub struct SrStage {
     pub image_size: usize,
 }
 
+impl SrStage {
+    /// The network of SR step `i` ([`Network::sr_for_step`]), if it is loaded.
+    pub fn for_step(&self, i: usize) -> Result<&SuperRes> {
+        let which = Network::sr_for_step(i);
+        let net = match which {
+            Network::SrLastStep => self.last_step.as_ref(),
+            _ => self.first_steps.as_ref(),
+        };
+        net.ok_or_else(|| Error::Invalid(format!("the {} network is not loaded", which.name())))
+    }
+}
+
 /// The network a run's next step needs on the GPU. Holding one at a time is
 /// what fits a browser: Karlo's two SR networks alone are 1 GiB in q4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,6 +173,16 @@ pub enum Network {
 }
 
 impl Network {
+    /// Karlo's SR network of step `i` (steps count down to 0): the last-step
+    /// network runs i = 0, the first-steps one every other.
+    pub fn sr_for_step(i: usize) -> Network {
+        if i == 0 {
+            Network::SrLastStep
+        } else {
+            Network::SrFirstSteps
+        }
+    }
+
     /// The converted folder (kind) that holds it.
     pub fn kind(self) -> &'static str {
         match self {
@@ -204,15 +226,6 @@ impl Phase {
             Phase::SuperRes => "sr",
             Phase::Done => "done",
         }
-    }
-}
-
-/// The SR network of step `i` (Karlo's last-step network runs i = 0).
-fn sr_network_name(i: usize) -> &'static str {
-    if i == 0 {
-        Network::SrLastStep.name()
-    } else {
-        Network::SrFirstSteps.name()
     }
 }
 
@@ -483,13 +496,9 @@ impl UnclipRun {
             Phase::Prior => Network::Prior,
             Phase::Decoder => Network::Decoder,
             Phase::SuperRes => {
-                let n = self.scheds[2].len();
+                // The next step's i, as StageLoop::step counts it.
                 let done = self.stage.as_ref().map_or(0, |s| s.step_index);
-                if done + 1 >= n {
-                    Network::SrLastStep
-                } else {
-                    Network::SrFirstSteps
-                }
+                Network::sr_for_step(self.scheds[2].len().saturating_sub(done + 1))
             }
             Phase::Done => return None,
         })
@@ -631,15 +640,7 @@ impl UnclipRun {
                 let stage = self.stage.as_mut().expect("created above");
                 // The last step (i = 0) runs the last-step network.
                 let more = stage.step(gpu, &self.draws, &|rec, x, t, i| {
-                    let net = if i == 0 {
-                        sr.last_step.as_ref()
-                    } else {
-                        sr.first_steps.as_ref()
-                    };
-                    net.ok_or_else(|| {
-                        Error::Invalid(format!("the {} network is not loaded", sr_network_name(i)))
-                    })?
-                    .forward(rec, x, low_res, t, None)
+                    sr.for_step(i)?.forward(rec, x, low_res, t, None)
                 })?;
                 if !more {
                     self.output = Some(stage.x.clone());
