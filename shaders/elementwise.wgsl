@@ -1,5 +1,6 @@
 // out = act(alpha * op(a, b) + beta), b broadcast as b[(i / b_inner) % b_size].
-// OP: 0 = a (unary), 1 = a + b, 2 = a * b, 3 = a - b.  ACT: see activate().
+// OP: 0 = a (unary), 1 = a + b, 2 = a * b, 3 = a - b, 4 = a * gelu'(b) (the
+// backward of an erf GELU: a = output gradient, b = its input).  ACT: see activate().
 struct Params { n: u32, b_inner: u32, b_size: u32, offset: u32, alpha: f32, beta: f32 }
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
@@ -23,6 +24,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         case 1u: { r = r + bv; }
         case 2u: { r = r * bv; }
         case 3u: { r = r - bv; }
+        case 4u: { r = r * gelu_erf_grad(bv); }
         default: {}
     }
     out[i] = activate(p.alpha * r + p.beta, ACT);

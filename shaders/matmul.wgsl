@@ -66,3 +66,60 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
     }
 }
+
+// Input gradient of the same layer: dx[m, k] = sum_n dy[m, n] * W[n, k] + res[m, k]
+// (x holds dy [m, n]). Same tiling, with the output tile over (m, k) and the
+// reduction over n; W rows are still read along k. No bias, so its own
+// bindings 3 and 4 (an entry point's layout holds only what it uses).
+@group(0) @binding(3) var<storage, read> grad_res: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dx: array<f32>;
+@compute @workgroup_size(256)
+fn grad_input(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+    let k0 = wg.x * 64u;
+    let m0 = wg.y * 64u;
+    let tx = li % 16u;
+    let ty = li / 16u;
+    var acc: array<array<f32, 4>, 4>;
+    for (var n0 = 0u; n0 < p.n; n0 = n0 + 16u) {
+        for (var r = 0u; r < 4u; r = r + 1u) {
+            let e = li + r * 256u;      // 0..1023
+            // dy: 16 consecutive n of one row m; W: 64 consecutive k of one row n.
+            let nn = e % 16u;
+            let rr = e / 16u;
+            var dv = 0.0;
+            if (m0 + rr < p.m && n0 + nn < p.n) { dv = x[(m0 + rr) * p.n + n0 + nn]; }
+            xs[nn * TS + rr] = dv;
+            let wn = e / 64u;
+            let wk = e % 64u;
+            var wv = WTile(0.0);
+            if (n0 + wn < p.n && k0 + wk < p.k) { wv = load_w((n0 + wn) * p.row_words, k0 + wk); }
+            ws[wn * TS + wk] = wv;
+        }
+        workgroupBarrier();
+        for (var nn = 0u; nn < 16u; nn = nn + 1u) {
+            var dr: array<f32, 4>;
+            var wr: array<f32, 4>;
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                dr[i] = xs[nn * TS + ty + 16u * i];
+                wr[i] = f32(ws[nn * TS + tx + 16u * i]);
+            }
+            for (var i = 0u; i < 4u; i = i + 1u) {
+                for (var j = 0u; j < 4u; j = j + 1u) {
+                    acc[i][j] = fma(dr[i], wr[j], acc[i][j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i = i + 1u) {
+        let m = m0 + ty + 16u * i;
+        if (m >= p.m) { continue; }
+        for (var j = 0u; j < 4u; j = j + 1u) {
+            let k = k0 + tx + 16u * j;
+            if (k >= p.k) { continue; }
+            var v = acc[i][j];
+            if (p.has_res != 0u) { v = v + grad_res[m * p.k + k]; }
+            dx[m * p.k + k] = v;
+        }
+    }
+}

@@ -443,3 +443,356 @@ pub fn timestep_embedding(t: &[f32], dim: usize, sin_first: bool) -> Vec<f32> {
     }
     out
 }
+
+// ---- Backward passes (CLIP guidance) -------------------------------------
+
+/// `dx[m, k] = Σ_n dy[m, n]·w[n, k] + res[m, k]` (the input gradient of [`linear`]).
+pub fn linear_grad_input(dy: &[f32], w: &[f32], n: usize, res: Option<&[f32]>) -> Vec<f32> {
+    let k = w.len() / n;
+    let m = dy.len() / n;
+    let mut dx = vec![0f32; m * k];
+    for i in 0..m {
+        for l in 0..k {
+            let s: f64 = (0..n)
+                .map(|j| dy[i * n + j] as f64 * w[j * k + l] as f64)
+                .sum();
+            dx[i * k + l] = (s + res.map_or(0.0, |r| r[i * k + l] as f64)) as f32;
+        }
+    }
+    dx
+}
+
+/// The input gradient of [`layer_norm`] (affine gain `gamma`), plus `res`.
+pub fn layer_norm_backward(
+    x: &[f32],
+    dim: usize,
+    gamma: Option<&[f32]>,
+    dy: &[f32],
+    res: Option<&[f32]>,
+    eps: f64,
+) -> Vec<f32> {
+    let mut dx = Vec::with_capacity(x.len());
+    for (r, row) in x.chunks(dim).enumerate() {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / dim as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / dim as f64;
+        let rstd = 1.0 / (var + eps).sqrt();
+        let g: Vec<f64> = (0..dim)
+            .map(|i| dy[r * dim + i] as f64 * gamma.map_or(1.0, |g| g[i] as f64))
+            .collect();
+        let xh: Vec<f64> = row.iter().map(|&v| (v as f64 - mean) * rstd).collect();
+        let mg = g.iter().sum::<f64>() / dim as f64;
+        let mgx = g.iter().zip(&xh).map(|(a, b)| a * b).sum::<f64>() / dim as f64;
+        for i in 0..dim {
+            let v = rstd * (g[i] - mg - xh[i] * mgx);
+            dx.push((v + res.map_or(0.0, |r0| r0[r * dim + i] as f64)) as f32);
+        }
+    }
+    dx
+}
+
+/// `dy · gelu′(x)` for the erf GELU.
+pub fn gelu_grad(dy: &[f32], x: &[f32]) -> Vec<f32> {
+    dy.iter()
+        .zip(x)
+        .map(|(&g, &v)| {
+            let v = v as f64;
+            let d = 0.5 * (1.0 + libm::erf(v / std::f64::consts::SQRT_2))
+                + v * (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            (g as f64 * d) as f32
+        })
+        .collect()
+}
+
+/// Multi-head attention over `[B, L, H·d]` q, k, v (scale on q and on k,
+/// optionally causal) → `[B, L, H·d]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_blh(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    b: usize,
+    l: usize,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> Vec<f32> {
+    let w = q.len() / (b * l);
+    let d = w / heads;
+    let rows = |t: &[f32], bi: usize, h: usize| -> Vec<Vec<f64>> {
+        (0..l)
+            .map(|i| {
+                (0..d)
+                    .map(|c| t[(bi * l + i) * w + h * d + c] as f64)
+                    .collect()
+            })
+            .collect()
+    };
+    let mut out = vec![0f32; q.len()];
+    for bi in 0..b {
+        for h in 0..heads {
+            let o = attention_head(
+                &rows(q, bi, h),
+                &rows(k, bi, h),
+                &rows(v, bi, h),
+                scale,
+                None,
+                causal.then_some(0),
+            );
+            for (i, oi) in o.iter().enumerate() {
+                for (c, &val) in oi.iter().enumerate() {
+                    out[(bi * l + i) * w + h * d + c] = val as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `(dq, dk, dv)` of [`attention_blh`] given the output gradient `dout`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_blh_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+    b: usize,
+    l: usize,
+    heads: usize,
+    scale: f64,
+    causal: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let w = q.len() / (b * l);
+    let d = w / heads;
+    let at = |bi: usize, t: usize, h: usize, c: usize| (bi * l + t) * w + h * d + c;
+    let (mut dq, mut dk, mut dv) = (
+        vec![0f64; q.len()],
+        vec![0f64; q.len()],
+        vec![0f64; q.len()],
+    );
+    let s2 = scale * scale;
+    for bi in 0..b {
+        for h in 0..heads {
+            for i in 0..l {
+                let keys = if causal { i + 1 } else { l };
+                let logits: Vec<f64> = (0..keys)
+                    .map(|j| {
+                        s2 * (0..d)
+                            .map(|c| q[at(bi, i, h, c)] as f64 * k[at(bi, j, h, c)] as f64)
+                            .sum::<f64>()
+                    })
+                    .collect();
+                let mx = logits.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = logits.iter().map(|x| (x - mx).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                let p: Vec<f64> = e.iter().map(|x| x / sum).collect();
+                let dp: Vec<f64> = (0..keys)
+                    .map(|j| {
+                        (0..d)
+                            .map(|c| dout[at(bi, i, h, c)] as f64 * v[at(bi, j, h, c)] as f64)
+                            .sum()
+                    })
+                    .collect();
+                let dsum: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                for j in 0..keys {
+                    let ds = p[j] * (dp[j] - dsum);
+                    for c in 0..d {
+                        dq[at(bi, i, h, c)] += s2 * ds * k[at(bi, j, h, c)] as f64;
+                        dk[at(bi, j, h, c)] += s2 * ds * q[at(bi, i, h, c)] as f64;
+                        dv[at(bi, j, h, c)] += p[j] * dout[at(bi, i, h, c)] as f64;
+                    }
+                }
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    (f(dq), f(dk), f(dv))
+}
+
+/// `[B, 3, S, S]` → `[B, (S/P)², 3·P·P]` of `x·slope_c + offset_c` (`patches.wgsl`).
+pub fn to_patches(
+    x: &[f32],
+    s: usize,
+    patch: usize,
+    slope: [f32; 3],
+    offset: [f32; 3],
+) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for (e, &v) in x.iter().enumerate() {
+        let ch = (e / (s * s)) % 3;
+        out[patch_index(e, s, patch)] = (v as f64 * slope[ch] as f64 + offset[ch] as f64) as f32;
+    }
+    out
+}
+
+/// The gradient of [`to_patches`].
+pub fn from_patches(dp: &[f32], s: usize, patch: usize, slope: [f32; 3]) -> Vec<f32> {
+    (0..dp.len())
+        .map(|e| dp[patch_index(e, s, patch)] * slope[(e / (s * s)) % 3])
+        .collect()
+}
+
+fn patch_index(e: usize, s: usize, patch: usize) -> usize {
+    let (x, y, ch, b) = (e % s, (e / s) % s, (e / (s * s)) % 3, e / (3 * s * s));
+    let g = s / patch;
+    let cell = (y / patch) * g + x / patch;
+    let col = (ch * patch + y % patch) * patch + x % patch;
+    (b * g * g + cell) * 3 * patch * patch + col
+}
+
+/// `scale · normalize(text_b) · normalize(image_b)` per row (GLIDE's CLIP
+/// guidance score, normalisation `z / (‖z‖ + 1e-12)`).
+pub fn clip_score(text: &[f32], image: &[f32], dim: usize) -> Vec<f64> {
+    text.chunks(dim)
+        .zip(image.chunks(dim))
+        .map(|(t, z)| {
+            let nt = t.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt() + 1e-12;
+            let nz = z.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt() + 1e-12;
+            t.iter()
+                .zip(z)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>()
+                / (nt * nz)
+        })
+        .collect()
+}
+
+/// `scale · ∂ clip_score / ∂ image`.
+pub fn clip_score_grad(text: &[f32], image: &[f32], dim: usize, scale: f64) -> Vec<f32> {
+    let mut out = Vec::with_capacity(image.len());
+    for (t, z) in text.chunks(dim).zip(image.chunks(dim)) {
+        let nt = t.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt() + 1e-12;
+        let n = z.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        let ne = n + 1e-12;
+        let uz = t
+            .iter()
+            .zip(z)
+            .map(|(&a, &b)| a as f64 * b as f64)
+            .sum::<f64>()
+            / nt;
+        for (&a, &b) in t.iter().zip(z) {
+            let g = a as f64 / (nt * ne) - uz * b as f64 / (n.max(1e-30) * ne * ne);
+            out.push((scale * g) as f32);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod backward_tests {
+    //! The backward references against central finite differences of the
+    //! forward references (f64 accumulation; f32 inputs, so ε ≈ 1e-2).
+    use super::*;
+
+    fn rng(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Checks `grad` against ∂(Σ f(x)·dy)/∂x by central differences.
+    fn fd_check(name: &str, x: &[f32], dy: &[f32], f: impl Fn(&[f32]) -> Vec<f32>, grad: &[f32]) {
+        let eps = 1e-2f32;
+        let mut worst = 0f64;
+        let scale = grad
+            .iter()
+            .fold(0f64, |m, &g| m.max(g.abs() as f64))
+            .max(1e-6);
+        for i in 0..x.len() {
+            let mut xp = x.to_vec();
+            xp[i] += eps;
+            let mut xm = x.to_vec();
+            xm[i] -= eps;
+            let dot = |v: Vec<f32>| {
+                v.iter()
+                    .zip(dy)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>()
+            };
+            let fd = (dot(f(&xp)) - dot(f(&xm))) / (2.0 * eps as f64);
+            worst = worst.max((fd - grad[i] as f64).abs() / scale);
+        }
+        assert!(
+            worst < 2e-3,
+            "{name}: finite differences differ by {worst:.2e} (relative)"
+        );
+    }
+
+    #[test]
+    fn linear_grad_matches_finite_differences() {
+        let (m, k, n) = (3, 5, 4);
+        let (x, w, dy) = (rng(m * k, 1), rng(n * k, 2), rng(m * n, 3));
+        let g = linear_grad_input(&dy, &w, n, None);
+        fd_check(
+            "linear",
+            &x,
+            &dy,
+            |x| linear(x, &w, n, None, None, Act::None),
+            &g,
+        );
+    }
+
+    #[test]
+    fn layer_norm_grad_matches_finite_differences() {
+        let dim = 7;
+        let (x, gamma, beta, dy) = (rng(3 * dim, 4), rng(dim, 5), rng(dim, 6), rng(3 * dim, 7));
+        let g = layer_norm_backward(&x, dim, Some(&gamma), &dy, None, 1e-5);
+        let f = |x: &[f32]| layer_norm(x, dim, Some(&gamma), Some(&beta), 1e-5);
+        fd_check("layer_norm", &x, &dy, f, &g);
+    }
+
+    #[test]
+    fn gelu_grad_matches_finite_differences() {
+        let (x, dy) = (
+            rng(11, 8).iter().map(|v| v * 3.0).collect::<Vec<_>>(),
+            rng(11, 9),
+        );
+        let g = gelu_grad(&dy, &x);
+        let f = |x: &[f32]| x.iter().map(|&v| act(v as f64, Act::Gelu) as f32).collect();
+        fd_check("gelu", &x, &dy, f, &g);
+    }
+
+    #[test]
+    fn attention_grads_match_finite_differences() {
+        let (b, l, heads, d) = (2, 5, 2, 3);
+        let w = heads * d;
+        let n = b * l * w;
+        let (q, k, v, dy) = (rng(n, 10), rng(n, 11), rng(n, 12), rng(n, 13));
+        for causal in [false, true] {
+            let s = 0.8;
+            let (dq, dk, dv) = attention_blh_backward(&q, &k, &v, &dy, b, l, heads, s, causal);
+            let att =
+                |q: &[f32], k: &[f32], v: &[f32]| attention_blh(q, k, v, b, l, heads, s, causal);
+            fd_check("attention dq", &q, &dy, |x| att(x, &k, &v), &dq);
+            fd_check("attention dk", &k, &dy, |x| att(&q, x, &v), &dk);
+            fd_check("attention dv", &v, &dy, |x| att(&q, &k, x), &dv);
+        }
+    }
+
+    #[test]
+    fn patch_and_score_grads_match_finite_differences() {
+        let (s, p) = (8, 4);
+        let (slope, offset) = ([1.5, -0.5, 2.0], [0.1, 0.2, -0.3]);
+        let (x, dy) = (rng(2 * 3 * s * s, 14), rng(2 * 3 * s * s, 15));
+        let g = from_patches(&dy, s, p, slope);
+        fd_check(
+            "patches",
+            &x,
+            &dy,
+            |x| to_patches(x, s, p, slope, offset),
+            &g,
+        );
+        let (t, z) = (rng(2 * 6, 16), rng(2 * 6, 17));
+        let g = clip_score_grad(&t, &z, 6, 100.0);
+        let ones = [1f32];
+        let f = |z: &[f32]| vec![(100.0 * clip_score(&t, z, 6).iter().sum::<f64>()) as f32];
+        fd_check("clip score", &z, &ones, f, &g);
+    }
+}

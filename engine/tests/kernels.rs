@@ -865,6 +865,7 @@ async fn elementwise_and_activations() -> TestResult {
         (vec![2, 5, 1, 1], BinaryOp::Sub, Act::QuickGelu),
         (vec![7], BinaryOp::Add, Act::Relu),
         (vec![1], BinaryOp::Mul, Act::Gelu),
+        (vec![3, 7], BinaryOp::GeluGrad, Act::None),
     ] {
         let bn: usize = b_shape.iter().product();
         let b = rng.normals(bn, 1.0);
@@ -890,6 +891,7 @@ async fn elementwise_and_activations() -> TestResult {
                     BinaryOp::Add => x + y,
                     BinaryOp::Mul => x * y,
                     BinaryOp::Sub => x - y,
+                    BinaryOp::GeluGrad => cpu::gelu_grad(&[x as f32], &[y as f32])[0] as f64,
                 };
                 cpu::act(r, act) as f32
             })
@@ -1688,3 +1690,195 @@ async fn shape_errors_are_reported() -> TestResult {
     Ok(())
 }
 gpu_test!(shape_errors_are_reported);
+
+/// The backward kernels of CLIP guidance (input gradients only) against the
+/// CPU references, which are themselves checked by finite differences
+/// (`reference::backward_tests`).
+async fn backward_kernels_match_cpu() -> TestResult {
+    for gpu in devices().await {
+        backward_kernels_match_cpu_on(gpu).await?;
+    }
+    Ok(())
+}
+
+async fn backward_kernels_match_cpu_on(gpu: &Gpu) -> TestResult {
+    use kernels::elementwise::BinaryOp;
+    let mut rng = Rng::new(21);
+    // Linear: dx = dy·W (+ res), every weight storage type.
+    for &(m, k, n) in &[(1, 1, 1), (33, 47, 29), (130, 96, 70), (17, 768, 512)] {
+        for dtype in DTYPES {
+            let dy = rng.normals(m * n, 1.0);
+            let wd = WeightData::from_f32(&[n, k], &rng.normals(n * k, 0.2), dtype).map_err(err)?;
+            let res = rng.normals(m * k, 1.0);
+            let (dyt, wt, rt) = (
+                gpu.upload(&[m, n], &dy).map_err(err)?,
+                gpu.upload_weight(&wd).map_err(err)?,
+                gpu.upload(&[m, k], &res).map_err(err)?,
+            );
+            let with_res = m % 2 == 1;
+            let mut rec = gpu.recorder();
+            let dx =
+                kernels::matmul::linear_grad_input(&mut rec, &dyt, &wt, with_res.then_some(&rt))
+                    .map_err(err)?;
+            rec.submit().map_err(err)?;
+            let want = cpu::linear_grad_input(&dy, &wd.to_f32(), n, with_res.then_some(&res[..]));
+            check(
+                &format!("linear_grad_input {m}x{k}x{n} {dtype:?}"),
+                &gpu.read(&dx).await.map_err(err)?,
+                &want,
+                2e-5,
+            )?;
+        }
+    }
+    // LayerNorm backward, with and without gain and residual gradient (width 2
+    // is degenerate: the output is ±1 whatever x, the gradient pure cancellation).
+    for &(rows, dim) in &[(1, 3), (21, 37), (5, 512), (2, 1000)] {
+        let x = rng.normals(rows * dim, 3.0);
+        let g = rng.normals(dim, 0.5);
+        let dy = rng.normals(rows * dim, 1.0);
+        let res = rng.normals(rows * dim, 1.0);
+        let (xt, gt, dyt, rt) = (
+            gpu.upload(&[rows, dim], &x).map_err(err)?,
+            gpu.upload(&[dim], &g).map_err(err)?,
+            gpu.upload(&[rows, dim], &dy).map_err(err)?,
+            gpu.upload(&[rows, dim], &res).map_err(err)?,
+        );
+        let mut rec = gpu.recorder();
+        let a = kernels::layer_norm::layer_norm_backward(
+            &mut rec,
+            &xt,
+            Some(&gt),
+            &dyt,
+            Some(&rt),
+            1e-5,
+        )
+        .map_err(err)?;
+        let b = kernels::layer_norm::layer_norm_backward(&mut rec, &xt, None, &dyt, None, 1e-5)
+            .map_err(err)?;
+        rec.submit().map_err(err)?;
+        check(
+            &format!("layer_norm_backward {rows}x{dim}"),
+            &gpu.read(&a).await.map_err(err)?,
+            &cpu::layer_norm_backward(&x, dim, Some(&g), &dy, Some(&res), 1e-5),
+            2e-5,
+        )?;
+        check(
+            &format!("layer_norm_backward plain {rows}x{dim}"),
+            &gpu.read(&b).await.map_err(err)?,
+            &cpu::layer_norm_backward(&x, dim, None, &dy, None, 1e-5),
+            2e-5,
+        )?;
+    }
+    // GELU backward.
+    for n in [7, 255, 4099] {
+        let (dy, x) = (rng.normals(n, 1.0), rng.normals(n, 3.0));
+        let (dyt, xt) = (
+            gpu.upload(&[n], &dy).map_err(err)?,
+            gpu.upload(&[n], &x).map_err(err)?,
+        );
+        let mut rec = gpu.recorder();
+        let g = kernels::elementwise::binary(&mut rec, &dyt, &xt, BinaryOp::GeluGrad, Act::None)
+            .map_err(err)?;
+        rec.submit().map_err(err)?;
+        check(
+            &format!("gelu grad {n}"),
+            &gpu.read(&g).await.map_err(err)?,
+            &cpu::gelu_grad(&dy, &x),
+            1e-4,
+        )?;
+    }
+    // Attention backward: dense and causal, odd lengths, head dims 1..64.
+    for &(b, l, heads, d, causal) in &[
+        (1, 1, 1, 1, false),
+        (2, 17, 3, 8, false),
+        (3, 33, 2, 5, true),
+        (1, 65, 2, 64, false),
+    ] {
+        let n = b * l * heads * d;
+        let (q, k, v, dy) = (
+            rng.normals(n, 1.0),
+            rng.normals(n, 1.0),
+            rng.normals(n, 1.0),
+            rng.normals(n, 1.0),
+        );
+        let shape = [b, l, heads * d];
+        let up = |x: &[f32]| gpu.upload(&shape, x).map_err(err);
+        let (qt, kt, vt, dyt) = (up(&q)?, up(&k)?, up(&v)?, up(&dy)?);
+        let scale = (d as f32).powf(-0.25);
+        let mut rec = gpu.recorder();
+        let (dq, dk, dv) = kernels::attention_backward::attention_backward(
+            &mut rec, &qt, &kt, &vt, &dyt, heads, scale, causal,
+        )
+        .map_err(err)?;
+        rec.submit().map_err(err)?;
+        let (wq, wk, wv) =
+            cpu::attention_blh_backward(&q, &k, &v, &dy, b, l, heads, scale as f64, causal);
+        let name = format!("attention_backward b{b} l{l} h{heads} d{d} causal {causal}");
+        check(
+            &format!("{name} dq"),
+            &gpu.read(&dq).await.map_err(err)?,
+            &wq,
+            1e-4,
+        )?;
+        check(
+            &format!("{name} dk"),
+            &gpu.read(&dk).await.map_err(err)?,
+            &wk,
+            1e-4,
+        )?;
+        check(
+            &format!("{name} dv"),
+            &gpu.read(&dv).await.map_err(err)?,
+            &wv,
+            1e-4,
+        )?;
+    }
+    // Patches and their gradient.
+    let affine = kernels::patches::ChannelAffine {
+        slope: [1.5, -0.5, 2.0],
+        offset: [0.1, 0.2, -0.3],
+    };
+    for &(b, s, p) in &[(1, 4, 4), (2, 12, 3), (3, 16, 4), (1, 64, 4)] {
+        let x = rng.normals(b * 3 * s * s, 1.0);
+        let dp = rng.normals(b * 3 * s * s, 1.0);
+        let g = s / p;
+        let xt = gpu.upload(&[b, 3, s, s], &x).map_err(err)?;
+        let dpt = gpu.upload(&[b, g * g, 3 * p * p], &dp).map_err(err)?;
+        let mut rec = gpu.recorder();
+        let pt = kernels::patches::to_patches(&mut rec, &xt, p, &affine).map_err(err)?;
+        let dx = kernels::patches::from_patches(&mut rec, &dpt, &xt, p, &affine).map_err(err)?;
+        rec.submit().map_err(err)?;
+        check(
+            &format!("to_patches {b}x{s} p{p}"),
+            &gpu.read(&pt).await.map_err(err)?,
+            &cpu::to_patches(&x, s, p, affine.slope, affine.offset),
+            1e-6,
+        )?;
+        check(
+            &format!("from_patches {b}x{s} p{p}"),
+            &gpu.read(&dx).await.map_err(err)?,
+            &cpu::from_patches(&dp, s, p, affine.slope),
+            1e-6,
+        )?;
+    }
+    // The guidance score's gradient.
+    // (Width 1 is degenerate: the normalised embedding is ±1, the gradient zero.)
+    for &(b, e) in &[(1, 2), (3, 16), (2, 512), (1, 1000)] {
+        let (t, z) = (rng.normals(b * e, 1.0), rng.normals(b * e, 1.0));
+        let (tt, zt) = (
+            gpu.upload(&[b, e], &t).map_err(err)?,
+            gpu.upload(&[b, e], &z).map_err(err)?,
+        );
+        let mut rec = gpu.recorder();
+        let g = kernels::clip_score::score_grad(&mut rec, &tt, &zt, 300.0).map_err(err)?;
+        rec.submit().map_err(err)?;
+        check(
+            &format!("clip score grad {b}x{e}"),
+            &gpu.read(&g).await.map_err(err)?,
+            &cpu::clip_score_grad(&t, &z, e, 300.0),
+            1e-5,
+        )?;
+    }
+    Ok(())
+}
+gpu_test!(backward_kernels_match_cpu);

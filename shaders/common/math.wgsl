@@ -46,6 +46,11 @@ fn gelu_erf(x: f32) -> f32 {
     return 0.5 * x * (1.0 + erf_f32(x * 0.7071067811865476));
 }
 
+// d/dx of gelu_erf: Phi(x) + x * phi(x).
+fn gelu_erf_grad(x: f32) -> f32 {
+    return 0.5 * (1.0 + erf_f32(x * 0.7071067811865476)) + x * 0.3989422804014327 * exp(-0.5 * x * x);
+}
+
 fn quick_gelu(x: f32) -> f32 {
     return x / (1.0 + exp(-1.702 * x));
 }

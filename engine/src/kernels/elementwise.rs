@@ -13,6 +13,8 @@ pub enum BinaryOp {
     Add,
     Mul,
     Sub,
+    /// `a · gelu′(b)`: the backward of an erf GELU (a: output gradient, b: its input).
+    GeluGrad,
 }
 
 /// `b` right-aligned against `a`; its non-1 dims must be one contiguous run equal
@@ -115,6 +117,7 @@ pub fn binary(
         BinaryOp::Add => 1,
         BinaryOp::Mul => 2,
         BinaryOp::Sub => 3,
+        BinaryOp::GeluGrad => 4,
     };
     launch(rec, a, Some(b), code, act, 1.0, 0.0)
 }

@@ -3,6 +3,8 @@
 //! the binding limit, and returns freshly pooled output tensors.
 
 pub mod attention;
+pub mod attention_backward;
+pub mod clip_score;
 pub mod conv;
 pub mod copy;
 pub mod elementwise;
@@ -10,6 +12,7 @@ pub mod embedding;
 pub mod group_norm;
 pub mod layer_norm;
 pub mod matmul;
+pub mod patches;
 pub mod resample;
 pub mod rng;
 pub mod sampler;
