@@ -127,3 +127,43 @@ fn batch_of_prompts_equals_separate_runs() {
         assert_ne!(both[half..], alone_runs[0][half..]);
     }
 }
+
+/// The noisy CLIP: both encoders with intermediates, `cond_fn`, and the
+/// CLIP-guided sampling trace (with the tiny text2im base), in f32.
+#[test]
+fn clip() {
+    let read = |f: &str| std::fs::read(format!("{FIX}/{f}")).unwrap_or_else(|e| panic!("{f}: {e}"));
+    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
+    let (image_w, text_w, base_w) = (
+        read("clip/image_enc.safetensors"),
+        read("clip/text_enc.safetensors"),
+        read("text2im_base/weights.safetensors"),
+    );
+    let src = |b| engine::glide::weights::WeightSource::single(b).unwrap();
+    let (image_s, text_s, base_s) = (src(&image_w), src(&text_w), src(&base_w));
+    let (trace, base_config) = (
+        read("clip/trace.safetensors"),
+        read("text2im_base/config.json"),
+    );
+    let report = pollster::block_on(engine::glide::check::check_clip_case(
+        &gpu,
+        &read("clip/config.json"),
+        &image_s,
+        &text_s,
+        &read("clip/io.safetensors"),
+        Some((&trace, &base_config, &base_s)),
+        1e-4,
+        WeightDType::F32,
+    ))
+    .unwrap();
+    for r in &report.rows {
+        println!(
+            "{:<60} max abs {:.3e}  rel {:.3e} {}",
+            r.name,
+            r.max_abs,
+            r.rel,
+            if r.ok { "" } else { "FAIL" }
+        );
+    }
+    assert!(report.ok(), "clip: tensors over tolerance");
+}

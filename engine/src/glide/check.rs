@@ -560,3 +560,249 @@ async fn trace_check(
     );
     Ok(())
 }
+
+/// The `clip` case folder's `config.json`.
+#[derive(Deserialize)]
+struct ClipCaseConfig {
+    clip_config_yaml_values: super::clip::NoisyClipConfig,
+    guided_sampling: ClipSampling,
+}
+
+#[derive(Deserialize)]
+struct ClipSampling {
+    guidance_scale: f32,
+    timestep_respacing: String,
+}
+
+/// A CLIP-guided case (`../shared/fixtures/glide/clip`): the noisy CLIP's
+/// encoders with their intermediates, one `cond_fn`, and, given the base
+/// model's case (`config.json` + weights), the notebook's CLIP-guided
+/// sampling trace step by step and end to end.
+#[allow(clippy::too_many_arguments)]
+pub async fn check_clip_case(
+    gpu: &Gpu,
+    config_json: &[u8],
+    image_weights: &super::weights::WeightSource<'_>,
+    text_weights: &super::weights::WeightSource<'_>,
+    io: &[u8],
+    trace: Option<(&[u8], &[u8], &super::weights::WeightSource<'_>)>,
+    tol: f64,
+    dtype: WeightDType,
+) -> Result<Report> {
+    use super::clip::{cond_fn, ImageEncoder, TextEncoder};
+    use super::weights::Loader;
+    let case: ClipCaseConfig = serde_json::from_slice(config_json)
+        .map_err(|e| Error::Invalid(format!("config.json: {e}")))?;
+    let cfg = case.clip_config_yaml_values;
+    let l = Loader::new(gpu, image_weights, dtype)?;
+    let image = ImageEncoder::load(cfg.clone(), &l)?;
+    l.finish()?;
+    let l = Loader::new(gpu, text_weights, dtype)?;
+    let text = TextEncoder::load(cfg.clone(), &l)?;
+    l.finish()?;
+    let io = Tensors::new(io, "io.safetensors")?;
+    let mut report = Report::default();
+    let ints = |name: &str| -> Result<Vec<u32>> {
+        Ok(io.get(name)?.1.iter().map(|&v| v as u32).collect())
+    };
+    let lens: Vec<usize> = ints("text.lens")?.iter().map(|&v| v as usize).collect();
+    let timesteps = ints("image.t")?;
+    let x = io.upload(gpu, "image.x")?;
+    let (mut tcap, mut icap) = (Vec::new(), Vec::new());
+    let mut rec = gpu.recorder();
+    let z_t = text.encode(&mut rec, &ints("text.tokens")?, &lens, Some(&mut tcap))?;
+    let (z_i, _) = image.forward(&mut rec, &x, &timesteps, false, Some(&mut icap))?;
+    let grad = cond_fn(
+        &mut rec,
+        &image,
+        &z_t,
+        &x,
+        &timesteps,
+        case.guided_sampling.guidance_scale,
+    )?;
+    rec.submit()?;
+    for (prefix, cap) in [("text", &tcap), ("image", &icap)] {
+        for (name, t) in cap {
+            let key = format!("{prefix}.int.{name}");
+            if io.has(&key) {
+                report.push(&key, &gpu.read(t).await?, &io.get(&key)?.1, tol);
+            }
+        }
+    }
+    report.push(
+        "text.z_t_raw",
+        &gpu.read(&z_t).await?,
+        &io.get("text.z_t_raw")?.1,
+        tol,
+    );
+    report.push(
+        "image.z_i_raw",
+        &gpu.read(&z_i).await?,
+        &io.get("image.z_i_raw")?.1,
+        tol,
+    );
+    report.push(
+        "cond.grad",
+        &gpu.read(&grad).await?,
+        &io.get("cond.grad")?.1,
+        tol,
+    );
+    if let Some((trace, base_config, base_weights)) = trace {
+        let base: CaseConfig = serde_json::from_slice(base_config)
+            .map_err(|e| Error::Invalid(format!("base config.json: {e}")))?;
+        let model = Glide::load(
+            gpu,
+            base.create_model_and_diffusion_kwargs,
+            base_weights,
+            dtype,
+        )?;
+        clip_trace_check(
+            gpu,
+            &model,
+            &image,
+            &text,
+            &case.guided_sampling,
+            &Tensors::new(trace, "trace.safetensors")?,
+            tol,
+            &mut report,
+        )
+        .await?;
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn clip_trace_check(
+    gpu: &Gpu,
+    model: &Glide,
+    image: &super::clip::ImageEncoder,
+    text_enc: &super::clip::TextEncoder,
+    s: &ClipSampling,
+    tr: &Tensors<'_>,
+    tol: f64,
+    report: &mut Report,
+) -> Result<()> {
+    let cfg = &model.config;
+    let sched = Schedule::new(
+        &cfg.noise_schedule,
+        cfg.diffusion_steps,
+        &s.timestep_respacing,
+    )?;
+    let steps = sched.len();
+    let tokens = tr.upload_u32(gpu, "in.tokens")?;
+    let mask = tr.upload_u32(gpu, "in.mask")?;
+    let clip_tokens: Vec<u32> = tr
+        .get("in.clip_tokens")?
+        .1
+        .iter()
+        .map(|&v| v as u32)
+        .collect();
+    let clip_lens: Vec<usize> = tr
+        .get("in.clip_lens")?
+        .1
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
+    let mut rec = gpu.recorder();
+    let text = model.encode_text(&mut rec, &tokens, &mask, None)?;
+    let z_t = text_enc.encode(&mut rec, &clip_tokens, &clip_lens, None)?;
+    rec.submit()?;
+    // z_t in the trace is normalised; ours is raw (the score normalises it).
+    let raw = gpu.read(&z_t).await?;
+    let norm = raw.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt() + 1e-12;
+    let normed: Vec<f32> = raw.iter().map(|&v| (v as f64 / norm) as f32).collect();
+    report.push("in.z_t", &normed, &tr.get("in.z_t")?.1, tol);
+    let (_, cond_t) = tr.get("steps.cond_t")?;
+    let (_, model_t) = tr.get("steps.model_t")?;
+    // One step from x (B rows): (model_out, cond_grad, sample).
+    let step = |x: Vec<f32>, shape: Vec<usize>, i: usize, noise: Vec<f32>| {
+        let (text, z_t, sched, cond_t, model_t) = (&text, &z_t, &sched, &cond_t, &model_t);
+        async move {
+            let b = shape[0];
+            let xt = gpu.upload(&shape, &x)?;
+            let nz = gpu.upload(&shape, &noise)?;
+            let t = gpu.upload(&[b], &model_t[i * b..(i + 1) * b])?;
+            let ct: Vec<u32> = cond_t[i * b..(i + 1) * b]
+                .iter()
+                .map(|&v| v as u32)
+                .collect();
+            let mut rec = gpu.recorder();
+            let out = model.forward(&mut rec, &xt, &t, text, Conditioning::default(), None)?;
+            let grad = super::clip::cond_fn(&mut rec, image, z_t, &xt, &ct, s.guidance_scale)?;
+            let ti = steps - 1 - i;
+            let (xn, _) = sampler_step(
+                &mut rec,
+                &Step {
+                    model_out: &out,
+                    x_t: &xt,
+                    noise: &nz,
+                    guidance: None,
+                    ddim: false,
+                    predict_x0: false,
+                    learned_variance: true,
+                    clamp_x0: Some(1.0),
+                    pin: None,
+                    grad: Some(&grad),
+                    last: ti == 0,
+                    replicate: false,
+                    coeffs: sched.coeffs(ti, 0.0),
+                },
+            )?;
+            rec.submit()?;
+            Ok::<_, Error>((
+                gpu.read(&out).await?,
+                gpu.read(&grad).await?,
+                gpu.read(&xn).await?,
+            ))
+        }
+    };
+    let mut worst = (0.0f64, 0.0f64);
+    for i in 0..steps {
+        let (shape, x) = tr.item("steps.x_t", i, None)?;
+        let noise = tr.get(&format!("draw.{:03}", i + 1))?.1;
+        let (out, grad, xn) = step(x, shape, i, noise).await?;
+        let mut sub = Report::default();
+        sub.push(
+            format!("steps.model_out[{i}]"),
+            &out,
+            &tr.item("steps.model_out", i, None)?.1,
+            tol,
+        );
+        sub.push(
+            format!("steps.cond_grad[{i}]"),
+            &grad,
+            &tr.item("steps.cond_grad", i, None)?.1,
+            tol,
+        );
+        sub.push(
+            format!("steps.sample[{i}]"),
+            &xn,
+            &tr.item("steps.sample", i, None)?.1,
+            tol,
+        );
+        for r in sub.rows {
+            worst = (worst.0.max(r.max_abs), worst.1.max(r.rel));
+            if !r.ok || i == 0 || i + 1 == steps {
+                report.rows.push(r);
+            }
+        }
+    }
+    report.rows.push(Row {
+        name: format!("all {steps} teacher-forced CLIP-guided steps (worst)"),
+        max_abs: worst.0,
+        rel: worst.1,
+        ok: worst.1 <= tol,
+    });
+    let (shape, mut x) = tr.get("draw.000")?;
+    for i in 0..steps {
+        let noise = tr.get(&format!("draw.{:03}", i + 1))?.1;
+        x = step(x, shape.clone(), i, noise).await?.2;
+    }
+    report.push(
+        "final.samples (end to end)",
+        &x,
+        &tr.get("final.samples")?.1,
+        tol * 10.0,
+    );
+    Ok(())
+}

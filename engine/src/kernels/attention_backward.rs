@@ -14,6 +14,7 @@ kernel!(GRADS, "attention_backward.wgsl", "grads");
 
 /// Gradients `(dq, dk, dv)` of `O = attention(q, k, v)` given `dout` = ∂L/∂O,
 /// all `[B, L, H·d]`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     rec: &mut Recorder,
     q: &Tensor,
