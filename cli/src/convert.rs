@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use engine::glide::clip::NoisyClipConfig;
 use engine::glide::model::{quantizable, GlideConfig};
 use engine::glide::weights::{sha256_hex, Manifest, ModelConfig, Shard, StoredTensor};
 use engine::unclip::weights::{UnclipConfig, CLIP_MEAN, CLIP_STD};
@@ -41,6 +42,18 @@ pub fn read_config(path: &Path) -> Result<GlideConfig> {
         .with_context(|| format!("{}: not a GLIDE configuration", path.display()))
 }
 
+/// The noisy CLIP's `config.yaml` values as JSON, or a fixture `config.json`
+/// holding them under `clip_config_yaml_values`.
+pub fn read_clip_config(path: &Path) -> Result<NoisyClipConfig> {
+    let v: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", path.display()))?;
+    let values = v.get("clip_config_yaml_values").cloned().unwrap_or(v);
+    serde_json::from_value(values)
+        .with_context(|| format!("{}: not a noisy CLIP configuration", path.display()))
+}
+
 /// What a conversion wrote (for the summary line).
 pub struct Converted {
     pub tensors: usize,
@@ -49,7 +62,7 @@ pub struct Converted {
 }
 
 /// Converts one model: GLIDE kinds (base, upsample, base-inpaint,
-/// upsample-inpaint) or unCLIP kinds (clip-text, clip-visual, prior, decoder,
+/// upsample-inpaint, and the noisy CLIP's clip-image-enc, clip-text-enc) or unCLIP kinds (clip-text, clip-visual, prior, decoder,
 /// sr). `stats`: the prior's `ViT-L-14_stats.th` (or a safetensors file with
 /// `clip_mean`/`clip_std`). `sr_size`: the SR output side (unCLIP only).
 #[allow(clippy::too_many_arguments)]
@@ -114,6 +127,25 @@ pub fn convert(
     }
     if stats.is_some() {
         bail!("--stats belongs to unCLIP's prior");
+    }
+    if engine::glide::clip::KINDS.contains(&kind) {
+        let cfg = match config {
+            Some(p) => read_clip_config(p)?,
+            None => NoisyClipConfig::released(),
+        };
+        let expected = cfg.weight_shapes(kind)?;
+        let ckpt = read_tensors(checkpoint)?;
+        let by_name = by_name(&ckpt);
+        check_keys(kind, &expected, &by_name, &|_| false)?;
+        return write_folder(
+            out,
+            kind,
+            cfg,
+            quant,
+            &expected,
+            &by_name,
+            &NoisyClipConfig::quantizable,
+        );
     }
     let cfg = match config {
         Some(p) => read_config(p)?,
@@ -407,6 +439,9 @@ pub fn read_any_model_dir(
         .and_then(|v| v["format"].as_str().map(String::from));
     if format.as_deref() == Some(UnclipConfig::FORMAT) {
         let (m, shards) = read_model_dir::<UnclipConfig>(dir)?;
+        Ok((m.tensors, shards))
+    } else if format.as_deref() == Some(NoisyClipConfig::FORMAT) {
+        let (m, shards) = read_model_dir::<NoisyClipConfig>(dir)?;
         Ok((m.tensors, shards))
     } else {
         let (m, shards) = read_model_dir::<GlideConfig>(dir)?;

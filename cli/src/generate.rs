@@ -5,8 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use engine::glide::clip::{ImageEncoder, NoisyClipConfig, TextEncoder};
 use engine::glide::model::{Glide, GlideConfig};
-use engine::glide::pipeline::{quantize_low_res, to_rgb8, DiffusionLoop, Extra, Sampler};
+use engine::glide::pipeline::{
+    quantize_low_res, to_rgb8, ClipGuidance, DiffusionLoop, Extra, Sampler,
+};
 use engine::glide::tokenizer::GlideTokenizer;
 use engine::glide::weights::WeightSource;
 use engine::{Gpu, WeightDType};
@@ -17,6 +20,8 @@ pub struct Options {
     pub prompt: String,
     pub model: PathBuf,
     pub guidance: f32,
+    /// CLIP guidance scale (replaces classifier-free guidance).
+    pub clip_guidance: Option<f32>,
     pub steps: String,
     pub upsample_steps: String,
     pub upsample: bool,
@@ -131,7 +136,10 @@ fn params(o: &Options, mode: &str) -> Vec<(&'static str, String)> {
         ),
         ("webglide:mode", mode.into()),
         ("webglide:prompt", o.prompt.clone()),
-        ("webglide:guidance", o.guidance.to_string()),
+        match o.clip_guidance {
+            Some(s) => ("webglide:clip_guidance", s.to_string()),
+            None => ("webglide:guidance", o.guidance.to_string()),
+        },
         ("webglide:steps", o.steps.clone()),
         (
             "webglide:sampler",
@@ -192,24 +200,86 @@ fn write_result(o: &Options, img: &[f32], size: usize, mode: &str) -> Result<()>
     Ok(())
 }
 
+/// One noisy CLIP encoder of a model folder, built by `build` from its loader.
+fn load_clip_part<T>(
+    gpu: &Gpu,
+    dir: &Path,
+    kind: &str,
+    build: impl Fn(NoisyClipConfig, &engine::glide::weights::Loader) -> engine::Result<T>,
+) -> Result<T> {
+    let (manifest, shards) = crate::convert::read_kind::<NoisyClipConfig>(dir, kind)?
+        .with_context(|| {
+            format!(
+                "{}/{kind}/manifest.json not found (CLIP guidance needs the noisy CLIP: `webglide convert --kind {kind}`)",
+                dir.display()
+            )
+        })?;
+    let source = WeightSource::shards(manifest.tensors.clone().into_iter().collect(), &shards)?;
+    let l =
+        engine::glide::weights::Loader::new(gpu, &source, WeightDType::parse(&manifest.quant)?)?;
+    let part = build(manifest.config.clone(), &l).with_context(|| format!("loading {kind}"))?;
+    l.finish()?;
+    Ok(part)
+}
+
+/// The noisy CLIP of a model folder (`clip-image-enc/`, `clip-text-enc/`).
+pub fn load_noisy_clip(gpu: &Gpu, dir: &Path) -> Result<(ImageEncoder, TextEncoder)> {
+    Ok((
+        load_clip_part(gpu, dir, "clip-image-enc", ImageEncoder::load)?,
+        load_clip_part(gpu, dir, "clip-text-enc", TextEncoder::load)?,
+    ))
+}
+
+/// The base loop of `generate`: classifier-free guidance, or CLIP guidance
+/// when `o.clip_guidance` is set (then `clip` holds the noisy CLIP).
+pub fn base_loop<'m>(
+    gpu: &Gpu,
+    base: &'m Glide,
+    clip: Option<&'m (ImageEncoder, TextEncoder)>,
+    prompts: &[&str],
+    o: &Options,
+) -> Result<DiffusionLoop<'m>> {
+    let tok = tokenizer()?;
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p)).collect();
+    let refs: Vec<&[u32]> = ids.iter().map(|v| v.as_slice()).collect();
+    let cfg = o.clip_guidance.is_none().then_some(o.guidance);
+    let lp = DiffusionLoop::with_prompts(
+        gpu,
+        base,
+        &refs,
+        &o.steps,
+        o.sampler,
+        cfg,
+        o.seed,
+        1.0,
+        Extra::default(),
+    )?;
+    match (o.clip_guidance, clip) {
+        (Some(scale), Some((image, text_enc))) => {
+            let mut rec = gpu.recorder();
+            let text = text_enc.encode_prompts(&mut rec, &clip_tokenizer()?, prompts)?;
+            rec.submit()?;
+            Ok(lp.with_clip_guidance(ClipGuidance { image, text, scale })?)
+        }
+        (Some(_), None) => anyhow::bail!("CLIP guidance needs the noisy CLIP"),
+        (None, _) => Ok(lp),
+    }
+}
+
 pub fn generate(gpu: &Gpu, o: &Options) -> Result<()> {
     let tok = tokenizer()?;
     let (base, up, o) = load_models(gpu, o, "base", "upsample")?;
     let o = &o;
     let ids = tok.encode(&o.prompt);
-    let mut lp = DiffusionLoop::new(
-        gpu,
-        &base,
-        &ids,
-        o.batch,
-        &o.steps,
-        o.sampler,
-        Some(o.guidance),
-        o.seed,
-        1.0,
-        Extra::default(),
-    )?;
+    let clip = match o.clip_guidance {
+        Some(_) => Some(load_noisy_clip(gpu, &o.model)?),
+        None => None,
+    };
+    let prompts = vec![o.prompt.as_str(); o.batch];
+    let mut lp = base_loop(gpu, &base, clip.as_ref(), &prompts, o)?;
     let mut img = run_loop(gpu, &mut lp, "base")?;
+    drop(lp);
+    drop(clip);
     let mut size = base.config.image_size;
     if let Some(up) = &up {
         let low = gpu.upload(&[o.batch, 3, size, size], &quantize_low_res(&img))?;

@@ -86,8 +86,9 @@ enum Cmd {
     /// every shard): GLIDE's .pt (f32 or f16) or Karlo's .ckpt (unCLIP kinds).
     Convert {
         checkpoint: std::path::PathBuf,
-        /// GLIDE: base, upsample, base-inpaint, upsample-inpaint; unCLIP:
-        /// clip-text, clip-visual, prior, decoder, sr.
+        /// GLIDE: base, upsample, base-inpaint, upsample-inpaint and the
+        /// noisy CLIP's clip-image-enc, clip-text-enc; unCLIP: clip-text,
+        /// clip-visual, prior, decoder, sr.
         #[arg(long)]
         kind: String,
         /// Storage type of the conv/linear weights: f32, f16, q8 or q4.
@@ -96,8 +97,8 @@ enum Cmd {
         #[arg(long)]
         out: std::path::PathBuf,
         /// Architecture as JSON (GLIDE: create_model_and_diffusion kwargs;
-        /// unCLIP: the official config / module kwargs); default: the
-        /// released model of --kind.
+        /// noisy CLIP: its config.yaml values; unCLIP: the official config /
+        /// module kwargs); default: the released model of --kind.
         #[arg(long)]
         config: Option<std::path::PathBuf>,
         /// unCLIP prior: the CLIP statistics (ViT-L-14_stats.th).
@@ -195,6 +196,11 @@ struct GenArgs {
     /// Classifier-free guidance scale (0 = unconditional, 1 = conditional only).
     #[arg(long, default_value_t = 3.0)]
     guidance: f32,
+    /// Steer the base model with the noisy CLIP's gradient at this scale
+    /// instead of classifier-free guidance (clip_guided.ipynb: 3; needs
+    /// clip-image-enc/ and clip-text-enc/ in --model; ancestral sampler).
+    #[arg(long)]
+    clip_guidance: Option<f32>,
     /// Base respacing: a step count ("100"), "ddimN", "fastNN" or section counts.
     #[arg(long, default_value = "100")]
     steps: String,
@@ -227,6 +233,7 @@ impl GenArgs {
             prompt: self.prompt,
             model: self.model,
             guidance: self.guidance,
+            clip_guidance: self.clip_guidance,
             steps: self.steps,
             upsample_steps: self.upsample_steps,
             upsample: !self.no_upsample,
@@ -341,6 +348,9 @@ fn check_fixture(
         );
         return Ok(ok);
     }
+    if dir.join("image_enc.safetensors").exists() {
+        return check_clip_fixture(gpu, dir, tol, dtype, model);
+    }
     // unCLIP's t2i run: every stage replayed step by step.
     if dir.join("trace.safetensors").exists() && !dir.join("weights.safetensors").exists() {
         let tok = generate::clip_tokenizer()?;
@@ -419,6 +429,96 @@ fn check_fixture(
             dtype,
         ))?
     };
+    Ok(print_report(dir, &report, tol, dtype.name()))
+}
+
+/// GLIDE's noisy-CLIP case: the encoders (the case's safetensors, or
+/// `model/clip-image-enc` + `model/clip-text-enc` converted folders), one
+/// `cond_fn`, and the CLIP-guided trace with the base model of the sibling
+/// case folder that `config.json` names.
+fn check_clip_fixture(
+    gpu: &engine::Gpu,
+    dir: &std::path::Path,
+    tol: f64,
+    dtype: engine::WeightDType,
+    model: Option<&std::path::Path>,
+) -> Result<bool> {
+    use anyhow::Context;
+    use engine::glide::weights::WeightSource;
+    let read = |p: std::path::PathBuf| {
+        std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+    };
+    let config = read(dir.join("config.json"))?;
+    let base_case = serde_json::from_slice::<serde_json::Value>(&config)?["guided_sampling"]
+        ["base_model_case"]
+        .as_str()
+        .map(String::from);
+    let (plain_image, plain_text, conv_image, conv_text);
+    let (image, text) = match model {
+        Some(m) => {
+            let kind = |k: &str| -> Result<_> {
+                convert::read_kind::<engine::glide::clip::NoisyClipConfig>(m, k)?.with_context(
+                    || {
+                        format!(
+                            "{} has no {k}/ folder (webglide convert --kind {k})",
+                            m.display()
+                        )
+                    },
+                )
+            };
+            conv_image = kind("clip-image-enc")?;
+            conv_text = kind("clip-text-enc")?;
+            (
+                WeightSource::shards(
+                    conv_image.0.tensors.clone().into_iter().collect(),
+                    &conv_image.1,
+                )?,
+                WeightSource::shards(
+                    conv_text.0.tensors.clone().into_iter().collect(),
+                    &conv_text.1,
+                )?,
+            )
+        }
+        None => {
+            plain_image = read(dir.join("image_enc.safetensors"))?;
+            plain_text = read(dir.join("text_enc.safetensors"))?;
+            (
+                WeightSource::single(&plain_image)?,
+                WeightSource::single(&plain_text)?,
+            )
+        }
+    };
+    let base_dir = base_case.map(|c| dir.parent().unwrap_or(dir).join(c));
+    let trace_parts = match &base_dir {
+        Some(b)
+            if dir.join("trace.safetensors").exists() && b.join("weights.safetensors").exists() =>
+        {
+            Some((
+                read(dir.join("trace.safetensors"))?,
+                read(b.join("config.json"))?,
+                read(b.join("weights.safetensors"))?,
+            ))
+        }
+        _ => None,
+    };
+    let base_source = match &trace_parts {
+        Some((_, _, w)) => Some(WeightSource::single(w)?),
+        None => None,
+    };
+    let trace = trace_parts
+        .as_ref()
+        .zip(base_source.as_ref())
+        .map(|((t, c, _), w)| (t.as_slice(), c.as_slice(), w));
+    let report = pollster::block_on(engine::glide::check::check_clip_case(
+        gpu,
+        &config,
+        &image,
+        &text,
+        &read(dir.join("io.safetensors"))?,
+        trace,
+        tol,
+        dtype,
+    ))?;
     Ok(print_report(dir, &report, tol, dtype.name()))
 }
 

@@ -105,3 +105,74 @@ fn unclip_model_and_schedule_cases_pass() {
         );
     }
 }
+
+/// The noisy-CLIP case: both encoders, cond_fn and the CLIP-guided trace
+/// (the base from the sibling text2im_base case), from the case's files and
+/// from converted f16 folders.
+#[test]
+fn noisy_clip_case_passes_from_files_and_converted_folders() {
+    let out = webglide(&["check-fixture", &format!("{FIX}/clip")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("cond.grad") && stdout.contains("0 over tolerance"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("CLIP-guided steps"), "{stdout}");
+    let dir = std::env::temp_dir().join(format!("webglide-noisy-clip-{}", std::process::id()));
+    for (file, kind) in [
+        ("image_enc", "clip-image-enc"),
+        ("text_enc", "clip-text-enc"),
+    ] {
+        let r = webglide(&[
+            "convert",
+            &format!("{FIX}/clip/{file}.safetensors"),
+            "--kind",
+            kind,
+            "--config",
+            &format!("{FIX}/clip/config.json"),
+            "--quant",
+            "f16",
+            "--out",
+            dir.join(kind).to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
+    let out = webglide(&[
+        "check-fixture",
+        &format!("{FIX}/clip"),
+        "--model",
+        dir.to_str().unwrap(),
+        "--quant",
+        "f16",
+        "--tol",
+        "1e-2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The wrong kind of checkpoint for --kind: the converter names the key.
+    let r = webglide(&[
+        "convert",
+        &format!("{FIX}/clip/text_enc.safetensors"),
+        "--kind",
+        "clip-image-enc",
+        "--config",
+        &format!("{FIX}/clip/config.json"),
+        "--out",
+        dir.join("wrong").to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && e.contains("blocks.") && !dir.join("wrong").exists(),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

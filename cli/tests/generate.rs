@@ -29,6 +29,13 @@ fn models() -> &'static Path {
                 "inpaint_upsample",
                 "f32",
             ),
+            (
+                "clip/image_enc.safetensors",
+                "clip-image-enc",
+                "clip",
+                "f16",
+            ),
+            ("clip/text_enc.safetensors", "clip-text-enc", "clip", "f32"),
         ] {
             let out = dir.join(kind);
             let r = webglide(&[
@@ -91,6 +98,71 @@ fn generate_writes_deterministic_pngs_with_parameters() {
     );
     assert_eq!(w, 16);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// CLIP guidance (clip_guided.ipynb) with the tiny noisy CLIP: reproducible
+/// per seed, recorded in the PNG, the scale changes the image, and the
+/// combinations the notebook does not define are refused with a clear error.
+#[test]
+fn clip_guided_generation() {
+    let dir = tempdir("clip");
+    let clip = |name: &str, scale: &str| {
+        gen(
+            &dir.join(name),
+            &["--seed", "5", "--no-upsample", "--clip-guidance", scale],
+        )
+    };
+    let (w, _, a, text) = clip("a.png", "3");
+    assert_eq!(w, 16);
+    assert!(
+        text.iter()
+            .any(|(k, v)| k == "webglide:clip_guidance" && v == "3"),
+        "{text:?}"
+    );
+    assert!(
+        !text.iter().any(|(k, _)| k == "webglide:guidance"),
+        "{text:?}"
+    );
+    assert_eq!(a, clip("b.png", "3").2, "same seed, same image");
+    assert_ne!(a, clip("c.png", "0").2, "the CLIP scale changes the image");
+    // With the upsampler after it, as the notebook.
+    let (w, _, _, _) = gen(&dir.join("d.png"), &["--seed", "5", "--clip-guidance", "3"]);
+    assert_eq!(w, 64);
+    let m = models().to_str().unwrap().to_string();
+    let fail = |extra: &[&str]| {
+        let mut args = vec!["generate", "--prompt", "a corgi", "--steps", "3", "--out"];
+        let out = dir.join("x.png");
+        args.push(out.to_str().unwrap());
+        args.extend_from_slice(extra);
+        let r = webglide(&args);
+        assert!(!r.status.success() && !out.exists());
+        String::from_utf8_lossy(&r.stderr).to_string()
+    };
+    let e = fail(&["--model", &m, "--clip-guidance", "3", "--sampler", "ddim"]);
+    assert!(e.contains("ancestral") && !e.contains("panicked"), "{e}");
+    let e = fail(&["--model", &m, "--clip-guidance", "nan"]);
+    assert!(
+        e.contains("CLIP guidance scale") && !e.contains("panicked"),
+        "{e}"
+    );
+    // A folder without the noisy CLIP says what to convert.
+    let bare = dir.join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    copy_dir(&models().join("base"), &bare.join("base"));
+    let e = fail(&["--model", bare.to_str().unwrap(), "--clip-guidance", "3"]);
+    assert!(
+        e.contains("clip-image-enc") && e.contains("webglide convert"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
 }
 
 fn tempdir(name: &str) -> PathBuf {

@@ -271,3 +271,64 @@ fn inpaint_inputs_resize_and_threshold_like_the_notebook() {
         [1., 1., 0., 0., 1., 1., 0., 0., 0., 0., 1., 1., 0., 0., 1., 1.]
     );
 }
+
+#[test]
+fn noisy_clip_keys_equal_the_released_encoders_and_the_fixture() {
+    use engine::glide::clip::NoisyClipConfig;
+    let shapes = |v: &serde_json::Value| -> Vec<(String, Vec<usize>)> {
+        v.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, s)| {
+                let s = if s.is_object() { &s["shape"] } else { s };
+                let dims = s.as_array().unwrap();
+                (
+                    k.clone(),
+                    dims.iter().map(|d| d.as_u64().unwrap() as usize).collect(),
+                )
+            })
+            .collect()
+    };
+    for kind in engine::glide::clip::KINDS {
+        let v: serde_json::Value =
+            serde_json::from_slice(&read(&format!("keys/{kind}.json"))).unwrap();
+        let cfg: NoisyClipConfig = serde_json::from_value(v["config"].clone()).unwrap();
+        assert_eq!(
+            cfg,
+            NoisyClipConfig::released(),
+            "{kind}: the released config"
+        );
+        let ours = cfg.weight_shapes(kind).unwrap();
+        assert_eq!(
+            ours,
+            shapes(&v["keys"]),
+            "{kind}: keys and shapes in state_dict order"
+        );
+        let params: usize = ours.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        assert_eq!(
+            params as u64,
+            v["n_params"].as_u64().unwrap(),
+            "{kind}: parameters"
+        );
+    }
+    // The tiny fixture encoders: same rules at other widths, depths and sizes.
+    let case: serde_json::Value = serde_json::from_slice(&read("clip/config.json")).unwrap();
+    let cfg: NoisyClipConfig =
+        serde_json::from_value(case["clip_config_yaml_values"].clone()).unwrap();
+    for (kind, file) in [
+        ("clip-image-enc", "clip/image_enc.safetensors"),
+        ("clip-text-enc", "clip/text_enc.safetensors"),
+    ] {
+        let bytes = read(file);
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut theirs: Vec<(String, Vec<usize>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.shape().to_vec()))
+            .collect();
+        let mut ours = cfg.weight_shapes(kind).unwrap();
+        theirs.sort();
+        ours.sort();
+        assert_eq!(ours, theirs, "{file}");
+    }
+}

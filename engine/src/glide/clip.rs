@@ -92,6 +92,73 @@ impl NoisyClipConfig {
     }
 }
 
+/// The converter's kinds: `clip_image_enc.pt` and `clip_text_enc.pt`.
+pub const KINDS: [&str; 2] = ["clip-image-enc", "clip-text-enc"];
+
+impl crate::glide::weights::ModelConfig for NoisyClipConfig {
+    const FORMAT: &'static str = "webglide-noisy-clip/1";
+}
+
+impl NoisyClipConfig {
+    /// Every key of one encoder's state_dict with its shape, in state_dict order.
+    pub fn weight_shapes(&self, kind: &str) -> Result<Vec<(String, Vec<usize>)>> {
+        self.validate()?;
+        let mut v: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut add = |n: String, s: &[usize]| v.push((n, s.to_vec()));
+        let (w, blocks) = match kind {
+            "clip-image-enc" => {
+                let (w, p) = (self.image_width(), self.patch_size);
+                add("blocks.input.w_t".into(), &[self.n_timesteps, w]);
+                add("blocks.input.patch_proj".into(), &[w, 3, p, p]);
+                add("blocks.input.w_pos".into(), &[self.image_tokens(), w]);
+                add("blocks.input.ln.g".into(), &[w]);
+                add("blocks.input.ln.b".into(), &[w]);
+                (w, self.n_xf_blocks_image)
+            }
+            "clip-text-enc" => {
+                let w = self.text_width();
+                add("blocks.input.w_voc".into(), &[self.n_vocab, w]);
+                add("blocks.input.w_pos".into(), &[self.max_text_len, w]);
+                (w, self.n_xf_blocks_text)
+            }
+            k => return Err(Error::Invalid(format!("unknown noisy CLIP kind '{k}'"))),
+        };
+        for i in 0..blocks {
+            let a = format!("blocks.block_{i}.f_attn");
+            let m = format!("blocks.block_{i}.f_mlp");
+            for (n, s) in [
+                (format!("{a}.ln.g"), vec![w]),
+                (format!("{a}.ln.b"), vec![w]),
+                (format!("{a}.f_q.w"), vec![w, w]),
+                (format!("{a}.f_q.b"), vec![w]),
+                (format!("{a}.f_k.w"), vec![w, w]),
+                (format!("{a}.f_v.w"), vec![w, w]),
+                (format!("{a}.f_v.b"), vec![w]),
+                (format!("{a}.f_c.w"), vec![w, w]),
+                (format!("{a}.f_c.b"), vec![w]),
+                (format!("{m}.ln.g"), vec![w]),
+                (format!("{m}.ln.b"), vec![w]),
+                (format!("{m}.f_1.w"), vec![4 * w, w]),
+                (format!("{m}.f_1.b"), vec![4 * w]),
+                (format!("{m}.f_2.w"), vec![w, 4 * w]),
+                (format!("{m}.f_2.b"), vec![w]),
+            ] {
+                add(n, &s);
+            }
+        }
+        add("blocks.output.ln.g".into(), &[w]);
+        add("blocks.output.ln.b".into(), &[w]);
+        add("blocks.output.f.w".into(), &[self.n_embd, w]);
+        Ok(v)
+    }
+
+    /// The matrices the loader reads in the requested storage type (affine
+    /// `.w` weights and `patch_proj`); embeddings and norms stay f32.
+    pub fn quantizable(name: &str, shape: &[usize]) -> bool {
+        shape.len() >= 2 && (name.ends_with(".w") || name == "blocks.input.patch_proj")
+    }
+}
+
 /// `[sot] + ids[:max_len − 2] + [eot]`, zero padded to `max_len`, and the
 /// text length (`clip/encoders.py`'s tokenisation).
 pub fn clip_tokens(tok: &ClipTokenizer, text: &str, max_len: usize) -> (Vec<u32>, usize) {
@@ -423,6 +490,25 @@ impl TextEncoder {
         let z = self.output.f.forward(rec, &h, None, Act::None)?;
         keep(&mut cap, "output", &z);
         Ok(z)
+    }
+}
+
+impl TextEncoder {
+    /// Raw text embeddings `[B, n_embd]` of `prompts` (one row each).
+    pub fn encode_prompts(
+        &self,
+        rec: &mut Recorder,
+        tok: &ClipTokenizer,
+        prompts: &[&str],
+    ) -> Result<Tensor> {
+        let l = self.config.max_text_len;
+        let (mut ids, mut lens) = (Vec::new(), Vec::new());
+        for p in prompts {
+            let (t, n) = clip_tokens(tok, p, l);
+            ids.extend(t);
+            lens.push(n);
+        }
+        self.encode(rec, &ids, &lens, None)
     }
 }
 

@@ -31,8 +31,18 @@ pub struct Extra {
     pub inpaint: Option<(Tensor, Tensor)>,
 }
 
+/// CLIP guidance (`clip_guided.ipynb`): each ancestral step's mean moves by
+/// σ²·∇ₓ of the noisy CLIP's score, scaled by `scale` (the notebook's 3.0).
+pub struct ClipGuidance<'m> {
+    pub image: &'m super::clip::ImageEncoder,
+    /// Raw text embeddings `[B, n_embd]` of the prompts (one row per image).
+    pub text: Tensor,
+    pub scale: f32,
+}
+
 pub struct DiffusionLoop<'m> {
     model: &'m Glide,
+    clip: Option<ClipGuidance<'m>>,
     text: TextCond,
     sched: Schedule,
     /// Model input rows: `[x, x]` with CFG, else `x`.
@@ -212,6 +222,7 @@ impl<'m> DiffusionLoop<'m> {
         };
         Ok(DiffusionLoop {
             model,
+            clip: None,
             text,
             sched,
             x,
@@ -227,6 +238,40 @@ impl<'m> DiffusionLoop<'m> {
             pin,
             pred: None,
         })
+    }
+
+    /// Steers sampling with a noisy CLIP's gradient instead of classifier-free
+    /// guidance (the notebook's procedure: no CFG batch, ancestral steps).
+    pub fn with_clip_guidance(mut self, clip: ClipGuidance<'m>) -> Result<Self> {
+        let c = &clip.image.config;
+        if self.guidance.is_some() || self.sampler != Sampler::Ancestral {
+            return Err(Error::Invalid(
+                "CLIP guidance samples without a classifier-free batch, with ancestral steps"
+                    .into(),
+            ));
+        }
+        if self.model.config.super_res || self.model.config.inpaint {
+            return Err(Error::Invalid(
+                "CLIP guidance steers the text-to-image base model".into(),
+            ));
+        }
+        if c.image_size != self.shape[2] || clip.text.shape() != [self.b, c.n_embd] {
+            return Err(Error::Invalid(format!(
+                "a noisy CLIP for {0}×{0} images with text embeddings {1:?} cannot guide {2} images of {3}×{3}",
+                c.image_size,
+                clip.text.shape(),
+                self.b,
+                self.shape[2]
+            )));
+        }
+        if !clip.scale.is_finite() || !(0.0..=1000.0).contains(&clip.scale) {
+            return Err(Error::Invalid(format!(
+                "CLIP guidance scale {} (0..=1000)",
+                clip.scale
+            )));
+        }
+        self.clip = Some(clip);
+        Ok(self)
     }
 
     pub fn total_steps(&self) -> usize {
@@ -255,6 +300,16 @@ impl<'m> DiffusionLoop<'m> {
         let out = self
             .model
             .forward(&mut rec, &self.x, &t_tensor, &self.text, cond, None)?;
+        // The gradient's activations are pooled buffers dropped with this step.
+        let grad = match &self.clip {
+            Some(c) => {
+                let ts = vec![self.sched.timestep_map[t] as u32; self.b];
+                Some(super::clip::cond_fn(
+                    &mut rec, c.image, &c.text, &self.x, &ts, c.scale,
+                )?)
+            }
+            None => None,
+        };
         let noise = kernels::rng::randn(
             &mut rec,
             &self.shape,
@@ -273,7 +328,7 @@ impl<'m> DiffusionLoop<'m> {
                 learned_variance: true,
                 clamp_x0: Some(1.0),
                 pin: self.pin.as_ref().map(|(a, b)| (a, b)),
-                grad: None,
+                grad: grad.as_ref(),
                 last: t == 0,
                 replicate: self.guidance.is_some(),
                 coeffs: self.sched.coeffs(t, 0.0),
