@@ -18,7 +18,7 @@ use crate::model::{Cond, Glide, Init, WeightMap};
 /// The training run's options (`webglide-train --kind … --out …`).
 #[derive(clap::Args)]
 pub struct Args {
-    /// base, upsample or base-inpaint.
+    /// base, upsample, base-inpaint, or clip (the noisy CLIP for CLIP guidance).
     #[arg(long, default_value = "base")]
     pub kind: String,
     /// Architecture (create_model_and_diffusion kwargs as JSON); default: the demo config.
@@ -502,8 +502,11 @@ struct Prepared {
 
 pub fn run(args: &Args) -> Result<()> {
     let kind = args.kind.as_str();
+    if kind == "clip" {
+        return crate::clip::run(args);
+    }
     if !["base", "upsample", "base-inpaint"].contains(&kind) {
-        bail!("--kind {kind}: the demo model has base, upsample and base-inpaint");
+        bail!("--kind {kind}: the demo model has base, upsample, base-inpaint and clip");
     }
     let cfg = match &args.config {
         Some(p) => serde_json::from_slice(&std::fs::read(p)?)?,

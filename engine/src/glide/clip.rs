@@ -10,7 +10,6 @@ use crate::error::{Error, Result};
 use crate::glide::weights::Loader;
 use crate::gpu::Recorder;
 use crate::kernels::{self, attention, elementwise::BinaryOp, patches::ChannelAffine, Act};
-use crate::quant::WeightDType;
 use crate::tensor::{Tensor, Weight};
 use crate::unclip::tokenizer::{ClipTokenizer, EOT_TOKEN, PAD_TOKEN, SOT_TOKEN};
 
@@ -152,10 +151,11 @@ impl NoisyClipConfig {
         Ok(v)
     }
 
-    /// The matrices the loader reads in the requested storage type (affine
-    /// `.w` weights and `patch_proj`); embeddings and norms stay f32.
+    /// The matrices the loader reads in the requested storage type: the
+    /// affine weights, `patch_proj` and the token/time embedding tables
+    /// (gathered row by row); the positional tables and norms stay f32.
     pub fn quantizable(name: &str, shape: &[usize]) -> bool {
-        shape.len() >= 2 && (name.ends_with(".w") || name == "blocks.input.patch_proj")
+        shape.len() >= 2 && !name.ends_with(".w_pos")
     }
 }
 
@@ -431,7 +431,7 @@ impl TextEncoder {
         config.validate()?;
         let w = config.text_width();
         Ok(TextEncoder {
-            w_voc: l.weight_as("blocks.input.w_voc", &[config.n_vocab, w], WeightDType::F32)?,
+            w_voc: l.weight_as("blocks.input.w_voc", &[config.n_vocab, w], l.dtype())?,
             w_pos: l.tensor("blocks.input.w_pos", &[config.max_text_len, w])?,
             blocks: (0..config.n_xf_blocks_text)
                 .map(|i| TransformerBlock::load(l, &format!("blocks.block_{i}"), w))
@@ -553,11 +553,7 @@ impl ImageEncoder {
         let mut patch_proj = l.weight_as("blocks.input.patch_proj", &[w, 3, p, p], l.dtype())?;
         patch_proj.shape = vec![w, 3 * p * p];
         Ok(ImageEncoder {
-            w_t: l.weight_as(
-                "blocks.input.w_t",
-                &[config.n_timesteps, w],
-                WeightDType::F32,
-            )?,
+            w_t: l.weight_as("blocks.input.w_t", &[config.n_timesteps, w], l.dtype())?,
             patch_proj,
             w_pos: l.tensor("blocks.input.w_pos", &[config.image_tokens(), w])?,
             ln: Ln::load(l, "blocks.input.ln", w)?,
