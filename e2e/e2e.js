@@ -305,6 +305,33 @@ const tests = [
       await page.screenshot({ path: path.join(ARTIFACTS, 'guidance.png'), fullPage: true });
     });
   }],
+  ['CLIP guidance: the method switch drives the noisy CLIP, its scale changes the result, seeds repeat', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      await page.getByTestId('guidance-method').waitFor({ state: 'visible', timeout: 30000 });
+      await page.getByTestId('guidance-method').selectOption('clip');
+      assert(await page.getByTestId('clip-guidance').isVisible() && !(await page.getByTestId('guidance').isVisible()),
+        'the slider does not switch to the CLIP scale');
+      assert(await page.getByTestId('sampler').isDisabled()
+        && await page.getByTestId('sampler').inputValue() === 'ancestral', 'CLIP guidance not on the ancestral sampler');
+      await setForm(page, { prompt: 'a green triangle', steps: 3, seed: 7, upsample: false });
+      await page.getByTestId('clip-guidance').fill('0');
+      const a = await generate(page);
+      await page.getByTestId('clip-guidance').fill('10');
+      const b = await generate(page);
+      const b2 = await generate(page);
+      assert(maxDiff(a, b) > 2, 'CLIP scale 0 and 10 gave the same image');
+      assert(maxDiff(b, b2) === 0, 'same seed and settings gave different images');
+      const href = await page.getByTestId('download').first().getAttribute('href');
+      const chunks = await page.evaluate(async (h) => new TextDecoder('latin1').decode(
+        new Uint8Array(await (await fetch(h)).arrayBuffer())), href);
+      assert(/webglide:clip_guidance[^]*10/.test(chunks) && !chunks.includes('webglide:guidance'), 'PNG lacks the CLIP scale');
+      // Back to classifier-free guidance: the method persists per session in the settings.
+      await page.getByTestId('guidance-method').selectOption('cfg');
+      assert(await page.getByTestId('guidance').isVisible() && await page.getByTestId('sampler').isEnabled(), 'CFG controls not back');
+      await page.screenshot({ path: path.join(ARTIFACTS, 'clip-guidance.png'), fullPage: true });
+    });
+  }],
   ['cancel stops within a step', async (url) => {
     await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
       await modelReady(page);
@@ -380,6 +407,7 @@ const tests = [
       assert(await page.getByTestId('warning').count() === 0, 'absent kinds gave a warning: '
         + await page.locator('[data-testid=warning]').allInnerTexts());
       assert(!(await page.locator('option[value=inpaint]').isEnabled()), 'inpainting offered without an inpainting model');
+      assert(!(await page.getByTestId('guidance-method').isVisible()), 'CLIP guidance offered without a noisy CLIP');
       await setForm(page, { steps: 2, upsample: false, seed: 2 });
       await generate(page);
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Converts the tiny official-architecture fixtures (../shared) into a model set
 # for the end-to-end tests, the way real models are converted:
-# OUT/{base,upsample,base-inpaint,upsample-inpaint} (GLIDE, q8) and
+# OUT/{base,upsample,base-inpaint,upsample-inpaint} (GLIDE, q8), the noisy CLIP
+# OUT/{clip-image-enc,clip-text-enc} (f16) and
 # OUT/unclip/{clip-text,clip-visual,prior,decoder,sr} (Karlo; the decoder from its .ckpt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,9 @@ for pair in text2im_base:base upsample:upsample inpaint_base:base-inpaint inpain
         --config "$fx/$case/config.json" --kind "$kind" --quant q8 --out "$out/$kind"
 done
 convert() { cargo run -q --locked -p webglide-cli -- convert "$@"; }
+for k in image text; do
+    convert "$fx/clip/${k}_enc.safetensors" --config "$fx/clip/config.json" --kind "clip-$k-enc" --quant f16 --out "$out/clip-$k-enc"
+done
 convert "$ux/clip_text/weights.safetensors" --config "$ux/clip_text/config.json" --kind clip-text --quant q8 --out "$out/unclip/clip-text"
 convert "$ux/clip_text/weights.safetensors" --config "$ux/clip_text/config.json" --kind clip-visual --quant q8 --out "$out/unclip/clip-visual"
 convert "$ux/prior/weights.safetensors" --config "$ux/prior/config.json" --stats "$ux/prior/clip_stats.safetensors" \

@@ -171,8 +171,11 @@ pub fn load_models(st: AppState, entry: ModelEntry) {
                     upsample: models.upsample.is_some(),
                     inpaint: models.inpaint.is_some(),
                     upsample_inpaint: models.upsample_inpaint.is_some(),
+                    clip_guidance: models.noisy_clip.is_some(),
                 };
-                if caps.unclip && st.engine.with_value(|e| e.clip_tok.is_none()) {
+                if (caps.unclip || caps.clip_guidance)
+                    && st.engine.with_value(|e| e.clip_tok.is_none())
+                {
                     match run::clip_tokenizer().await {
                         Ok(t) => st.engine.update_value(|e| e.clip_tok = Some(Rc::new(t))),
                         Err(e) => st.warnings.update(|w| w.push(e)),
@@ -269,7 +272,11 @@ fn png_params(s: &Settings, seed: u64, model: &str) -> Vec<(String, String)> {
         p.push(("webglide:decoder_steps", s.decoder_steps.clone()));
         p.push(("webglide:sr_steps", s.sr_steps.clone()));
     } else {
-        p.push(("webglide:guidance", s.guidance.to_string()));
+        if clip_guided(s) {
+            p.push(("webglide:clip_guidance", s.clip_guidance.to_string()));
+        } else {
+            p.push(("webglide:guidance", s.guidance.to_string()));
+        }
         p.push(("webglide:steps", s.steps.clone()));
         p.push(("webglide:sampler", s.sampler.clone()));
         p.push((
@@ -287,6 +294,11 @@ fn png_params(s: &Settings, seed: u64, model: &str) -> Vec<(String, String)> {
 }
 
 /// The job the form describes, or why there is none.
+/// GLIDE text to image steered by the noisy CLIP (the guidance-method switch).
+pub fn clip_guided(s: &Settings) -> bool {
+    s.pipeline == "glide" && s.mode == "text" && s.guidance_method == "clip"
+}
+
 fn job(st: AppState, s: &Settings) -> Result<run::Job, String> {
     let inpaint = if s.mode == "inpaint" {
         let Some((rgb, w, h)) = st.inpaint_src.get_untracked() else {
@@ -306,11 +318,14 @@ fn job(st: AppState, s: &Settings) -> Result<run::Job, String> {
     } else {
         None
     };
+    let clip = clip_guided(s);
     Ok(run::Job {
         prompt: s.prompt.clone(),
         guidance: s.guidance,
+        clip_guidance: clip.then_some(s.clip_guidance),
         steps: s.steps.trim().to_string(),
-        sampler: if s.sampler == "ddim" {
+        // CLIP guidance is the notebook's ancestral procedure.
+        sampler: if s.sampler == "ddim" && !clip {
             Sampler::Ddim
         } else {
             Sampler::Ancestral
@@ -357,6 +372,8 @@ enum Work {
         run::Job,
         Rc<run::Models>,
         Rc<engine::glide::tokenizer::GlideTokenizer>,
+        /// For CLIP guidance.
+        Option<Rc<engine::unclip::tokenizer::ClipTokenizer>>,
     ),
     Unclip(
         run::UnclipJob,
@@ -407,13 +424,19 @@ fn work(st: AppState, s: &mut Settings) -> Result<Work, String> {
     if s.mode == "inpaint" && !caps.inpaint {
         return Err("this model set has no inpainting model (base-inpaint)".into());
     }
+    if clip_guided(s) && !caps.clip_guidance {
+        return Err(
+            "this model set has no noisy CLIP (clip-image-enc, clip-text-enc): choose classifier-free guidance"
+                .into(),
+        );
+    }
     // Upsample only where the set has an upsampler for this mode.
     s.upsample &= if s.mode == "inpaint" {
         caps.upsample_inpaint
     } else {
         caps.upsample
     };
-    Ok(Work::Glide(job(st, s)?, models, tok))
+    Ok(Work::Glide(job(st, s)?, models, tok, e.clip_tok))
 }
 
 /// Generates with the form's settings: previews while it runs, results into the gallery.
@@ -452,7 +475,9 @@ pub fn generate(st: AppState) {
         };
         let cancelled = || st.cancel.get_untracked();
         let result = match &work {
-            Work::Glide(job, models, tok) => run::run(&gpu, models, tok, job, &cancelled, on).await,
+            Work::Glide(job, models, tok, clip_tok) => {
+                run::run(&gpu, models, tok, clip_tok.as_deref(), job, &cancelled, on).await
+            }
             Work::Unclip(job, models, tok) => match &models.unclip {
                 Some(set) => run::run_unclip(&gpu, set, tok, job, &cancelled, on).await,
                 None => Err(Failure::msg("this model set has no unCLIP models".into())),

@@ -4,10 +4,11 @@
 //! back to the browser, so the page stays responsive and Cancel acts between
 //! two steps.
 
+use engine::glide::clip::{ImageEncoder, NoisyClipConfig, TextEncoder};
 use engine::glide::model::Glide;
 use engine::glide::pipeline::{
-    keep_mask, quantize_low_res, rgb8_to_planes, to_rgb8, upscale_nearest, DiffusionLoop, Extra,
-    Sampler,
+    keep_mask, quantize_low_res, rgb8_to_planes, to_rgb8, upscale_nearest, ClipGuidance,
+    DiffusionLoop, Extra, Sampler,
 };
 use engine::glide::tokenizer::GlideTokenizer;
 use engine::glide::weights::WeightSource;
@@ -28,6 +29,8 @@ pub struct Models {
     pub inpaint: Option<Glide>,
     pub upsample_inpaint: Option<Glide>,
     pub unclip: Option<UnclipSet>,
+    /// GLIDE's noisy CLIP (image encoder, text encoder): CLIP guidance.
+    pub noisy_clip: Option<(ImageEncoder, TextEncoder)>,
     /// Storage type of the weights (f32, f16, q8, q4).
     pub quant: String,
 }
@@ -104,16 +107,22 @@ pub fn upload(
         inpaint: None,
         upsample_inpaint: None,
         unclip: None,
+        noisy_clip: None,
         quant: String::new(),
     };
     let mut unavailable = Vec::new();
     let mut base_failure = None;
     let mut unclip_parts = Vec::new();
+    let mut clip_parts = Vec::new();
     for c in components {
         let m = match c.manifest {
             KindManifest::Glide(m) => m,
             KindManifest::Unclip(m) => {
                 unclip_parts.push((c.kind, m, (!c.in_cache).then_some(c.shards)));
+                continue;
+            }
+            KindManifest::NoisyClip(m) => {
+                clip_parts.push((c.kind, m, c.shards));
                 continue;
             }
         };
@@ -161,6 +170,13 @@ pub fn upload(
             Err(f) => unavailable.push(f.message),
         }
     }
+    if !clip_parts.is_empty() {
+        match noisy_clip(gpu, clip_parts) {
+            Ok(pair) => models.noisy_clip = Some(pair),
+            Err(f) if f.device_lost => return Err(f),
+            Err(f) => unavailable.push(f.message),
+        }
+    }
     if models.base.is_none() && models.unclip.is_none() {
         return Err(
             base_failure.unwrap_or_else(|| Failure::msg("the model set has no base model".into()))
@@ -170,6 +186,26 @@ pub fn upload(
         unavailable.push(f.message);
     }
     Ok((models, unavailable))
+}
+
+/// GLIDE's noisy CLIP from its two kinds (CLIP guidance needs both).
+fn noisy_clip(
+    gpu: &Gpu,
+    parts: Vec<(&'static str, Manifest<NoisyClipConfig>, Shards)>,
+) -> Result<(ImageEncoder, TextEncoder), Failure> {
+    let find = |kind: &str| {
+        parts
+            .iter()
+            .find(|(k, _, _)| *k == kind)
+            .map(|(_, m, s)| (m, s))
+            .ok_or_else(|| {
+                Failure::msg(format!(
+                    "CLIP guidance needs clip-image-enc and clip-text-enc (the set has no {kind})"
+                ))
+            })
+    };
+    let (image, text) = (find("clip-image-enc")?, find("clip-text-enc")?);
+    Ok(engine::glide::clip::load_converted(gpu, image, text)?)
 }
 
 /// A kind, its manifest, and its shards unless they are in Cache Storage.
@@ -270,6 +306,9 @@ pub struct Job {
     pub prompt: String,
     /// 0 = no classifier-free guidance (the plain conditional model).
     pub guidance: f32,
+    /// CLIP guidance at this scale instead of classifier-free guidance
+    /// (text to image; needs the set's noisy CLIP and the CLIP tokenizer).
+    pub clip_guidance: Option<f32>,
     pub steps: String,
     pub sampler: Sampler,
     pub seed: u64,
@@ -376,13 +415,14 @@ pub async fn run(
     gpu: &Gpu,
     models: &Models,
     tok: &GlideTokenizer,
+    clip_tok: Option<&ClipTokenizer>,
     job: &Job,
     cancelled: &dyn Fn() -> bool,
     mut on: impl FnMut(Event),
 ) -> Result<Option<Output>, Failure> {
     let ids = tok.encode(&job.prompt);
     let b = job.batch;
-    let guidance = (job.guidance > 0.0).then_some(job.guidance);
+    let guidance = (job.guidance > 0.0 && job.clip_guidance.is_none()).then_some(job.guidance);
     let (base, up) = match &job.inpaint {
         None => (
             models.base.as_ref().ok_or_else(|| {
@@ -434,6 +474,18 @@ pub async fn run(
         1.0,
         extra,
     )?;
+    if let Some(scale) = job.clip_guidance {
+        let (image, text_enc) = models.noisy_clip.as_ref().ok_or_else(|| {
+            Failure::msg("this model set has no noisy CLIP (clip-image-enc, clip-text-enc)".into())
+        })?;
+        let clip_tok =
+            clip_tok.ok_or_else(|| Failure::msg("the CLIP tokenizer did not load".into()))?;
+        let prompts = vec![job.prompt.as_str(); b];
+        let mut rec = gpu.recorder();
+        let text = text_enc.encode_prompts(&mut rec, clip_tok, &prompts)?;
+        rec.submit()?;
+        lp = lp.with_clip_guidance(ClipGuidance { image, text, scale })?;
+    }
     let Some(mut img) = drive(gpu, &mut lp, "base", b, s, cancelled, &mut on).await? else {
         return Ok(None);
     };

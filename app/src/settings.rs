@@ -12,7 +12,11 @@ pub struct Settings {
     /// "text", "inpaint" (GLIDE) or "variations" (unCLIP).
     pub mode: String,
     pub prompt: String,
+    /// GLIDE text to image: "cfg" (classifier-free) or "clip" (the noisy CLIP's gradient).
+    pub guidance_method: String,
     pub guidance: f32,
+    /// The CLIP guidance scale (clip_guided.ipynb: 3).
+    pub clip_guidance: f32,
     /// A respacing string: "100", "50", "fast27", "ddim25", …
     pub steps: String,
     /// "ancestral" or "ddim".
@@ -45,7 +49,9 @@ impl Default for Settings {
             pipeline: "glide".into(),
             mode: "text".into(),
             prompt: "an oil painting of a corgi".into(),
+            guidance_method: "cfg".into(),
             guidance: 3.0,
+            clip_guidance: 3.0,
             steps: "100".into(),
             sampler: "ancestral".into(),
             seed: 0,
@@ -74,6 +80,7 @@ impl Settings {
         let d = Settings::default();
         for (v, default) in [
             (&mut s.guidance, d.guidance),
+            (&mut s.clip_guidance, d.clip_guidance),
             (&mut s.prior_guidance, d.prior_guidance),
             (&mut s.decoder_guidance, d.decoder_guidance),
         ] {
@@ -90,6 +97,9 @@ impl Settings {
         }
         if !["text", "inpaint", "variations"].contains(&s.mode.as_str()) {
             s.mode = "text".into();
+        }
+        if s.guidance_method != "clip" {
+            s.guidance_method = "cfg".into();
         }
         if s.sampler != "ddim" {
             s.sampler = "ancestral".into();

@@ -69,6 +69,8 @@ pub struct Caps {
     pub upsample: bool,
     pub inpaint: bool,
     pub upsample_inpaint: bool,
+    /// GLIDE's noisy CLIP (CLIP guidance).
+    pub clip_guidance: bool,
 }
 
 /// The page's state; `Copy`, so components and actions take it by value.

@@ -8,6 +8,7 @@
 //! network, and an interrupted download resumes at the first missing shard.
 //! A kind's manifest is cached last, so a cached manifest means a complete kind.
 
+use engine::glide::clip::NoisyClipConfig;
 use engine::glide::model::GlideConfig;
 use engine::glide::weights::{Manifest, Shard};
 use engine::limits::MAX_MANIFEST_BYTES;
@@ -18,7 +19,7 @@ use wasm_bindgen_futures::JsFuture;
 
 /// The kinds a set may hold, as folder paths: GLIDE's `base` or unCLIP's
 /// core ([`UNCLIP_CORE`]) is required, the rest enable features.
-pub const KINDS: [&str; 9] = [
+pub const KINDS: [&str; 11] = [
     "base",
     "upsample",
     "base-inpaint",
@@ -28,6 +29,9 @@ pub const KINDS: [&str; 9] = [
     "unclip/decoder",
     "unclip/sr",
     "unclip/clip-visual",
+    // GLIDE's noisy CLIP (CLIP guidance); both or neither.
+    "clip-image-enc",
+    "clip-text-enc",
 ];
 /// What unCLIP text-to-image needs (variations need `unclip/clip-visual` too).
 pub const UNCLIP_CORE: [&str; 4] = [
@@ -61,11 +65,12 @@ impl ModelEntry {
     }
 }
 
-/// A kind's manifest: GLIDE's or unCLIP's family.
+/// A kind's manifest: GLIDE's or unCLIP's family, or GLIDE's noisy CLIP.
 #[derive(Clone)]
 pub enum KindManifest {
     Glide(Manifest<GlideConfig>),
     Unclip(Manifest<UnclipConfig>),
+    NoisyClip(Manifest<NoisyClipConfig>),
 }
 
 impl KindManifest {
@@ -73,6 +78,11 @@ impl KindManifest {
     fn parse(kind: &str, bytes: &[u8]) -> Result<Self, String> {
         let err = |e: engine::Error| format!("{kind}: {e}");
         let (m, described) = match kind.strip_prefix("unclip/") {
+            None if kind.starts_with("clip-") => {
+                let m = Manifest::<NoisyClipConfig>::parse(bytes).map_err(err)?;
+                let ok = m.kind == kind;
+                (KindManifest::NoisyClip(m), ok)
+            }
             Some(k) => {
                 let m = Manifest::<UnclipConfig>::parse(bytes).map_err(err)?;
                 let ok = m.kind == k && m.config.kind() == k;
@@ -97,6 +107,7 @@ impl KindManifest {
         match self {
             KindManifest::Glide(m) => &m.kind,
             KindManifest::Unclip(m) => &m.kind,
+            KindManifest::NoisyClip(m) => &m.kind,
         }
     }
 
@@ -104,6 +115,7 @@ impl KindManifest {
         match self {
             KindManifest::Glide(m) => &m.shards,
             KindManifest::Unclip(m) => &m.shards,
+            KindManifest::NoisyClip(m) => &m.shards,
         }
     }
 
@@ -111,6 +123,7 @@ impl KindManifest {
         match self {
             KindManifest::Glide(m) => m.verify_shard(file, bytes),
             KindManifest::Unclip(m) => m.verify_shard(file, bytes),
+            KindManifest::NoisyClip(m) => m.verify_shard(file, bytes),
         }
     }
 }

@@ -441,17 +441,33 @@ pub fn pipeline(
     quant: WeightDType,
     steps: usize,
     batch: usize,
+    clip_guidance: Option<f32>,
 ) -> Result<()> {
     use engine::glide::model::Glide;
-    use engine::glide::pipeline::{DiffusionLoop, Extra, Sampler};
+    use engine::glide::pipeline::{ClipGuidance, DiffusionLoop, Extra, Sampler};
     use engine::glide::weights::WeightSource;
     let (base_cfg, up_cfg) = (sized_config("base", size)?, sized_config("upsample", size)?);
     print!("{}", gpu.report);
-    println!("pipeline: {size} GLIDE with random weights, {} storage, batch {batch}, CFG (base batch {})", quant.name(), 2 * batch);
+    match clip_guidance {
+        None => println!("pipeline: {size} GLIDE with random weights, {} storage, batch {batch}, CFG (base batch {})", quant.name(), 2 * batch),
+        Some(s) => println!("pipeline: {size} GLIDE with random weights, {} storage, batch {batch}, CLIP guidance {s} (noisy CLIP forward + backward per base step)", quant.name()),
+    }
+    println!(
+        "binding limit {:.0} MiB",
+        gpu.max_binding as f64 / 1048576.0
+    );
+    let clip = match clip_guidance {
+        Some(_) => Some(noisy_clip(gpu, size, quant)?),
+        None => None,
+    };
     let mut results = Vec::new();
     for (what, cfg, full_steps) in [("base", base_cfg, 100usize), ("upsample", up_cfg, 27usize)] {
         let t0 = Instant::now();
-        let bytes = random_weights(&cfg.weight_shapes()?, 1)?;
+        let bytes = if gpu.is_dry_run() {
+            placeholder_weights(&cfg.weight_shapes()?)?
+        } else {
+            random_weights(&cfg.weight_shapes()?, 1)?
+        };
         let source = WeightSource::single(&bytes)?;
         let model = Glide::load(gpu, cfg.clone(), &source, quant)?;
         drop(source);
@@ -468,10 +484,12 @@ pub fn pipeline(
                     inpaint: None,
                 },
             )
+        } else if clip_guidance.is_some() {
+            (None, Sampler::Ancestral, Extra::default())
         } else {
             (Some(3.0), Sampler::Ancestral, Extra::default())
         };
-        let mut lp = DiffusionLoop::new(
+        let lp = DiffusionLoop::new(
             gpu,
             &model,
             CORGI,
@@ -483,6 +501,20 @@ pub fn pipeline(
             1.0,
             extra,
         )?;
+        let mut lp = match (&clip, clip_guidance) {
+            (Some((image, text_enc)), Some(scale)) if !cfg.super_res => {
+                let tok = crate::generate::clip_tokenizer()?;
+                let mut rec = gpu.recorder();
+                let text = text_enc.encode_prompts(
+                    &mut rec,
+                    &tok,
+                    &vec!["an oil painting of a corgi"; batch],
+                )?;
+                rec.submit()?;
+                lp.with_clip_guidance(ClipGuidance { image, text, scale })?
+            }
+            _ => lp,
+        };
         lp.step(gpu)?; // warm-up: pipelines compile, buffers settle
         pollster::block_on(gpu.wait_idle())?;
         let t = Instant::now();
@@ -511,10 +543,50 @@ pub fn pipeline(
         results.iter().sum::<f64>()
     );
     println!(
-        "peak GPU memory held by the engine: {:.0} MiB",
-        stats.peak_bytes as f64 / 1048576.0
+        "peak GPU memory held by the engine: {:.0} MiB (tensors alive at most {:.0} MiB); largest buffer {:.1} MiB",
+        stats.peak_bytes as f64 / 1048576.0,
+        stats.peak_in_use as f64 / 1048576.0,
+        stats.largest_buffer as f64 / 1048576.0
     );
     Ok(())
+}
+
+/// A noisy CLIP with random weights: the released encoders ("full") or a
+/// narrow one of the same topology ("small").
+fn noisy_clip(
+    gpu: &Gpu,
+    size: &str,
+    quant: WeightDType,
+) -> Result<(
+    engine::glide::clip::ImageEncoder,
+    engine::glide::clip::TextEncoder,
+)> {
+    use engine::glide::clip::{ImageEncoder, NoisyClipConfig, TextEncoder};
+    use engine::glide::weights::{Loader, WeightSource};
+    let mut cfg = NoisyClipConfig::released();
+    if size == "small" {
+        (cfg.n_head_text, cfg.n_head_image, cfg.n_embd) = (2, 2, 64);
+        (cfg.n_head_state_text, cfg.n_head_state_image) = (32, 32);
+    }
+    let weights = |kind: &str| -> Result<Vec<u8>> {
+        let shapes = cfg.weight_shapes(kind)?;
+        if gpu.is_dry_run() {
+            placeholder_weights(&shapes)
+        } else {
+            random_weights(&shapes, 2)
+        }
+    };
+    let bytes = weights("clip-image-enc")?;
+    let src = WeightSource::single(&bytes)?;
+    let l = Loader::new(gpu, &src, quant)?;
+    let image = ImageEncoder::load(cfg.clone(), &l)?;
+    l.finish()?;
+    let bytes = weights("clip-text-enc")?;
+    let src = WeightSource::single(&bytes)?;
+    let l = Loader::new(gpu, &src, quant)?;
+    let text = TextEncoder::load(cfg, &l)?;
+    l.finish()?;
+    Ok((image, text))
 }
 
 /// unCLIP's configurations at `size`: the released ones, or narrow ones of

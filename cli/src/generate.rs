@@ -200,34 +200,22 @@ fn write_result(o: &Options, img: &[f32], size: usize, mode: &str) -> Result<()>
     Ok(())
 }
 
-/// One noisy CLIP encoder of a model folder, built by `build` from its loader.
-fn load_clip_part<T>(
-    gpu: &Gpu,
-    dir: &Path,
-    kind: &str,
-    build: impl Fn(NoisyClipConfig, &engine::glide::weights::Loader) -> engine::Result<T>,
-) -> Result<T> {
-    let (manifest, shards) = crate::convert::read_kind::<NoisyClipConfig>(dir, kind)?
-        .with_context(|| {
+/// The noisy CLIP of a model folder (`clip-image-enc/`, `clip-text-enc/`).
+pub fn load_noisy_clip(gpu: &Gpu, dir: &Path) -> Result<(ImageEncoder, TextEncoder)> {
+    let read = |kind: &str| {
+        crate::convert::read_kind::<NoisyClipConfig>(dir, kind)?.with_context(|| {
             format!(
                 "{}/{kind}/manifest.json not found (CLIP guidance needs the noisy CLIP: `webglide convert --kind {kind}`)",
                 dir.display()
             )
-        })?;
-    let source = WeightSource::shards(manifest.tensors.clone().into_iter().collect(), &shards)?;
-    let l =
-        engine::glide::weights::Loader::new(gpu, &source, WeightDType::parse(&manifest.quant)?)?;
-    let part = build(manifest.config.clone(), &l).with_context(|| format!("loading {kind}"))?;
-    l.finish()?;
-    Ok(part)
-}
-
-/// The noisy CLIP of a model folder (`clip-image-enc/`, `clip-text-enc/`).
-pub fn load_noisy_clip(gpu: &Gpu, dir: &Path) -> Result<(ImageEncoder, TextEncoder)> {
-    Ok((
-        load_clip_part(gpu, dir, "clip-image-enc", ImageEncoder::load)?,
-        load_clip_part(gpu, dir, "clip-text-enc", TextEncoder::load)?,
-    ))
+        })
+    };
+    let (image, text) = (read("clip-image-enc")?, read("clip-text-enc")?);
+    Ok(engine::glide::clip::load_converted(
+        gpu,
+        (&image.0, &image.1),
+        (&text.0, &text.1),
+    )?)
 }
 
 /// The base loop of `generate`: classifier-free guidance, or CLIP guidance

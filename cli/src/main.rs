@@ -133,9 +133,13 @@ enum EvalWhat {
         model: std::path::PathBuf,
         #[arg(long, default_value_t = 200)]
         n: usize,
-        /// Comma-separated guidance scales (0 = no guidance).
+        /// Comma-separated classifier-free guidance scales (0 = no guidance).
         #[arg(long, default_value = "0,1,3,5", value_delimiter = ',')]
         guidance: Vec<f32>,
+        /// Comma-separated CLIP guidance scales, rows after the CFG ones
+        /// (needs clip-image-enc/ and clip-text-enc/ in --model).
+        #[arg(long, value_delimiter = ',')]
+        clip_guidance: Vec<f32>,
         #[arg(long, default_value = "50")]
         steps: String,
         #[arg(long, default_value_t = 0)]
@@ -277,9 +281,13 @@ enum BenchWhat {
         /// times printed are then meaningless.
         #[arg(long)]
         dry_run: bool,
-        /// unCLIP: the cap on one binding in MiB (a browser's budget; 0 = the adapter's own limit).
+        /// The cap on one binding in MiB (a browser's budget; 0 = the adapter's own limit).
         #[arg(long, default_value_t = 128)]
         binding_cap_mib: u64,
+        /// GLIDE: the base model steered by a random-weight noisy CLIP of
+        /// the same size (released: ViT-B-like, 64 px) at this scale instead of CFG.
+        #[arg(long)]
+        clip_guidance: Option<f32>,
     },
     /// Quantisation error of f16/q8/q4 against f32 on random weights of the
     /// released architecture: per layer and end to end (one forward pass).
@@ -585,11 +593,21 @@ fn run(cli: Cli) -> Result<()> {
                     model,
                     n,
                     guidance,
+                    clip_guidance,
                     steps,
                     seed,
                     grid,
                 },
-        } => eval::shapes(&gpu()?, &model, n, &guidance, &steps, seed, grid.as_deref())?,
+        } => eval::shapes(
+            &gpu()?,
+            &model,
+            n,
+            &guidance,
+            &clip_guidance,
+            &steps,
+            seed,
+            grid.as_deref(),
+        )?,
         Cmd::Bench {
             what: BenchWhat::Kernels { iters, quick },
         } => bench::kernels(&gpu()?, iters.max(1), quick)?,
@@ -657,28 +675,23 @@ fn run(cli: Cli) -> Result<()> {
                     batch,
                     dry_run,
                     binding_cap_mib,
+                    clip_guidance,
                 },
         } => {
             if !random_weights {
                 anyhow::bail!("bench pipeline runs on random weights: pass --random-weights");
             }
+            // The budget a laptop browser gives one binding.
             let opts = engine::GpuOptions {
                 dry_run,
+                max_binding_cap: (binding_cap_mib > 0).then_some(binding_cap_mib << 20),
                 ..opts.clone()
             };
-            let gpu = || pollster::block_on(engine::Gpu::new(opts.clone()));
+            let gpu = pollster::block_on(engine::Gpu::new(opts))?;
             let q = engine::WeightDType::parse(&quant)?;
             match pipeline.as_str() {
-                "glide" => bench::pipeline(&gpu()?, &size, q, steps, batch)?,
-                "unclip" => {
-                    // The budget a laptop browser gives one binding.
-                    let capped = engine::GpuOptions {
-                        max_binding_cap: (binding_cap_mib > 0).then_some(binding_cap_mib << 20),
-                        ..opts.clone()
-                    };
-                    let gpu = pollster::block_on(engine::Gpu::new(capped))?;
-                    bench::unclip_pipeline(&gpu, &size, q, steps, batch, decoder_steps)?
-                }
+                "glide" => bench::pipeline(&gpu, &size, q, steps, batch, clip_guidance)?,
+                "unclip" => bench::unclip_pipeline(&gpu, &size, q, steps, batch, decoder_steps)?,
                 p => anyhow::bail!("unknown pipeline '{p}' (glide, unclip)"),
             }
         }

@@ -285,6 +285,8 @@ fn eval_shapes_prints_scores_per_guidance_and_writes_a_grid() {
         "2",
         "--guidance",
         "0,3",
+        "--clip-guidance",
+        "3",
         "--grid",
         grid.to_str().unwrap(),
     ]);
@@ -292,16 +294,21 @@ fn eval_shapes_prints_scores_per_guidance_and_writes_a_grid() {
     let out = String::from_utf8_lossy(&r.stdout);
     let rows: Vec<&str> = out
         .lines()
-        .filter(|l| l.trim_start().starts_with("0.0") || l.trim_start().starts_with("3.0"))
+        .filter(|l| {
+            ["cfg 0.0", "cfg 3.0", "clip 3.0"]
+                .iter()
+                .any(|p| l.trim_start().starts_with(p))
+        })
         .collect();
-    assert_eq!(rows.len(), 2, "one score row per guidance scale:\n{out}");
+    assert_eq!(rows.len(), 3, "one score row per method and scale:\n{out}");
     for row in rows {
         let cols: Vec<f32> = row
             .split_whitespace()
-            .take(4)
+            .skip(2)
+            .take(3)
             .map(|v| v.parse().unwrap())
             .collect();
-        assert!(cols[1..].iter().all(|v| (0.0..=1.0).contains(v)), "{row}");
+        assert!(cols.iter().all(|v| (0.0..=1.0).contains(v)), "{row}");
         // The last column is the exact-match rate.
         let exact: f32 = row.split_whitespace().last().unwrap().parse().unwrap();
         assert!((0.0..=1.0).contains(&exact), "{row}");
@@ -310,9 +317,9 @@ fn eval_shapes_prints_scores_per_guidance_and_writes_a_grid() {
         out.contains("relation  exact"),
         "no exact-match column:\n{out}"
     );
-    // Two rows (guidance) × two prompts of the 16-px fixture model.
+    // Three rows (method and scale) × two prompts of the 16-px fixture model.
     let (w, h, _, text) = read_png(&grid);
-    assert_eq!((w, h), (32, 32));
+    assert_eq!((w, h), (32, 48));
     assert!(text.iter().any(|(k, _)| k == "webglide:columns"));
     // Bad input is an error, not a panic.
     let r = webglide(&["eval", "shapes", "--model", &m, "--n", "0"]);

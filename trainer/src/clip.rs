@@ -54,7 +54,13 @@ pub fn clip_tokenizer() -> Result<ClipTokenizer> {
 struct Init<'a>(Option<&'a WeightMap>);
 
 impl Init<'_> {
-    fn param<const D: usize>(&self, dev: &Device, name: &str, shape: [usize; D], std: f64) -> Param<Tensor<D>> {
+    fn param<const D: usize>(
+        &self,
+        dev: &Device,
+        name: &str,
+        shape: [usize; D],
+        std: f64,
+    ) -> Param<Tensor<D>> {
         let t = match self.0 {
             Some(map) => match map.get(name) {
                 Some((s, v)) if s.iter().product::<usize>() == shape.iter().product::<usize>() => {
@@ -70,6 +76,9 @@ impl Init<'_> {
     }
 }
 
+/// Named tensors (name, shape, values) in state_dict order.
+pub type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// Collects (name, shape, values).
 #[derive(Default)]
 struct Visit(Vec<(String, Vec<usize>, Vec<f32>)>);
@@ -78,7 +87,11 @@ impl Visit {
     fn add<const D: usize>(&mut self, name: &str, p: &Param<Tensor<D>>) {
         let t = p.val().detach();
         let shape = t.dims().to_vec();
-        let v = t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
+        let v = t
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32");
         self.0.push((name.to_string(), shape, v));
     }
 }
@@ -90,7 +103,15 @@ struct Affine {
 }
 
 impl Affine {
-    fn new(init: &Init, dev: &Device, p: &str, out: usize, inp: usize, bias: bool, std: f64) -> Self {
+    fn new(
+        init: &Init,
+        dev: &Device,
+        p: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+        std: f64,
+    ) -> Self {
         Affine {
             w: init.param(dev, &format!("{p}.w"), [out, inp], std),
             b: bias.then(|| init.param(dev, &format!("{p}.b"), [out], 0.0)),
@@ -197,9 +218,14 @@ impl Block {
         if let Some(m) = mask {
             logits = logits + m.reshape([1, 1, l, l]);
         }
-        let a = softmax(logits, 3).matmul(v).swap_dims(1, 2).reshape([b, l, w]);
+        let a = softmax(logits, 3)
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([b, l, w]);
         let x = x + self.f_c.forward(a);
-        let m = self.f_2.forward(gelu(self.f_1.forward(self.mlp_ln.forward(x.clone()))));
+        let m = self
+            .f_2
+            .forward(gelu(self.f_1.forward(self.mlp_ln.forward(x.clone()))));
         x + m
     }
 }
@@ -232,7 +258,13 @@ const PIXEL_MEAN: [f32; 3] = [122.770_94, 116.746_01, 104.093_735];
 const PIXEL_STD: [f32; 3] = [68.500_53, 66.632_16, 70.323_16];
 
 impl NoisyClip {
-    pub fn new(cfg: &NoisyClipConfig, text: Option<&WeightMap>, image: Option<&WeightMap>, log_scale: f32, dev: &Device) -> Result<Self> {
+    pub fn new(
+        cfg: &NoisyClipConfig,
+        text: Option<&WeightMap>,
+        image: Option<&WeightMap>,
+        log_scale: f32,
+        dev: &Device,
+    ) -> Result<Self> {
         cfg.validate()?;
         let (ti, ii) = (Init(text), Init(image));
         let (tw, iw) = (cfg.text_width(), cfg.image_width());
@@ -247,15 +279,39 @@ impl NoisyClip {
             text_pos: ti.param(dev, "blocks.input.w_pos", [cfg.max_text_len, tw], 0.01),
             text_blocks: blocks(&ti, cfg.n_xf_blocks_text, tw, cfg.n_head_text),
             text_out_ln: Ln::new(&ti, dev, "blocks.output.ln", tw),
-            text_out: Affine::new(&ti, dev, "blocks.output.f", cfg.n_embd, tw, false, (tw as f64).powf(-0.5)),
+            text_out: Affine::new(
+                &ti,
+                dev,
+                "blocks.output.f",
+                cfg.n_embd,
+                tw,
+                false,
+                (tw as f64).powf(-0.5),
+            ),
             w_t: ii.param(dev, "blocks.input.w_t", [cfg.n_timesteps, iw], 0.02),
-            patch_proj: ii.param(dev, "blocks.input.patch_proj", [iw, 3, p, p], (3.0 * (p * p) as f64).powf(-0.5)),
+            patch_proj: ii.param(
+                dev,
+                "blocks.input.patch_proj",
+                [iw, 3, p, p],
+                (3.0 * (p * p) as f64).powf(-0.5),
+            ),
             image_pos: ii.param(dev, "blocks.input.w_pos", [cfg.image_tokens(), iw], 0.01),
             image_in_ln: Ln::new(&ii, dev, "blocks.input.ln", iw),
             image_blocks: blocks(&ii, cfg.n_xf_blocks_image, iw, cfg.n_head_image),
             image_out_ln: Ln::new(&ii, dev, "blocks.output.ln", iw),
-            image_out: Affine::new(&ii, dev, "blocks.output.f", cfg.n_embd, iw, false, (iw as f64).powf(-0.5)),
-            log_scale: Param::from_tensor(Tensor::<1>::from_data(TensorData::new(vec![log_scale], [1]), dev)),
+            image_out: Affine::new(
+                &ii,
+                dev,
+                "blocks.output.f",
+                cfg.n_embd,
+                iw,
+                false,
+                (iw as f64).powf(-0.5),
+            ),
+            log_scale: Param::from_tensor(Tensor::<1>::from_data(
+                TensorData::new(vec![log_scale], [1]),
+                dev,
+            )),
             cfg: cfg.clone(),
         })
     }
@@ -287,7 +343,9 @@ impl NoisyClip {
         let (p, g, w) = (c.patch_size, s / c.patch_size, c.image_width());
         let dev = x.device();
         let slope: Vec<f32> = (0..3).map(|i| 127.5 / PIXEL_STD[i]).collect();
-        let offset: Vec<f32> = (0..3).map(|i| (127.5 - PIXEL_MEAN[i]) / PIXEL_STD[i]).collect();
+        let offset: Vec<f32> = (0..3)
+            .map(|i| (127.5 - PIXEL_MEAN[i]) / PIXEL_STD[i])
+            .collect();
         let x = x * Tensor::<4>::from_data(TensorData::new(slope, [1, 3, 1, 1]), &dev)
             + Tensor::<4>::from_data(TensorData::new(offset, [1, 3, 1, 1]), &dev);
         // Patches in (channel, ky, kx) order, rows (gy, gx): the stride-P conv as a product.
@@ -315,7 +373,7 @@ impl NoisyClip {
     }
 
     /// `(text, image)` weights with the official names, in state_dict order.
-    pub fn export(&self) -> Result<(Vec<(String, Vec<usize>, Vec<f32>)>, Vec<(String, Vec<usize>, Vec<f32>)>)> {
+    pub fn export(&self) -> Result<(Named, Named)> {
         let mut t = Visit::default();
         t.add("blocks.input.w_voc", &self.w_voc);
         t.add("blocks.input.w_pos", &self.text_pos);
@@ -391,7 +449,9 @@ pub fn clip_batch(
         ids.extend(t.iter().map(|&v| v as i64));
         last[i * l + n - 1] = 1.0;
     }
-    let ts: Vec<usize> = (0..b).map(|_| rng.below(t_max.unwrap_or(cfg.n_timesteps))).collect();
+    let ts: Vec<usize> = (0..b)
+        .map(|_| rng.below(t_max.unwrap_or(cfg.n_timesteps)))
+        .collect();
     let ac = &sched.alphas_cumprod;
     let noise = engine::rng::randn(b * 3 * s * s, rng.below(1 << 30) as u64, 0);
     let per = 3 * s * s;
@@ -403,7 +463,9 @@ pub fn clip_batch(
         .collect();
     let mut targets = vec![0f32; b * b];
     for i in 0..b {
-        let same: Vec<usize> = (0..b).filter(|&j| batch.captions[j] == batch.captions[i]).collect();
+        let same: Vec<usize> = (0..b)
+            .filter(|&j| batch.captions[j] == batch.captions[i])
+            .collect();
         for &j in &same {
             targets[i * b + j] = 1.0 / same.len() as f32;
         }
@@ -433,12 +495,30 @@ pub fn clip_loss(model: &NoisyClip, batch: &ClipBatch) -> (Tensor<1>, f32) {
     let logits = zi.matmul(zt.transpose()) * model.scale().reshape([1, 1]);
     let ce = |l: Tensor<2>, t: Tensor<2>| (log_softmax(l, 1) * t).sum().neg() / b as f32;
     let loss = (ce(logits.clone(), batch.targets.clone())
-        + ce(logits.clone().transpose(), batch.targets.clone().transpose()))
+        + ce(
+            logits.clone().transpose(),
+            batch.targets.clone().transpose(),
+        ))
         / 2.0;
     let best = logits.detach().argmax(1).reshape([b]);
-    let hit: Vec<f32> = batch.targets.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
-    let best: Vec<i64> = best.into_data().convert::<i64>().try_into_vec::<i64>().unwrap_or_default();
-    let acc = best.iter().enumerate().filter(|&(i, &j)| hit[i * b + j as usize] > 0.0).count() as f32 / b as f32;
+    let hit: Vec<f32> = batch
+        .targets
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap_or_default();
+    let best: Vec<i64> = best
+        .into_data()
+        .convert::<i64>()
+        .try_into_vec::<i64>()
+        .unwrap_or_default();
+    let acc = best
+        .iter()
+        .enumerate()
+        .filter(|&(i, &j)| hit[i * b + j as usize] > 0.0)
+        .count() as f32
+        / b as f32;
     (loss, acc)
 }
 
@@ -451,30 +531,50 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
     cfg.validate()?;
     let dev = crate::train::device(&args.device)?.autodiff();
     dev.seed(args.seed);
-    let out = args.out.as_ref().context("--out DIR: the run's checkpoint folder is required")?;
+    let out = args
+        .out
+        .as_ref()
+        .context("--out DIR: the run's checkpoint folder is required")?;
     std::fs::create_dir_all(out)?;
     let data = Data {
-        emoji: args.emoji.as_deref().map(crate::emoji::Emoji::load).transpose()?,
+        emoji: args
+            .emoji
+            .as_deref()
+            .map(crate::emoji::Emoji::load)
+            .transpose()?,
         shapes_share: args.shapes_share,
         crop: None,
         size: Some(cfg.image_size),
     };
     let (tok, glide_tok) = (clip_tokenizer()?, crate::train::tokenizer()?);
-    let sched = Schedule::new("squaredcos_cap_v2", cfg.n_timesteps, &cfg.n_timesteps.to_string())?;
+    let sched = Schedule::new(
+        "squaredcos_cap_v2",
+        cfg.n_timesteps,
+        &cfg.n_timesteps.to_string(),
+    )?;
     let state_path = out.join("state.json");
     let (mut model, mut optim, mut step, mut samples) = if state_path.exists() {
         let st: State = serde_json::from_slice(&std::fs::read(&state_path)?)?;
         if st.kind != "clip" {
             bail!("{} holds a '{}' checkpoint", out.display(), st.kind);
         }
-        let saved: NoisyClipConfig = serde_json::from_slice(&std::fs::read(out.join("config.json"))?)?;
+        let saved: NoisyClipConfig =
+            serde_json::from_slice(&std::fs::read(out.join("config.json"))?)?;
         let text = read_safetensors(&out.join("text_enc.safetensors"))?;
         let image = read_safetensors(&out.join("image_enc.safetensors"))?;
-        let model = NoisyClip::new(&cfg, Some(&text), Some(&image), saved.logit_scale.ln(), &dev)?;
+        let model = NoisyClip::new(
+            &cfg,
+            Some(&text),
+            Some(&image),
+            saved.logit_scale.ln(),
+            &dev,
+        )?;
         let optim = AdamWConfig::new().with_weight_decay(0.01).init();
         let optim_path = out.join("optim.bpk");
         let optim = if optim_path.exists() {
-            optim.load(optim_path).map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?
+            optim
+                .load(optim_path)
+                .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?
         } else {
             optim
         };
@@ -482,9 +582,17 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
         (model, optim, st.step, st.samples)
     } else {
         let model = NoisyClip::new(&cfg, None, None, (1.0f32 / 0.07).ln(), &dev)?;
-        (model, AdamWConfig::new().with_weight_decay(0.01).init(), 0, 0)
+        (
+            model,
+            AdamWConfig::new().with_weight_decay(0.01).init(),
+            0,
+            0,
+        )
     };
-    let mut log = std::fs::OpenOptions::new().create(true).append(true).open(out.join("loss.log"))?;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("loss.log"))?;
     writeln!(
         log,
         "# kind clip batch {} lr {} device {} emoji {} shapes_share {} config {}",
@@ -495,19 +603,43 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
         data.shapes_share,
         serde_json::to_string(&cfg)?
     )?;
-    let save = |model: &NoisyClip, optim: &burn::optim::ModuleOptimizer, step: u64, samples: u64| -> Result<()> {
+    let save = |model: &NoisyClip,
+                optim: &burn::optim::ModuleOptimizer,
+                step: u64,
+                samples: u64|
+     -> Result<()> {
         let (text, image) = model.export()?;
-        write_atomic(&out.join("text_enc.safetensors"), &crate::train::safetensors_bytes(&text)?)?;
-        write_atomic(&out.join("image_enc.safetensors"), &crate::train::safetensors_bytes(&image)?)?;
-        write_atomic(&out.join("config.json"), &serde_json::to_vec_pretty(&model.export_config())?)?;
-        optim.save(out.join("optim.bpk")).map_err(|e| anyhow::anyhow!("saving optimizer: {e:?}"))?;
-        write_atomic(&state_path, &serde_json::to_vec(&State { step, kind: "clip".into(), samples })?)
+        write_atomic(
+            &out.join("text_enc.safetensors"),
+            &crate::train::safetensors_bytes(&text)?,
+        )?;
+        write_atomic(
+            &out.join("image_enc.safetensors"),
+            &crate::train::safetensors_bytes(&image)?,
+        )?;
+        write_atomic(
+            &out.join("config.json"),
+            &serde_json::to_vec_pretty(&model.export_config())?,
+        )?;
+        optim
+            .save(out.join("optim.bpk"))
+            .map_err(|e| anyhow::anyhow!("saving optimizer: {e:?}"))?;
+        write_atomic(
+            &state_path,
+            &serde_json::to_vec(&State {
+                step,
+                kind: "clip".into(),
+                samples,
+            })?,
+        )
     };
     let mut rng = Rng(args.seed ^ step.wrapping_mul(0x9e37_79b9) ^ 0xc11f);
     let started = Instant::now();
     let (mut acc_loss, mut acc_top1, mut n) = (0f64, 0f64, 0usize);
     while step < args.steps && started.elapsed().as_secs_f64() < args.minutes * 60.0 {
-        let batch = clip_batch(&cfg, &tok, &glide_tok, &sched, &data, &mut rng, args.batch, None, &dev)?;
+        let batch = clip_batch(
+            &cfg, &tok, &glide_tok, &sched, &data, &mut rng, args.batch, None, &dev,
+        )?;
         let (loss, top1) = clip_loss(&model, &batch);
         acc_loss += loss.clone().into_scalar::<f32>() as f64;
         acc_top1 += top1 as f64;
@@ -534,7 +666,10 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
         }
     }
     save(&model, &optim, step, samples)?;
-    eprintln!("step {step}: wrote {}/{{text_enc,image_enc}}.safetensors + config.json", out.display());
+    eprintln!(
+        "step {step}: wrote {}/{{text_enc,image_enc}}.safetensors + config.json",
+        out.display()
+    );
     Ok(())
 }
 
@@ -553,7 +688,10 @@ mod tests {
     /// fixture weights give the fixture's embeddings.
     #[test]
     fn encoders_match_the_official_fixture() {
-        let fix = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/glide/clip");
+        let fix = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures/glide/clip"
+        );
         let case: serde_json::Value =
             serde_json::from_slice(&std::fs::read(format!("{fix}/config.json")).unwrap()).unwrap();
         let cfg: NoisyClipConfig =
@@ -566,7 +704,10 @@ mod tests {
         let io = safetensors::SafeTensors::deserialize(&io_bytes).unwrap();
         let ints = |n: &str| -> Vec<i64> {
             let t = io.tensor(n).unwrap();
-            t.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+            t.data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
         };
         let floats = |n: &str| engine::glide::weights::to_f32(n, &io.tensor(n).unwrap()).unwrap();
         let (b, l) = (2, cfg.max_text_len);
@@ -584,10 +725,17 @@ mod tests {
         let t = Tensor::<2, Int>::from_data(TensorData::new(ints("image.t"), [b, 1]), &dev);
         let zi = model.encode_image(x, t);
         for (name, got) in [("text.z_t_raw", zt), ("image.z_i_raw", zi)] {
-            let got = got.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+            let got = got
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap();
             let want = &floats(name);
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let err = got.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let err = got
+                .iter()
+                .zip(want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(err <= 1e-4 * scale, "{name}: {err} vs scale {scale}");
         }
         let (t, im) = model.export().unwrap();
@@ -614,12 +762,29 @@ mod tests {
         let dev = Device::flex().autodiff();
         dev.seed(1);
         let mut model = NoisyClip::new(&cfg, None, None, (1.0f32 / 0.07).ln(), &dev).unwrap();
-        let (tok, gtok) = (clip_tokenizer().unwrap(), crate::train::tokenizer().unwrap());
+        let (tok, gtok) = (
+            clip_tokenizer().unwrap(),
+            crate::train::tokenizer().unwrap(),
+        );
         let sched = Schedule::new("squaredcos_cap_v2", 1000, "1000").unwrap();
-        let data = Data { size: Some(64), ..Data::shapes() };
+        let data = Data {
+            size: Some(64),
+            ..Data::shapes()
+        };
         let mut rng = Rng(2);
         // One fixed batch of clean-ish images: the loss on it must fall.
-        let batch = clip_batch(&cfg, &tok, &gtok, &sched, &data, &mut rng, 8, Some(50), &dev).unwrap();
+        let batch = clip_batch(
+            &cfg,
+            &tok,
+            &gtok,
+            &sched,
+            &data,
+            &mut rng,
+            8,
+            Some(50),
+            &dev,
+        )
+        .unwrap();
         let mut optim = AdamWConfig::new().init();
         let first: f32 = clip_loss(&model, &batch).0.into_scalar();
         for _ in 0..15 {

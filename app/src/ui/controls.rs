@@ -11,6 +11,7 @@ pub fn Controls() -> impl IntoView {
     let st = expect_context::<AppState>();
     let settings = st.settings;
     let glide = move || settings.with(|s| s.pipeline == "glide");
+    let clip = move || settings.with(actions::clip_guided) && st.caps.get().clip_guidance;
     view! {
         <div class="controls">
             <PipelineAndMode />
@@ -27,10 +28,19 @@ pub fn Controls() -> impl IntoView {
                 }></textarea>
             <p class="hint">"Ctrl+Enter generates."</p>
             <div class:hidden=move || !glide()>
-                <Slider label="Guidance scale " testid="guidance"
-                    title="Classifier-free guidance: higher follows the prompt more closely; 0 runs the model without guidance"
-                    get=Signal::derive(move || settings.with(|s| s.guidance))
-                    put=move |v| st.set(|s| s.guidance = v) />
+                <GuidanceMethod />
+                <div class:hidden=clip>
+                    <Slider label="Guidance scale " testid="guidance"
+                        title="Classifier-free guidance: higher follows the prompt more closely; 0 runs the model without guidance"
+                        get=Signal::derive(move || settings.with(|s| s.guidance))
+                        put=move |v| st.set(|s| s.guidance = v) />
+                </div>
+                <div class:hidden=move || !clip()>
+                    <Slider label="CLIP guidance scale " testid="clip-guidance"
+                        title="CLIP guidance: each step moves toward images the noisy CLIP matches with the prompt; 0 runs the model without guidance"
+                        get=Signal::derive(move || settings.with(|s| s.clip_guidance))
+                        put=move |v| st.set(|s| s.clip_guidance = v) />
+                </div>
                 <GlideSteps />
             </div>
             <div class:hidden=glide>
@@ -91,6 +101,26 @@ fn PipelineAndMode() -> impl IntoView {
     }
 }
 
+/// Classifier-free or CLIP guidance (text to image, when the set has a noisy CLIP).
+#[component]
+fn GuidanceMethod() -> impl IntoView {
+    let st = expect_context::<AppState>();
+    let settings = st.settings;
+    let shown = move || st.caps.get().clip_guidance && settings.with(|s| s.mode == "text");
+    view! {
+        <label class="mode" class:hidden=move || !shown()
+            title="Classifier-free guidance (the text2im notebook) or the noisy CLIP's gradient (clip_guided.ipynb: ancestral steps, no CFG batch)">
+            "Guidance "
+            <select data-testid="guidance-method"
+                prop:value=move || settings.with(|s| s.guidance_method.clone())
+                on:change=move |ev| { let v = event_target_value(&ev); st.set(|s| s.guidance_method = v) }>
+                <option value="cfg">"classifier-free"</option>
+                <option value="clip">"CLIP"</option>
+            </select>
+        </label>
+    }
+}
+
 /// A 0–20 slider with its value shown.
 #[component]
 fn Slider(
@@ -140,15 +170,17 @@ fn StepsInput(
 fn GlideSteps() -> impl IntoView {
     let st = expect_context::<AppState>();
     let settings = st.settings;
+    let clip = move || settings.with(actions::clip_guided) && st.caps.get().clip_guidance;
     view! {
         <div class="row">
             <StepsInput label="Steps " testid="steps"
                 title="Sampling steps: a number (e.g. 100, 50) or a GLIDE schedule such as fast27 or ddim25"
                 get=Signal::derive(move || settings.with(|s| s.steps.clone()))
                 put=move |v| st.set(|s| s.steps = v) />
-            <label>"Sampler "
+            <label title=move || if clip() { "CLIP guidance uses the ancestral sampler" } else { "" }>"Sampler "
                 <select data-testid="sampler"
-                    prop:value=move || settings.with(|s| s.sampler.clone())
+                    prop:value=move || if clip() { "ancestral".into() } else { settings.with(|s| s.sampler.clone()) }
+                    prop:disabled=clip
                     on:change=move |ev| { let v = event_target_value(&ev); st.set(|s| s.sampler = v) }>
                     <option value="ancestral">"ancestral"</option>
                     <option value="ddim">"DDIM"</option>

@@ -652,6 +652,49 @@ impl ImageEncoder {
     }
 }
 
+/// A converted kind (`webglide convert --kind clip-…`): its manifest and verified shards.
+pub type Converted<'a> = (
+    &'a crate::glide::weights::Manifest<NoisyClipConfig>,
+    &'a crate::glide::weights::Shards,
+);
+
+/// Both encoders from their converted kinds (each checked to be the kind it is
+/// used as; every key used exactly).
+pub fn load_converted(
+    gpu: &crate::Gpu,
+    image: Converted,
+    text: Converted,
+) -> Result<(ImageEncoder, TextEncoder)> {
+    fn part<T>(
+        gpu: &crate::Gpu,
+        (m, shards): Converted,
+        kind: &str,
+        build: impl Fn(NoisyClipConfig, &Loader) -> Result<T>,
+    ) -> Result<T> {
+        let named = |e: Error| Error::Invalid(format!("{kind}: {e}"));
+        if m.kind != kind {
+            return Err(Error::Invalid(format!(
+                "{kind}: the manifest describes '{}'",
+                m.kind
+            )));
+        }
+        let dtype = crate::WeightDType::parse(&m.quant).map_err(named)?;
+        let source = crate::glide::weights::WeightSource::shards(
+            m.tensors.clone().into_iter().collect(),
+            shards,
+        )
+        .map_err(named)?;
+        let l = Loader::new(gpu, &source, dtype)?;
+        let t = build(m.config.clone(), &l).map_err(named)?;
+        l.finish().map_err(named)?;
+        Ok(t)
+    }
+    Ok((
+        part(gpu, image, "clip-image-enc", ImageEncoder::load)?,
+        part(gpu, text, "clip-text-enc", TextEncoder::load)?,
+    ))
+}
+
 /// GLIDE's `cond_fn`: `grad_scale · ∂/∂x_t [exp(logit_scale)·Σ_b
 /// normalize(z_t[b])·normalize(z_i(x_t[b], t[b]))]` with `text` the raw text
 /// embeddings `[B, n_embd]` (one row per image). Everything stays on the GPU;
