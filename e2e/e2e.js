@@ -332,6 +332,23 @@ const tests = [
       await page.screenshot({ path: path.join(ARTIFACTS, 'clip-guidance.png'), fullPage: true });
     });
   }],
+  ['a lost GPU device is an error with a retry that reopens the GPU and generates again', async (url) => {
+    await withPage(url + '?test-hooks', [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      await setForm(page, { prompt: 'a corgi', steps: 2, seed: 4, upsample: false, guidance: 3 });
+      const a = await generate(page);
+      await page.evaluate(() => window.webglideLoseDevice());
+      await page.getByTestId('generate').click();
+      await page.getByTestId('retry').waitFor({ timeout: STEP_TIMEOUT });
+      const msg = await page.getByTestId('error').innerText();
+      assert(/lost|destroyed/i.test(msg), 'no device-lost message: ' + msg);
+      assert(await figures(page) === 1, 'a run on a lost device produced a result');
+      await page.getByTestId('retry').click();
+      await modelReady(page);
+      const b = await generate(page);
+      assert(maxDiff(a, b) === 0, 'after reopening the GPU the same settings gave another image');
+    });
+  }],
   ['cancel stops within a step', async (url) => {
     await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
       await modelReady(page);

@@ -90,6 +90,7 @@ pub fn start(st: AppState) {
                     f16: f16.into(),
                 });
                 let gpu = Rc::new(gpu);
+                install_test_hooks(&gpu);
                 let tok = run::tokenizer().ok().map(Rc::new);
                 st.engine.set_value(Engine {
                     gpu: Some(gpu.clone()),
@@ -103,6 +104,32 @@ pub fn start(st: AppState) {
             }
         }
     });
+}
+
+/// With `?test-hooks` in the URL, `window.webglideLoseDevice()` destroys the
+/// GPU device, so the end-to-end tests see what a lost device (a driver
+/// reset, the browser reclaiming the GPU) does to the page.
+fn install_test_hooks(gpu: &Rc<Gpu>) {
+    use wasm_bindgen::closure::Closure;
+    let Some(w) = web_sys::window() else {
+        return;
+    };
+    if !w
+        .location()
+        .search()
+        .unwrap_or_default()
+        .contains("test-hooks")
+    {
+        return;
+    }
+    let gpu = Rc::downgrade(gpu);
+    let lose = Closure::<dyn Fn()>::new(move || {
+        if let Some(g) = gpu.upgrade() {
+            g.device.destroy();
+        }
+    });
+    let _ = js_sys::Reflect::set(&w, &"webglideLoseDevice".into(), lose.as_ref());
+    lose.forget();
 }
 
 /// Shows how much the active set keeps in browser storage.

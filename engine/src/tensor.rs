@@ -485,13 +485,15 @@ impl Gpu {
             .map_async(wgpu::MapMode::Read, move |r| {
                 let _ = tx.send(r);
             });
+        // A failed map on a lost device reports the loss (the page offers to reopen the GPU).
+        let failed = |e: String| self.check().err().unwrap_or(Error::Readback(e));
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Readback(e.to_string()))?;
+            .map_err(|e| failed(e.to_string()))?;
         rx.await
-            .map_err(|_| Error::Readback("map callback dropped".into()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
+            .map_err(|_| failed("map callback dropped".into()))?
+            .map_err(|e| failed(e.to_string()))?;
         self.check()?;
         let out = {
             let view = staging

@@ -167,3 +167,52 @@ fn clip() {
     }
     assert!(report.ok(), "clip: tensors over tolerance");
 }
+
+/// A lost GPU device (driver reset, a browser reclaiming the GPU) surfaces as
+/// `Error::DeviceLost` from the next step or read, never as a panic; the page
+/// offers to reopen the GPU on exactly that error.
+#[test]
+fn a_lost_device_is_an_error_not_a_panic() {
+    use engine::glide::model::{Glide, GlideConfig};
+    use engine::glide::pipeline::{DiffusionLoop, Extra, Sampler};
+    let dir = format!("{FIX}/text2im_base");
+    let read = |f: &str| std::fs::read(format!("{dir}/{f}")).unwrap();
+    let case: serde_json::Value = serde_json::from_slice(&read("config.json")).unwrap();
+    let cfg: GlideConfig =
+        serde_json::from_value(case["create_model_and_diffusion_kwargs"].clone()).unwrap();
+    let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
+    let weights = read("weights.safetensors");
+    let source = engine::glide::weights::WeightSource::single(&weights).unwrap();
+    let model = Glide::load(&gpu, cfg, &source, WeightDType::F32).unwrap();
+    let mut lp = DiffusionLoop::new(
+        &gpu,
+        &model,
+        &[272, 3056],
+        1,
+        "5",
+        Sampler::Ancestral,
+        Some(3.0),
+        1,
+        1.0,
+        Extra::default(),
+    )
+    .unwrap();
+    assert!(lp.step(&gpu).unwrap());
+    gpu.device.destroy();
+    let mut failed = None;
+    for _ in 0..4 {
+        match lp.step(&gpu) {
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+            Ok(_) => {}
+        }
+    }
+    let err = match failed {
+        Some(e) => e,
+        None => pollster::block_on(gpu.read(&lp.sample(&gpu).unwrap_or_else(|e| panic!("{e}"))))
+            .expect_err("reading from a destroyed device"),
+    };
+    assert!(matches!(err, engine::Error::DeviceLost(_)), "{err:?}");
+}
