@@ -31,7 +31,8 @@ const STEP_TIMEOUT = 240000;
 const MODEL_ROUTES = [
   ['/models/demo/', {}],
   ['/models/corrupt/', { corrupt: () => true }],
-  ['/models/partial/', { only: ['base', 'upsample'] }],
+  // Slow to answer, so a test can act while it loads.
+  ['/models/partial/', { only: ['base', 'upsample'], delayMs: 1500 }],
   ['/models/broken-optional/', { corrupt: (rel) => rel.startsWith('upsample-inpaint/') }],
 ];
 
@@ -40,17 +41,19 @@ function resolveFile(url) {
     if (!MODELS || !url.startsWith(prefix)) continue;
     const rel = url.slice(prefix.length);
     if (route.only && !route.only.includes(rel.split('/')[0])) return { file: null };
-    return { file: path.join(MODELS, rel), root: MODELS, corrupt: route.corrupt ? route.corrupt(rel) : false };
+    return { file: path.join(MODELS, rel), root: MODELS, corrupt: route.corrupt ? route.corrupt(rel) : false,
+      delayMs: route.delayMs || 0 };
   }
-  return { file: path.join(DIST, url === '/' ? 'index.html' : url), root: DIST, corrupt: false };
+  return { file: path.join(DIST, url === '/' ? 'index.html' : url), root: DIST, corrupt: false, delayMs: 0 };
 }
 
 // Like `trunk serve` and many static hosts, unknown paths get index.html
 // (single-page-app fallback), not a 404: the app must take that for "absent".
 function serve() {
-  const server = http.createServer((req, res) => {
+  const server = http.createServer(async (req, res) => {
     const url = decodeURIComponent(req.url.split('?')[0]);
-    const { file, root, corrupt } = resolveFile(url);
+    const { file, root, corrupt, delayMs } = resolveFile(url);
+    if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
     if (!file || !file.startsWith(root) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
       res.writeHead(200, { 'Content-Type': 'text/html' });
       fs.createReadStream(path.join(DIST, 'index.html')).pipe(res);
@@ -347,6 +350,41 @@ const tests = [
       await modelReady(page);
       const b = await generate(page);
       assert(maxDiff(a, b) === 0, 'after reopening the GPU the same settings gave another image');
+    });
+  }],
+  ['concurrency: two tabs on one model, Generate while a set loads, Cancel during the upsampler', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page, context) => {
+      await modelReady(page);
+      // A second tab of the same origin shares Cache Storage; both generate at once.
+      const page2 = await context.newPage();
+      await page2.goto(url);
+      await modelReady(page2);
+      for (const p of [page, page2]) await setForm(p, { prompt: 'a blue square', steps: 2, seed: 9, upsample: false, guidance: 3 });
+      const [a, b] = await Promise.all([generate(page), generate(page2)]);
+      assert(maxDiff(a, b) === 0, 'two tabs with the same settings gave different images');
+      await page2.close();
+      // Generate (Ctrl+Enter, which bypasses the disabled button) while another set loads:
+      // a clear message or nothing, never a broken page; then the new set generates.
+      await page.getByTestId('model-url').fill(url + 'models/partial/');
+      await page.getByTestId('model-url-load').click();
+      await page.getByTestId('prompt').press('Control+Enter');
+      await page.waitForFunction(() => /models\/partial/.test(document.querySelector('[data-testid=model-detail]').textContent)
+        && document.querySelector('[data-testid=model-status]').textContent === 'ready', null, { timeout: STEP_TIMEOUT });
+      const err = await page.getByTestId('error').count() ? await page.getByTestId('error').innerText() : '';
+      assert(/a model set is loading/.test(err), 'no message for Generate during a load: ' + err);
+      assert(await figures(page) === 1, 'Generate during a load ran on the set being replaced');
+      await generate(page);
+      // Cancel while the upsampler runs: no result, the form usable again.
+      const before = await figures(page);
+      await setForm(page, { steps: 2, upsample: true, upsampleSteps: 200, seed: 9 });
+      await page.getByTestId('generate').click();
+      await page.waitForFunction(() => /upsample [1-9]/.test(document.querySelector('[data-testid=progress-text]').textContent),
+        null, { timeout: STEP_TIMEOUT });
+      await page.getByTestId('cancel').click();
+      await page.waitForFunction(() => /cancelled/.test(document.querySelector('[data-testid=run-status]').textContent),
+        null, { timeout: 60000 });
+      assert(await figures(page) === before, 'a run cancelled in the upsampler produced a result');
+      assert(await page.getByTestId('generate').isEnabled(), 'Generate stays disabled after cancel');
     });
   }],
   ['cancel stops within a step', async (url) => {

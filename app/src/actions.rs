@@ -474,6 +474,11 @@ pub fn generate(st: AppState) {
     let Some(gpu) = st.engine.with_value(|e| e.gpu.clone()) else {
         return st.fail("the GPU is not open");
     };
+    // Ctrl+Enter reaches here while the button is disabled: a run on the set
+    // being replaced would hold its GPU memory next to the new one.
+    if matches!(st.model_state.get_untracked(), ModelState::Loading(_)) {
+        return st.fail("a model set is loading: generate when it is ready");
+    }
     let mut s = st.settings.get_untracked();
     if s.random_seed {
         s.seed = random_seed();
