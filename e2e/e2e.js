@@ -34,7 +34,11 @@ const MODEL_ROUTES = [
   // Slow to answer, so a test can act while it loads.
   ['/models/partial/', { only: ['base', 'upsample'], delayMs: 1500 }],
   ['/models/broken-optional/', { corrupt: (rel) => rel.startsWith('upsample-inpaint/') }],
+  // base-inpaint's shard: the connection drops on the first two requests.
+  ['/models/flaky/', { dropFirst: (rel) => (rel.startsWith('base-inpaint/') && rel.endsWith('.safetensors') ? 2 : 0) }],
 ];
+// Requests per URL path (the storage tests count refetches).
+const REQUESTS = new Map();
 
 function resolveFile(url) {
   for (const [prefix, route] of MODEL_ROUTES) {
@@ -42,7 +46,7 @@ function resolveFile(url) {
     const rel = url.slice(prefix.length);
     if (route.only && !route.only.includes(rel.split('/')[0])) return { file: null };
     return { file: path.join(MODELS, rel), root: MODELS, corrupt: route.corrupt ? route.corrupt(rel) : false,
-      delayMs: route.delayMs || 0 };
+      delayMs: route.delayMs || 0, dropFirst: route.dropFirst ? route.dropFirst(rel) : 0 };
   }
   return { file: path.join(DIST, url === '/' ? 'index.html' : url), root: DIST, corrupt: false, delayMs: 0 };
 }
@@ -52,8 +56,17 @@ function resolveFile(url) {
 function serve() {
   const server = http.createServer(async (req, res) => {
     const url = decodeURIComponent(req.url.split('?')[0]);
-    const { file, root, corrupt, delayMs } = resolveFile(url);
+    const { file, root, corrupt, delayMs, dropFirst } = resolveFile(url);
+    const n = (REQUESTS.get(url) || 0) + 1;
+    REQUESTS.set(url, n);
     if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
+    if (n <= (dropFirst || 0) && file && fs.existsSync(file)) {
+      // Interrupted mid-body: the full length announced, half of it sent, then the connection drops.
+      const b = fs.readFileSync(file);
+      res.writeHead(200, { 'Content-Type': 'application/octet-stream', 'Content-Length': b.length });
+      res.write(b.subarray(0, b.length >> 1), () => setTimeout(() => req.socket.destroy(), 50));
+      return;
+    }
     if (!file || !file.startsWith(root) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
       res.writeHead(200, { 'Content-Type': 'text/html' });
       fs.createReadStream(path.join(DIST, 'index.html')).pipe(res);
@@ -557,6 +570,76 @@ const tests = [
         null, { timeout: STEP_TIMEOUT });
       assert(await stored() === 0, 'delete left files behind');
       assert(!(await page.getByTestId('model-select').innerText()).includes('fixture-set'), 'deleted set still listed');
+    });
+  }],
+  ['storage faults: a shard damaged or deleted in Cache Storage is fetched again; a full quota still loads', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      const shard = fs.readdirSync(path.join(MODELS, 'base')).find((f) => f.endsWith('.safetensors'));
+      const shardUrl = `/models/demo/base/${shard}`;
+      const cached = (op) => page.evaluate(async ([op, name]) => {
+        const c = await caches.open('webglide-models-v1');
+        const k = (await c.keys()).find((r) => r.url.includes('/demo/') && r.url.includes('/base/') && r.url.endsWith(name));
+        if (!k) return false;
+        if (op === 'damage') await c.put(k, new Response(new Uint8Array(1000)));
+        else await c.delete(k);
+        return true;
+      }, [op, shard]);
+      for (const op of ['damage', 'delete']) {
+        const before = REQUESTS.get(shardUrl) || 0;
+        assert(await cached(op), `no cached base shard to ${op}`);
+        await page.reload();
+        await modelReady(page);
+        assert((REQUESTS.get(shardUrl) || 0) === before + 1, `the ${op}d shard was not fetched again exactly once`);
+      }
+      await setForm(page, { steps: 2, upsample: false, seed: 1 });
+      await generate(page);
+    });
+    // Storage refuses every shard (quota exceeded): the set loads for this visit, with a warning.
+    await withPage('about:blank', [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await page.addInitScript(() => {
+        const put = Cache.prototype.put;
+        Cache.prototype.put = function (req, res) {
+          if (String(req.url || req).includes('.safetensors')) {
+            return Promise.reject(new DOMException('quota exceeded (test)', 'QuotaExceededError'));
+          }
+          return put.call(this, req, res);
+        };
+      });
+      await page.goto(url);
+      await modelReady(page);
+      const warnings = await page.locator('[data-testid=warning]').allInnerTexts();
+      assert(warnings.some((w) => /quota|storage/i.test(w)), 'no storage warning: ' + JSON.stringify(warnings));
+      await setForm(page, { steps: 2, upsample: false, seed: 1 });
+      await generate(page);
+    });
+  }],
+  ['a download interrupted twice resumes on the next visits without fetching the stored shards again', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      await page.getByTestId('model-url').fill(url + 'models/flaky/');
+      await page.getByTestId('model-url-load').click();
+      const ready = () => page.waitForFunction(() => {
+        const t = (id) => (document.querySelector(`[data-testid=${id}]`) || {}).textContent || '';
+        return /models\/flaky/.test(t('model-detail')) && t('model-status') === 'ready';
+      }, null, { timeout: STEP_TIMEOUT });
+      const base = fs.readdirSync(path.join(MODELS, 'base')).find((f) => f.endsWith('.safetensors'));
+      for (let visit = 1; visit <= 3; visit++) {
+        if (visit > 1) await page.reload();
+        await ready();
+        const warnings = await page.locator('[data-testid=warning]').allInnerTexts();
+        if (visit < 3) {
+          assert(warnings.length === 1 && /^base-inpaint/.test(warnings[0]), `visit ${visit}: ` + JSON.stringify(warnings));
+          assert(!(await page.locator('option[value=inpaint]').isEnabled()), 'inpainting offered without its model');
+        } else {
+          assert(warnings.length === 0, 'visit 3 still warns: ' + JSON.stringify(warnings));
+          assert(await page.locator('option[value=inpaint]').isEnabled(), 'inpainting not back after the download resumed');
+        }
+      }
+      assert(REQUESTS.get(`/models/flaky/base/${base}`) === 1, 'a stored shard was downloaded again: '
+        + REQUESTS.get(`/models/flaky/base/${base}`));
+      await setForm(page, { steps: 2, upsample: false, seed: 1 });
+      await generate(page);
     });
   }],
   ['after one visit the page and the model work offline', async (url) => {
