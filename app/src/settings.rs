@@ -1,8 +1,36 @@
-//! The form's settings, kept in localStorage so they survive reloads.
+//! The form's settings, kept in localStorage so they survive reloads. What
+//! localStorage holds is outside data (another version of the app, an
+//! extension, a user editing it): [`Settings::parse`] takes any string and
+//! returns settings within their ranges. Self-contained (serde and the
+//! engine's limits only), so `webglide_cli::fuzz` fuzzes it natively.
 
-use crate::store::ModelEntry;
-
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 const KEY: &str = "webglide.settings.v1";
+/// At most this many model sets of the user's are kept.
+pub const MAX_CUSTOM_MODELS: usize = 32;
+/// Longest id, label or URL of a model set kept.
+const MAX_ENTRY_TEXT: usize = 2048;
+/// Longest respacing string kept ("100", "fast27", "ddim25", section counts).
+const MAX_STEPS_TEXT: usize = 64;
+
+/// A model set the user can choose in the model manager.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelEntry {
+    pub id: String,
+    pub label: String,
+    /// Folder URL (ends with `/`); `None`: files picked by the user, cache only.
+    pub url: Option<String>,
+}
+
+impl ModelEntry {
+    pub fn demo() -> Self {
+        ModelEntry {
+            id: "demo".into(),
+            label: "Embedded demo model".into(),
+            url: Some("models/demo/".into()),
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -73,10 +101,21 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Stored settings, repaired where a value is out of range; defaults otherwise.
+    /// Stored settings (see [`Settings::parse`]); defaults when there are none.
+    #[cfg(target_arch = "wasm32")]
     pub fn load() -> Self {
         use gloo_storage::Storage;
-        let mut s: Settings = gloo_storage::LocalStorage::get(KEY).unwrap_or_default();
+        let raw = gloo_storage::LocalStorage::raw()
+            .get_item(KEY)
+            .ok()
+            .flatten();
+        raw.map_or_else(Settings::default, |r| Settings::parse(&r))
+    }
+
+    /// Settings from stored JSON, repaired where a value is out of range,
+    /// oversized or unknown; defaults for what does not parse.
+    pub fn parse(raw: &str) -> Self {
+        let mut s: Settings = serde_json::from_str(raw).unwrap_or_default();
         let d = Settings::default();
         for (v, default) in [
             (&mut s.guidance, d.guidance),
@@ -104,12 +143,62 @@ impl Settings {
         if s.sampler != "ddim" {
             s.sampler = "ancestral".into();
         }
+        if engine::limits::check_prompt(&s.prompt).is_err() {
+            s.prompt = d.prompt.clone();
+        }
+        for (v, default) in [
+            (&mut s.steps, &d.steps),
+            (&mut s.upsample_steps, &d.upsample_steps),
+            (&mut s.prior_steps, &d.prior_steps),
+            (&mut s.decoder_steps, &d.decoder_steps),
+            (&mut s.sr_steps, &d.sr_steps),
+        ] {
+            if v.len() > MAX_STEPS_TEXT {
+                *v = default.clone();
+            }
+        }
+        let fits = |t: &str| !t.is_empty() && t.len() <= MAX_ENTRY_TEXT;
+        s.custom_models.retain(|e| {
+            fits(&e.id) && fits(&e.label) && e.url.as_deref().is_none_or(fits) && e.id != "demo"
+        });
+        s.custom_models.truncate(MAX_CUSTOM_MODELS);
+        if s.model.len() > MAX_ENTRY_TEXT {
+            s.model = d.model;
+        }
         s
     }
 
     /// Best effort: a full or disabled localStorage only loses the settings.
+    #[cfg(target_arch = "wasm32")]
     pub fn save(&self) {
         use gloo_storage::Storage;
         let _ = gloo_storage::LocalStorage::set(KEY, self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_values_are_repaired() {
+        assert_eq!(Settings::parse("not json"), Settings::default());
+        let s = Settings::parse(
+            r#"{"guidance": 1e30, "clip_guidance": -3, "batch": 1000, "mode": "x",
+                "guidance_method": "both", "steps": "1111111111111111111111111111111111111111111111111111111111111111111111",
+                "custom_models": [{"id": "", "label": "a", "url": null}, {"id": "ok", "label": "b", "url": "https://x/"}]}"#,
+        );
+        assert_eq!((s.guidance, s.clip_guidance, s.batch), (20.0, 0.0, 4));
+        assert_eq!(
+            (
+                s.mode.as_str(),
+                s.guidance_method.as_str(),
+                s.steps.as_str()
+            ),
+            ("text", "cfg", "100")
+        );
+        assert_eq!(s.custom_models.len(), 1);
+        let round = Settings::parse(&serde_json::to_string(&s).unwrap());
+        assert_eq!(round, s, "valid settings survive a round trip unchanged");
     }
 }

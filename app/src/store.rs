@@ -46,24 +46,7 @@ pub const UNCLIP_CORE: [&str; 4] = [
 pub const UNCLIP_STAGES: [&str; 3] = ["unclip/prior", "unclip/decoder", "unclip/sr"];
 const CACHE_NAME: &str = "webglide-models-v1";
 
-/// A model set the user can choose in the model manager.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ModelEntry {
-    pub id: String,
-    pub label: String,
-    /// Folder URL (ends with `/`); `None`: files picked by the user, cache only.
-    pub url: Option<String>,
-}
-
-impl ModelEntry {
-    pub fn demo() -> Self {
-        ModelEntry {
-            id: "demo".into(),
-            label: "Embedded demo model".into(),
-            url: Some("models/demo/".into()),
-        }
-    }
-}
+pub use crate::settings::ModelEntry;
 
 /// A kind's manifest: GLIDE's or unCLIP's family, or GLIDE's noisy CLIP.
 #[derive(Clone)]

@@ -6,6 +6,7 @@
 
 use std::sync::OnceLock;
 
+use engine::glide::clip::NoisyClipConfig;
 use engine::glide::model::GlideConfig;
 use engine::glide::weights::{Manifest, WeightSource};
 use engine::unclip::weights::UnclipConfig;
@@ -64,7 +65,40 @@ pub const TARGETS: &[Target] = &[
         run: png_text,
         max_alloc: |n| 16 * MIB + 16 * n,
     },
+    Target {
+        name: "settings",
+        run: settings,
+        max_alloc: |n| 16 * MIB + 16 * n,
+    },
 ];
+
+/// The page's settings module, compiled natively to fuzz what localStorage hands it.
+#[path = "../../app/src/settings.rs"]
+pub mod app_settings;
+
+/// The page's stored settings: whatever the string, parsed settings are within
+/// their ranges and survive a round trip through their own JSON unchanged.
+pub fn settings(data: &[u8]) {
+    use app_settings::{Settings, MAX_CUSTOM_MODELS};
+    let s = Settings::parse(&String::from_utf8_lossy(data));
+    for g in [
+        s.guidance,
+        s.clip_guidance,
+        s.prior_guidance,
+        s.decoder_guidance,
+    ] {
+        assert!((0.0..=20.0).contains(&g), "guidance {g}");
+    }
+    assert!((1..=4).contains(&s.batch) && (2..=96).contains(&s.brush));
+    assert!(engine::limits::check_prompt(&s.prompt).is_ok());
+    assert!(s.custom_models.len() <= MAX_CUSTOM_MODELS);
+    let json = serde_json::to_string(&s).expect("settings serialise");
+    assert_eq!(
+        Settings::parse(&json),
+        s,
+        "a round trip changed the settings"
+    );
+}
 
 /// A PyTorch checkpoint (`torch.save` zip, TorchScript archive, pickled tuple).
 pub fn checkpoint(data: &[u8]) {
@@ -81,6 +115,13 @@ pub fn manifest(data: &[u8]) {
     if let Ok(m) = Manifest::<UnclipConfig>::parse(data) {
         if m.config.validate().is_ok() {
             let _ = m.config.weight_shapes();
+        }
+    }
+    if let Ok(m) = Manifest::<NoisyClipConfig>::parse(data) {
+        if m.config.validate().is_ok() {
+            for kind in engine::glide::clip::KINDS {
+                let _ = m.config.weight_shapes(kind);
+            }
         }
     }
 }

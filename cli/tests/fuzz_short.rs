@@ -237,7 +237,8 @@ targets!(
     clip_tokenizer,
     image,
     mask,
-    png_text
+    png_text,
+    settings
 );
 
 /// The checkpoint seeds parse as what they are, and each regression input
