@@ -92,8 +92,20 @@ async function withPage(url, args, fn) {
     const logs = [];
     page.on('console', (m) => { logs.push(`[${m.type()}] ${m.text()}`); if (process.env.E2E_VERBOSE && /TIMING/.test(m.text())) console.log(m.text()); });
     page.on('pageerror', (e) => logs.push(`[pageerror] ${e.message}`));
+    // Every test also checks that the page's Content-Security-Policy blocked nothing.
+    await context.addInitScript(() => {
+      window.__cspViolations = [];
+      document.addEventListener('securitypolicyviolation',
+        (e) => window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));
+    });
     await page.goto(url);
-    try { await fn(page, context); } catch (e) {
+    try {
+      await fn(page, context);
+      for (const p of context.pages()) {
+        const v = await p.evaluate(() => window.__cspViolations || []).catch(() => []);
+        if (v.length) throw new Error('Content-Security-Policy violations: ' + JSON.stringify(v));
+      }
+    } catch (e) {
       await page.screenshot({ path: path.join(ARTIFACTS, 'failure.png'), fullPage: true }).catch(() => {});
       e.message += '\nbrowser console:\n' + logs.slice(-40).join('\n');
       throw e;
@@ -263,6 +275,18 @@ const tests = [
       const texts = await page.evaluate(async () => Promise.all(
         ['licenses/CC-BY-4.0.txt', 'licenses/emojibase-data-MIT.txt'].map(async (u) => (await fetch(u)).text())));
       assert(/Attribution 4\.0 International/.test(texts[0]) && /Miles Johnson/.test(texts[1]), 'licence texts not served');
+      // A strict Content-Security-Policy: the app's scripts only (its loader by hash), no eval.
+      const csp = await page.locator('meta[http-equiv=Content-Security-Policy]').getAttribute('content');
+      assert(/script-src 'self' 'wasm-unsafe-eval' 'sha256-[^']+'(;|$)/.test(csp) && /object-src 'none'/.test(csp), 'CSP: ' + csp);
+      const injected = await page.evaluate(() => {
+        const el = document.createElement('script');
+        el.textContent = 'window.__injectedRan = true;';
+        document.head.appendChild(el);
+        return !!window.__injectedRan;
+      });
+      assert(!injected, 'an injected inline script ran');
+      await page.waitForFunction(() => window.__cspViolations.some((v) => /script-src/.test(v)), null, { timeout: 10000 });
+      await page.evaluate(() => { window.__cspViolations = []; });
     });
   }],
   ['a browser without WebGPU sees the explanation', async (url) => {

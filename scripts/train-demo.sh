@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Trains the embedded demo model and converts it into public/models/demo/<kind>/ (q8 shards).
-#   DEVICE=cpu|gpu  KINDS="base base-inpaint upsample"  MINUTES_<KIND>=N  BATCH=N  OUT=dir
+#   DEVICE=cpu|gpu  KINDS="base base-inpaint upsample clip"  MINUTES_<KIND>=N  BATCH=N  OUT=dir
+#   (clip: the noisy CLIP for CLIP guidance -> clip-image-enc/ (f16) and clip-text-enc/ (q8);
+#   batch BATCH_CLIP, default 64, learning rate LR_CLIP, default 1e-3)
 #   SIZE_<KIND>=N (base kinds: train at N px, e.g. 32 for the curriculum's first stage)
 #   MIN_SNR=γ (default 5; 0 = the plain eps loss)  LR=x (default 4e-4)
 #   EMOJI=dir (default trainer/data/emoji, built first by scripts/build-emoji.sh; EMOJI= for shapes only)
@@ -27,6 +29,21 @@ cargo build --release --locked -p webglide-cli
 for kind in ${KINDS:-base base-inpaint upsample}; do
     var="MINUTES_$(echo "$kind" | tr 'a-z-' 'A-Z_')"
     minutes="${!var:-8}"
+    if [ "$kind" = clip ]; then
+        if [ ! -e "$out/clip/state.json" ] && [ -e trainer/checkpoints/clip/state.json ]; then
+            mkdir -p "$out/clip"
+            cp trainer/checkpoints/clip/{state.json,config.json,text_enc.safetensors,image_enc.safetensors} "$out/clip/"
+        fi
+        ./target/release/webglide-train --kind clip --device "$device" --out "$out/clip" \
+            --minutes "$minutes" --batch "${BATCH_CLIP:-64}" --lr "${LR_CLIP:-1e-3}" --warmup 100 \
+            --save-every 100 --shapes-share 0.7 "${data[@]}"
+        ./target/release/webglide convert "$out/clip/image_enc.safetensors" --config "$out/clip/config.json" \
+            --kind clip-image-enc --quant f16 --out public/models/demo/clip-image-enc --force
+        ./target/release/webglide convert "$out/clip/text_enc.safetensors" --config "$out/clip/config.json" \
+            --kind clip-text-enc --quant q8 --out public/models/demo/clip-text-enc --force
+        cp "$out/clip/loss.log" docs/demo/clip-loss.log
+        continue
+    fi
     size_var="SIZE_$(echo "$kind" | tr 'a-z-' 'A-Z_')"
     size=()
     [ -n "${!size_var:-}" ] && size=(--size "${!size_var}")
