@@ -246,6 +246,8 @@ const tests = [
         assert(/Embedded demo model/.test(detail), 'not the demo model: ' + detail);
         const warnings = await page.locator('[data-testid=warning]').allInnerTexts();
         assert(warnings.length === 0, 'warnings on the demo model: ' + JSON.stringify(warnings));
+        // The demo set ships its own noisy CLIP: the guidance-method switch is offered.
+        assert(await page.getByTestId('guidance-method').isVisible(), 'no CLIP guidance with the demo model');
         // The 64-px demo base takes tens of seconds per CFG step on SwiftShader (more on a busy
         // machine): 3 steps, and room for them.
         await setForm(page, { prompt: 'a red circle above a blue square', steps: 'ddim3', seed: 1, upsample: false, guidance: 3 });

@@ -50,6 +50,18 @@ fn text2im_base() {
     run_case("text2im_base");
 }
 
+/// The tiny text2im base of the fixtures, in f32.
+fn tiny_base(gpu: &Gpu) -> engine::glide::model::Glide {
+    let dir = format!("{FIX}/text2im_base");
+    let read =
+        |f: &str| std::fs::read(format!("{dir}/{f}")).unwrap_or_else(|e| panic!("{dir}/{f}: {e}"));
+    let case: serde_json::Value = serde_json::from_slice(&read("config.json")).unwrap();
+    let cfg = serde_json::from_value(case["create_model_and_diffusion_kwargs"].clone()).unwrap();
+    let weights = read("weights.safetensors");
+    let source = engine::glide::weights::WeightSource::single(&weights).unwrap();
+    engine::glide::model::Glide::load(gpu, cfg, &source, WeightDType::F32).unwrap()
+}
+
 #[test]
 fn upsample() {
     run_case("upsample");
@@ -70,18 +82,9 @@ fn inpaint_upsample() {
 /// and without CFG: what `webglide eval shapes` relies on.
 #[test]
 fn batch_of_prompts_equals_separate_runs() {
-    use engine::glide::model::{Glide, GlideConfig};
     use engine::glide::pipeline::{DiffusionLoop, Extra, Sampler};
-    let dir = format!("{FIX}/text2im_base");
-    let read =
-        |f: &str| std::fs::read(format!("{dir}/{f}")).unwrap_or_else(|e| panic!("{dir}/{f}: {e}"));
-    let case: serde_json::Value = serde_json::from_slice(&read("config.json")).unwrap();
-    let cfg: GlideConfig =
-        serde_json::from_value(case["create_model_and_diffusion_kwargs"].clone()).unwrap();
     let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
-    let weights = read("weights.safetensors");
-    let source = engine::glide::weights::WeightSource::single(&weights).unwrap();
-    let model = Glide::load(&gpu, cfg, &source, WeightDType::F32).unwrap();
+    let model = tiny_base(&gpu);
     let prompts: [&[u32]; 2] = [&[272, 3056, 12036], &[1162, 12397]];
     let run = |loop_: engine::Result<DiffusionLoop>| {
         let mut lp = loop_.unwrap();
@@ -173,17 +176,9 @@ fn clip() {
 /// offers to reopen the GPU on exactly that error.
 #[test]
 fn a_lost_device_is_an_error_not_a_panic() {
-    use engine::glide::model::{Glide, GlideConfig};
     use engine::glide::pipeline::{DiffusionLoop, Extra, Sampler};
-    let dir = format!("{FIX}/text2im_base");
-    let read = |f: &str| std::fs::read(format!("{dir}/{f}")).unwrap();
-    let case: serde_json::Value = serde_json::from_slice(&read("config.json")).unwrap();
-    let cfg: GlideConfig =
-        serde_json::from_value(case["create_model_and_diffusion_kwargs"].clone()).unwrap();
     let gpu = pollster::block_on(Gpu::new(GpuOptions::default())).expect("GPU adapter");
-    let weights = read("weights.safetensors");
-    let source = engine::glide::weights::WeightSource::single(&weights).unwrap();
-    let model = Glide::load(&gpu, cfg, &source, WeightDType::F32).unwrap();
+    let model = tiny_base(&gpu);
     let mut lp = DiffusionLoop::new(
         &gpu,
         &model,

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::module::{Module, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::activation::{gelu, log_softmax, softmax};
@@ -529,23 +529,8 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
         None => demo_clip_config(),
     };
     cfg.validate()?;
-    let dev = crate::train::device(&args.device)?.autodiff();
-    dev.seed(args.seed);
-    let out = args
-        .out
-        .as_ref()
-        .context("--out DIR: the run's checkpoint folder is required")?;
-    std::fs::create_dir_all(out)?;
-    let data = Data {
-        emoji: args
-            .emoji
-            .as_deref()
-            .map(crate::emoji::Emoji::load)
-            .transpose()?,
-        shapes_share: args.shapes_share,
-        crop: None,
-        size: Some(cfg.image_size),
-    };
+    let (dev, out, data) = crate::train::prepare(args, Some(cfg.image_size))?;
+    let out = &out;
     let (tok, glide_tok) = (clip_tokenizer()?, crate::train::tokenizer()?);
     let sched = Schedule::new(
         "squaredcos_cap_v2",

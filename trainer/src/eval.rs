@@ -1,8 +1,8 @@
 //! `webglide-train eval`: the shapes evaluation of `webglide eval shapes`
-//! (same prompts, same checker, DDIM with classifier-free guidance as the
-//! engine samples it) run on the CPU through burn, so a training run can be
-//! measured in minutes on a machine whose Vulkan is a CPU emulation.
-//! The numbers that ship are the engine's (`webglide eval shapes`).
+//! (same prompts, same checker, DDIM or ancestral steps with classifier-free
+//! guidance, or ancestral steps with CLIP guidance, as the engine samples
+//! them) run on the CPU through burn, so a training run can be measured in
+//! minutes on a machine whose Vulkan is a CPU emulation.
 
 use std::path::PathBuf;
 
@@ -35,6 +35,15 @@ pub struct EvalArgs {
     /// Guidance scales, comma-separated (0 = the conditional model alone).
     #[arg(long, default_value = "0,3")]
     pub guidance: String,
+    /// CLIP guidance scales (rows after the CFG ones; ancestral steps), with --clip.
+    #[arg(long, default_value = "")]
+    pub clip_guidance: String,
+    /// The noisy CLIP: a `webglide-train --kind clip` run folder.
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// ddim (eta 0) or ancestral (the notebooks; what CLIP guidance uses).
+    #[arg(long, default_value = "ddim")]
+    pub sampler: String,
     /// Respacing of the DDIM sampler.
     #[arg(long, default_value = "ddim25")]
     pub steps: String,
@@ -81,13 +90,43 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     if !(16..=256).contains(&size) || !size.is_multiple_of(8) {
         bail!("--size {size}: a multiple of 8 from 16 to 256");
     }
-    let guidance: Vec<f32> = args
-        .guidance
-        .split(',')
-        .map(|g| g.trim().parse::<f32>().context("--guidance: numbers"))
-        .collect::<Result<_>>()?;
-    if guidance.iter().any(|g| !(0.0..=100.0).contains(g)) {
-        bail!("--guidance scales lie in 0..=100");
+    let scales = |list: &str, what: &str| -> Result<Vec<f32>> {
+        let v: Vec<f32> = list
+            .split(',')
+            .filter(|g| !g.trim().is_empty())
+            .map(|g| {
+                g.trim()
+                    .parse::<f32>()
+                    .with_context(|| format!("{what}: numbers"))
+            })
+            .collect::<Result<_>>()?;
+        if v.iter().any(|g| !(0.0..=100.0).contains(g)) {
+            bail!("{what} scales lie in 0..=100");
+        }
+        Ok(v)
+    };
+    let ancestral = match args.sampler.as_str() {
+        "ancestral" => true,
+        "ddim" => false,
+        s => bail!("--sampler {s}: ddim or ancestral"),
+    };
+    // (label, CFG scale, CLIP scale) per row.
+    let rows: Vec<(String, f32, Option<f32>)> = scales(&args.guidance, "--guidance")?
+        .into_iter()
+        .map(|g| (format!("cfg {g:.1}"), g, None))
+        .chain(
+            scales(&args.clip_guidance, "--clip-guidance")?
+                .into_iter()
+                .map(|g| (format!("clip {g:.1}"), 0.0, Some(g))),
+        )
+        .collect();
+    let clip = match &args.clip {
+        Some(dir) => Some(load_clip(dir)?),
+        None if rows.iter().any(|r| r.2.is_some()) => bail!("--clip-guidance needs --clip DIR"),
+        None => None,
+    };
+    if clip.is_some() && !ancestral {
+        bail!("CLIP guidance samples with --sampler ancestral");
     }
     let dev = Device::flex();
     dev.seed(args.seed);
@@ -96,22 +135,26 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let scenes = eval_scenes(args.n, args.seed);
     let tok = tokenizer()?;
     println!(
-        "{} prompts with held-out colour–shape pairs, DDIM {} at {size} px (burn, CPU), {}",
+        "{} prompts with held-out colour–shape pairs, {} {} at {size} px (burn, CPU), {}",
         args.n,
+        args.sampler,
         args.steps,
         source.display()
     );
     println!(
-        "{:>8} {:>8} {:>8} {:>8} {:>9} {:>6}",
+        "{:>9} {:>8} {:>8} {:>8} {:>9} {:>6}",
         "guidance", "colour", "shape", "binding", "relation", "exact"
     );
     let mut grid_rows = Vec::new();
-    for &g in &guidance {
+    for (label, g, clip_scale) in &rows {
         let (mut sum, mut rel, mut nrel) = ([0f32; 4], 0f32, 0f32);
         let mut row = Vec::new();
         for chunk in scenes.chunks(args.batch) {
             let captions: Vec<String> = chunk.iter().map(|s| s.caption()).collect();
-            let rgb = sample(&model, &sched, &tok, &captions, g, size, &dev)?;
+            let guide = clip.as_ref().zip(*clip_scale);
+            let rgb = sample(
+                &model, &sched, &tok, &captions, *g, guide, ancestral, size, &dev,
+            )?;
             for (scene, img) in chunk.iter().zip(rgb) {
                 let sc = score(scene, &detect(&img, size));
                 sum[0] += sc.color;
@@ -129,7 +172,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         let m = args.n as f32;
         println!(
-            "{g:>8.1} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>6.3}",
+            "{label:>9} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>6.3}",
             sum[0] / m,
             sum[1] / m,
             sum[2] / m,
@@ -171,12 +214,81 @@ pub fn read_converted(dir: &std::path::Path) -> Result<(GlideConfig, WeightMap)>
 /// DDIM (η = 0) from pure noise with classifier-free guidance on eps, as
 /// GLIDE's notebook model_fn: cond and uncond halves in one batch, the
 /// guided eps for both, x0 clipped to [-1, 1]. Returns RGB8 images.
+/// A trained noisy CLIP (on an autodiff device: its gradient steers sampling).
+pub struct EvalClip {
+    model: crate::clip::NoisyClip,
+    tok: engine::unclip::tokenizer::ClipTokenizer,
+    dev: Device,
+}
+
+fn load_clip(dir: &std::path::Path) -> Result<EvalClip> {
+    let cfg: engine::glide::clip::NoisyClipConfig =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)
+            .context("the CLIP run's config.json")?;
+    let text = read_safetensors(&dir.join("text_enc.safetensors"))?;
+    let image = read_safetensors(&dir.join("image_enc.safetensors"))?;
+    let dev = Device::flex().autodiff();
+    let model =
+        crate::clip::NoisyClip::new(&cfg, Some(&text), Some(&image), cfg.logit_scale.ln(), &dev)?;
+    Ok(EvalClip {
+        model,
+        tok: crate::clip::clip_tokenizer()?,
+        dev,
+    })
+}
+
+impl EvalClip {
+    /// `scale · ∇ₓ Σ_b exp(logit_scale)·normalize(z_t[b])·normalize(z_i(x[b], t))`, as
+    /// the engine's `cond_fn`.
+    fn grad(&self, x: &Tensor<4>, t: usize, captions: &[String], scale: f32) -> Result<Tensor<4>> {
+        let cfg = self.model.export_config();
+        let (b, l) = (captions.len(), cfg.max_text_len);
+        let (mut ids, mut last) = (Vec::new(), vec![0f32; b * l]);
+        for (i, c) in captions.iter().enumerate() {
+            let (t, n) = engine::glide::clip::clip_tokens(&self.tok, c, l);
+            ids.extend(t.iter().map(|&v| v as i64));
+            last[i * l + n - 1] = 1.0;
+        }
+        let xv: Vec<f32> = x
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let xd = Tensor::<4>::from_data(TensorData::new(xv, x.dims()), &self.dev).require_grad();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, l]), &self.dev);
+        let last = Tensor::<2>::from_data(TensorData::new(last, [b, l]), &self.dev);
+        let ts = Tensor::<2, Int>::from_data(TensorData::new(vec![t as i64; b], [b, 1]), &self.dev);
+        let norm = |z: Tensor<2>| {
+            let n = z.clone().powi_scalar(2).sum_dim(1).sqrt() + 1e-12;
+            z / n
+        };
+        let zt = norm(self.model.encode_text(tokens, last)).detach();
+        let zi = norm(self.model.encode_image(xd.clone(), ts));
+        let score = (zt * zi).sum() * (cfg.logit_scale * scale) as f64;
+        let grads = score.backward();
+        let g = xd.grad(&grads).context("no gradient for x")?;
+        let gv: Vec<f32> = g
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        Ok(Tensor::<4>::from_data(
+            TensorData::new(gv, x.dims()),
+            &x.device(),
+        ))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn sample(
     model: &Glide,
     sched: &Schedule,
     tok: &engine::glide::tokenizer::GlideTokenizer,
     captions: &[String],
     guidance: f32,
+    clip: Option<(&EvalClip, f32)>,
+    ancestral: bool,
     size: usize,
     dev: &Device,
 ) -> Result<Vec<Vec<u8>>> {
@@ -210,7 +322,8 @@ pub fn sample(
         } else {
             x.clone()
         };
-        let eps_all = model.forward(input, t, &cond).narrow(1, 0, 3);
+        let out = model.forward(input, t, &cond);
+        let eps_all = out.clone().narrow(1, 0, 3);
         let eps = if guided {
             let (e_cond, e_uncond) = (eps_all.clone().narrow(0, 0, n), eps_all.narrow(0, n, n));
             e_uncond.clone() + (e_cond - e_uncond) * guidance as f64
@@ -219,8 +332,27 @@ pub fn sample(
         };
         let x0 =
             (x.clone() * c.sqrt_recip_ac as f64 - eps * c.sqrt_recipm1_ac as f64).clamp(-1.0, 1.0);
-        let eps = (x * c.sqrt_recip_ac as f64 - x0.clone()) / c.sqrt_recipm1_ac as f64;
-        x = x0 * c.sqrt_ac_prev as f64 + eps * c.ddim_eps_coef as f64;
+        if ancestral {
+            // Learned-range variance (each row its own v), posterior mean, CLIP's shift.
+            let v = out.narrow(1, 3, 3).narrow(0, 0, n);
+            let frac = (v + 1.0) / 2.0;
+            let log_var = frac.clone() * c.max_log as f64 + (frac.neg() + 1.0) * c.min_log as f64;
+            let mut mean = x0 * c.posterior_coef1 as f64 + x.clone() * c.posterior_coef2 as f64;
+            if let Some((clip, scale)) = clip {
+                let g = clip.grad(&x, sched.timestep_map[i], captions, scale)?;
+                mean = mean + log_var.clone().exp() * g;
+            }
+            x = if i > 0 {
+                let noise =
+                    Tensor::<4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), dev);
+                mean + (log_var * 0.5).exp() * noise
+            } else {
+                mean
+            };
+        } else {
+            let eps = (x * c.sqrt_recip_ac as f64 - x0.clone()) / c.sqrt_recipm1_ac as f64;
+            x = x0 * c.sqrt_ac_prev as f64 + eps * c.ddim_eps_coef as f64;
+        }
     }
     let v: Vec<f32> = x
         .into_data()

@@ -494,6 +494,28 @@ pub fn device(name: &str) -> Result<Device> {
     })
 }
 
+/// What every run starts from: the seeded autodiff device, its (created)
+/// checkpoint folder and its data (base models at `size`).
+pub fn prepare(args: &Args, size: Option<usize>) -> Result<(Device, std::path::PathBuf, Data)> {
+    let dev = device(&args.device)?.autodiff();
+    dev.seed(args.seed);
+    let out = args
+        .out
+        .clone()
+        .context("--out DIR: the run's checkpoint folder is required")?;
+    std::fs::create_dir_all(&out)?;
+    if !(0.0..=1.0).contains(&args.shapes_share) {
+        bail!("--shapes-share is a probability (0..=1)");
+    }
+    let data = Data {
+        emoji: args.emoji.as_deref().map(Emoji::load).transpose()?,
+        shapes_share: args.shapes_share,
+        crop: args.crop,
+        size,
+    };
+    Ok((dev, out, data))
+}
+
 /// A batch with its timesteps, made ahead on another thread.
 struct Prepared {
     batch: Batch,
@@ -515,22 +537,8 @@ pub fn run(args: &Args) -> Result<()> {
     if args.batch == 0 || args.batch > 256 || !(args.lr > 0.0 && args.lr < 1.0) {
         bail!("--batch 1..=256 and 0 < --lr < 1");
     }
-    let dev = device(&args.device)?.autodiff();
-    dev.seed(args.seed);
-    let out = args
-        .out
-        .as_ref()
-        .context("--out DIR: the run's checkpoint folder is required")?;
-    std::fs::create_dir_all(out)?;
-    if !(0.0..=1.0).contains(&args.shapes_share) {
-        bail!("--shapes-share is a probability (0..=1)");
-    }
-    let data = Data {
-        emoji: args.emoji.as_deref().map(Emoji::load).transpose()?,
-        shapes_share: args.shapes_share,
-        crop: args.crop,
-        size: args.size,
-    };
+    let (dev, out, data) = prepare(args, args.size)?;
+    let out = &out;
     if let Some(e) = &data.emoji {
         eprintln!(
             "{} emoji images, shapes share {}",

@@ -7,6 +7,7 @@
 //! ../shared/docs/glide-architecture.md §8.
 
 use crate::error::{Error, Result};
+use crate::glide::model::Layer;
 use crate::glide::weights::Loader;
 use crate::gpu::Recorder;
 use crate::kernels::{self, attention, elementwise::BinaryOp, patches::ChannelAffine, Act};
@@ -171,33 +172,16 @@ pub fn clip_tokens(tok: &ClipTokenizer, text: &str, max_len: usize) -> (Vec<u32>
     (out, len)
 }
 
-/// An `Affine` layer: `w` `[out, in]`, optional `b`.
-struct Affine {
-    w: Weight,
-    b: Option<Tensor>,
-}
+/// An `Affine` layer (`w` `[out, in]`, optional `b`): GLIDE's linear [`Layer`].
+type Affine = Layer;
 
-impl Affine {
-    fn load(l: &Loader, p: &str, out: usize, inp: usize, bias: bool) -> Result<Self> {
-        Ok(Affine {
-            w: l.weight_as(&format!("{p}.w"), &[out, inp], l.dtype())?,
-            b: bias
-                .then(|| l.tensor(&format!("{p}.b"), &[out]))
-                .transpose()?,
-        })
-    }
-    fn forward(
-        &self,
-        rec: &mut Recorder,
-        x: &Tensor,
-        res: Option<&Tensor>,
-        act: Act,
-    ) -> Result<Tensor> {
-        kernels::matmul::linear(rec, x, &self.w, self.b.as_ref(), res, act)
-    }
-    fn grad(&self, rec: &mut Recorder, dy: &Tensor, res: Option<&Tensor>) -> Result<Tensor> {
-        kernels::matmul::linear_grad_input(rec, dy, &self.w, res)
-    }
+fn affine(l: &Loader, p: &str, out: usize, inp: usize, bias: bool) -> Result<Affine> {
+    Ok(Layer {
+        weight: l.weight_as(&format!("{p}.w"), &[out, inp], l.dtype())?,
+        bias: bias
+            .then(|| l.tensor(&format!("{p}.b"), &[out]))
+            .transpose()?,
+    })
 }
 
 /// `LayerNorm` with `g`/`b` and eps 1e-5.
@@ -280,15 +264,15 @@ impl TransformerBlock {
         Ok(TransformerBlock {
             f_attn: AttentionBlock {
                 ln: Ln::load(l, &format!("{a}.ln"), w)?,
-                f_q: Affine::load(l, &format!("{a}.f_q"), w, w, true)?,
-                f_k: Affine::load(l, &format!("{a}.f_k"), w, w, false)?,
-                f_v: Affine::load(l, &format!("{a}.f_v"), w, w, true)?,
-                f_c: Affine::load(l, &format!("{a}.f_c"), w, w, true)?,
+                f_q: affine(l, &format!("{a}.f_q"), w, w, true)?,
+                f_k: affine(l, &format!("{a}.f_k"), w, w, false)?,
+                f_v: affine(l, &format!("{a}.f_v"), w, w, true)?,
+                f_c: affine(l, &format!("{a}.f_c"), w, w, true)?,
             },
             f_mlp: MlpBlock {
                 ln: Ln::load(l, &format!("{m}.ln"), w)?,
-                f_1: Affine::load(l, &format!("{m}.f_1"), 4 * w, w, true)?,
-                f_2: Affine::load(l, &format!("{m}.f_2"), w, 4 * w, true)?,
+                f_1: affine(l, &format!("{m}.f_1"), 4 * w, w, true)?,
+                f_2: affine(l, &format!("{m}.f_2"), w, 4 * w, true)?,
             },
         })
     }
@@ -303,20 +287,20 @@ impl TransformerBlock {
     ) -> Result<(Tensor, Option<BlockTape>)> {
         let a = &self.f_attn;
         let h = a.ln.forward(rec, x)?;
-        let q = a.f_q.forward(rec, &h, None, Act::None)?;
-        let k = a.f_k.forward(rec, &h, None, Act::None)?;
-        let v = a.f_v.forward(rec, &h, None, Act::None)?;
+        let q = a.f_q.apply_linear(rec, &h, None, Act::None)?;
+        let k = a.f_k.apply_linear(rec, &h, None, Act::None)?;
+        let v = a.f_v.apply_linear(rec, &h, None, Act::None)?;
         let att = attend(rec, &q, &k, &v, heads)?;
-        let x2 = a.f_c.forward(rec, &att, Some(x), Act::None)?;
+        let x2 = a.f_c.apply_linear(rec, &att, Some(x), Act::None)?;
         let m = &self.f_mlp;
         let h2 = m.ln.forward(rec, &x2)?;
         if !keep {
-            let g = m.f_1.forward(rec, &h2, None, Act::Gelu)?;
-            return Ok((m.f_2.forward(rec, &g, Some(&x2), Act::None)?, None));
+            let g = m.f_1.apply_linear(rec, &h2, None, Act::Gelu)?;
+            return Ok((m.f_2.apply_linear(rec, &g, Some(&x2), Act::None)?, None));
         }
-        let u = m.f_1.forward(rec, &h2, None, Act::None)?;
+        let u = m.f_1.apply_linear(rec, &h2, None, Act::None)?;
         let g = kernels::elementwise::unary(rec, &u, Act::Gelu, 1.0, 0.0)?;
-        let out = m.f_2.forward(rec, &g, Some(&x2), Act::None)?;
+        let out = m.f_2.apply_linear(rec, &g, Some(&x2), Act::None)?;
         let tape = BlockTape {
             x: x.clone(),
             q,
@@ -337,12 +321,12 @@ impl TransformerBlock {
         heads: &Heads,
     ) -> Result<Tensor> {
         let m = &self.f_mlp;
-        let dg = m.f_2.grad(rec, dout, None)?;
+        let dg = m.f_2.linear_grad(rec, dout, None)?;
         let du = kernels::elementwise::binary(rec, &dg, &t.u, BinaryOp::GeluGrad, Act::None)?;
-        let dh2 = m.f_1.grad(rec, &du, None)?;
+        let dh2 = m.f_1.linear_grad(rec, &du, None)?;
         let dx2 = m.ln.grad(rec, &t.x2, &dh2, Some(dout))?;
         let a = &self.f_attn;
-        let datt = a.f_c.grad(rec, &dx2, None)?;
+        let datt = a.f_c.linear_grad(rec, &dx2, None)?;
         let (dq, dk, dv) = kernels::attention_backward::attention_backward(
             rec,
             &t.q,
@@ -353,9 +337,9 @@ impl TransformerBlock {
             heads.scale(),
             heads.causal,
         )?;
-        let dh = a.f_q.grad(rec, &dq, None)?;
-        let dh = a.f_k.grad(rec, &dk, Some(&dh))?;
-        let dh = a.f_v.grad(rec, &dv, Some(&dh))?;
+        let dh = a.f_q.linear_grad(rec, &dq, None)?;
+        let dh = a.f_k.linear_grad(rec, &dk, Some(&dh))?;
+        let dh = a.f_v.linear_grad(rec, &dv, Some(&dh))?;
         a.ln.grad(rec, &t.x, &dh, Some(&dx2))
     }
 }
@@ -403,7 +387,7 @@ impl Output {
     fn load(l: &Loader, w: usize, e: usize) -> Result<Self> {
         Ok(Output {
             ln: Ln::load(l, "blocks.output.ln", w)?,
-            f: Affine::load(l, "blocks.output.f", e, w, false)?,
+            f: affine(l, "blocks.output.f", e, w, false)?,
         })
     }
 }
@@ -487,7 +471,7 @@ impl TextEncoder {
             kernels::copy::copy_channels(rec, &flat, i * l + n - 1, &one, i, 1)?;
         }
         let h = self.output.ln.forward(rec, &rows.reshape(&[b, w])?)?;
-        let z = self.output.f.forward(rec, &h, None, Act::None)?;
+        let z = self.output.f.apply_linear(rec, &h, None, Act::None)?;
         keep(&mut cap, "output", &z);
         Ok(z)
     }
@@ -618,7 +602,7 @@ impl ImageEncoder {
         let w = c.image_width();
         let first = kernels::copy::slice_channels(rec, &h, 0, 1)?.reshape(&[b, w])?;
         let ln = self.output.ln.forward(rec, &first)?;
-        let z = self.output.f.forward(rec, &ln, None, Act::None)?;
+        let z = self.output.f.apply_linear(rec, &ln, None, Act::None)?;
         keep(&mut cap, "output", &z);
         let tape = keep_tape.then(|| ImageTape {
             x: x.clone(),
@@ -635,7 +619,7 @@ impl ImageEncoder {
         let c = &self.config;
         let (w, l) = (c.image_width(), c.image_tokens());
         let b = tape.x.shape()[0];
-        let dln = self.output.f.grad(rec, dz, None)?;
+        let dln = self.output.f.linear_grad(rec, dz, None)?;
         let dfirst = self.output.ln.grad(rec, &tape.last, &dln, None)?;
         // Only the time token feeds the output: the other rows start at zero.
         let dh = rec.gpu().upload(&[b, l, w], &vec![0.0; b * l * w])?;

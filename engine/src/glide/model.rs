@@ -369,6 +369,15 @@ impl Layer {
     ) -> Result<Tensor> {
         kernels::matmul::linear(rec, x, &self.weight, self.bias.as_ref(), res, act)
     }
+    /// The input gradient of [`Self::apply_linear`] (no activation): `dy·W + res`.
+    pub(crate) fn linear_grad(
+        &self,
+        rec: &mut Recorder,
+        dy: &Tensor,
+        res: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        kernels::matmul::linear_grad_input(rec, dy, &self.weight, res)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
