@@ -2,10 +2,9 @@
 //! localStorage holds is outside data (another version of the app, an
 //! extension, a user editing it): [`Settings::parse`] takes any string and
 //! returns settings within their ranges. Self-contained (serde and the
-//! engine's limits only), so `webglide_cli::fuzz` fuzzes it natively.
+//! engine's limits only), so `webglide_cli::fuzz` fuzzes it natively; the
+//! localStorage side is in `state.rs`.
 
-#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
-const KEY: &str = "webglide.settings.v1";
 /// At most this many model sets of the user's are kept.
 pub const MAX_CUSTOM_MODELS: usize = 32;
 /// Longest id, label or URL of a model set kept.
@@ -101,17 +100,6 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Stored settings (see [`Settings::parse`]); defaults when there are none.
-    #[cfg(target_arch = "wasm32")]
-    pub fn load() -> Self {
-        use gloo_storage::Storage;
-        let raw = gloo_storage::LocalStorage::raw()
-            .get_item(KEY)
-            .ok()
-            .flatten();
-        raw.map_or_else(Settings::default, |r| Settings::parse(&r))
-    }
-
     /// Settings from stored JSON, repaired where a value is out of range,
     /// oversized or unknown; defaults for what does not parse.
     pub fn parse(raw: &str) -> Self {
@@ -166,13 +154,6 @@ impl Settings {
             s.model = d.model;
         }
         s
-    }
-
-    /// Best effort: a full or disabled localStorage only loses the settings.
-    #[cfg(target_arch = "wasm32")]
-    pub fn save(&self) {
-        use gloo_storage::Storage;
-        let _ = gloo_storage::LocalStorage::set(KEY, self);
     }
 }
 

@@ -169,6 +169,27 @@ impl AppState {
     }
 }
 
+/// The settings' localStorage key.
+const SETTINGS_KEY: &str = "webglide.settings.v1";
+
+impl Settings {
+    /// Stored settings (see [`Settings::parse`]); defaults when there are none.
+    pub fn load() -> Self {
+        use gloo_storage::Storage;
+        let raw = gloo_storage::LocalStorage::raw()
+            .get_item(SETTINGS_KEY)
+            .ok()
+            .flatten();
+        raw.map_or_else(Settings::default, |r| Settings::parse(&r))
+    }
+
+    /// Best effort: a full or disabled localStorage only loses the settings.
+    pub fn save(&self) {
+        use gloo_storage::Storage;
+        let _ = gloo_storage::LocalStorage::set(SETTINGS_KEY, self);
+    }
+}
+
 pub fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }

@@ -196,12 +196,9 @@ fn a_lost_device_is_an_error_not_a_panic() {
     gpu.device.destroy();
     let mut failed = None;
     for _ in 0..4 {
-        match lp.step(&gpu) {
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
-            Ok(_) => {}
+        if let Err(e) = lp.step(&gpu) {
+            failed = Some(e);
+            break;
         }
     }
     let err = match failed {
