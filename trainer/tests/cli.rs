@@ -86,7 +86,11 @@ fn train_resume_from_ema_eval_and_bench() {
     assert!(out.status.success(), "{t}");
     let rows: Vec<&str> = t
         .lines()
-        .filter(|l| l.trim_start().starts_with(['0', '3']))
+        .filter(|l| {
+            ["cfg 0.0", "cfg 3.0"]
+                .iter()
+                .any(|p| l.trim_start().starts_with(p))
+        })
         .collect();
     assert_eq!(rows.len(), 2, "{t}");
     for bad in [["--n", "0"], ["--guidance", "x"], ["--size", "12"]] {

@@ -108,6 +108,34 @@ impl Report {
     }
 }
 
+/// The rows of a teacher-forced replay: the first and last steps and every
+/// failing tensor are listed; all steps count toward one "worst" row.
+#[derive(Default)]
+struct StepRows {
+    max_abs: f64,
+    rel: f64,
+}
+
+impl StepRows {
+    fn add(&mut self, report: &mut Report, step: Report, i: usize, steps: usize) {
+        for r in step.rows {
+            self.max_abs = self.max_abs.max(r.max_abs);
+            self.rel = self.rel.max(r.rel);
+            if !r.ok || i == 0 || i + 1 == steps {
+                report.rows.push(r);
+            }
+        }
+    }
+    fn finish(self, report: &mut Report, name: String, tol: f64) {
+        report.rows.push(Row {
+            name,
+            max_abs: self.max_abs,
+            rel: self.rel,
+            ok: self.rel <= tol,
+        });
+    }
+}
+
 /// Tensors of a safetensors file as f32 (ints and bools converted).
 pub(crate) struct Tensors<'a>(safetensors::SafeTensors<'a>);
 
@@ -454,7 +482,7 @@ async fn trace_check(
     };
 
     // Teacher-forced: each step from the recorded x_t.
-    let mut worst = (0.0f64, 0.0f64);
+    let mut worst = StepRows::default();
     for i in 0..steps {
         let (shape, x_b) = tr.item("steps.x_t", i, Some(b))?;
         let n = x_b.len();
@@ -514,19 +542,13 @@ async fn trace_check(
             };
             sub.push_amplified(format!("steps.x_t[{}]", i + 1), &xn, &want, tol, amp);
         }
-        for r in sub.rows {
-            worst = (worst.0.max(r.max_abs), worst.1.max(r.rel));
-            if !r.ok || i == 0 || i + 1 == steps {
-                report.rows.push(r);
-            }
-        }
+        worst.add(report, sub, i, steps);
     }
-    report.rows.push(Row {
-        name: format!("all {steps} teacher-forced steps (worst)"),
-        max_abs: worst.0,
-        rel: worst.1,
-        ok: worst.1 <= tol,
-    });
+    worst.finish(
+        report,
+        format!("all {steps} teacher-forced steps (worst)"),
+        tol,
+    );
 
     // End to end from the initial noise, replaying every draw.
     let (shape, mut x) = if tr.has("in.noise_scaled") {
@@ -756,7 +778,7 @@ async fn clip_trace_check(
             ))
         }
     };
-    let mut worst = (0.0f64, 0.0f64);
+    let mut worst = StepRows::default();
     for i in 0..steps {
         let (shape, x) = tr.item("steps.x_t", i, None)?;
         let noise = tr.get(&format!("draw.{:03}", i + 1))?.1;
@@ -780,19 +802,13 @@ async fn clip_trace_check(
             &tr.item("steps.sample", i, None)?.1,
             tol,
         );
-        for r in sub.rows {
-            worst = (worst.0.max(r.max_abs), worst.1.max(r.rel));
-            if !r.ok || i == 0 || i + 1 == steps {
-                report.rows.push(r);
-            }
-        }
+        worst.add(report, sub, i, steps);
     }
-    report.rows.push(Row {
-        name: format!("all {steps} teacher-forced CLIP-guided steps (worst)"),
-        max_abs: worst.0,
-        rel: worst.1,
-        ok: worst.1 <= tol,
-    });
+    worst.finish(
+        report,
+        format!("all {steps} teacher-forced CLIP-guided steps (worst)"),
+        tol,
+    );
     let (shape, mut x) = tr.get("draw.000")?;
     for i in 0..steps {
         let noise = tr.get(&format!("draw.{:03}", i + 1))?.1;
