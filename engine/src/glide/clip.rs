@@ -435,7 +435,7 @@ impl TextEncoder {
         mut cap: Option<&mut Capture>,
     ) -> Result<Tensor> {
         let c = &self.config;
-        let (l, w) = (c.max_text_len, c.text_width());
+        let l = c.max_text_len;
         let b = lens.len();
         if b == 0 || tokens.len() != b * l {
             return Err(Error::Invalid(format!(
@@ -464,13 +464,9 @@ impl TextEncoder {
             keep(&mut cap, &format!("block_{i}"), &x);
         }
         // The hidden state at each prompt's last token (text_len − 1).
-        let rows = rec.gpu().empty(&[b, 1, w])?;
-        for (i, &n) in lens.iter().enumerate() {
-            let flat = x.reshape(&[1, b * l, w])?;
-            let one = rows.reshape(&[1, b, w])?;
-            kernels::copy::copy_channels(rec, &flat, i * l + n - 1, &one, i, 1)?;
-        }
-        let h = self.output.ln.forward(rec, &rows.reshape(&[b, w])?)?;
+        let last: Vec<usize> = lens.iter().map(|&n| n - 1).collect();
+        let pooled = kernels::copy::pick_tokens(rec, &x, &last)?;
+        let h = self.output.ln.forward(rec, &pooled)?;
         let z = self.output.f.apply_linear(rec, &h, None, Act::None)?;
         keep(&mut cap, "output", &z);
         Ok(z)

@@ -115,6 +115,29 @@ pub fn slice_channels(
     Ok(out)
 }
 
+/// Token `pos[i]` of every sequence `i` of `x` `[N, L, W]` → `[N, W]` (the
+/// pooled token of a text tower: CLIP's eot row, the noisy CLIP's last one).
+pub fn pick_tokens(rec: &mut Recorder, x: &Tensor, pos: &[usize]) -> Result<Tensor> {
+    let &[n, l, w] = x.shape() else {
+        return shape_err(
+            "pick_tokens",
+            format!("need [N, L, W], got {:?}", x.shape()),
+        );
+    };
+    if pos.len() != n || pos.iter().any(|&p| p >= l) {
+        return shape_err(
+            "pick_tokens",
+            format!("positions {pos:?} in {:?}", x.shape()),
+        );
+    }
+    let out = rec.gpu().empty(&[n, w])?;
+    let (flat, rows) = (x.reshape(&[1, n * l, w])?, out.reshape(&[1, n, w])?);
+    for (i, &p) in pos.iter().enumerate() {
+        copy_channels(rec, &flat, i * l + p, &rows, i, 1)?;
+    }
+    Ok(out)
+}
+
 /// `n` copies of a `[1, ...]` tensor along the batch dimension (a learned
 /// token every row of a batch starts from): `[n, ...]`.
 pub fn repeat_batch(rec: &mut Recorder, x: &Tensor, n: usize) -> Result<Tensor> {

@@ -151,7 +151,7 @@ impl ClipText {
         mut cap: Option<&mut Capture>,
     ) -> Result<TextFeatures> {
         let c = &self.config;
-        let (l, w) = (c.context_length, c.transformer_width);
+        let l = c.context_length;
         if tokens.is_empty() || !tokens.len().is_multiple_of(l) {
             return Err(Error::Invalid(format!(
                 "{} token ids: a multiple of the context {l}",
@@ -185,25 +185,19 @@ impl ClipText {
         }
         let seq = self.ln_final.layer(rec, &x)?;
         keep("ln_final".into(), &seq);
-        // The eot row of every prompt: rows of the flattened [1, N·L, W] sequence.
-        let flat = seq.reshape(&[1, n * l, w])?;
-        let pooled = rec.gpu().empty(&[1, n, w])?;
-        for (b, row) in tokens.chunks(l).enumerate() {
-            let eot = row
-                .iter()
-                .enumerate()
-                .max_by_key(|&(j, &t)| (t, std::cmp::Reverse(j)))
-                .map_or(0, |(j, _)| j);
-            kernels::copy::copy_channels(rec, &flat, b * l + eot, &pooled, b, 1)?;
-        }
-        let txt_feat = kernels::matmul::linear(
-            rec,
-            &pooled.reshape(&[n, w])?,
-            &self.text_projection,
-            None,
-            None,
-            Act::None,
-        )?;
+        // The eot row of every prompt (CLIP's argmax of the ids).
+        let eot: Vec<usize> = tokens
+            .chunks(l)
+            .map(|row| {
+                row.iter()
+                    .enumerate()
+                    .max_by_key(|&(j, &t)| (t, std::cmp::Reverse(j)))
+                    .map_or(0, |(j, _)| j)
+            })
+            .collect();
+        let pooled = kernels::copy::pick_tokens(rec, &seq, &eot)?;
+        let txt_feat =
+            kernels::matmul::linear(rec, &pooled, &self.text_projection, None, None, Act::None)?;
         keep("txt_feat".into(), &txt_feat);
         Ok(TextFeatures {
             txt_feat,
