@@ -241,7 +241,24 @@ impl GlideConfig {
         if self.image_size == 0 || self.image_size > 4096 {
             return bad(format!("image_size {}", self.image_size));
         }
+        // Far above the released models (192 channels, multipliers ≤ 4 over ≤ 6
+        // levels, 3 blocks, a 512-wide 16-layer text transformer), low enough
+        // that no size computed from them overflows.
         let mult = self.channel_mult()?;
+        if self.num_channels > 4096
+            || mult.len() > 8
+            || mult.iter().any(|&m| m == 0 || m > 16)
+            || self.num_res_blocks > 16
+            || self.xf_width > 8192
+            || self.xf_layers > 128
+            || self.n_vocab > 1 << 20
+            || !(1..=100_000).contains(&self.diffusion_steps)
+        {
+            return bad(format!(
+                "num_channels {}, channel_mult '{}', num_res_blocks {}, xf_width {}, xf_layers {}, n_vocab {} or diffusion_steps {} out of range",
+                self.num_channels, self.channel_mult, self.num_res_blocks, self.xf_width, self.xf_layers, self.n_vocab, self.diffusion_steps
+            ));
+        }
         if mult.is_empty() || !self.image_size.is_multiple_of(1 << (mult.len() - 1)) {
             return bad(format!(
                 "image_size {} not divisible by 2^{}",
