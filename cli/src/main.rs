@@ -574,6 +574,8 @@ fn run(cli: Cli) -> Result<()> {
     // WEBGLIDE_PORTABLE=1 leaves shader-f16 and subgroups unused (to measure what they change);
     // benchmark variants: WEBGLIDE_UNCHECKED=1 (no buffer bounds checks either),
     // WEBGLIDE_ZERO_WG=1 (workgroup memory zeroed at every dispatch, WebGPU's default).
+    // Fault injection for tests: WEBGLIDE_TEST_LOSE_DEVICE_AFTER=N destroys the
+    // device after N GPU submissions.
     let env_on = |name| std::env::var_os(name).is_some_and(|v| v == "1");
     let portable = env_on("WEBGLIDE_PORTABLE");
     let opts = engine::GpuOptions {
@@ -582,6 +584,9 @@ fn run(cli: Cli) -> Result<()> {
         zero_workgroup_memory: env_on("WEBGLIDE_ZERO_WG"),
         allow_f16: !portable,
         allow_subgroups: !portable,
+        lose_device_after: std::env::var("WEBGLIDE_TEST_LOSE_DEVICE_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok()),
         ..Default::default()
     };
     let gpu = || pollster::block_on(engine::Gpu::new(opts.clone()));

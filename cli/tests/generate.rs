@@ -157,6 +157,41 @@ fn clip_guided_generation() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The GPU lost (the CLI's fault-injection hook destroys the device after N
+/// submissions; here the base's 6 steps take 9 and the upsampler's 3 four
+/// more, so N = 1 is lost while the first step runs, 4 mid-sampling, 11 in
+/// the upsampler; a run that outlives its N succeeds and fails this test):
+/// a clear error, a failing exit status, and no image or partial file left.
+#[test]
+fn a_lost_device_fails_clearly_and_leaves_no_file() {
+    let m = models().to_str().unwrap().to_string();
+    for (after, upsampler) in [("1", false), ("4", false), ("11", true)] {
+        let dir = tempdir(&format!("lost-device-{after}"));
+        let out = dir.join("lost.png");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_webglide"));
+        cmd.args([
+            "generate", "--prompt", "a corgi", "--model", &m, "--steps", "6",
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .env("WEBGLIDE_TEST_LOSE_DEVICE_AFTER", after);
+        if upsampler {
+            cmd.args(["--upsample-steps", "3"]);
+        } else {
+            cmd.arg("--no-upsample");
+        }
+        let r = cmd.output().expect("run webglide");
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "after {after}: {stderr}");
+        assert!(
+            stderr.contains("GPU device lost"),
+            "after {after}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "after {after}: {stderr}");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "after {after}, left behind: {left:?}");
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -113,6 +113,9 @@ pub struct GpuOptions {
     /// memory plan of a procedure (peak bytes, largest buffer) at sizes an
     /// adapter could not run in reasonable time. Results are garbage.
     pub dry_run: bool,
+    /// Fault injection: destroy the device right after this many command
+    /// submissions (tests of device loss mid-generation, e.g. the CLI's).
+    pub lose_device_after: Option<u64>,
 }
 
 impl Default for GpuOptions {
@@ -127,6 +130,7 @@ impl Default for GpuOptions {
             unchecked_bounds: false,
             zero_workgroup_memory: false,
             dry_run: false,
+            lose_device_after: None,
         }
     }
 }
@@ -229,6 +233,7 @@ pub struct Gpu {
     errors: Arc<Mutex<Option<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     submissions: Mutex<u64>,
+    lose_device_after: Option<u64>,
     flops: std::sync::atomic::AtomicU64,
     constants: Mutex<HashMap<String, crate::Tensor>>,
 }
@@ -320,7 +325,12 @@ impl Gpu {
             }));
             let lost = lost.clone();
             device.set_device_lost_callback(move |reason, msg| {
-                *lost.lock().unwrap() = Some(format!("{reason:?}: {msg}"));
+                let why = if msg.is_empty() {
+                    format!("{reason:?}")
+                } else {
+                    format!("{reason:?}: {msg}")
+                };
+                *lost.lock().unwrap() = Some(why);
             });
         }
         let max_binding = match opts.max_binding_cap {
@@ -341,6 +351,7 @@ impl Gpu {
             max_binding,
             poison: opts.poison,
             dry_run: opts.dry_run,
+            lose_device_after: opts.lose_device_after,
             pool,
             modules: Mutex::default(),
             pipelines: Mutex::default(),
@@ -355,13 +366,31 @@ impl Gpu {
 
     /// Fails if the device was lost or an earlier command raised a GPU error.
     pub fn check(&self) -> Result<()> {
+        // wgpu reports a loss from its polling: poll once so a device lost
+        // since the last wait is reported as lost, not as a stale success or
+        // as the validation errors its invalid objects raise.
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::Poll);
         if let Some(msg) = self.lost.lock().unwrap().clone() {
             return Err(Error::DeviceLost(msg));
         }
         if let Some(msg) = self.errors.lock().unwrap().take() {
-            return Err(Error::Gpu(msg));
+            return Err(self.lost_or(Error::Gpu(msg)));
         }
         Ok(())
+    }
+
+    /// `err`, unless the device is lost: then every new object is invalid and
+    /// the errors they raise are symptoms, so the loss is what to report.
+    /// Waits for the queue first (native), as wgpu reports a loss only once
+    /// the submitted work has drained.
+    pub(crate) fn lost_or(&self, err: Error) -> Error {
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::wait_indefinitely());
+        match self.lost.lock().unwrap().clone() {
+            Some(msg) => Error::DeviceLost(msg),
+            None => err,
+        }
     }
 
     /// A constant tensor created once per device under `key` (e.g. frequency
@@ -554,7 +583,11 @@ impl Gpu {
     }
 
     fn count_submission(&self) {
-        *self.submissions.lock().unwrap() += 1;
+        let mut n = self.submissions.lock().unwrap();
+        *n += 1;
+        if self.lose_device_after == Some(*n) {
+            self.device.destroy();
+        }
     }
 }
 

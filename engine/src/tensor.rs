@@ -377,7 +377,8 @@ impl Gpu {
             let mut view = buffer
                 .slice(..)
                 .get_mapped_range_mut()
-                .map_err(|e| Error::Gpu(e.to_string()))?;
+                // On a lost device every new buffer is invalid: report the loss.
+                .map_err(|e| self.lost_or(Error::Gpu(e.to_string())))?;
             let mut bytes = vec![0u8; size as usize];
             bytes[..data.len() * 4].copy_from_slice(bytemuck::cast_slice(data));
             view.copy_from_slice(&bytes);
@@ -486,7 +487,11 @@ impl Gpu {
                 let _ = tx.send(r);
             });
         // A failed map on a lost device reports the loss (the page offers to reopen the GPU).
-        let failed = |e: String| self.check().err().unwrap_or(Error::Readback(e));
+        let failed = |e: String| {
+            self.check()
+                .err()
+                .unwrap_or_else(|| self.lost_or(Error::Readback(e)))
+        };
         #[cfg(not(target_arch = "wasm32"))]
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -500,7 +505,7 @@ impl Gpu {
                 .buffer
                 .slice(..bytes)
                 .get_mapped_range()
-                .map_err(|e| Error::Readback(e.to_string()))?;
+                .map_err(|e| failed(e.to_string()))?;
             bytemuck::cast_slice::<u8, u32>(&view).to_vec()
         };
         staging.buffer.unmap();
