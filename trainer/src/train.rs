@@ -50,6 +50,14 @@ pub struct Args {
     /// Linear learning-rate warm-up over this many steps.
     #[arg(long, default_value_t = 100)]
     pub warmup: u64,
+    /// Cosine decay of the learning rate from `--lr` at this (total) step...
+    #[arg(long)]
+    pub decay_from: Option<u64>,
+    /// ...to `--lr-final` over this many steps (then held there).
+    #[arg(long, default_value_t = 5000)]
+    pub decay_steps: u64,
+    #[arg(long, default_value_t = 3e-5)]
+    pub lr_final: f64,
     /// Checkpoint every N steps.
     #[arg(long, default_value_t = 200)]
     pub save_every: u64,
@@ -688,7 +696,7 @@ pub fn run(args: &Args) -> Result<()> {
             let (total, mse, vb) = loss(&model, &sched, &batch, &t, noise, &dev, min_snr);
             let grads = total.backward();
             let grads = GradientsParams::from_grads(grads, &model);
-            let lr = args.lr * ((step + 1) as f64 / args.warmup.max(1) as f64).min(1.0);
+            let lr = learning_rate(args, step);
             model = optim.step(lr, model, grads);
             step += 1;
             samples += args.batch as u64;
@@ -709,7 +717,7 @@ pub fn run(args: &Args) -> Result<()> {
             }
             if step % 20 == 0 {
                 let line = format!(
-                    "step {step} samples {samples} size {s} loss {:.5} mse {:.5} vb {:.5} elapsed {:.0}s",
+                    "step {step} samples {samples} size {s} loss {:.5} mse {:.5} vb {:.5} elapsed {:.0}s lr {lr:.2e}",
                     acc[0] / n_acc as f64,
                     acc[1] / n_acc as f64,
                     acc[2] / n_acc as f64,
@@ -760,6 +768,38 @@ mod tests {
             .try_into_vec::<f32>()
             .unwrap();
         assert!(diff.iter().all(|&v| v >= 0.0) && diff.iter().any(|&v| v > 0.1));
+    }
+
+    fn args(extra: &[&str]) -> Args {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let argv = ["train", "--out", "x", "--lr", "1e-3", "--warmup", "10"];
+        <Cli as clap::Parser>::parse_from(argv.iter().chain(extra)).args
+    }
+
+    #[test]
+    fn the_learning_rate_warms_up_then_decays_on_a_cosine() {
+        let constant = args(&[]);
+        assert!((learning_rate(&constant, 0) - 1e-4).abs() < 1e-12);
+        assert_eq!(learning_rate(&constant, 9), 1e-3);
+        assert_eq!(learning_rate(&constant, 1_000_000), 1e-3);
+        let decayed = args(&[
+            "--decay-from",
+            "100",
+            "--decay-steps",
+            "50",
+            "--lr-final",
+            "1e-4",
+        ]);
+        assert_eq!(learning_rate(&decayed, 100), 1e-3);
+        let half = learning_rate(&decayed, 125);
+        assert!((half - 5.5e-4).abs() < 1e-12, "{half}");
+        assert!(learning_rate(&decayed, 140) < learning_rate(&decayed, 130));
+        assert!((learning_rate(&decayed, 150) - 1e-4).abs() < 1e-12);
+        assert!((learning_rate(&decayed, 10_000) - 1e-4).abs() < 1e-12);
     }
 
     #[test]
@@ -921,4 +961,17 @@ mod tests {
         let base = demo_config("base").unwrap();
         assert!(make_batch(&base, &tok, &data, &mut rng, 1, 0.0).is_err());
     }
+}
+
+/// The learning rate of optimizer step `step` (0-based, counting resumed
+/// steps): linear warm-up, constant, then an optional cosine decay to
+/// `lr_final`.
+fn learning_rate(args: &Args, step: u64) -> f64 {
+    let warm = ((step + 1) as f64 / args.warmup.max(1) as f64).min(1.0);
+    let Some(from) = args.decay_from else {
+        return args.lr * warm;
+    };
+    let done = (step.saturating_sub(from) as f64 / args.decay_steps.max(1) as f64).min(1.0);
+    let cosine = 0.5 * (1.0 + (std::f64::consts::PI * done).cos());
+    warm * (args.lr_final + (args.lr - args.lr_final) * cosine)
 }
