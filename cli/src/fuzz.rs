@@ -72,6 +72,77 @@ pub const TARGETS: &[Target] = &[
     },
 ];
 
+/// The largest input the long runs feed a target (libFuzzer's `-max_len`).
+pub const MAX_LEN: usize = 64 << 10;
+
+/// The long runs' global allocator: aborts (a finding, with its input saved)
+/// on any single allocation over the target's bound at [`MAX_LEN`], so the
+/// bound holds without AddressSanitizer's `-malloc_limit_mb` (the runs go
+/// 2–10× faster without ASan, and safe Rust has no memory errors to find).
+pub struct BoundedAlloc {
+    limit: std::sync::atomic::AtomicUsize,
+}
+
+impl BoundedAlloc {
+    pub const fn new() -> Self {
+        Self {
+            limit: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    /// Bounds allocations by the named target's `max_alloc(MAX_LEN)`, or by
+    /// `WEBGLIDE_FUZZ_MAX_ALLOC` bytes (to see the bound bite).
+    pub fn bound(&self, target: &str) {
+        let t = TARGETS
+            .iter()
+            .find(|t| t.name == target)
+            .expect("a target of TARGETS");
+        let limit = std::env::var("WEBGLIDE_FUZZ_MAX_ALLOC")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or((t.max_alloc)(MAX_LEN));
+        self.limit
+            .store(limit, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check(&self, size: usize) {
+        let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
+        if size > limit {
+            use std::io::Write;
+            // Stderr is unbuffered: this writes without allocating.
+            let _ = writeln!(
+                std::io::stderr(),
+                "webglide fuzz: one allocation of {size} bytes, over the bound of {limit}"
+            );
+            std::process::abort();
+        }
+    }
+}
+
+impl Default for BoundedAlloc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+unsafe impl std::alloc::GlobalAlloc for BoundedAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        self.check(layout.size());
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        self.check(layout.size());
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        self.check(new_size);
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
+
 /// The page's settings module, compiled natively to fuzz what localStorage hands it.
 #[path = "../../app/src/settings.rs"]
 pub mod app_settings;

@@ -1,2 +1,7 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| webglide_cli::fuzz::settings(data));
+// Allocations over the target's bound abort (see webglide_cli::fuzz::BoundedAlloc).
+#[global_allocator]
+static ALLOC: webglide_cli::fuzz::BoundedAlloc = webglide_cli::fuzz::BoundedAlloc::new();
+libfuzzer_sys::fuzz_target!(init: ALLOC.bound("settings"), |data: &[u8]| {
+    webglide_cli::fuzz::settings(data)
+});
