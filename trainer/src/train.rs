@@ -744,6 +744,19 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The learning rate of optimizer step `step` (0-based, counting resumed
+/// steps): linear warm-up, constant, then an optional cosine decay to
+/// `lr_final`.
+fn learning_rate(args: &Args, step: u64) -> f64 {
+    let warm = ((step + 1) as f64 / args.warmup.max(1) as f64).min(1.0);
+    let Some(from) = args.decay_from else {
+        return args.lr * warm;
+    };
+    let done = (step.saturating_sub(from) as f64 / args.decay_steps.max(1) as f64).min(1.0);
+    let cosine = 0.5 * (1.0 + (std::f64::consts::PI * done).cos());
+    warm * (args.lr_final + (args.lr - args.lr_final) * cosine)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -961,17 +974,4 @@ mod tests {
         let base = demo_config("base").unwrap();
         assert!(make_batch(&base, &tok, &data, &mut rng, 1, 0.0).is_err());
     }
-}
-
-/// The learning rate of optimizer step `step` (0-based, counting resumed
-/// steps): linear warm-up, constant, then an optional cosine decay to
-/// `lr_final`.
-fn learning_rate(args: &Args, step: u64) -> f64 {
-    let warm = ((step + 1) as f64 / args.warmup.max(1) as f64).min(1.0);
-    let Some(from) = args.decay_from else {
-        return args.lr * warm;
-    };
-    let done = (step.saturating_sub(from) as f64 / args.decay_steps.max(1) as f64).min(1.0);
-    let cosine = 0.5 * (1.0 + (std::f64::consts::PI * done).cos());
-    warm * (args.lr_final + (args.lr - args.lr_final) * cosine)
 }
