@@ -119,6 +119,13 @@ impl BoundedAlloc {
     }
 }
 
+/// A long-run target's start: its allocation bound, and decoder panics that
+/// the CLI turns into errors kept from libFuzzer's aborting hook.
+pub fn init(alloc: &BoundedAlloc, target: &str) {
+    alloc.bound(target);
+    crate::inputs::quiet_decoder_panics();
+}
+
 impl Default for BoundedAlloc {
     fn default() -> Self {
         Self::new()

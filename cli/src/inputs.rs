@@ -25,9 +25,33 @@ fn decode(bytes: &[u8]) -> Result<image::DynamicImage> {
     check_image(w as usize, h as usize)?;
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
     reader.limits(limits);
-    reader
-        .decode()
+    // The decoders are third-party code: zune-jpeg 0.5.15 (the image crate's
+    // JPEG decoder, the newest) still asserts on some malformed files (found
+    // by fuzzing: `fuzz/corpus/image/regress-zune-upsampler-panic`), so a
+    // panic in them is this file's error, not the program's end.
+    DECODING.set(true);
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()));
+    DECODING.set(false);
+    decoded
+        .map_err(|_| anyhow::anyhow!("the image decoder failed on this file (a malformed image)"))?
         .context("not a readable PNG/JPEG/WebP image")
+}
+
+thread_local! {
+    /// Set while a third-party decoder runs on this thread.
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Wraps the panic hook so a decoder's panic, which [`decode`] turns into an
+/// error, prints nothing (and, under libFuzzer, does not abort); every other
+/// panic goes to the hook as before. Call once at start.
+pub fn quiet_decoder_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !DECODING.with(|d| d.get()) {
+            previous(info)
+        }
+    }));
 }
 
 /// Decodes an image to interleaved RGB8 (transparent pixels on white, as the

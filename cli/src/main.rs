@@ -558,6 +558,7 @@ fn print_report(
 }
 
 fn main() -> std::process::ExitCode {
+    webglide_cli::inputs::quiet_decoder_panics();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -2,6 +2,6 @@
 // Allocations over the target's bound abort (see webglide_cli::fuzz::BoundedAlloc).
 #[global_allocator]
 static ALLOC: webglide_cli::fuzz::BoundedAlloc = webglide_cli::fuzz::BoundedAlloc::new();
-libfuzzer_sys::fuzz_target!(init: ALLOC.bound("png_text"), |data: &[u8]| {
+libfuzzer_sys::fuzz_target!(init: webglide_cli::fuzz::init(&ALLOC, "png_text"), |data: &[u8]| {
     webglide_cli::fuzz::png_text(data)
 });

@@ -2,6 +2,6 @@
 // Allocations over the target's bound abort (see webglide_cli::fuzz::BoundedAlloc).
 #[global_allocator]
 static ALLOC: webglide_cli::fuzz::BoundedAlloc = webglide_cli::fuzz::BoundedAlloc::new();
-libfuzzer_sys::fuzz_target!(init: ALLOC.bound("settings"), |data: &[u8]| {
+libfuzzer_sys::fuzz_target!(init: webglide_cli::fuzz::init(&ALLOC, "settings"), |data: &[u8]| {
     webglide_cli::fuzz::settings(data)
 });
