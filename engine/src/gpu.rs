@@ -366,11 +366,6 @@ impl Gpu {
 
     /// Fails if the device was lost or an earlier command raised a GPU error.
     pub fn check(&self) -> Result<()> {
-        // wgpu reports a loss from its polling: poll once so a device lost
-        // since the last wait is reported as lost, not as a stale success or
-        // as the validation errors its invalid objects raise.
-        #[cfg(not(target_arch = "wasm32"))]
-        let _ = self.device.poll(wgpu::PollType::Poll);
         if let Some(msg) = self.lost.lock().unwrap().clone() {
             return Err(Error::DeviceLost(msg));
         }

@@ -499,6 +499,11 @@ impl Gpu {
         rx.await
             .map_err(|_| failed("map callback dropped".into()))?
             .map_err(|e| failed(e.to_string()))?;
+        // wgpu reports a loss from a poll after the work drained: poll once
+        // more, or a device lost after the last submission reads back
+        // garbage as a success.
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = self.device.poll(wgpu::PollType::Poll);
         self.check()?;
         let out = {
             let view = staging
