@@ -58,6 +58,10 @@ pub struct EvalArgs {
     /// A PNG with the first 8 images of every guidance scale (one row each).
     #[arg(long)]
     pub grid: Option<PathBuf>,
+    /// Instead of sampling: the eps error with the true, empty and another
+    /// scene's caption at several noise levels (does the model read its prompt?).
+    #[arg(long)]
+    pub probe: bool,
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -134,6 +138,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, &args.steps)?;
     let scenes = eval_scenes(args.n, args.seed);
     let tok = tokenizer()?;
+    if args.probe {
+        println!(
+            "{} evaluation scenes at {size} px, eps mean squared error by caption, {}",
+            args.n,
+            source.display()
+        );
+        return probe(&model, &tok, &scenes, size, args.batch, &dev);
+    }
     println!(
         "{} prompts with held-out colour–shape pairs, {} {} at {size} px (burn, CPU), {}",
         args.n,
@@ -296,20 +308,12 @@ pub fn sample(
     let n = captions.len();
     let guided = guidance > 0.0;
     let rows = if guided { 2 * n } else { n };
-    let (mut tokens, mut mask) = (Vec::new(), Vec::new());
     let empty = String::new();
-    let texts = captions.iter().chain(std::iter::repeat_n(&empty, rows - n));
-    for text in texts {
-        let (t, m) = pad_tokens(&tok.encode(text), cfg.text_ctx);
-        tokens.extend(t.iter().map(|&v| v as i64));
-        mask.extend(m.iter().map(|&v| v as f32));
-    }
-    let cond = Cond {
-        tokens: Tensor::<2, Int>::from_data(TensorData::new(tokens, [rows, cfg.text_ctx]), dev),
-        mask: Tensor::<2>::from_data(TensorData::new(mask, [rows, cfg.text_ctx]), dev),
-        low_res: None,
-        inpaint: None,
-    };
+    let texts: Vec<&String> = captions
+        .iter()
+        .chain(std::iter::repeat_n(&empty, rows - n))
+        .collect();
+    let cond = text_cond(tok, cfg.text_ctx, &texts, dev);
     let mut x = Tensor::<4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), dev);
     for i in (0..sched.len()).rev() {
         let c = sched.coeffs(i, 0.0);
@@ -375,6 +379,122 @@ pub fn sample(
         .collect())
 }
 
+/// The text conditioning of a base model for `texts`, as the engine pads them.
+fn text_cond(
+    tok: &engine::glide::tokenizer::GlideTokenizer,
+    ctx: usize,
+    texts: &[&String],
+    dev: &Device,
+) -> Cond {
+    let (mut tokens, mut mask) = (Vec::new(), Vec::new());
+    for text in texts {
+        let (t, m) = pad_tokens(&tok.encode(text), ctx);
+        tokens.extend(t.iter().map(|&v| v as i64));
+        mask.extend(m.iter().map(|&v| v as f32));
+    }
+    let rows = texts.len();
+    Cond {
+        tokens: Tensor::<2, Int>::from_data(TensorData::new(tokens, [rows, ctx]), dev),
+        mask: Tensor::<2>::from_data(TensorData::new(mask, [rows, ctx]), dev),
+        low_res: None,
+        inpaint: None,
+    }
+}
+
+/// `--probe`: how much the caption lowers the eps error on the evaluation
+/// scenes (rendered as in training, noised at several t, the same noise for
+/// each caption): the true caption, the empty one, and the next scene's. A
+/// model that reads its prompt predicts best with the true one; one that
+/// ignores it shows no gap (a cheaper and less noisy signal than sampling).
+fn probe(
+    model: &Glide,
+    tok: &engine::glide::tokenizer::GlideTokenizer,
+    scenes: &[engine::demo::shapes::Scene],
+    size: usize,
+    batch: usize,
+    dev: &Device,
+) -> Result<()> {
+    let steps = model.config.diffusion_steps;
+    let ts: Vec<usize> = [0.1, 0.3, 0.5, 0.7, 0.9]
+        .iter()
+        .map(|f| ((steps as f64 * f) as usize).min(steps - 1))
+        .collect();
+    println!(
+        "{:>5} {:>10} {:>10} {:>10} {:>14}",
+        "t", "true", "empty", "other's", "gain vs empty"
+    );
+    for (t, [tr, em, ot]) in ts
+        .iter()
+        .zip(caption_errors(model, tok, scenes, size, batch, &ts, dev)?)
+    {
+        println!(
+            "{t:>5} {tr:>10.5} {em:>10.5} {ot:>10.5} {:>13.1}%",
+            100.0 * (em - tr) / em
+        );
+    }
+    Ok(())
+}
+
+/// Per timestep: the mean squared eps error with [the true caption, the
+/// empty one, the next scene's], on the same noised images.
+fn caption_errors(
+    model: &Glide,
+    tok: &engine::glide::tokenizer::GlideTokenizer,
+    scenes: &[engine::demo::shapes::Scene],
+    size: usize,
+    batch: usize,
+    ts: &[usize],
+    dev: &Device,
+) -> Result<Vec<[f64; 3]>> {
+    use engine::demo::shapes::render;
+    let cfg = &model.config;
+    let sched = Schedule::new(
+        &cfg.noise_schedule,
+        cfg.diffusion_steps,
+        &cfg.diffusion_steps.to_string(),
+    )?;
+    let ac = &sched.alphas_cumprod;
+    let n = scenes.len();
+    let captions: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
+    let empty = String::new();
+    let per = (n * 3 * size * size) as f64;
+    let mut out = Vec::new();
+    for &t in ts {
+        let mut sums = [0f64; 3];
+        for start in (0..n).step_by(batch) {
+            let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
+            let b = idx.len();
+            let x0: Vec<f32> = idx
+                .iter()
+                .flat_map(|&i| crate::train::planes(&render(&scenes[i], size, 256 / size), size))
+                .collect();
+            let x0 = Tensor::<4>::from_data(TensorData::new(x0, [b, 3, size, size]), dev);
+            let noise =
+                Tensor::<4>::random([b, 3, size, size], Distribution::Normal(0.0, 1.0), dev);
+            let x_t = x0 * ac[t].sqrt() + noise.clone() * (1.0 - ac[t]).sqrt();
+            let t_in = Tensor::<1>::from_data(TensorData::new(vec![t as f32; b], [b]), dev);
+            let variants: [Vec<&String>; 3] = [
+                idx.iter().map(|&i| &captions[i]).collect(),
+                vec![&empty; b],
+                idx.iter().map(|&i| &captions[(i + 1) % n]).collect(),
+            ];
+            for (sum, texts) in sums.iter_mut().zip(&variants) {
+                let cond = text_cond(tok, cfg.text_ctx, texts, dev);
+                let eps = model
+                    .forward(x_t.clone(), t_in.clone(), &cond)
+                    .narrow(1, 0, 3);
+                let se = (eps - noise.clone())
+                    .powf_scalar(2.0)
+                    .sum()
+                    .into_scalar::<f32>();
+                *sum += se as f64;
+            }
+        }
+        out.push(sums.map(|s| s / per));
+    }
+    Ok(out)
+}
+
 fn write_grid(path: &std::path::Path, rows: &[Vec<Vec<u8>>], size: usize) -> Result<()> {
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
     let (w, h) = (cols * size, rows.len().max(1) * size);
@@ -397,4 +517,40 @@ fn write_grid(path: &std::path::Path, rows: &[Vec<Vec<u8>>], size: usize) -> Res
     }
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The probe compares captions on the same noised images: a model whose
+    /// text reaches nothing (its text projections zeroed) shows exactly no
+    /// gap, and the same model with them shows one.
+    #[test]
+    fn the_caption_probe_sees_the_text_path_and_only_it() {
+        let dev = Device::flex();
+        let cfg = crate::train::demo_config("base").unwrap();
+        let tok = tokenizer().unwrap();
+        let scenes = eval_scenes(3, 7);
+        let random = Glide::new(&cfg, &Init::Random, &dev).unwrap();
+        let deaf: WeightMap = random
+            .export()
+            .into_iter()
+            .map(|(name, shape, v)| {
+                let text = name.starts_with("transformer_proj") || name.contains("encoder_kv");
+                let v = if text { vec![0.0; v.len()] } else { v };
+                (name, (shape, v))
+            })
+            .collect();
+        let deaf = Glide::new(&cfg, &Init::From(&deaf), &dev).unwrap();
+        let errors =
+            |m: &Glide| caption_errors(m, &tok, &scenes, 16, 2, &[100, 600], &dev).unwrap();
+        for [tr, em, ot] in errors(&deaf) {
+            assert!(tr.is_finite() && tr > 0.0);
+            assert_eq!((tr, tr), (em, ot));
+        }
+        for [tr, em, ot] in errors(&random) {
+            assert!(tr != em && tr != ot, "{tr} {em} {ot}");
+        }
+    }
 }

@@ -47,7 +47,7 @@ pub struct Args {
     pub device: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Linear learning-rate warm-up over this many steps.
+    /// Linear learning-rate warm-up over this many steps (again after a resume without optimizer moments).
     #[arg(long, default_value_t = 100)]
     pub warmup: u64,
     /// Cosine decay of the learning rate from `--lr` at this (total) step...
@@ -119,7 +119,7 @@ pub fn tokenizer() -> Result<GlideTokenizer> {
     )?)
 }
 
-fn planes(rgb: &[u8], size: usize) -> Vec<f32> {
+pub(crate) fn planes(rgb: &[u8], size: usize) -> Vec<f32> {
     let n = size * size;
     let mut out = vec![0f32; 3 * n];
     for i in 0..n {
@@ -566,6 +566,7 @@ pub fn run(args: &Args) -> Result<()> {
     // A checkpoint folder holds state.json + ema.safetensors at least (what is
     // committed to continue on a new machine); model.safetensors and the
     // optimizer moments when the run was on this machine.
+    let mut fresh_moments = !resume;
     let (mut model, mut optim, mut ema, mut step, mut samples) = if resume {
         let st: State = serde_json::from_slice(&std::fs::read(&state_path)?)?;
         if st.kind != kind {
@@ -587,7 +588,8 @@ pub fn run(args: &Args) -> Result<()> {
                 .load(optim_path)
                 .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?
         } else {
-            eprintln!("no optimizer state: fresh AdamW moments");
+            eprintln!("no optimizer state: fresh AdamW moments, warmed up again");
+            fresh_moments = true;
             optim
         };
         let order = model.export();
@@ -641,6 +643,8 @@ pub fn run(args: &Args) -> Result<()> {
         args.batch, args.device
     );
 
+    // Fresh moments (a new run, or a checkpoint without them) get the warm-up.
+    let warm_from = if fresh_moments { step } else { 0 };
     let mut rng = Rng(args.seed ^ step.wrapping_mul(0x9e37_79b9));
     let started = Instant::now();
     let t_max = cfg.diffusion_steps;
@@ -696,7 +700,7 @@ pub fn run(args: &Args) -> Result<()> {
             let (total, mse, vb) = loss(&model, &sched, &batch, &t, noise, &dev, min_snr);
             let grads = total.backward();
             let grads = GradientsParams::from_grads(grads, &model);
-            let lr = learning_rate(args, step);
+            let lr = learning_rate(args, step, warm_from);
             model = optim.step(lr, model, grads);
             step += 1;
             samples += args.batch as u64;
@@ -745,10 +749,11 @@ pub fn run(args: &Args) -> Result<()> {
 }
 
 /// The learning rate of optimizer step `step` (0-based, counting resumed
-/// steps): linear warm-up, constant, then an optional cosine decay to
-/// `lr_final`.
-fn learning_rate(args: &Args, step: u64) -> f64 {
-    let warm = ((step + 1) as f64 / args.warmup.max(1) as f64).min(1.0);
+/// steps): linear warm-up from `warm_from` (where the optimizer moments
+/// began: 0, or the resume step when they were not saved), constant, then an
+/// optional cosine decay to `lr_final`.
+fn learning_rate(args: &Args, step: u64, warm_from: u64) -> f64 {
+    let warm = ((step.saturating_sub(warm_from) + 1) as f64 / args.warmup.max(1) as f64).min(1.0);
     let Some(from) = args.decay_from else {
         return args.lr * warm;
     };
@@ -796,9 +801,9 @@ mod tests {
     #[test]
     fn the_learning_rate_warms_up_then_decays_on_a_cosine() {
         let constant = args(&[]);
-        assert!((learning_rate(&constant, 0) - 1e-4).abs() < 1e-12);
-        assert_eq!(learning_rate(&constant, 9), 1e-3);
-        assert_eq!(learning_rate(&constant, 1_000_000), 1e-3);
+        assert!((learning_rate(&constant, 0, 0) - 1e-4).abs() < 1e-12);
+        assert_eq!(learning_rate(&constant, 9, 0), 1e-3);
+        assert_eq!(learning_rate(&constant, 1_000_000, 0), 1e-3);
         let decayed = args(&[
             "--decay-from",
             "100",
@@ -807,12 +812,16 @@ mod tests {
             "--lr-final",
             "1e-4",
         ]);
-        assert_eq!(learning_rate(&decayed, 100), 1e-3);
-        let half = learning_rate(&decayed, 125);
+        assert_eq!(learning_rate(&decayed, 100, 0), 1e-3);
+        let half = learning_rate(&decayed, 125, 0);
         assert!((half - 5.5e-4).abs() < 1e-12, "{half}");
-        assert!(learning_rate(&decayed, 140) < learning_rate(&decayed, 130));
-        assert!((learning_rate(&decayed, 150) - 1e-4).abs() < 1e-12);
-        assert!((learning_rate(&decayed, 10_000) - 1e-4).abs() < 1e-12);
+        assert!(learning_rate(&decayed, 140, 0) < learning_rate(&decayed, 130, 0));
+        assert!((learning_rate(&decayed, 150, 0) - 1e-4).abs() < 1e-12);
+        assert!((learning_rate(&decayed, 10_000, 0) - 1e-4).abs() < 1e-12);
+        // Resumed at step 5000 with fresh optimizer moments: warmed up again from there.
+        assert!((learning_rate(&constant, 5000, 5000) - 1e-4).abs() < 1e-12);
+        assert_eq!(learning_rate(&constant, 5009, 5000), 1e-3);
+        assert!((learning_rate(&decayed, 125, 120) - 0.6 * half).abs() < 1e-12);
     }
 
     #[test]
