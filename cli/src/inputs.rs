@@ -57,9 +57,17 @@ pub fn quiet_decoder_panics() {
 /// Decodes an image to interleaved RGB8 (transparent pixels on white, as the
 /// web app reads them) with its width and height.
 pub fn decode_rgb(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
-    let img = decode(bytes)?.to_rgba8();
+    let img = decode(bytes)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
-    Ok((engine::glide::pipeline::rgba8_on_white(img.as_raw()), w, h))
+    if !img.color().has_alpha() {
+        // Opaque: on white is the image itself (and a large photo is not copied twice).
+        return Ok((img.into_rgb8().into_raw(), w, h));
+    }
+    Ok((
+        engine::glide::pipeline::rgba8_on_white(img.to_rgba8().as_raw()),
+        w,
+        h,
+    ))
 }
 
 /// Decodes a mask to its luminance in [0, 1] with its width and height.
@@ -79,4 +87,35 @@ pub fn read_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
 pub fn read_luma(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
     decode_luma(&read_at_most(path, MAX_IMAGE_FILE_BYTES as u64)?)
         .with_context(|| path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(color: image::ColorType, w: u32, h: u32, raw: &[u8]) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::write_buffer_with_format(&mut out, raw, w, h, color, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    }
+
+    /// An opaque image decodes to its own pixels, whether stored as RGB or as
+    /// RGBA with full alpha; a transparent pixel lands on white, a half
+    /// transparent one half way.
+    #[test]
+    fn images_decode_to_rgb_on_white() {
+        let rgb: Vec<u8> = (0..5 * 3 * 3).map(|i| (i * 37 % 256) as u8).collect();
+        let rgba: Vec<u8> = rgb
+            .chunks(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect();
+        let opaque = decode_rgb(&png(image::ColorType::Rgb8, 5, 3, &rgb)).unwrap();
+        assert_eq!(opaque, (rgb.clone(), 5, 3));
+        let full_alpha = decode_rgb(&png(image::ColorType::Rgba8, 5, 3, &rgba)).unwrap();
+        assert_eq!(full_alpha, (rgb, 5, 3));
+        let see_through = [10, 20, 30, 0, 0, 0, 0, 128];
+        let (px, w, h) = decode_rgb(&png(image::ColorType::Rgba8, 2, 1, &see_through)).unwrap();
+        assert_eq!((px, w, h), (vec![255, 255, 255, 127, 127, 127], 2, 1));
+    }
 }

@@ -284,3 +284,50 @@ fn checkpoint_seeds_parse_and_regressions_fail_cleanly() {
     }
     assert!(regressions >= 6, "regression inputs missing");
 }
+
+/// The largest images the limits accept, through the image and mask
+/// targets: no single allocation over the target's bound. (A 24 MP photo,
+/// accepted then, made a 288 MB f32 copy of itself for resizing, over the
+/// image target's 256 MiB: found while timing the long run's slowest inputs;
+/// the resize now reads the bytes row by row.) Big, so not a seed: a PNG of
+/// that size is encoded here.
+#[test]
+fn the_largest_accepted_images_stay_within_their_bounds() {
+    use engine::limits::{MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE};
+    let bound = |name: &str| {
+        let t = TARGETS.iter().find(|t| t.name == name).unwrap();
+        (t.max_alloc)(webglide_cli::fuzz::MAX_LEN)
+    };
+    for (w, h) in [
+        (4896, 3264),
+        (MAX_IMAGE_SIDE, MAX_IMAGE_PIXELS / MAX_IMAGE_SIDE),
+    ] {
+        assert!(w * h <= MAX_IMAGE_PIXELS && w * h > MAX_IMAGE_PIXELS * 9 / 10);
+        let raw: Vec<u8> = (0..w * h * 3).map(|i| (i % 251) as u8).collect();
+        let mut png = std::io::Cursor::new(Vec::new());
+        image::write_buffer_with_format(
+            &mut png,
+            &raw,
+            w as u32,
+            h as u32,
+            image::ColorType::Rgb8,
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+        drop(raw);
+        let png = png.into_inner();
+        for (name, run) in [
+            ("image", webglide_cli::fuzz::image as fn(&[u8])),
+            ("mask", webglide_cli::fuzz::mask),
+        ] {
+            LARGEST.with(|l| l.set(0));
+            run(&png);
+            let largest = LARGEST.with(|l| l.get());
+            assert!(
+                largest > w * h && largest <= bound(name),
+                "{name} of {w}×{h}: {largest} bytes at once, bound {}",
+                bound(name)
+            );
+        }
+    }
+}

@@ -234,6 +234,39 @@ fn architecture_keys_equal_the_fixture_weights() {
     }
 }
 
+/// The image path resizes row by row from the bytes: exactly the resize of
+/// the full [-1, 1] planes, for random images of odd sizes, up and down.
+#[test]
+fn images_resize_from_their_bytes_exactly_as_from_planes() {
+    use engine::glide::pipeline::rgb8_to_planes;
+    for (w, h, size) in [
+        (37, 23, 16),
+        (5, 9, 64),
+        (301, 7, 64),
+        (64, 65, 64),
+        (3, 3, 224),
+    ] {
+        let noise = engine::rng::randn(w * h * 3, 3, w as u32);
+        let rgb: Vec<u8> = noise
+            .iter()
+            .map(|v| (128.0 + 60.0 * v).clamp(0.0, 255.0) as u8)
+            .collect();
+        let plane = w * h;
+        let mut planes = vec![0f32; 3 * plane];
+        for (i, px) in rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                planes[c * plane + i] = px[c] as f32 / 127.5 - 1.0;
+            }
+        }
+        let want = engine::reference::bicubic_aa(&planes, 3, h, w, size, size);
+        assert_eq!(
+            rgb8_to_planes(&rgb, w, h, size).unwrap(),
+            want,
+            "{w}x{h} → {size}"
+        );
+    }
+}
+
 #[test]
 fn inpaint_inputs_resize_and_threshold_like_the_notebook() {
     use engine::glide::pipeline::{keep_mask, rgb8_to_planes, upscale_nearest};

@@ -414,17 +414,31 @@ pub fn rgba8_on_white(rgba: &[u8]) -> Vec<u8> {
 /// (PIL `resize((size, size), BICUBIC)`).
 pub fn rgb8_to_planes(rgb: &[u8], w: usize, h: usize, size: usize) -> Result<Vec<f32>> {
     check_image("image", rgb.len(), 3, w, h)?;
-    let plane = w * h;
-    let mut planes = vec![0f32; 3 * plane];
-    for (i, px) in rgb.chunks_exact(3).enumerate() {
-        for c in 0..3 {
-            planes[c * plane + i] = px[c] as f32 / 127.5 - 1.0;
-        }
-    }
+    let value = |byte: u8| byte as f32 / 127.5 - 1.0;
     if w == size && h == size {
+        let plane = w * h;
+        let mut planes = vec![0f32; 3 * plane];
+        for (i, px) in rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                planes[c * plane + i] = value(px[c]);
+            }
+        }
         return Ok(planes);
     }
-    Ok(crate::reference::bicubic_aa(&planes, 3, h, w, size, size))
+    // Row by row from the bytes: no full-size f32 copy of a large photo.
+    Ok(crate::reference::bicubic_aa_rows(
+        3,
+        h,
+        w,
+        size,
+        size,
+        |c, y, line| {
+            let src = &rgb[y * w * 3..(y + 1) * w * 3];
+            for (v, px) in line.iter_mut().zip(src.chunks_exact(3)) {
+                *v = value(px[c]);
+            }
+        },
+    ))
 }
 
 /// A painted mask (`w×h`, 1 = regenerate, fractional at soft edges) → the
