@@ -50,12 +50,12 @@ for t in "${targets[@]}"; do
     done_runs=0 part=0 started=$SECONDS
     : >"target/fuzz/$t.log"
     while [ "$done_runs" -lt "$execs" ]; do
-        part=$((part + 1))
         left_s=""
         if [ -n "${FUZZ_SECONDS:-}" ]; then
             left_s=$((FUZZ_SECONDS - (SECONDS - started)))
             [ "$left_s" -gt 0 ] || break
         fi
+        part=$((part + 1))
         echo "== run $part" >>"target/fuzz/$t.log"
         # New inputs go to target/fuzz/corpus (first folder); fuzz/corpus seeds it.
         status=0
