@@ -16,8 +16,9 @@
 # or more of it; the seeds already hold every format's magic, and these
 # targets' coverage stops growing within a minute either way).
 #
-# A timeout that does not repeat alone (the machine stalled) is set aside in
-# target/fuzz/artifacts/<target>/stalls/ and the run resumes; see below.
+# A timeout whose input takes under 1 s of CPU when run again by itself (the
+# machine stalled) is set aside in target/fuzz/artifacts/<target>/stalls/ and
+# the run resumes; see below.
 #
 # Usage: scripts/fuzz.sh [EXECS [TARGET...]]   (FUZZ_SECONDS=N also stops each target after N s)
 set -euo pipefail

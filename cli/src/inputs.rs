@@ -64,7 +64,7 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
         return Ok((img.into_rgb8().into_raw(), w, h));
     }
     Ok((
-        engine::glide::pipeline::rgba8_on_white(img.to_rgba8().as_raw()),
+        engine::glide::pipeline::rgba8_on_white(img.into_rgba8().as_raw()),
         w,
         h,
     ))

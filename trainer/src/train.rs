@@ -566,8 +566,9 @@ pub fn run(args: &Args) -> Result<()> {
     // A checkpoint folder holds state.json + ema.safetensors at least (what is
     // committed to continue on a new machine); model.safetensors and the
     // optimizer moments when the run was on this machine.
-    let mut fresh_moments = !resume;
-    let (mut model, mut optim, mut ema, mut step, mut samples) = if resume {
+    // `warm_from`: where the optimizer moments began, so fresh ones (a new
+    // run, or a checkpoint without them) get the warm-up.
+    let (mut model, mut optim, mut ema, mut step, mut samples, warm_from) = if resume {
         let st: State = serde_json::from_slice(&std::fs::read(&state_path)?)?;
         if st.kind != kind {
             bail!("{} holds a '{}' checkpoint", out.display(), st.kind);
@@ -583,14 +584,14 @@ pub fn run(args: &Args) -> Result<()> {
         let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
         let optim_path = out.join("optim.bpk");
         let optim = AdamWConfig::new().with_weight_decay(0.0).init();
-        let optim = if optim_path.exists() {
-            optim
+        let (optim, warm_from) = if optim_path.exists() {
+            let optim = optim
                 .load(optim_path)
-                .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?
+                .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
+            (optim, 0)
         } else {
             eprintln!("no optimizer state: fresh AdamW moments, warmed up again");
-            fresh_moments = true;
-            optim
+            (optim, st.step)
         };
         let order = model.export();
         let ema: Vec<_> = order
@@ -604,7 +605,7 @@ pub fn run(args: &Args) -> Result<()> {
             })
             .collect::<Result<_>>()?;
         eprintln!("resuming {} at step {}", out.display(), st.step);
-        (model, optim, ema, st.step, st.samples)
+        (model, optim, ema, st.step, st.samples, warm_from)
     } else {
         let mut model = Glide::new(&cfg, &Init::Train, &dev)?;
         if let Some(p) = &args.init {
@@ -614,7 +615,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
         let ema = model.export();
         let optim = AdamWConfig::new().with_weight_decay(0.0).init();
-        (model, optim, ema, 0, 0)
+        (model, optim, ema, 0, 0, 0)
     };
     let params: usize = ema
         .iter()
@@ -643,8 +644,6 @@ pub fn run(args: &Args) -> Result<()> {
         args.batch, args.device
     );
 
-    // Fresh moments (a new run, or a checkpoint without them) get the warm-up.
-    let warm_from = if fresh_moments { step } else { 0 };
     let mut rng = Rng(args.seed ^ step.wrapping_mul(0x9e37_79b9));
     let started = Instant::now();
     let t_max = cfg.diffusion_steps;
