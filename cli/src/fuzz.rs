@@ -275,8 +275,8 @@ pub fn image(data: &[u8]) {
 
 /// A mask as the CLI reads it, then resized to a keep-mask.
 pub fn mask(data: &[u8]) {
-    if let Ok((plane, w, h)) = crate::inputs::decode_luma(data) {
-        let _ = engine::glide::pipeline::keep_mask(&plane, w, h, 64);
+    if let Ok((luma, w, h)) = crate::inputs::decode_luma(data) {
+        let _ = engine::glide::pipeline::keep_mask_luma8(&luma, w, h, 64);
     }
 }
 

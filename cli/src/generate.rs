@@ -301,8 +301,8 @@ fn load_image(path: &Path, size: usize) -> Result<Vec<f32>> {
 
 /// Mask file → keep-mask at `size` (1 = keep). White (≥ 50 %) marks the region to regenerate.
 fn load_mask(path: &Path, size: usize) -> Result<Vec<f32>> {
-    let (plane, w, h) = webglide_cli::inputs::read_luma(path)?;
-    engine::glide::pipeline::keep_mask(&plane, w, h, size)
+    let (luma, w, h) = webglide_cli::inputs::read_luma(path)?;
+    engine::glide::pipeline::keep_mask_luma8(&luma, w, h, size)
         .with_context(|| path.display().to_string())
 }
 

@@ -70,11 +70,12 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
     ))
 }
 
-/// Decodes a mask to its luminance in [0, 1] with its width and height.
-pub fn decode_luma(bytes: &[u8]) -> Result<(Vec<f32>, usize, usize)> {
-    let img = decode(bytes)?.to_luma8();
+/// Decodes a mask to its 8-bit luminance (255 = white) with its width and height.
+pub fn decode_luma(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize)> {
+    let img = decode(bytes)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
-    Ok((img.pixels().map(|p| p[0] as f32 / 255.0).collect(), w, h))
+    // A grey image is not copied; others are converted once.
+    Ok((img.into_luma8().into_raw(), w, h))
 }
 
 /// [`decode_rgb`] of an image file.
@@ -84,7 +85,7 @@ pub fn read_rgb(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
 }
 
 /// [`decode_luma`] of a mask file.
-pub fn read_luma(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
+pub fn read_luma(path: &Path) -> Result<(Vec<u8>, usize, usize)> {
     decode_luma(&read_at_most(path, MAX_IMAGE_FILE_BYTES as u64)?)
         .with_context(|| path.display().to_string())
 }

@@ -267,6 +267,42 @@ fn images_resize_from_their_bytes_exactly_as_from_planes() {
     }
 }
 
+/// A mask file's 8-bit pixels give the keep-mask of their `v / 255` plane,
+/// bit for bit, at odd sizes up and down; both check the length.
+#[test]
+fn masks_resize_from_their_bytes_exactly_as_from_planes() {
+    use engine::glide::pipeline::{keep_mask, keep_mask_luma8};
+    for (w, h, size) in [
+        (37, 23, 16),
+        (5, 9, 64),
+        (301, 7, 64),
+        (64, 64, 64),
+        (65, 64, 64),
+    ] {
+        let noise = engine::rng::randn(w * h, 5, h as u32);
+        let luma: Vec<u8> = noise
+            .iter()
+            .map(|v| (128.0 + 90.0 * v).clamp(0.0, 255.0) as u8)
+            .collect();
+        let plane: Vec<f32> = luma.iter().map(|&v| v as f32 / 255.0).collect();
+        let want = keep_mask(&plane, w, h, size).unwrap();
+        assert!(want.contains(&0.0) && want.contains(&1.0), "{w}x{h}: mixed");
+        assert_eq!(
+            keep_mask_luma8(&luma, w, h, size).unwrap(),
+            want,
+            "{w}x{h} → {size}"
+        );
+    }
+    assert!(
+        keep_mask_luma8(&[255; 63], 8, 8, 8).is_err(),
+        "wrong length"
+    );
+    assert!(
+        keep_mask_luma8(&[0; 64], 8, 8, 8).is_err(),
+        "nothing painted"
+    );
+}
+
 #[test]
 fn inpaint_inputs_resize_and_threshold_like_the_notebook() {
     use engine::glide::pipeline::{keep_mask, rgb8_to_planes, upscale_nearest};

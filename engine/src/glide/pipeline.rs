@@ -451,7 +451,29 @@ pub fn keep_mask(regen: &[f32], w: usize, h: usize, size: usize) -> Result<Vec<f
     } else {
         crate::reference::bicubic_aa(regen, 1, h, w, size, size)
     };
-    let keep: Vec<f32> = small
+    threshold_keep(small)
+}
+
+/// [`keep_mask`] of an 8-bit grey mask file's pixels (255 = regenerate), the
+/// same values as of its `v / 255` plane, read row by row (a 16 MP mask is
+/// not copied into 64 MB of f32).
+pub fn keep_mask_luma8(luma: &[u8], w: usize, h: usize, size: usize) -> Result<Vec<f32>> {
+    check_image("mask", luma.len(), 1, w, h)?;
+    let unit = |byte: &u8| *byte as f32 / 255.0;
+    let small = if w == size && h == size {
+        luma.iter().map(unit).collect()
+    } else {
+        crate::reference::bicubic_aa_rows(1, h, w, size, size, |_, y, line| {
+            for (v, byte) in line.iter_mut().zip(&luma[y * w..(y + 1) * w]) {
+                *v = unit(byte);
+            }
+        })
+    };
+    threshold_keep(small)
+}
+
+fn threshold_keep(regen: Vec<f32>) -> Result<Vec<f32>> {
+    let keep: Vec<f32> = regen
         .iter()
         .map(|&v| if v >= 0.5 { 0.0 } else { 1.0 })
         .collect();
