@@ -446,12 +446,9 @@ pub fn rgb8_to_planes(rgb: &[u8], w: usize, h: usize, size: usize) -> Result<Vec
 /// A mask that regenerates nothing is an error (nothing would change).
 pub fn keep_mask(regen: &[f32], w: usize, h: usize, size: usize) -> Result<Vec<f32>> {
     check_image("mask", regen.len(), 1, w, h)?;
-    let small = if w == size && h == size {
-        regen.to_vec()
-    } else {
-        crate::reference::bicubic_aa(regen, 1, h, w, size, size)
-    };
-    threshold_keep(small)
+    keep_mask_rows(w, h, size, |y, line| {
+        line.copy_from_slice(&regen[y * w..(y + 1) * w])
+    })
 }
 
 /// [`keep_mask`] of an 8-bit grey mask file's pixels (255 = regenerate), the
@@ -459,21 +456,31 @@ pub fn keep_mask(regen: &[f32], w: usize, h: usize, size: usize) -> Result<Vec<f
 /// not copied into 64 MB of f32).
 pub fn keep_mask_luma8(luma: &[u8], w: usize, h: usize, size: usize) -> Result<Vec<f32>> {
     check_image("mask", luma.len(), 1, w, h)?;
-    let unit = |byte: &u8| *byte as f32 / 255.0;
-    let small = if w == size && h == size {
-        luma.iter().map(unit).collect()
-    } else {
-        crate::reference::bicubic_aa_rows(1, h, w, size, size, |_, y, line| {
-            for (v, byte) in line.iter_mut().zip(&luma[y * w..(y + 1) * w]) {
-                *v = unit(byte);
-            }
-        })
-    };
-    threshold_keep(small)
+    keep_mask_rows(w, h, size, |y, line| {
+        for (v, byte) in line.iter_mut().zip(&luma[y * w..(y + 1) * w]) {
+            *v = *byte as f32 / 255.0;
+        }
+    })
 }
 
-fn threshold_keep(regen: Vec<f32>) -> Result<Vec<f32>> {
-    let keep: Vec<f32> = regen
+/// The keep-mask of a checked (non-empty) `w×h` mask whose row `y` `row`
+/// writes into a line: kept as is at `size`, else resized; then thresholded.
+fn keep_mask_rows(
+    w: usize,
+    h: usize,
+    size: usize,
+    mut row: impl FnMut(usize, &mut [f32]),
+) -> Result<Vec<f32>> {
+    let small = if w == size && h == size {
+        let mut plane = vec![0f32; w * h];
+        for (y, line) in plane.chunks_exact_mut(w).enumerate() {
+            row(y, line);
+        }
+        plane
+    } else {
+        crate::reference::bicubic_aa_rows(1, h, w, size, size, |_, y, line| row(y, line))
+    };
+    let keep: Vec<f32> = small
         .iter()
         .map(|&v| if v >= 0.5 { 0.0 } else { 1.0 })
         .collect();
