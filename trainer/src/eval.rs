@@ -545,12 +545,16 @@ mod tests {
         let deaf = Glide::new(&cfg, &Init::From(&deaf), &dev).unwrap();
         let errors =
             |m: &Glide| caption_errors(m, &tok, &scenes, 16, 2, &[100, 600], &dev).unwrap();
+        // burn's CPU backend splits its reductions across threads, so equal
+        // inputs agree to rounding (1e-7 relative), not always bit for bit;
+        // the text path moves the error by 1e-3 and more.
+        let gap = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs());
         for [tr, em, ot] in errors(&deaf) {
             assert!(tr.is_finite() && tr > 0.0);
-            assert_eq!((tr, tr), (em, ot));
+            assert!(gap(tr, em) < 1e-5 && gap(tr, ot) < 1e-5, "{tr} {em} {ot}");
         }
         for [tr, em, ot] in errors(&random) {
-            assert!(tr != em && tr != ot, "{tr} {em} {ot}");
+            assert!(gap(tr, em) > 1e-4 && gap(tr, ot) > 1e-4, "{tr} {em} {ot}");
         }
     }
 }

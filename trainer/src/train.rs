@@ -936,7 +936,12 @@ mod tests {
                 .into_scalar::<f32>()
         };
         let plain = mse(None, &t);
-        assert!((mse(Some(5.0), &t) - plain).abs() <= 1e-6 * plain.abs().max(1.0));
+        // Equal up to the rounding of burn's threaded reductions.
+        let weighted = mse(Some(5.0), &t);
+        assert!(
+            (weighted - plain).abs() <= 1e-5 * plain.abs().max(1.0),
+            "{weighted} {plain}"
+        );
         // t = 5: SNR in the thousands, the weight is γ/SNR ≪ 1.
         let low = [5, 5];
         assert!(mse(Some(5.0), &low) < 0.05 * mse(None, &low));
