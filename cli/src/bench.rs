@@ -368,20 +368,25 @@ const CORGI: &[u32] = &[272, 3056, 12036, 286, 257, 1162, 12397];
 /// The same prompt as text, for the CLIP tokenizer.
 const CORGI_TEXT: &str = "an oil painting of a corgi";
 
-/// The released architecture of `kind` ("full"), or the same topology with
-/// narrow channels and a small text transformer ("small").
+/// The released architecture of `kind` ("full"), the same topology with
+/// narrow channels and a small text transformer ("small"), or that with one
+/// res block per level and one transformer layer ("tiny": a smoke test of the
+/// procedure on a CPU adapter, which computes ~2 GFLOP/s).
 fn sized_config(kind: &str, size: &str) -> Result<engine::glide::model::GlideConfig> {
     let mut c = engine::glide::model::GlideConfig::for_kind(kind)?;
-    match size {
-        "full" => {}
-        "small" => {
-            c.num_channels = 32;
-            c.num_head_channels = 32;
-            c.xf_width = 64;
-            c.xf_heads = 2;
-            c.xf_layers = 2;
+    if size != "full" {
+        if size != "small" && size != "tiny" {
+            anyhow::bail!("unknown --size '{size}' (full, small, tiny)");
         }
-        s => anyhow::bail!("unknown --size '{s}' (full, small)"),
+        c.num_channels = 32;
+        c.num_head_channels = 32;
+        c.xf_width = 64;
+        c.xf_heads = 2;
+        c.xf_layers = 2;
+    }
+    if size == "tiny" {
+        c.num_res_blocks = 1;
+        c.xf_layers = 1;
     }
     Ok(c)
 }
@@ -564,7 +569,7 @@ fn noisy_clip(
     use engine::glide::clip::{ImageEncoder, NoisyClipConfig, TextEncoder};
     use engine::glide::weights::{Loader, WeightSource};
     let mut cfg = NoisyClipConfig::released();
-    if size == "small" {
+    if size != "full" {
         (cfg.n_head_text, cfg.n_head_image, cfg.n_embd) = (2, 2, 64);
         (cfg.n_head_state_text, cfg.n_head_state_image) = (32, 32);
     }

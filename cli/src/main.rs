@@ -263,7 +263,9 @@ enum BenchWhat {
         /// unCLIP: the decoder's step count the time per image is given for (50 or 25).
         #[arg(long, default_value_t = 50)]
         decoder_steps: usize,
-        /// full (the released sizes) or small (narrow channels, same topology).
+        /// full (the released sizes), small (narrow channels, same
+        /// topology) or, for GLIDE, tiny (small with one res block per level:
+        /// a smoke test on a CPU adapter).
         #[arg(long, default_value = "full")]
         size: String,
         /// Required: no checkpoint is used.

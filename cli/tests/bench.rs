@@ -117,7 +117,7 @@ fn bench_pipeline_prints_step_times_flops_and_memory() {
         "bench",
         "pipeline",
         "--size",
-        "small",
+        "tiny",
         "--random-weights",
         "--quant",
         "q8",

@@ -95,8 +95,17 @@ fn tempdir(name: &str) -> PathBuf {
     d
 }
 
-/// A short run: 10 prior steps, 4 decoder steps, Karlo's 7 SR steps.
-const SHORT: [&str; 4] = ["--prior-steps", "10", "--decoder-steps", "4"];
+/// A short run: 5 prior steps, 2 decoder steps, 2 SR steps (the first-steps
+/// model once, then the last-step model: both SR networks run). lavapipe
+/// computes ~2 GFLOP/s, so every step counts in the suite's time.
+const SHORT: [&str; 6] = [
+    "--prior-steps",
+    "5",
+    "--decoder-steps",
+    "2",
+    "--sr-steps",
+    "2",
+];
 
 fn generate(out: &Path, extra: &[&str]) -> (u32, u32, Vec<u8>, Vec<(String, String)>) {
     let m = models().to_str().unwrap();
@@ -123,7 +132,7 @@ fn generate_unclip_writes_deterministic_pngs_with_parameters() {
         ("webglide:prompt", "a photo of a red cube"),
         ("webglide:prior_guidance", "4"),
         ("webglide:decoder_guidance", "8"),
-        ("webglide:decoder_steps", "4"),
+        ("webglide:decoder_steps", "2"),
         ("webglide:seed", "5"),
     ] {
         assert!(
@@ -131,8 +140,6 @@ fn generate_unclip_writes_deterministic_pngs_with_parameters() {
             "{k}={v} in {text:?}"
         );
     }
-    let (_, _, b, _) = generate(&dir.join("b.png"), &["--seed", "5"]);
-    assert_eq!(a, b, "same seed, same image");
     let (_, _, c, _) = generate(
         &dir.join("c.png"),
         &["--seed", "5", "--decoder-guidance", "2"],
@@ -143,7 +150,8 @@ fn generate_unclip_writes_deterministic_pngs_with_parameters() {
         &["--seed", "5", "--prior-guidance", "1"],
     );
     assert_ne!(a, d, "prior guidance changes the image");
-    // A batch: image 1 is the single run's image (same noise rows), image 2 differs.
+    // A batch: image 1 is the single run's image (same seed in another
+    // process, same noise rows: the run is reproducible), image 2 differs.
     let m = models().to_str().unwrap();
     let e = dir.join("e.png");
     let args = ["generate", "--pipeline", "unclip", "--model", m, "--prompt"];
@@ -187,7 +195,9 @@ fn variations_of_an_image() {
         &args[..],
         &[
             "--decoder-steps",
-            "4",
+            "2",
+            "--sr-steps",
+            "2",
             "--seed",
             "2",
             "--out",
@@ -234,7 +244,9 @@ fn variations_of_an_image() {
         ],
         &[
             "--decoder-steps",
-            "4",
+            "2",
+            "--sr-steps",
+            "2",
             "--seed",
             "2",
             "--out",
