@@ -476,6 +476,38 @@ const tests = [
       assert(/not a readable image/.test(await page.getByTestId('error').innerText()), 'no bad-image message');
     });
   }],
+  ['over-limit input: too large images and a 10 MB prompt are clear errors; the form still works', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      await page.getByTestId('mode').selectOption('inpaint');
+      const errorHas = (text) => page.waitForFunction((t) => ((document.querySelector('[data-testid=error]') || {}).textContent || '').includes(t),
+        text, { timeout: 60000 });
+      // Over the side limit, and over the pixel limit with both sides within it.
+      for (const [w, h] of [[9000, 1], [4001, 4001]]) {
+        await page.getByTestId('upload').setInputFiles({ name: `big-${w}.png`, mimeType: 'image/png', buffer: solidPng(w, h, [10, 20, 30]) });
+        await errorHas(`a ${w}×${h} image is too large`);
+      }
+      // An image within the limits is taken (and clears the message).
+      await page.getByTestId('upload').setInputFiles({ name: 'solid.png', mimeType: 'image/png', buffer: solidPng(37, 23, [200, 60, 40]) });
+      await page.waitForFunction(() => !document.querySelector('[data-testid=error]'), null, { timeout: 30000 });
+      await paintLeft(page);
+      // The prompt box's maxlength stops typing, not a script: 10 MB set through the DOM.
+      await setForm(page, { steps: 3, seed: 5, upsample: false, guidance: 3 });
+      await page.evaluate(() => {
+        const el = document.querySelector('[data-testid=prompt]');
+        el.value = 'a'.repeat(10 << 20);
+        el.dispatchEvent(new Event('input', { bubbles: true }));
+      });
+      const before = await figures(page);
+      await page.getByTestId('generate').click();
+      await errorHas(`a prompt of ${10 << 20} bytes (at most 2048`);
+      assert(await figures(page) === before, 'an over-limit prompt produced a result');
+      await page.locator('[data-testid=error] button', { hasText: 'Dismiss' }).click();
+      await setForm(page, { prompt: 'a corgi' });
+      const out = await generate(page);
+      assert(out.w > 0 && await figures(page) === before + 1, 'the form did not generate after the refusals');
+    });
+  }],
   ['a bad model URL and a corrupted shard show errors in the page', async (url) => {
     await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
       await modelReady(page);

@@ -255,6 +255,8 @@ pub fn base_loop<'m>(
 }
 
 pub fn generate(gpu: &Gpu, o: &Options) -> Result<()> {
+    // Before anything of the batch's size is allocated (the prompts, the inputs).
+    engine::limits::check_batch(o.batch, engine::limits::MAX_GLIDE_BATCH)?;
     let tok = tokenizer()?;
     let (base, up, o) = load_models(gpu, o, "base", "upsample")?;
     let o = &o;
@@ -307,6 +309,8 @@ fn load_mask(path: &Path, size: usize) -> Result<Vec<f32>> {
 }
 
 pub fn inpaint(gpu: &Gpu, o: &Options, image: &Path, mask: &Path) -> Result<()> {
+    // Before anything of the batch's size is allocated (the prompts, the inputs).
+    engine::limits::check_batch(o.batch, engine::limits::MAX_GLIDE_BATCH)?;
     let tok = tokenizer()?;
     let (base, up, o) = load_models(gpu, o, "base-inpaint", "upsample-inpaint")?;
     let o = &o;

@@ -18,7 +18,12 @@ fn decode(bytes: &[u8]) -> Result<image::DynamicImage> {
     limits.max_image_height = Some(MAX_IMAGE_SIDE as u32);
     // RGBA8 of the largest accepted image, plus the decoders' own buffers.
     limits.max_alloc = Some(MAX_IMAGE_PIXELS as u64 * 4 + (64 << 20));
-    reader.limits(limits.clone());
+    // The header is read without the side limits (it allocates no pixels), so
+    // an image over them gets check_image's message with its size.
+    let mut header = limits.clone();
+    header.max_image_width = None;
+    header.max_image_height = None;
+    reader.limits(header);
     let (w, h) = reader
         .into_dimensions()
         .context("not a readable PNG/JPEG/WebP image")?;

@@ -44,6 +44,8 @@ fn clip_image(path: &Path, resolution: usize) -> Result<Vec<f32>> {
 }
 
 pub fn run(gpu: &Gpu, o: &Options) -> Result<()> {
+    // Before anything of the batch's size is allocated.
+    engine::limits::check_batch(o.batch, engine::limits::MAX_UNCLIP_BATCH)?;
     let tok = clip_tokenizer()?;
     let draws = Draws::Seed(o.seed);
     // The text tower (and the visual one) only start the run.

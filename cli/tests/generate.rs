@@ -4,7 +4,7 @@
 //! image, guidance changes the image, inpainting keeps the unmasked pixels.
 
 mod common;
-use common::{read_png, webglide, FIX};
+use common::{read_png, refuses, webglide, FIX};
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -189,6 +189,73 @@ fn a_lost_device_fails_clearly_and_leaves_no_file() {
         assert!(!stderr.contains("panicked"), "after {after}: {stderr}");
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert!(left.is_empty(), "after {after}, left behind: {left:?}");
+    }
+}
+
+#[test]
+fn over_limit_inputs_fail_clearly_and_leave_no_file() {
+    let dir = tempdir("limits");
+    let inputs = tempdir("limits-in");
+    let m = models().to_str().unwrap().to_string();
+    let out = dir.join("o.png");
+    let out = out.to_str().unwrap();
+    // Over the side limit, and over the pixel limit with both sides within it
+    // (only the header is read: the 16-MP grey image compresses to ~16 kB).
+    let wide = inputs.join("wide.png");
+    image::GrayImage::new(9000, 1).save(&wide).unwrap();
+    let big = inputs.join("big.png");
+    image::GrayImage::new(4001, 4001).save(&big).unwrap();
+    let ok = inputs.join("ok.png");
+    image::GrayImage::new(64, 64).save(&ok).unwrap();
+    let (wide, big, ok) = (
+        wide.to_str().unwrap(),
+        big.to_str().unwrap(),
+        ok.to_str().unwrap(),
+    );
+    fn inpaint<'a>(image: &'a str, mask: &'a str, model: &'a str, out: &'a str) -> Vec<&'a str> {
+        let args = ["inpaint", "--image", image, "--mask", mask, "--prompt", "x"];
+        [&args[..], &["--model", model, "--steps", "2", "--out", out]].concat()
+    }
+    refuses(
+        &inpaint(wide, ok, &m, out),
+        "a 9000×1 image is too large",
+        &dir,
+    );
+    refuses(
+        &inpaint(big, ok, &m, out),
+        "a 4001×4001 image is too large",
+        &dir,
+    );
+    refuses(
+        &inpaint(ok, wide, &m, out),
+        "a 9000×1 image is too large",
+        &dir,
+    );
+    refuses(
+        &inpaint(ok, big, &m, out),
+        "a 4001×4001 image is too large",
+        &dir,
+    );
+    // A prompt just over the limit, and a long one (near the 128-kB argument
+    // limit of Linux) refused as fast.
+    for (len, expect) in [
+        (2049, "a prompt of 2049 bytes"),
+        (120_000, "a prompt of 120000 bytes"),
+    ] {
+        let prompt = "a".repeat(len);
+        let args = ["generate", "--prompt", &prompt, "--model", &m, "--out", out];
+        refuses(&args, expect, &dir);
+    }
+    // Absurd batches, before anything of their size is allocated.
+    for batch in ["0", "65", "1000000000000000"] {
+        let args = ["generate", "--prompt", "x", "--model", &m, "--batch", batch];
+        let args = [&args[..], &["--steps", "2", "--out", out]].concat();
+        refuses(&args, &format!("batch size {batch} (1..=64)"), &dir);
+        refuses(
+            &[&inpaint(ok, ok, &m, out)[..], &["--batch", batch]].concat(),
+            "batch size",
+            &dir,
+        );
     }
 }
 

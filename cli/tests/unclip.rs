@@ -6,7 +6,7 @@
 //! the errors of missing or mismatched folders.
 
 mod common;
-use common::{read_png, webglide};
+use common::{read_png, refuses, webglide};
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -271,6 +271,58 @@ fn variations_of_an_image() {
     assert!(e.contains("not a readable"), "{e}");
     assert!(!dir.join("x-1.png").exists());
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn over_limit_batches_and_images_fail_clearly_and_leave_no_file() {
+    let dir = tempdir("limits");
+    let inputs = tempdir("limits-in");
+    let m = models().to_str().unwrap();
+    let out = dir.join("o.png");
+    let out = out.to_str().unwrap();
+    let wide = inputs.join("wide.png");
+    image::RgbImage::new(1, 8193).save(&wide).unwrap();
+    let ok = inputs.join("ok.png");
+    image::RgbImage::new(40, 30).save(&ok).unwrap();
+    let (wide, ok) = (wide.to_str().unwrap(), ok.to_str().unwrap());
+    for batch in ["0", "17", "1000000000000000"] {
+        let expect = format!("batch size {batch} (1..=16)");
+        let args = [
+            "generate",
+            "--pipeline",
+            "unclip",
+            "--prompt",
+            "x",
+            "--batch",
+            batch,
+        ];
+        refuses(
+            &[&args[..], &["--model", m, "--out", out]].concat(),
+            &expect,
+            &dir,
+        );
+        let args = [
+            "variations",
+            "--image",
+            ok,
+            "--n",
+            batch,
+            "--model",
+            m,
+            "--out",
+            out,
+        ];
+        refuses(&args, &expect, &dir);
+    }
+    let args = ["variations", "--image", wide, "--model", m, "--out", out];
+    refuses(&args, "a 1×8193 image is too large", &dir);
+    let prompt = "a".repeat(2049);
+    let args = ["generate", "--pipeline", "unclip", "--prompt", &prompt];
+    refuses(
+        &[&args[..], &["--model", m, "--out", out]].concat(),
+        "a prompt of 2049 bytes",
+        &dir,
+    );
 }
 
 #[test]

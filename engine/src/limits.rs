@@ -18,6 +18,11 @@ pub const MAX_IMAGE_FILE_BYTES: usize = 64 << 20;
 /// tokens as the official code does, but byte-pair merging costs the square
 /// of a word's length: megabytes of text would stall the page.
 pub const MAX_PROMPT_BYTES: usize = 2048;
+/// Images per GLIDE run (its CFG batch is twice this).
+pub const MAX_GLIDE_BATCH: usize = 64;
+/// Images per unCLIP run (its CFG batch is twice this; every stage keeps all
+/// of them resident).
+pub const MAX_UNCLIP_BATCH: usize = 16;
 
 /// A converted model folder (`manifest.json` + safetensors shards; our
 /// converter writes shards of ≤ 64 MiB, Karlo's largest folder is ~5.5 GB f32).
@@ -86,6 +91,15 @@ pub fn check_prompt(text: &str) -> Result<()> {
     Ok(())
 }
 
+/// A batch of `batch` images is within 1..=`max` (checked before anything
+/// of that size is allocated).
+pub fn check_batch(batch: usize, max: usize) -> Result<()> {
+    if batch == 0 || batch > max {
+        return Err(Error::Invalid(format!("batch size {batch} (1..={max})")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +115,11 @@ mod tests {
         assert!(check_image(usize::MAX, usize::MAX).is_err());
         assert!(check_prompt(&"a".repeat(MAX_PROMPT_BYTES)).is_ok());
         assert!(check_prompt(&"a".repeat(MAX_PROMPT_BYTES + 1)).is_err());
+        assert!(check_batch(1, MAX_GLIDE_BATCH).is_ok());
+        assert!(check_batch(MAX_GLIDE_BATCH, MAX_GLIDE_BATCH).is_ok());
+        for bad in [0, MAX_GLIDE_BATCH + 1, usize::MAX] {
+            assert!(check_batch(bad, MAX_GLIDE_BATCH).is_err(), "{bad}");
+        }
         assert!(check_shard_name("model-00001.safetensors").is_ok());
         for bad in ["", "../x", "/etc/passwd", ".hidden", "a/b", "a\\b", "é"] {
             assert!(check_shard_name(bad).is_err(), "{bad}");

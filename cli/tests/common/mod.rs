@@ -26,3 +26,19 @@ pub fn read_png(path: &std::path::Path) -> (u32, u32, Vec<u8>, Vec<(String, Stri
         .collect();
     (info.width, info.height, buf, text)
 }
+
+/// Runs `webglide` on input it must refuse: exit status 2, `expect` in the
+/// message, no panic, and nothing written into `out_dir`.
+pub fn refuses(args: &[&str], expect: &str, out_dir: &std::path::Path) {
+    let r = webglide(args);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    let shown: Vec<String> = args.iter().map(|a| a.chars().take(40).collect()).collect();
+    assert_eq!(r.status.code(), Some(2), "{shown:?}: {stderr}");
+    assert!(
+        stderr.contains(expect),
+        "{shown:?}: expected {expect:?} in {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{shown:?}: {stderr}");
+    let left: Vec<_> = std::fs::read_dir(out_dir).unwrap().collect();
+    assert!(left.is_empty(), "{shown:?} left behind: {left:?}");
+}

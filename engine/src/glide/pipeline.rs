@@ -69,12 +69,9 @@ fn repeat_rows(gpu: &Gpu, t: &Tensor, times: usize) -> Result<Tensor> {
     Ok(out)
 }
 
-/// Images per loop: 1..=64 (checked before any allocation of that size).
+/// Images per loop (checked before any allocation of that size).
 fn check_batch(batch: usize) -> Result<()> {
-    if batch == 0 || batch > 64 {
-        return Err(Error::Invalid(format!("batch size {batch} (1..=64)")));
-    }
-    Ok(())
+    crate::limits::check_batch(batch, crate::limits::MAX_GLIDE_BATCH)
 }
 
 impl<'m> DiffusionLoop<'m> {

@@ -357,15 +357,8 @@ impl StageLoop {
     }
 }
 
-/// Images per run (the CFG batch is twice this).
-pub const MAX_BATCH: usize = 16;
-
 fn check_params(p: &UnclipParams, batch: usize) -> Result<[Schedule; 3]> {
-    if batch == 0 || batch > MAX_BATCH {
-        return Err(Error::Invalid(format!(
-            "batch size {batch} (1..={MAX_BATCH})"
-        )));
-    }
+    crate::limits::check_batch(batch, crate::limits::MAX_UNCLIP_BATCH)?;
     for (what, g) in [
         ("prior guidance", p.prior_guidance),
         ("decoder guidance", p.decoder_guidance),
@@ -812,7 +805,7 @@ mod tests {
         let ok = UnclipParams::default();
         assert!(check_params(&ok, 1).is_ok());
         assert!(check_params(&ok, 0).is_err());
-        assert!(check_params(&ok, MAX_BATCH + 1).is_err());
+        assert!(check_params(&ok, crate::limits::MAX_UNCLIP_BATCH + 1).is_err());
         for bad in [
             UnclipParams {
                 prior_guidance: f32::NAN,
