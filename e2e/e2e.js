@@ -51,11 +51,30 @@ function resolveFile(url) {
   return { file: path.join(DIST, url === '/' ? 'index.html' : url), root: DIST, corrupt: false, delayMs: 0 };
 }
 
+// The model set's base manifest made to lie past engine::limits (as the CLI's
+// over_limit_model_folders_fail_clearly_and_leave_no_file does), served at
+// /models/over-limit/CASE/base/manifest.json.
+function overLimitManifest(which) {
+  const m = JSON.parse(fs.readFileSync(path.join(MODELS, 'base', 'manifest.json'), 'utf8'));
+  const shard = (i, bytes) => ({ file: `model-${String(i).padStart(5, '0')}.safetensors`, bytes, sha256: '0'.repeat(64) });
+  const range = (n) => Array.from({ length: n }, (_, i) => i + 1);
+  if (which === 'shard-size') m.shards = [shard(1, 3 * 2 ** 30)];
+  if (which === 'shard-count') m.shards = range(4097).map((i) => shard(i, 1));
+  const json = JSON.stringify(m);
+  return which === 'manifest-size' ? json + ' '.repeat((4 << 20) + 1 - json.length) : json;
+}
+
 // Like `trunk serve` and many static hosts, unknown paths get index.html
 // (single-page-app fallback), not a 404: the app must take that for "absent".
 function serve() {
   const server = http.createServer(async (req, res) => {
     const url = decodeURIComponent(req.url.split('?')[0]);
+    const crafted = url.match(/^\/models\/over-limit\/([a-z-]+)\/base\/manifest\.json$/);
+    if (crafted && MODELS) {
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(overLimitManifest(crafted[1]));
+      return;
+    }
     const { file, root, corrupt, delayMs, dropFirst } = resolveFile(url);
     const n = (REQUESTS.get(url) || 0) + 1;
     REQUESTS.set(url, n);
@@ -506,6 +525,24 @@ const tests = [
       await setForm(page, { prompt: 'a corgi' });
       const out = await generate(page);
       assert(out.w > 0 && await figures(page) === before + 1, 'the form did not generate after the refusals');
+    });
+  }],
+  ['over-limit model sets: lying manifests are refused with the limit; the demo set loads again', async (url) => {
+    await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
+      await modelReady(page);
+      for (const [which, expect] of [['shard-size', 'of 3221225472 bytes (at most 2147483648)'],
+        ['shard-count', '4097 shards (at most 4096)'], ['manifest-size', 'more than the 4194304 bytes expected']]) {
+        await page.getByTestId('model-url').fill(url + `models/over-limit/${which}/`);
+        await page.getByTestId('model-url-load').click();
+        await page.waitForFunction((t) => ((document.querySelector('[data-testid=error]') || {}).textContent || '').includes(t),
+          expect, { timeout: 60000 });
+        assert(REQUESTS.get(`/models/over-limit/${which}/base/model-00001.safetensors`) === undefined, `${which}: a shard was fetched`);
+      }
+      await page.getByTestId('model-url').fill(url + 'models/demo/');
+      await page.getByTestId('model-url-load').click();
+      await modelReady(page);
+      await setForm(page, { prompt: 'a corgi', steps: 2, seed: 3, upsample: false, guidance: 3 });
+      await generate(page);
     });
   }],
   ['a bad model URL and a corrupted shard show errors in the page', async (url) => {

@@ -259,6 +259,69 @@ fn over_limit_inputs_fail_clearly_and_leave_no_file() {
     }
 }
 
+/// Manifests over `engine::limits` (the shard and model sizes, the shard count,
+/// the manifest's own size), each in a copy of the base folder's manifest: a
+/// lying manifest is refused before any shard is read.
+fn over_limit_manifests(real: &[u8]) -> Vec<(&'static str, Vec<u8>, String)> {
+    let real: serde_json::Value = serde_json::from_slice(real).unwrap();
+    let with_shards = |shards: Vec<serde_json::Value>| {
+        let mut m = real.clone();
+        m["shards"] = serde_json::Value::Array(shards);
+        serde_json::to_vec(&m).unwrap()
+    };
+    let shard = |i: usize, bytes: u64| serde_json::json!({"file": format!("model-{i:05}.safetensors"), "bytes": bytes, "sha256": "0".repeat(64)});
+    let mut padded = serde_json::to_vec_pretty(&real).unwrap();
+    padded.resize((4 << 20) + 1, b' ');
+    vec![
+        (
+            "shard-size",
+            with_shards(vec![shard(1, 3 << 30)]),
+            "shard model-00001.safetensors of 3221225472 bytes (at most 2147483648)".into(),
+        ),
+        (
+            "model-size",
+            with_shards((1..=17).map(|i| shard(i, 2 << 30)).collect()),
+            "36507222016 bytes of shards (at most 34359738368)".into(),
+        ),
+        (
+            "shard-count",
+            with_shards((1..=4097).map(|i| shard(i, 1)).collect()),
+            "4097 shards (at most 4096)".into(),
+        ),
+        (
+            "manifest-size",
+            padded,
+            "4194305 bytes, at most 4194304 expected".into(),
+        ),
+    ]
+}
+
+#[test]
+fn over_limit_model_folders_fail_clearly_and_leave_no_file() {
+    let dir = tempdir("manifests");
+    let out_dir = tempdir("manifests-out");
+    let out = out_dir.join("o.png");
+    let real = std::fs::read(models().join("base/manifest.json")).unwrap();
+    for (case, manifest, expect) in over_limit_manifests(&real) {
+        let set = dir.join(case);
+        std::fs::create_dir_all(set.join("base")).unwrap();
+        std::fs::write(set.join("base/manifest.json"), manifest).unwrap();
+        let args = [
+            "generate",
+            "--prompt",
+            "x",
+            "--model",
+            set.to_str().unwrap(),
+        ];
+        let args = [
+            &args[..],
+            &["--no-upsample", "--out", out.to_str().unwrap()],
+        ]
+        .concat();
+        refuses(&args, &expect, &out_dir);
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
