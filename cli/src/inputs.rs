@@ -18,15 +18,20 @@ fn decode(bytes: &[u8]) -> Result<image::DynamicImage> {
     limits.max_image_height = Some(MAX_IMAGE_SIDE as u32);
     // RGBA8 of the largest accepted image, plus the decoders' own buffers.
     limits.max_alloc = Some(MAX_IMAGE_PIXELS as u64 * 4 + (64 << 20));
-    // The header is read without the side limits (it allocates no pixels), so
-    // an image over them gets check_image's message with its size.
-    let mut header = limits.clone();
-    header.max_image_width = None;
-    header.max_image_height = None;
-    reader.limits(header);
-    let (w, h) = reader
-        .into_dimensions()
-        .context("not a readable PNG/JPEG/WebP image")?;
+    reader.limits(limits.clone());
+    let (w, h) = reader.into_dimensions().map_err(|e| match e {
+        // The decoder refuses a side over the limit as it reads the header;
+        // the error says which limit.
+        image::ImageError::Limits(l)
+            if l.kind() == image::error::LimitErrorKind::DimensionError =>
+        {
+            anyhow::anyhow!(
+                "the image is too large (at most {MAX_IMAGE_SIDE} px a side and {} MP)",
+                MAX_IMAGE_PIXELS / 1_000_000
+            )
+        }
+        e => anyhow::Error::new(e).context("not a readable PNG/JPEG/WebP image"),
+    })?;
     check_image(w as usize, h as usize)?;
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
     reader.limits(limits);
