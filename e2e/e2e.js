@@ -522,6 +522,10 @@ const tests = [
       await errorHas(`a prompt of ${10 << 20} bytes (at most 2048`);
       assert(await figures(page) === before, 'an over-limit prompt produced a result');
       await page.locator('[data-testid=error] button', { hasText: 'Dismiss' }).click();
+      // The batch box takes 1–4: more is brought back within it, visibly.
+      await page.getByTestId('batch').fill('1000');
+      await page.waitForFunction(() => document.querySelector('[data-testid=batch]').value === '4', null, { timeout: 10000 });
+      await page.getByTestId('batch').fill('1');
       await setForm(page, { prompt: 'a corgi' });
       const out = await generate(page);
       assert(out.w > 0 && await figures(page) === before + 1, 'the form did not generate after the refusals');
