@@ -216,26 +216,16 @@ fn over_limit_inputs_fail_clearly_and_leave_no_file() {
         let args = ["inpaint", "--image", image, "--mask", mask, "--prompt", "x"];
         [&args[..], &["--model", model, "--steps", "2", "--out", out]].concat()
     }
-    refuses(
-        &inpaint(wide, ok, &m, out),
-        "the image is too large (at most 8192 px a side",
-        &dir,
-    );
-    refuses(
-        &inpaint(big, ok, &m, out),
-        "a 4001×4001 image is too large",
-        &dir,
-    );
-    refuses(
-        &inpaint(ok, wide, &m, out),
-        "the image is too large (at most 8192 px a side",
-        &dir,
-    );
-    refuses(
-        &inpaint(ok, big, &m, out),
-        "a 4001×4001 image is too large",
-        &dir,
-    );
+    let too_wide = "the image is too large (at most 8192 px a side";
+    let too_many = "a 4001×4001 image is too large";
+    for (image, mask, expect) in [
+        (wide, ok, too_wide),
+        (big, ok, too_many),
+        (ok, wide, too_wide),
+        (ok, big, too_many),
+    ] {
+        refuses(&inpaint(image, mask, &m, out), expect, &dir);
+    }
     // A prompt just over the limit, and a long one (near the 128-kB argument
     // limit of Linux) refused as fast.
     for (len, expect) in [
