@@ -159,6 +159,10 @@ async function setForm(page, { prompt, guidance, steps, seed, upsample, upsample
   if (upsampleSteps !== undefined) await page.getByTestId('upsample-steps').fill(String(upsampleSteps));
 }
 
+// Waits until the error banner contains `text`.
+const errorShows = (page, text, timeout = 60000) => page.waitForFunction(
+  (t) => ((document.querySelector('[data-testid=error]') || {}).textContent || '').includes(t), text, { timeout });
+
 const figures = (page) => page.evaluate(() => document.querySelectorAll('.gallery figure').length);
 
 // Clicks Generate and waits for a new result; returns its pixels.
@@ -499,12 +503,10 @@ const tests = [
     await withPage(url, [...BASE_ARGS, ...WEBGPU_ARGS], async (page) => {
       await modelReady(page);
       await page.getByTestId('mode').selectOption('inpaint');
-      const errorHas = (text) => page.waitForFunction((t) => ((document.querySelector('[data-testid=error]') || {}).textContent || '').includes(t),
-        text, { timeout: 60000 });
       // Over the side limit, and over the pixel limit with both sides within it.
       for (const [w, h] of [[9000, 1], [4001, 4001]]) {
         await page.getByTestId('upload').setInputFiles({ name: `big-${w}.png`, mimeType: 'image/png', buffer: solidPng(w, h, [10, 20, 30]) });
-        await errorHas(`a ${w}×${h} image is too large`);
+        await errorShows(page, `a ${w}×${h} image is too large`);
       }
       // An image within the limits is taken (and clears the message).
       await page.getByTestId('upload').setInputFiles({ name: 'solid.png', mimeType: 'image/png', buffer: solidPng(37, 23, [200, 60, 40]) });
@@ -519,7 +521,7 @@ const tests = [
       });
       const before = await figures(page);
       await page.getByTestId('generate').click();
-      await errorHas(`a prompt of ${10 << 20} bytes (at most 2048`);
+      await errorShows(page, `a prompt of ${10 << 20} bytes (at most 2048`);
       assert(await figures(page) === before, 'an over-limit prompt produced a result');
       await page.locator('[data-testid=error] button', { hasText: 'Dismiss' }).click();
       // The batch box takes 1–4: more is brought back within it, visibly.
@@ -538,8 +540,7 @@ const tests = [
         ['shard-count', '4097 shards (at most 4096)'], ['manifest-size', 'more than the 4194304 bytes expected']]) {
         await page.getByTestId('model-url').fill(url + `models/over-limit/${which}/`);
         await page.getByTestId('model-url-load').click();
-        await page.waitForFunction((t) => ((document.querySelector('[data-testid=error]') || {}).textContent || '').includes(t),
-          expect, { timeout: 60000 });
+        await errorShows(page, expect);
         assert(REQUESTS.get(`/models/over-limit/${which}/base/model-00001.safetensors`) === undefined, `${which}: a shard was fetched`);
       }
       await page.getByTestId('model-url').fill(url + 'models/demo/');

@@ -26,8 +26,8 @@ fn decode(bytes: &[u8]) -> Result<image::DynamicImage> {
             if l.kind() == image::error::LimitErrorKind::DimensionError =>
         {
             anyhow::anyhow!(
-                "the image is too large (at most {MAX_IMAGE_SIDE} px a side and {} MP)",
-                MAX_IMAGE_PIXELS / 1_000_000
+                "the image is too large ({})",
+                engine::limits::image_limits()
             )
         }
         e => anyhow::Error::new(e).context("not a readable PNG/JPEG/WebP image"),

@@ -73,11 +73,20 @@ pub fn check_image(w: usize, h: usize) -> Result<()> {
     }
     if w.max(h) > MAX_IMAGE_SIDE || w.saturating_mul(h) > MAX_IMAGE_PIXELS {
         return Err(Error::Invalid(format!(
-            "a {w}×{h} image is too large (at most {MAX_IMAGE_SIDE} px a side and {} MP)",
-            MAX_IMAGE_PIXELS / 1_000_000
+            "a {w}×{h} image is too large ({})",
+            image_limits()
         )));
     }
     Ok(())
+}
+
+/// The image limits as the errors state them (also where a decoder refuses
+/// an image before we know its size).
+pub fn image_limits() -> String {
+    format!(
+        "at most {MAX_IMAGE_SIDE} px a side and {} MP",
+        MAX_IMAGE_PIXELS / 1_000_000
+    )
 }
 
 /// A prompt is within the limits.
