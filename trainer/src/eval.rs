@@ -58,6 +58,11 @@ pub struct EvalArgs {
     /// A PNG with the first 8 images of every guidance scale (one row each).
     #[arg(long)]
     pub grid: Option<PathBuf>,
+    /// A PNG of the predicted x0 at every sampling step (columns, the first
+    /// at the noisiest step) for the first 4 prompts of the first guidance
+    /// scale (rows): at which noise level does a sample go wrong?
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
     /// Instead of sampling: the eps error with the true, empty and another
     /// scene's caption at several noise levels (does the model read its prompt?).
     #[arg(long)]
@@ -158,14 +163,25 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         "guidance", "colour", "shape", "binding", "relation", "exact"
     );
     let mut grid_rows = Vec::new();
+    let mut trace = args.trace.as_ref().map(|_| Vec::new());
     for (label, g, clip_scale) in &rows {
         let (mut sum, mut rel, mut nrel) = ([0f32; 4], 0f32, 0f32);
         let mut row = Vec::new();
         for chunk in scenes.chunks(args.batch) {
             let captions: Vec<String> = chunk.iter().map(|s| s.caption()).collect();
             let guide = clip.as_ref().zip(*clip_scale);
+            let first = trace.as_ref().is_some_and(|t: &Vec<_>| t.is_empty());
             let rgb = sample(
-                &model, &sched, &tok, &captions, *g, guide, ancestral, size, &dev,
+                &model,
+                &sched,
+                &tok,
+                &captions,
+                *g,
+                guide,
+                ancestral,
+                size,
+                &dev,
+                if first { trace.as_mut() } else { None },
             )?;
             for (scene, img) in chunk.iter().zip(rgb) {
                 let sc = score(scene, &detect(&img, size));
@@ -199,6 +215,17 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     if let Some(path) = &args.grid {
         write_grid(path, &grid_rows, size)?;
+        println!("wrote {}; its columns:", path.display());
+        for scene in scenes.iter().take(8) {
+            println!("  {}", scene.caption());
+        }
+    }
+    if let (Some(path), Some(steps)) = (&args.trace, trace) {
+        // One row per prompt, one column per step.
+        let rows: Vec<Vec<Vec<u8>>> = (0..args.n.min(args.batch).min(4))
+            .map(|p| steps.iter().map(|imgs| imgs[p].clone()).collect())
+            .collect();
+        write_grid(path, &rows, size)?;
         println!("wrote {}", path.display());
     }
     Ok(())
@@ -303,6 +330,7 @@ pub fn sample(
     ancestral: bool,
     size: usize,
     dev: &Device,
+    mut trace: Option<&mut Vec<Vec<Vec<u8>>>>,
 ) -> Result<Vec<Vec<u8>>> {
     let cfg = &model.config;
     let n = captions.len();
@@ -336,6 +364,9 @@ pub fn sample(
         };
         let x0 =
             (x.clone() * c.sqrt_recip_ac as f64 - eps * c.sqrt_recipm1_ac as f64).clamp(-1.0, 1.0);
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.push(to_rgb(x0.clone(), size)?);
+        }
         if ancestral {
             // Learned-range variance (each row its own v), posterior mean, CLIP's shift.
             let v = out.narrow(1, 3, 3).narrow(0, 0, n);
@@ -358,6 +389,11 @@ pub fn sample(
             x = x0 * c.sqrt_ac_prev as f64 + eps * c.ddim_eps_coef as f64;
         }
     }
+    to_rgb(x, size)
+}
+
+/// Images in [-1, 1] (NCHW) as interleaved RGB8, one `Vec` per image.
+fn to_rgb(x: Tensor<4>, size: usize) -> Result<Vec<Vec<u8>>> {
     let v: Vec<f32> = x
         .into_data()
         .convert::<f32>()
@@ -526,6 +562,41 @@ mod tests {
     /// The probe compares captions on the same noised images: a model whose
     /// text reaches nothing (its text projections zeroed) shows exactly no
     /// gap, and the same model with them shows one.
+    /// `--trace` keeps the predicted x0 of every step for every image, in
+    /// step order: DDIM's last step (ᾱ_prev = 1) returns its x0, so the
+    /// trace ends on the samples themselves.
+    #[test]
+    fn the_trace_holds_every_steps_x0_and_ends_on_the_sample() {
+        let dev = Device::flex();
+        let cfg = crate::train::demo_config("base").unwrap();
+        let tok = tokenizer().unwrap();
+        let model = Glide::new(&cfg, &Init::Random, &dev).unwrap();
+        let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, "ddim5").unwrap();
+        let captions = vec!["a red circle".to_string(), "emoji of cat".to_string()];
+        let mut trace = Vec::new();
+        let images = sample(
+            &model,
+            &sched,
+            &tok,
+            &captions,
+            2.0,
+            None,
+            false,
+            16,
+            &dev,
+            Some(&mut trace),
+        )
+        .unwrap();
+        assert_eq!(trace.len(), 5);
+        assert!(trace.iter().all(|step| step.len() == 2));
+        for (last, img) in trace[4].iter().zip(&images) {
+            assert_eq!(img.len(), 16 * 16 * 3);
+            let off = last.iter().zip(img).filter(|(a, b)| a.abs_diff(**b) > 1);
+            assert_eq!(off.count(), 0);
+        }
+        assert_ne!(trace[0], trace[4]);
+    }
+
     #[test]
     fn the_caption_probe_sees_the_text_path_and_only_it() {
         let dev = Device::flex();

@@ -32,7 +32,7 @@ enum Command {
     /// Time one training step (data, forward, gradients, optimizer) against the matmul rate.
     Bench(BenchArgs),
     /// The shapes evaluation of `webglide eval shapes`, sampled on the CPU through burn.
-    Eval(EvalArgs),
+    Eval(Box<EvalArgs>),
 }
 
 fn main() {

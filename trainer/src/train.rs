@@ -549,8 +549,9 @@ pub fn run(args: &Args) -> Result<()> {
     let out = &out;
     if let Some(e) = &data.emoji {
         eprintln!(
-            "{} emoji images, shapes share {}",
-            e.entries.len(),
+            "{} emoji images ({} naming a scene's colour and shape left out), shapes share {}",
+            e.entries.len() - e.left_out,
+            e.left_out,
             args.shapes_share
         );
     }
