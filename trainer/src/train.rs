@@ -635,7 +635,7 @@ pub fn run(args: &Args) -> Result<()> {
         args.min_snr,
         args.lr,
         args.device,
-        data.emoji.as_ref().map_or(0, |e| e.entries.len()),
+        data.emoji.as_ref().map_or(0, |e| e.entries.len() - e.left_out),
         data.shapes_share,
         data.crop.unwrap_or(cfg.image_size),
         args.init.as_ref().map_or("-".into(), |p| p.display().to_string()),
