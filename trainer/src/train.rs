@@ -105,7 +105,11 @@ pub fn demo_config(kind: &str) -> Result<GlideConfig> {
         c.channel_mult = "1,1,2,2,2,2".into();
         c.attention_resolutions = "16,8".into();
     } else {
-        c.channel_mult = "1,2,2,2".into();
+        // The top level at 64 channels, not 32: GLIDE's GroupNorms have 32
+        // groups, and one channel per group (an instance norm) removes every
+        // channel's mean right before the output conv, so the model could not
+        // set the image's mean colour (docs/demo-model.md, eleventh session).
+        c.channel_mult = "2,2,2,2".into();
         c.attention_resolutions = "16,8".into();
     }
     c.validate()?;
@@ -288,16 +292,92 @@ pub fn make_batch(
     Ok(out)
 }
 
+/// A widened dimension `o → n` (`o < n ≤ 2o`) as GLIDE's UNet lays it out when
+/// its top level doubles: a prefix of `2o − n` channels that stay (the
+/// deeper level's half of a skip concatenation `[h, skip]`) and the rest,
+/// each old channel twice. Per new channel: (old channel, copies of it).
+fn widened_channels(o: usize, n: usize) -> Vec<(usize, usize)> {
+    let prefix = 2 * o - n;
+    (0..n)
+        .map(|j| {
+            if j < prefix {
+                (j, 1)
+            } else {
+                (prefix + (j - prefix) / 2, 2)
+            }
+        })
+        .collect()
+}
+
+/// Net2WiderNet (Chen et al. 2016) for a tensor whose first two dims grew
+/// (`o ≤ n ≤ 2o`, the rest equal): outputs (dim 0) are copied, inputs
+/// (dim 1, weights of rank ≥ 2) copied and divided by their number of
+/// copies, so the next layer sees the same sum. With 32 groups, a channel
+/// and its copy form one GroupNorm group of two equal channels, whose
+/// statistics are the single channel's: the widened top level computes what
+/// it did; only GroupNorms over a skip concatenation regroup. The second
+/// copy of each output gets `noise` × the tensor's std of Gaussian noise, or
+/// the two copies would stay equal forever.
+fn widen(old: &[usize], w: &[f32], new: &[usize], noise: f32, rng: &mut Rng) -> Option<Vec<f32>> {
+    let grows = |d: usize| old[d] <= new[d] && new[d] <= 2 * old[d];
+    if old.len() != new.len()
+        || old == new
+        || !(0..old.len().min(2)).all(grows)
+        || old[2.min(old.len())..] != new[2.min(new.len())..]
+    {
+        return None;
+    }
+    let rows = widened_channels(old[0], new[0]);
+    let (cols, k) = if old.len() >= 2 {
+        (
+            widened_channels(old[1], new[1]),
+            old[2..].iter().product::<usize>(),
+        )
+    } else {
+        (vec![(0, 1)], 1)
+    };
+    let (old_cols, new_cols) = (old.get(1).copied().unwrap_or(1), cols.len());
+    let mean = w.iter().sum::<f32>() / w.len() as f32;
+    let std = (w.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / w.len() as f32).sqrt();
+    let mut out = vec![0f32; new.iter().product()];
+    let mut seen_row = vec![false; old[0]];
+    for (r, &(or, _)) in rows.iter().enumerate() {
+        let second_copy = std::mem::replace(&mut seen_row[or], true);
+        for (c, &(oc, copies)) in cols.iter().enumerate() {
+            let scale = if old.len() >= 2 { copies as f32 } else { 1.0 };
+            for i in 0..k {
+                let mut v = w[(or * old_cols + oc) * k + i] / scale;
+                if second_copy && old.len() >= 2 && noise > 0.0 {
+                    v += noise * std * normal(rng);
+                }
+                out[(r * new_cols + c) * k + i] = v;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut Rng) -> f32 {
+    let u = (1.0 - rng.f32()).max(1e-12);
+    (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * rng.f32()).cos()
+}
+
+/// Symmetry-breaking noise of widened copies, relative to each tensor's std.
+const WIDEN_NOISE: f32 = 0.02;
+
 /// New-run weights from `init`: the config's own initialisation with every
-/// tensor of equal shape replaced, and the first conv's leading input
-/// channels copied (base → base-inpaint: the extra channels start at zero, so
-/// the model starts as the base model).
+/// tensor of equal shape replaced, the first conv's leading input channels
+/// copied (base → base-inpaint: the extra channels start at zero, so the
+/// model starts as the base model), and tensors of a top level twice as
+/// wide widened (`widen`: a trained base continues in the wider UNet).
 pub fn init_from(
     fresh: Vec<(String, Vec<usize>, Vec<f32>)>,
     init: &WeightMap,
 ) -> Result<(WeightMap, usize)> {
     let mut copied = 0;
     let mut map = WeightMap::new();
+    let mut rng = Rng(0x3d1de);
     for (name, shape, mut v) in fresh {
         match init.get(&name) {
             Some((s, w)) if *s == shape => {
@@ -317,6 +397,12 @@ pub fn init_from(
                     v[o * shape[1] * k..][..cin * k].copy_from_slice(&w[o * cin * k..][..cin * k]);
                 }
                 copied += 1;
+            }
+            Some((s, w)) => {
+                if let Some(wide) = widen(s, w, &shape, WIDEN_NOISE, &mut rng) {
+                    v = wide;
+                    copied += 1;
+                }
             }
             _ => {}
         }
@@ -822,6 +908,121 @@ mod tests {
         assert!((learning_rate(&constant, 5000, 5000) - 1e-4).abs() < 1e-12);
         assert_eq!(learning_rate(&constant, 5009, 5000), 1e-3);
         assert!((learning_rate(&decayed, 125, 120) - 0.6 * half).abs() < 1e-12);
+    }
+
+    #[test]
+    fn widening_keeps_the_deeper_half_of_a_concatenation_and_doubles_the_rest() {
+        let ch = widened_channels(3, 4);
+        assert_eq!(ch, [(0, 1), (1, 1), (2, 2), (2, 2)]);
+        let ch = widened_channels(2, 4);
+        assert_eq!(ch, [(0, 2), (0, 2), (1, 2), (1, 2)]);
+        assert_eq!(
+            widened_channels(5, 5),
+            (0..5).map(|j| (j, 1)).collect::<Vec<_>>()
+        );
+    }
+
+    /// Two 1×1 convs in a row, the middle activation widened (the first's
+    /// outputs, the second's inputs): the same function without noise, a
+    /// nearby one with it; the bias and shapes that cannot be widened refused.
+    #[test]
+    fn widening_a_layer_pair_keeps_its_function() {
+        let mut rng = Rng(9);
+        let randv = |n: usize, rng: &mut Rng| (0..n).map(|_| normal(rng)).collect::<Vec<f32>>();
+        let (i, h, o) = (3, 5, 4);
+        let (w1, b1, w2) = (
+            randv(h * i, &mut rng),
+            randv(h, &mut rng),
+            randv(o * h, &mut rng),
+        );
+        let x = randv(i, &mut rng);
+        let apply = |w1: &[f32], b1: &[f32], w2: &[f32], h: usize| -> Vec<f32> {
+            let mid: Vec<f32> = (0..h)
+                .map(|r| b1[r] + (0..i).map(|c| w1[r * i + c] * x[c]).sum::<f32>())
+                .map(|v| v.max(0.0))
+                .collect();
+            (0..o)
+                .map(|r| (0..h).map(|c| w2[r * h + c] * mid[c]).sum())
+                .collect()
+        };
+        let before = apply(&w1, &b1, &w2, h);
+        for (noise, bound) in [(0.0, 1e-6), (0.02, 0.1)] {
+            let mut rng = Rng(4);
+            let w1w = widen(&[h, i, 1, 1], &w1, &[2 * h, i, 1, 1], noise, &mut rng).unwrap();
+            let b1w = widen(&[h], &b1, &[2 * h], noise, &mut rng).unwrap();
+            let w2w = widen(&[o, h, 1, 1], &w2, &[o, 2 * h, 1, 1], noise, &mut rng).unwrap();
+            let after = apply(&w1w, &b1w, &w2w, 2 * h);
+            let scale = before.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in after.iter().zip(&before) {
+                assert!((a - b).abs() <= bound * scale, "{a} {b} noise {noise}");
+            }
+            if noise > 0.0 {
+                assert_ne!(after, before);
+            }
+        }
+        assert!(widen(&[h], &b1, &[3 * h], 0.0, &mut rng).is_none());
+        assert!(widen(&[h, i, 1, 1], &w1, &[2 * h, i, 3, 3], 0.0, &mut rng).is_none());
+        assert!(widen(&[h, i], &w1, &[h - 1, i], 0.0, &mut rng).is_none());
+    }
+
+    /// A narrow base (top level 32 channels) initialises the demo base (64):
+    /// every tensor but the first level-1 block's 1×1 skip conv (an identity
+    /// at 64 → 64) is carried, the deeper levels and the text encoder as
+    /// they were, the top level's tensors widened; the model runs.
+    #[test]
+    fn a_narrow_base_initialises_the_wide_one() {
+        use crate::model::{Cond, Glide, Init};
+        use burn::tensor::Distribution;
+        let dev = Device::flex();
+        dev.seed(3);
+        let wide_cfg = demo_config("base").unwrap();
+        let mut narrow_cfg = wide_cfg.clone();
+        narrow_cfg.channel_mult = "1,2,2,2".into();
+        let narrow: WeightMap = Glide::new(&narrow_cfg, &Init::Random, &dev)
+            .unwrap()
+            .export()
+            .into_iter()
+            .map(|(n, s, v)| (n, (s, v)))
+            .collect();
+        let fresh = Glide::new(&wide_cfg, &Init::Train, &dev).unwrap().export();
+        let (wide, copied) = init_from(fresh, &narrow).unwrap();
+        assert_eq!(copied, narrow.len() - 2);
+        assert!(!wide.contains_key("input_blocks.3.0.skip_connection.weight"));
+        let (mut same, mut widened) = (0, 0);
+        for (name, (shape, v)) in &wide {
+            let Some((old, w)) = narrow.get(name) else {
+                continue;
+            };
+            if old == shape {
+                assert_eq!(v, w, "{name}");
+                same += 1;
+            } else {
+                // 1-D (biases, norms): the top level's values twice each.
+                if shape.len() == 1 {
+                    let map = widened_channels(old[0], shape[0]);
+                    assert!(map.iter().enumerate().all(|(j, &(o, _))| v[j] == w[o]));
+                }
+                widened += 1;
+            }
+        }
+        assert!(same > 200 && widened > 20, "{same} {widened}");
+        let model = Glide::new(&wide_cfg, &Init::From(&wide), &dev).unwrap();
+        let (b, ctx) = (2, wide_cfg.text_ctx);
+        let cond = Cond {
+            tokens: Tensor::<2, Int>::zeros([b, ctx], &dev),
+            mask: Tensor::<2>::ones([b, ctx], &dev),
+            low_res: None,
+            inpaint: None,
+        };
+        let x = Tensor::<4>::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), &dev);
+        let t = Tensor::<1>::from_data(TensorData::new(vec![100f32, 700.0], [b]), &dev);
+        let out: Vec<f32> = model
+            .forward(x, t, &cond)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert!(out.iter().all(|v| v.is_finite()) && out.iter().any(|v| *v != 0.0));
     }
 
     #[test]
