@@ -363,6 +363,34 @@ fn normal(rng: &mut Rng) -> f32 {
     (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * rng.f32()).cos()
 }
 
+/// The architecture of a run: a folder that holds a checkpoint keeps the one
+/// it was trained with (its config.json), even when the demo default has
+/// changed since; asking for another one there is an error, not a
+/// shape-mismatch panic (a new architecture starts in a new folder, with
+/// `--init` to carry what fits).
+fn run_config(out: &Path, asked: GlideConfig, explicit: bool) -> Result<GlideConfig> {
+    let saved = out.join("config.json");
+    if !out.join("state.json").exists() || !saved.exists() {
+        return Ok(asked);
+    }
+    let cfg: GlideConfig = serde_json::from_slice(&std::fs::read(&saved)?)
+        .with_context(|| format!("parsing {}", saved.display()))?;
+    let same = serde_json::to_value(&cfg)? == serde_json::to_value(&asked)?;
+    if explicit && !same {
+        bail!(
+            "{} holds a checkpoint of another architecture than --config; start a new --out (with --init to carry its weights)",
+            out.display()
+        );
+    }
+    if !same {
+        eprintln!(
+            "{}: continuing with its own architecture (config.json), not today's demo default",
+            out.display()
+        );
+    }
+    Ok(cfg)
+}
+
 /// Symmetry-breaking noise of widened copies, relative to each tensor's std.
 const WIDEN_NOISE: f32 = 0.02;
 
@@ -624,7 +652,7 @@ pub fn run(args: &Args) -> Result<()> {
     if !["base", "upsample", "base-inpaint"].contains(&kind) {
         bail!("--kind {kind}: the demo model has base, upsample, base-inpaint and clip");
     }
-    let cfg = match &args.config {
+    let asked: GlideConfig = match &args.config {
         Some(p) => serde_json::from_slice(&std::fs::read(p)?)?,
         None => demo_config(kind)?,
     };
@@ -633,6 +661,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let (dev, out, data) = prepare(args, args.size)?;
     let out = &out;
+    let cfg = run_config(out, asked, args.config.is_some())?;
     if let Some(e) = &data.emoji {
         eprintln!(
             "{} emoji images ({} naming a scene's colour and shape left out), shapes share {}",
@@ -1023,6 +1052,49 @@ mod tests {
             .try_into_vec::<f32>()
             .unwrap();
         assert!(out.iter().all(|v| v.is_finite()) && out.iter().any(|v| *v != 0.0));
+    }
+
+    #[test]
+    fn a_run_folder_keeps_its_architecture() {
+        let dir = std::env::temp_dir().join(format!("webglide-runcfg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let wide = demo_config("base").unwrap();
+        let mult = |c: GlideConfig| c.channel_mult;
+        let mut narrow = wide.clone();
+        narrow.channel_mult = "1,2,2,2".into();
+        // No checkpoint yet: what was asked.
+        assert_eq!(
+            mult(run_config(&dir, wide.clone(), false).unwrap()),
+            wide.channel_mult
+        );
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec(&narrow).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            mult(run_config(&dir, wide.clone(), false).unwrap()),
+            wide.channel_mult
+        );
+        std::fs::write(dir.join("state.json"), b"{}").unwrap();
+        // A checkpoint: its own architecture over the default, an error over --config.
+        assert_eq!(
+            mult(run_config(&dir, wide.clone(), false).unwrap()),
+            narrow.channel_mult
+        );
+        assert_eq!(
+            mult(run_config(&dir, narrow.clone(), true).unwrap()),
+            narrow.channel_mult
+        );
+        let err = run_config(&dir, wide, true).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("another architecture"),
+            "{err:#}"
+        );
+        std::fs::write(dir.join("config.json"), b"{ not json").unwrap();
+        assert!(run_config(&dir, narrow, false).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
