@@ -49,7 +49,8 @@ for kind in ${KINDS:-base base-inpaint upsample}; do
     [ -n "${!size_var:-}" ] && size=(--size "${!size_var}")
     if [ ! -e "$out/$kind/state.json" ] && [ -e "trainer/checkpoints/$kind/state.json" ]; then
         mkdir -p "$out/$kind"
-        cp trainer/checkpoints/"$kind"/{state.json,ema.safetensors} "$out/$kind/"
+        # With its config.json: a checkpoint continues in the architecture it was trained in.
+        cp trainer/checkpoints/"$kind"/{state.json,ema.safetensors,config.json} "$out/$kind/"
     fi
     init=()
     if [ "$kind" = base-inpaint ] && [ ! -e "$out/$kind/state.json" ] && [ -e "$out/base/weights.safetensors" ]; then

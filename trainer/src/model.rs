@@ -617,6 +617,18 @@ pub struct Glide {
 impl Glide {
     pub fn new(cfg: &GlideConfig, init: &Init, dev: &Device) -> anyhow::Result<Self> {
         cfg.validate()?;
+        if let Init::From(map) = init {
+            // Weights of another architecture are an error, not a panic below.
+            for (name, shape, _) in Glide::new(cfg, &Init::Train, dev)?.export() {
+                match map.get(&name) {
+                    Some((s, _)) if s.iter().product::<usize>() == shape.iter().product::<usize>() => {}
+                    Some((s, _)) => anyhow::bail!(
+                        "weight '{name}' has shape {s:?}, this architecture needs {shape:?} (weights of another config?)"
+                    ),
+                    None => anyhow::bail!("weight '{name}' is missing (weights of another config?)"),
+                }
+            }
+        }
         let (mc, w, ctx) = (cfg.num_channels, cfg.xf_width, cfg.text_ctx);
         let emb = 4 * mc;
         let mult = cfg.channel_mult()?;

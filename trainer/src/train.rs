@@ -1052,6 +1052,9 @@ mod tests {
             .try_into_vec::<f32>()
             .unwrap();
         assert!(out.iter().all(|v| v.is_finite()) && out.iter().any(|v| *v != 0.0));
+        // The narrow weights straight into the wide model: an error naming the tensor.
+        let err = Glide::new(&wide_cfg, &Init::From(&narrow), &dev).unwrap_err();
+        assert!(format!("{err:#}").contains("has shape"), "{err:#}");
     }
 
     #[test]
