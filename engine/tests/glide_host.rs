@@ -207,6 +207,32 @@ fn architecture_keys_equal_the_released_models() {
     }
 }
 
+/// unet.py widens the input conv with the first level: `ch = input_ch =
+/// int(channel_mult[0] * model_channels)`. No released config has
+/// `channel_mult[0]` ≠ 1, so the keys of one that does are checked here.
+#[test]
+fn the_input_conv_has_the_first_levels_width() {
+    use engine::glide::model::GlideConfig;
+    let mut cfg = GlideConfig::for_kind("base").unwrap();
+    cfg.num_channels = 32;
+    cfg.channel_mult = "2,2,2,2".into();
+    let keys = cfg.weight_shapes().unwrap();
+    let shape = |n: &str| keys.iter().find(|(k, _)| k == n).map(|(_, s)| s.clone());
+    assert_eq!(shape("input_blocks.0.0.weight"), Some(vec![64, 3, 3, 3]));
+    assert_eq!(
+        shape("input_blocks.1.0.in_layers.2.weight"),
+        Some(vec![64, 64, 3, 3])
+    );
+    assert_eq!(shape("input_blocks.1.0.skip_connection.weight"), None);
+    // The last output block reads [h, input conv]: 64 + 64 channels.
+    let last = keys
+        .iter()
+        .rfind(|(k, _)| k.starts_with("output_blocks.") && k.ends_with(".0.in_layers.0.weight"))
+        .unwrap();
+    assert_eq!(last.1, [128]);
+    assert_eq!(shape("out.2.weight"), Some(vec![6, 64, 3, 3]));
+}
+
 #[test]
 fn architecture_keys_equal_the_fixture_weights() {
     use engine::glide::model::GlideConfig;

@@ -636,12 +636,14 @@ impl Glide {
         let attn = |p: &str, ch: usize| -> anyhow::Result<AttentionBlock> {
             Ok(AttentionBlock::new(init, dev, p, ch, cfg.heads(ch)?, w))
         };
+        // unet.py: `ch = input_ch = int(channel_mult[0] * model_channels)`.
+        let input_ch = mult.first().map_or(mc, |m| m * mc);
         let mut input_blocks = vec![Block {
             conv: Some(Conv::new(
                 init,
                 dev,
                 "input_blocks.0.0",
-                mc,
+                input_ch,
                 cfg.in_channels(),
                 3,
                 false,
@@ -650,8 +652,8 @@ impl Glide {
             attn: None,
             resample: None,
         }];
-        let (mut ch, mut ds) = (mc, 1);
-        let mut skips = vec![mc];
+        let (mut ch, mut ds) = (input_ch, 1);
+        let mut skips = vec![input_ch];
         for (level, &m) in mult.iter().enumerate() {
             for _ in 0..cfg.num_res_blocks {
                 let i = input_blocks.len();

@@ -764,14 +764,16 @@ impl UNetSpec {
         };
         pair(&mut add, "time_embed.0", vec![emb, mc]);
         pair(&mut add, "time_embed.2", vec![emb, emb]);
+        let mult = &self.channel_mult;
+        // unet.py: `ch = input_ch = int(channel_mult[0] * model_channels)`.
+        let input_ch = mult.first().map_or(mc, |m| m * mc);
         pair(
             &mut add,
             "input_blocks.0.0",
-            vec![mc, self.in_channels, 3, 3],
+            vec![input_ch, self.in_channels, 3, 3],
         );
-        let mult = &self.channel_mult;
-        let (mut ch, mut ds, mut i) = (mc, 1, 1);
-        let mut skips = vec![mc];
+        let (mut ch, mut ds, mut i) = (input_ch, 1, 1);
+        let mut skips = vec![input_ch];
         for (level, &m) in mult.iter().enumerate() {
             for _ in 0..self.num_res_blocks {
                 res(&mut add, &format!("input_blocks.{i}.0"), ch, m * mc);
@@ -871,15 +873,17 @@ impl UNet {
         let emb = 4 * mc;
         let mult = &spec.channel_mult;
         let attn_ds = &spec.attention_ds;
+        // unet.py: `ch = input_ch = int(channel_mult[0] * model_channels)`.
+        let input_ch = mult.first().map_or(mc, |m| m * mc);
         let mut input_blocks = vec![vec![Block::Conv(Layer::conv(
             l,
             &format!("{p}input_blocks.0.0"),
-            mc,
+            input_ch,
             spec.in_channels,
             3,
         )?)]];
-        let mut skip_ch = vec![mc];
-        let (mut ch, mut ds) = (mc, 1);
+        let mut skip_ch = vec![input_ch];
+        let (mut ch, mut ds) = (input_ch, 1);
         for (level, &m) in mult.iter().enumerate() {
             for _ in 0..spec.num_res_blocks {
                 let i = input_blocks.len();
