@@ -581,9 +581,6 @@ fn write_grid(path: &std::path::Path, rows: &[Vec<Vec<u8>>], size: usize) -> Res
 mod tests {
     use super::*;
 
-    /// The probe compares captions on the same noised images: a model whose
-    /// text reaches nothing (its text projections zeroed) shows exactly no
-    /// gap, and the same model with them shows one.
     #[test]
     fn seen_scenes_have_no_held_out_pair_and_held_out_ones_have_one() {
         let seen = seen_scenes(200, 3);
@@ -640,6 +637,9 @@ mod tests {
         assert_ne!(trace[0], trace[4]);
     }
 
+    /// The probe compares captions on the same noised images: a model whose
+    /// text reaches nothing (its text projections zeroed) shows exactly no
+    /// gap, and the same model with them shows one.
     #[test]
     fn the_caption_probe_sees_the_text_path_and_only_it() {
         let dev = Device::flex();

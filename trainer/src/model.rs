@@ -619,7 +619,7 @@ impl Glide {
         cfg.validate()?;
         if let Init::From(map) = init {
             // Weights of another architecture are an error, not a panic below.
-            for (name, shape, _) in Glide::new(cfg, &Init::Train, dev)?.export() {
+            for (name, shape) in cfg.weight_shapes()? {
                 match map.get(&name) {
                     Some((s, _)) if s.iter().product::<usize>() == shape.iter().product::<usize>() => {}
                     Some((s, _)) => anyhow::bail!(

@@ -314,8 +314,9 @@ fn widened_channels(o: usize, n: usize) -> Vec<(usize, usize)> {
 /// (dim 1, weights of rank ≥ 2) copied and divided by their number of
 /// copies, so the next layer sees the same sum. With 32 groups, a channel
 /// and its copy form one GroupNorm group of two equal channels, whose
-/// statistics are the single channel's: the widened top level computes what
-/// it did; only GroupNorms over a skip concatenation regroup. The second
+/// statistics are the single channel's. What does not carry over: GroupNorms
+/// over a skip concatenation regroup, and a skip conv that the wider layout
+/// makes an identity is dropped (`init_from` leaves it out). The second
 /// copy of each output gets `noise` × the tensor's std of Gaussian noise, or
 /// the two copies would stay equal forever.
 fn widen(old: &[usize], w: &[f32], new: &[usize], noise: f32, rng: &mut Rng) -> Option<Vec<f32>> {
