@@ -1,173 +1,372 @@
-//! `webglide eval shapes`: how well a model draws shape prompts it never saw
-//! as exact captions (every prompt holds a colour–shape pair kept out of the
-//! demo model's training), per guidance method and scale (classifier-free,
-//! and CLIP guidance when asked: the paper's comparison at matched steps),
-//! scored by the shapes checker.
+//! `webglide eval shapes` and `webglide eval inpaint`: how well a model draws
+//! shape prompts it never saw as exact captions (every prompt holds a
+//! colour–shape pair kept out of the demo model's training), per guidance
+//! method and scale, scored by the shapes checker.
+//!
+//! - shapes: the base from noise (classifier-free guidance, and CLIP guidance
+//!   when asked: the paper's comparison at matched steps);
+//! - inpaint: base-inpaint regenerates one object's box of a rendered scene
+//!   with a prompt that gives that object a new (held-out) colour and shape.
 
+use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use engine::demo::shapes::{detect, eval_scenes, score};
-use engine::glide::pipeline::{to_rgb8, ClipGuidance, DiffusionLoop, Extra, Sampler};
+use engine::demo::shapes::{detect, eval_scenes, inpaint_cases, render, score, Scene};
+use engine::glide::model::Glide;
+use engine::glide::pipeline::{
+    rgb8_to_planes, to_rgb8, ClipGuidance, DiffusionLoop, Extra, Sampler,
+};
 use engine::Gpu;
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// `guidance`: classifier-free scales; `clip_guidance`: CLIP scales (needs
-/// the noisy CLIP in `model`). `grid`: also write a PNG with the first 8
-/// images of every row of the table (one row each).
-#[allow(clippy::too_many_arguments)]
-pub fn shapes(
-    gpu: &Gpu,
-    model: &Path,
-    n: usize,
-    guidance: &[f32],
-    clip_guidance: &[f32],
-    steps: &str,
-    seed: u64,
-    grid: Option<&Path>,
-) -> Result<()> {
-    if n == 0 || n > 100_000 {
-        bail!("--n {n} (1..=100000)");
-    }
-    if guidance.is_empty() && clip_guidance.is_empty() {
-        bail!("--guidance or --clip-guidance needs at least one scale");
-    }
-    // (label, CFG scale, CLIP scale) per table row.
-    let methods: Vec<(String, Option<f32>, Option<f32>)> = guidance
+/// What both evaluations take from the command line.
+pub struct Settings<'a> {
+    pub model: &'a Path,
+    pub n: usize,
+    /// Classifier-free scales (0 = no guidance).
+    pub guidance: &'a [f32],
+    /// CLIP scales (shapes only; needs the noisy CLIP in `model`).
+    pub clip_guidance: &'a [f32],
+    pub steps: &'a str,
+    pub seed: u64,
+    /// Also write a PNG with the first 8 images of every row of the table.
+    pub grid: Option<&'a Path>,
+}
+
+/// One table row: a guidance method and scale.
+struct Method {
+    label: String,
+    cfg: Option<f32>,
+    clip: Option<f32>,
+}
+
+const GRID_COLS: usize = 8;
+/// Many prompts per batch (one per image): on a GPU a batch of 32
+/// small-model images costs about what one does.
+const EVAL_BATCH: usize = 32;
+
+pub fn shapes(gpu: &Gpu, s: &Settings) -> Result<()> {
+    check(s)?;
+    let methods: Vec<Method> = s
+        .guidance
         .iter()
-        .map(|&g| (format!("cfg {g:.1}"), (g > 0.0).then_some(g), None))
-        .chain(
-            clip_guidance
-                .iter()
-                .map(|&g| (format!("clip {g:.1}"), None, Some(g))),
-        )
+        .map(|&g| Method {
+            label: format!("cfg {g:.1}"),
+            cfg: (g > 0.0).then_some(g),
+            clip: None,
+        })
+        .chain(s.clip_guidance.iter().map(|&g| Method {
+            label: format!("clip {g:.1}"),
+            cfg: None,
+            clip: Some(g),
+        }))
         .collect();
-    let clip = if clip_guidance.is_empty() {
+    let clip = if s.clip_guidance.is_empty() {
         None
     } else {
-        Some(crate::generate::load_noisy_clip(gpu, model)?)
+        Some(crate::generate::load_noisy_clip(gpu, s.model)?)
     };
     let clip_tok = crate::generate::clip_tokenizer()?;
-    let base = crate::generate::load_model(gpu, model, "base")?
-        .with_context(|| format!("{}/base/manifest.json not found", model.display()))?;
+    let base = load(gpu, s.model, "base")?;
+    let scenes = eval_scenes(s.n, s.seed);
+    println!(
+        "{} prompts with held-out colour–shape pairs, steps {}, model {}",
+        s.n,
+        s.steps,
+        s.model.display()
+    );
+    let clip_guidance = |m: &Method, range: Range<usize>| -> Result<Option<ClipGuidance>> {
+        let (Some(scale), Some((image, text_enc))) = (m.clip, &clip) else {
+            return Ok(None);
+        };
+        let texts: Vec<String> = scenes[range].iter().map(|s| s.caption()).collect();
+        let texts: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let mut rec = gpu.recorder();
+        let text = text_enc.encode_prompts(&mut rec, &clip_tok, &texts)?;
+        rec.submit()?;
+        Ok(Some(ClipGuidance { image, text, scale }))
+    };
+    let rows = table(
+        gpu,
+        s,
+        &base,
+        &methods,
+        &scenes,
+        PerChunk {
+            extra: &|_| Ok(Extra::default()),
+            clip: &clip_guidance,
+            new_score: None,
+        },
+    )?;
+    write_grid(
+        s,
+        &methods,
+        &scenes,
+        Vec::new(),
+        rows,
+        base.config.image_size,
+    )
+}
+
+pub fn inpaint(gpu: &Gpu, s: &Settings) -> Result<()> {
+    check(s)?;
+    if !s.clip_guidance.is_empty() {
+        bail!("--clip-guidance: the inpainting evaluation has classifier-free guidance only");
+    }
+    let methods: Vec<Method> = s
+        .guidance
+        .iter()
+        .map(|&g| Method {
+            label: format!("cfg {g:.1}"),
+            cfg: (g > 0.0).then_some(g),
+            clip: None,
+        })
+        .collect();
+    let model = load(gpu, s.model, "base-inpaint")?;
+    let size = model.config.image_size;
+    let cases = inpaint_cases(s.n, s.seed);
+    let targets: Vec<Scene> = cases.iter().map(|c| c.target.clone()).collect();
+    // Rendered like the training data: 4×4 samples per pixel.
+    let sources: Vec<Vec<u8>> = cases.iter().map(|c| render(&c.source, size, 4)).collect();
+    let keeps: Vec<Vec<f32>> = cases.iter().map(|c| c.keep_mask(size)).collect();
+    println!(
+        "{} scenes, one object's box regenerated as a held-out colour–shape pair, steps {}, model {}",
+        s.n,
+        s.steps,
+        s.model.display()
+    );
+    let extra = |range: Range<usize>| -> Result<Extra> {
+        let b = range.len();
+        let mut image = Vec::with_capacity(b * 3 * size * size);
+        for rgb in &sources[range.clone()] {
+            image.extend(rgb8_to_planes(rgb, size, size, size)?);
+        }
+        let keep: Vec<f32> = keeps[range].concat();
+        Ok(Extra {
+            low_res: None,
+            inpaint: Some((
+                gpu.upload(&[b, 3, size, size], &image)?,
+                gpu.upload(&[b, 1, size, size], &keep)?,
+            )),
+        })
+    };
+    // The column the shapes table lacks: is the new object there at all.
+    let new_found = |i: usize, rgb: &[u8]| -> f32 {
+        let new = cases[i].new_object();
+        let hit = detect(rgb, size)
+            .iter()
+            .any(|f| (f.color, f.shape) == (new.color, new.shape));
+        if hit {
+            1.0
+        } else {
+            0.0
+        }
+    };
+    let rows = table(
+        gpu,
+        s,
+        &model,
+        &methods,
+        &targets,
+        PerChunk {
+            extra: &extra,
+            clip: &|_, _| Ok(None),
+            new_score: Some(&new_found),
+        },
+    )?;
+    let shown: Vec<Vec<u8>> = cases
+        .iter()
+        .zip(&sources)
+        .take(GRID_COLS)
+        .map(|(c, rgb)| c.shaded(rgb, size))
+        .collect();
+    write_grid(
+        s,
+        &methods,
+        &targets,
+        vec![("source".into(), shown)],
+        rows,
+        size,
+    )
+}
+
+fn check(s: &Settings) -> Result<()> {
+    if s.n == 0 || s.n > 100_000 {
+        bail!("--n {} (1..=100000)", s.n);
+    }
+    if s.guidance.is_empty() && s.clip_guidance.is_empty() {
+        bail!("--guidance or --clip-guidance needs at least one scale");
+    }
+    Ok(())
+}
+
+fn load(gpu: &Gpu, dir: &Path, kind: &str) -> Result<Glide> {
+    crate::generate::load_model(gpu, dir, kind)?
+        .with_context(|| format!("{}/{kind}/manifest.json not found", dir.display()))
+}
+
+/// What an evaluation adds to the prompts, per chunk of scenes (a range of
+/// their indices): the model's extra inputs, CLIP guidance, and a score of
+/// its own for each image (printed as the "new" column).
+struct PerChunk<'a, 'm> {
+    extra: &'a dyn Fn(Range<usize>) -> Result<Extra>,
+    clip: &'a ClipFn<'a, 'm>,
+    new_score: Option<&'a ScoreFn<'a>>,
+}
+
+/// Scene index and image → score in [0, 1].
+type ScoreFn<'a> = dyn Fn(usize, &[u8]) -> f32 + 'a;
+type ClipFn<'a, 'm> = dyn Fn(&Method, Range<usize>) -> Result<Option<ClipGuidance<'m>>> + 'a;
+
+/// Samples every scene's caption under every method, prints one score row
+/// per method and returns the first images of each row for the grid.
+fn table<'m>(
+    gpu: &Gpu,
+    s: &Settings,
+    model: &'m Glide,
+    methods: &[Method],
+    scenes: &[Scene],
+    per_chunk: PerChunk<'_, 'm>,
+) -> Result<Vec<Vec<Vec<u8>>>> {
+    let PerChunk {
+        extra,
+        clip,
+        new_score,
+    } = per_chunk;
+    let size = model.config.image_size;
     let tok = crate::generate::tokenizer()?;
-    let size = base.config.image_size;
-    let scenes = eval_scenes(n, seed);
-    let pb = ProgressBar::new((n * methods.len()) as u64);
+    let captions: Vec<Vec<u32>> = scenes.iter().map(|s| tok.encode(&s.caption())).collect();
+    let pb = ProgressBar::new((scenes.len() * methods.len()) as u64);
     pb.set_style(ProgressStyle::with_template(
         "{prefix} [{bar:32}] {pos}/{len} images {elapsed_precise}",
     )?);
     pb.set_prefix("eval");
     println!(
-        "{n} prompts with held-out colour–shape pairs, steps {steps}, model {}",
-        model.display()
+        "{:>9} {:>8} {:>8} {:>8} {:>9} {:>6}{}",
+        "guidance",
+        "colour",
+        "shape",
+        "binding",
+        "relation",
+        "exact",
+        if new_score.is_some() { "    new" } else { "" }
     );
-    println!(
-        "{:>9} {:>8} {:>8} {:>8} {:>9} {:>6}",
-        "guidance", "colour", "shape", "binding", "relation", "exact"
-    );
-    const COLS: usize = 8;
-    const EVAL_BATCH: usize = 32;
-    // Many prompts per batch (one per image): on a GPU a batch of 32
-    // small-model images costs about what one does.
-    let captions: Vec<Vec<u32>> = scenes.iter().map(|s| tok.encode(&s.caption())).collect();
-    let mut rows: Vec<Vec<Vec<u8>>> = Vec::new();
-    for (label, cfg, clip_scale) in &methods {
+    let mut rows = Vec::new();
+    for m in methods {
         let mut row = Vec::new();
-        let (mut c, mut s, mut b, mut r, mut nr, mut e) = (0f32, 0f32, 0f32, 0f32, 0f32, 0f32);
-        for (chunk, (scenes, captions)) in scenes
-            .chunks(EVAL_BATCH)
-            .zip(captions.chunks(EVAL_BATCH))
-            .enumerate()
-        {
-            let prompts: Vec<&[u32]> = captions.iter().map(|c| c.as_slice()).collect();
+        let (mut c, mut sh, mut b, mut r, mut nr, mut e, mut x) =
+            (0f32, 0f32, 0f32, 0f32, 0f32, 0f32, 0f32);
+        for (chunk, start) in (0..scenes.len()).step_by(EVAL_BATCH).enumerate() {
+            let range = start..(start + EVAL_BATCH).min(scenes.len());
+            let prompts: Vec<&[u32]> = captions[range.clone()]
+                .iter()
+                .map(|c| c.as_slice())
+                .collect();
             let mut lp = DiffusionLoop::with_prompts(
                 gpu,
-                &base,
+                model,
                 &prompts,
-                steps,
+                s.steps,
                 Sampler::Ancestral,
-                *cfg,
-                seed.wrapping_add(chunk as u64),
+                m.cfg,
+                s.seed.wrapping_add(chunk as u64),
                 1.0,
-                Extra::default(),
+                extra(range.clone())?,
             )?;
-            if let (Some(scale), Some((image, text_enc))) = (clip_scale, &clip) {
-                let texts: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
-                let texts: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-                let mut rec = gpu.recorder();
-                let text = text_enc.encode_prompts(&mut rec, &clip_tok, &texts)?;
-                rec.submit()?;
-                lp = lp.with_clip_guidance(ClipGuidance {
-                    image,
-                    text,
-                    scale: *scale,
-                })?;
+            if let Some(g) = clip(m, range.clone())? {
+                lp = lp.with_clip_guidance(g)?;
             }
             while lp.step(gpu)? {}
             let img = pollster::block_on(gpu.read(&lp.sample(gpu)?))?;
-            for (scene, rgb) in scenes.iter().zip(to_rgb8(&img, scenes.len(), size)) {
-                let sc = score(scene, &detect(&rgb, size));
-                if row.len() < COLS {
-                    row.push(rgb);
-                }
+            for (i, rgb) in range.clone().zip(to_rgb8(&img, range.len(), size)) {
+                let sc = score(&scenes[i], &detect(&rgb, size));
                 c += sc.color;
-                s += sc.shape;
+                sh += sc.shape;
                 b += sc.binding;
                 e += sc.exact;
-                if let Some(x) = sc.relation {
-                    r += x;
+                if let Some(v) = sc.relation {
+                    r += v;
                     nr += 1.0;
+                }
+                if let Some(f) = new_score {
+                    x += f(i, &rgb);
+                }
+                if row.len() < GRID_COLS {
+                    row.push(rgb);
                 }
                 pb.inc(1);
             }
         }
-        rows.push(row);
-        let m = n as f32;
+        let n = scenes.len() as f32;
+        let relation = if nr > 0.0 {
+            format!("{:.3}", r / nr)
+        } else {
+            "-".into()
+        };
+        let new_col = if new_score.is_some() {
+            format!(" {:>6.3}", x / n)
+        } else {
+            String::new()
+        };
         pb.suspend(|| {
             println!(
-                "{label:>9} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>6.3}",
-                c / m,
-                s / m,
-                b / m,
-                if nr > 0.0 {
-                    format!("{:.3}", r / nr)
-                } else {
-                    "-".into()
-                },
-                e / m
+                "{:>9} {:>8.3} {:>8.3} {:>8.3} {relation:>9} {:>6.3}{new_col}",
+                m.label,
+                c / n,
+                sh / n,
+                b / n,
+                e / n
             )
         });
+        rows.push(row);
     }
     pb.finish_and_clear();
-    if let Some(path) = grid {
-        let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-        let (w, h) = (cols * size, rows.len() * size);
-        let mut img = vec![255u8; w * h * 3];
-        for (ri, row) in rows.iter().enumerate() {
-            for (ci, tile) in row.iter().enumerate() {
-                for y in 0..size {
-                    let dst = ((ri * size + y) * w + ci * size) * 3;
-                    img[dst..dst + size * 3]
-                        .copy_from_slice(&tile[y * size * 3..(y + 1) * size * 3]);
-                }
+    Ok(rows)
+}
+
+/// One row of tiles per entry of `leading` (label, tiles), then one per method.
+fn write_grid(
+    s: &Settings,
+    methods: &[Method],
+    scenes: &[Scene],
+    leading: Vec<(String, Vec<Vec<u8>>)>,
+    rows: Vec<Vec<Vec<u8>>>,
+    size: usize,
+) -> Result<()> {
+    let Some(path) = s.grid else {
+        return Ok(());
+    };
+    let labels: Vec<String> = leading
+        .iter()
+        .map(|(l, _)| l.clone())
+        .chain(methods.iter().map(|m| m.label.clone()))
+        .collect();
+    let rows: Vec<Vec<Vec<u8>>> = leading.into_iter().map(|(_, r)| r).chain(rows).collect();
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let (w, h) = (cols * size, rows.len() * size);
+    let mut img = vec![255u8; w * h * 3];
+    for (ri, row) in rows.iter().enumerate() {
+        for (ci, tile) in row.iter().enumerate() {
+            for y in 0..size {
+                let dst = ((ri * size + y) * w + ci * size) * 3;
+                img[dst..dst + size * 3].copy_from_slice(&tile[y * size * 3..(y + 1) * size * 3]);
             }
         }
-        let captions: Vec<String> = scenes.iter().take(cols).map(|s| s.caption()).collect();
-        let labels: Vec<&str> = methods.iter().map(|m| m.0.as_str()).collect();
-        let params = vec![
-            ("webglide:rows", labels.join(" | ")),
-            ("webglide:columns", captions.join(" | ")),
-            ("webglide:steps", steps.to_string()),
-            ("webglide:seed", seed.to_string()),
-        ];
-        crate::generate::write_png(path, &img, w, h, &params)?;
-        println!(
-            "wrote {} (rows: {}; columns: {})",
-            path.display(),
-            labels.join(", "),
-            captions.join(" | ")
-        );
     }
+    let captions: Vec<String> = scenes.iter().take(cols).map(|s| s.caption()).collect();
+    let params = vec![
+        ("webglide:rows", labels.join(" | ")),
+        ("webglide:columns", captions.join(" | ")),
+        ("webglide:steps", s.steps.to_string()),
+        ("webglide:seed", s.seed.to_string()),
+    ];
+    crate::generate::write_png(path, &img, w, h, &params)?;
+    println!(
+        "wrote {} (rows: {}; columns: {})",
+        path.display(),
+        labels.join(", "),
+        captions.join(" | ")
+    );
     Ok(())
 }

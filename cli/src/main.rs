@@ -129,25 +129,53 @@ enum EvalWhat {
     /// training, scored by the shapes checker (colour, shape, binding,
     /// relation) per guidance scale.
     Shapes {
-        #[arg(long, default_value = "public/models/demo")]
-        model: std::path::PathBuf,
-        #[arg(long, default_value_t = 200)]
-        n: usize,
-        /// Comma-separated classifier-free guidance scales (0 = no guidance).
-        #[arg(long, default_value = "0,1,3,5", value_delimiter = ',')]
-        guidance: Vec<f32>,
+        #[command(flatten)]
+        args: EvalArgs,
         /// Comma-separated CLIP guidance scales, rows after the CFG ones
         /// (needs clip-image-enc/ and clip-text-enc/ in --model).
         #[arg(long, value_delimiter = ',')]
         clip_guidance: Vec<f32>,
-        #[arg(long, default_value = "50")]
-        steps: String,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Also write a PNG grid: one row per guidance scale, 8 prompts.
-        #[arg(long)]
-        grid: Option<std::path::PathBuf>,
     },
+    /// Inpainting: base-inpaint regenerates the box of one object of a
+    /// rendered shapes scene, prompted to draw a held-out colour–shape pair
+    /// there; scored like `shapes` against the edited scene, plus "new":
+    /// the share of images that show the new object.
+    Inpaint {
+        #[command(flatten)]
+        args: EvalArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    #[arg(long, default_value = "public/models/demo")]
+    model: std::path::PathBuf,
+    #[arg(long, default_value_t = 200)]
+    n: usize,
+    /// Comma-separated classifier-free guidance scales (0 = no guidance).
+    #[arg(long, default_value = "0,1,3,5", value_delimiter = ',')]
+    guidance: Vec<f32>,
+    #[arg(long, default_value = "50")]
+    steps: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Also write a PNG grid: one row per guidance scale, 8 prompts.
+    #[arg(long)]
+    grid: Option<std::path::PathBuf>,
+}
+
+impl EvalArgs {
+    fn settings<'a>(&'a self, clip_guidance: &'a [f32]) -> eval::Settings<'a> {
+        eval::Settings {
+            model: &self.model,
+            n: self.n,
+            guidance: &self.guidance,
+            clip_guidance,
+            steps: &self.steps,
+            seed: self.seed,
+            grid: self.grid.as_deref(),
+        }
+    }
 }
 
 /// unCLIP's runtime settings (Karlo's defaults).
@@ -598,24 +626,13 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Eval {
             what:
                 EvalWhat::Shapes {
-                    model,
-                    n,
-                    guidance,
+                    args,
                     clip_guidance,
-                    steps,
-                    seed,
-                    grid,
                 },
-        } => eval::shapes(
-            &gpu()?,
-            &model,
-            n,
-            &guidance,
-            &clip_guidance,
-            &steps,
-            seed,
-            grid.as_deref(),
-        )?,
+        } => eval::shapes(&gpu()?, &args.settings(&clip_guidance))?,
+        Cmd::Eval {
+            what: EvalWhat::Inpaint { args },
+        } => eval::inpaint(&gpu()?, &args.settings(&[]))?,
         Cmd::Bench {
             what: BenchWhat::Kernels { iters, quick },
         } => bench::kernels(&gpu()?, iters.max(1), quick)?,

@@ -480,3 +480,66 @@ fn eval_shapes_prints_scores_per_guidance_and_writes_a_grid() {
     let r = webglide(&["eval", "shapes", "--model", &m, "--n", "0"]);
     assert_eq!(r.status.code(), Some(2));
 }
+
+#[test]
+fn eval_inpaint_scores_the_regenerated_object_and_writes_a_grid() {
+    let dir = tempdir("ei");
+    let grid = dir.join("grid.png");
+    let m = models().to_str().unwrap().to_string();
+    let r = webglide(&[
+        "eval",
+        "inpaint",
+        "--model",
+        &m,
+        "--n",
+        "3",
+        "--steps",
+        "2",
+        "--guidance",
+        "0,3",
+        "--grid",
+        grid.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out.contains("relation  exact    new"),
+        "no new-object column:\n{out}"
+    );
+    let rows: Vec<Vec<f32>> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("cfg "))
+        .map(|l| {
+            l.split_whitespace()
+                .skip(2)
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "one score row per scale:\n{out}");
+    for row in rows {
+        // colour, shape, binding, relation (when a scene has one), exact, new
+        assert!(row.len() >= 5, "{out}");
+        assert!(row.iter().all(|v| (0.0..=1.0).contains(v)), "{out}");
+    }
+    // Rows: the sources with their regions greyed, then cfg 0 and cfg 3;
+    // three 16-px tiles each.
+    let (w, h, _, text) = read_png(&grid);
+    assert_eq!((w, h), (48, 48));
+    assert!(text
+        .iter()
+        .any(|(k, v)| k == "webglide:rows" && v == "source | cfg 0.0 | cfg 3.0"));
+    // CLIP guidance has no inpainting form here: an error, not a panic.
+    let r = webglide(&[
+        "eval",
+        "inpaint",
+        "--model",
+        &m,
+        "--n",
+        "1",
+        "--clip-guidance",
+        "3",
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -2,13 +2,16 @@
 //! (same prompts, same checker, DDIM or ancestral steps with classifier-free
 //! guidance, or ancestral steps with CLIP guidance, as the engine samples
 //! them) run on the CPU through burn, so a training run can be measured in
-//! minutes on a machine whose Vulkan is a CPU emulation.
+//! minutes on a machine whose Vulkan is a CPU emulation; with `--inpaint`,
+//! the inpainting evaluation of `webglide eval inpaint` for a base-inpaint.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use engine::demo::shapes::{detect, eval_scenes, held_out, score, Rng, Scene};
+use engine::demo::shapes::{
+    detect, eval_scenes, held_out, inpaint_cases, render, score, InpaintCase, Rng, Scene,
+};
 use engine::glide::model::GlideConfig;
 use engine::glide::schedule::Schedule;
 use engine::glide::tokenizer::pad_tokens;
@@ -25,7 +28,8 @@ pub struct EvalArgs {
     /// ... or a weights file with --config ...
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// ... or a converted model set (e.g. public/models/demo: its base/, q8 dequantised).
+    /// ... or a converted model set (e.g. public/models/demo: its base/, or
+    /// base-inpaint/ with --inpaint; q8 dequantised).
     #[arg(long)]
     pub model: Option<PathBuf>,
     #[arg(long)]
@@ -71,6 +75,12 @@ pub struct EvalArgs {
     /// scene's caption at several noise levels (does the model read its prompt?).
     #[arg(long)]
     pub probe: bool,
+    /// The inpainting evaluation (a base-inpaint model): one object's box of
+    /// a rendered scene regenerated, prompted as a held-out colour–shape
+    /// pair; scored against the edited scene, plus "new" (the new object is
+    /// there). The grid's first row shows the sources, regions greyed.
+    #[arg(long)]
+    pub inpaint: bool,
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -86,15 +96,24 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             }
             (None, Some(w), Some(c), None) => (read_config(c)?, read_safetensors(w)?, w.clone()),
             (None, None, None, Some(m)) => {
-                let (cfg, map) = read_converted(&m.join("base"))?;
-                (cfg, map, m.join("base"))
+                let dir = m.join(if args.inpaint { "base-inpaint" } else { "base" });
+                let (cfg, map) = read_converted(&dir)?;
+                (cfg, map, dir)
             }
             _ => bail!(
                 "give --run DIR, --weights FILE with --config FILE, or --model DIR (converted)"
             ),
         };
-    if cfg.super_res || cfg.inpaint {
-        bail!("the shapes evaluation is for base models");
+    if cfg.super_res || cfg.inpaint != args.inpaint {
+        bail!(
+            "{}: the {} evaluation is for {} models",
+            source.display(),
+            if args.inpaint { "inpainting" } else { "shapes" },
+            if args.inpaint { "base-inpaint" } else { "base" }
+        );
+    }
+    if args.inpaint && (args.probe || args.seen || !args.clip_guidance.is_empty()) {
+        bail!("--inpaint takes none of --probe, --seen, --clip-guidance");
     }
     if args.n == 0 || args.n > 10_000 || args.batch == 0 || args.batch > 256 {
         bail!("--n 1..=10000, --batch 1..=256");
@@ -145,7 +164,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     dev.seed(args.seed);
     let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
     let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, &args.steps)?;
-    let scenes = if args.seen {
+    let cases = if args.inpaint {
+        inpaint_cases(args.n, args.seed)
+    } else {
+        Vec::new()
+    };
+    let scenes = if args.inpaint {
+        cases.iter().map(|c| c.target.clone()).collect()
+    } else if args.seen {
         seen_scenes(args.n, args.seed)
     } else {
         eval_scenes(args.n, args.seed)
@@ -162,7 +188,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     println!(
         "{} prompts {}, {} {} at {size} px (burn, CPU), {}",
         args.n,
-        if args.seen {
+        if args.inpaint {
+            "inpainting one object's box as a held-out colour–shape pair"
+        } else if args.seen {
             "of the training distribution (no held-out pair)"
         } else {
             "with held-out colour–shape pairs"
@@ -172,32 +200,68 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         source.display()
     );
     println!(
-        "{:>9} {:>8} {:>8} {:>8} {:>9} {:>6}",
-        "guidance", "colour", "shape", "binding", "relation", "exact"
+        "{:>9} {:>8} {:>8} {:>8} {:>9} {:>6}{}",
+        "guidance",
+        "colour",
+        "shape",
+        "binding",
+        "relation",
+        "exact",
+        if args.inpaint { "    new" } else { "" }
     );
+    // Inpainting: the rendered sources (as training renders) and keep-masks.
+    let sources: Vec<Vec<u8>> = cases.iter().map(|c| render(&c.source, size, 4)).collect();
     let mut grid_rows = Vec::new();
+    if args.inpaint {
+        grid_rows.push(
+            cases
+                .iter()
+                .zip(&sources)
+                .take(8)
+                .map(|(c, rgb)| c.shaded(rgb, size))
+                .collect(),
+        );
+    }
     let mut trace = args.trace.as_ref().map(|_| Vec::new());
     for (label, g, clip_scale) in &rows {
-        let (mut sum, mut rel, mut nrel) = ([0f32; 4], 0f32, 0f32);
+        let (mut sum, mut rel, mut nrel, mut new) = ([0f32; 4], 0f32, 0f32, 0f32);
         let mut row = Vec::new();
-        for chunk in scenes.chunks(args.batch) {
+        for (ci, chunk) in scenes.chunks(args.batch).enumerate() {
+            let start = ci * args.batch;
             let captions: Vec<String> = chunk.iter().map(|s| s.caption()).collect();
-            let guide = clip.as_ref().zip(*clip_scale);
             let first = trace.as_ref().is_some_and(|t: &Vec<_>| t.is_empty());
-            let rgb = sample(
-                &model,
-                &sched,
-                &tok,
-                &captions,
-                *g,
-                guide,
+            let spec = Sampling {
+                sched: &sched,
+                guidance: *g,
+                clip: clip.as_ref().zip(*clip_scale),
                 ancestral,
                 size,
+            };
+            let inpaint = args.inpaint.then(|| {
+                let range = start..start + chunk.len();
+                inpaint_inputs(&cases[range.clone()], &sources[range], size, &dev)
+            });
+            let rgb = sample(
+                &model,
+                &tok,
+                &captions,
+                &spec,
+                inpaint,
                 &dev,
                 if first { trace.as_mut() } else { None },
             )?;
-            for (scene, img) in chunk.iter().zip(rgb) {
-                let sc = score(scene, &detect(&img, size));
+            for (i, (scene, img)) in chunk.iter().zip(rgb).enumerate() {
+                let found = detect(&img, size);
+                if let Some(case) = cases.get(start + i) {
+                    let o = case.new_object();
+                    if found
+                        .iter()
+                        .any(|f| (f.color, f.shape) == (o.color, o.shape))
+                    {
+                        new += 1.0;
+                    }
+                }
+                let sc = score(scene, &found);
                 sum[0] += sc.color;
                 sum[1] += sc.shape;
                 sum[2] += sc.binding;
@@ -213,7 +277,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         let m = args.n as f32;
         println!(
-            "{label:>9} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>6.3}",
+            "{label:>9} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>6.3}{}",
             sum[0] / m,
             sum[1] / m,
             sum[2] / m,
@@ -222,7 +286,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             } else {
                 "-".into()
             },
-            sum[3] / m
+            sum[3] / m,
+            if args.inpaint {
+                format!(" {:>6.3}", new / m)
+            } else {
+                String::new()
+            }
         );
         grid_rows.push(row);
     }
@@ -341,20 +410,47 @@ impl EvalClip {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How `sample` draws: the respaced schedule, the guidance, the sampler and
+/// the image side.
+pub struct Sampling<'a> {
+    pub sched: &'a Schedule,
+    /// Classifier-free scale (0 = the conditional model alone).
+    pub guidance: f32,
+    /// The noisy CLIP and its scale (ancestral steps).
+    pub clip: Option<(&'a EvalClip, f32)>,
+    /// Ancestral (the notebooks) or DDIM with eta 0.
+    pub ancestral: bool,
+    pub size: usize,
+}
+
+/// Samples one image per caption. `inpaint`: a base-inpaint's source images
+/// `[n, 3, size, size]` in [-1, 1] and keep-masks `[n, 1, size, size]`; as
+/// the inpaint notebook's `denoised_fn`, every step's x0 keeps the source
+/// where the mask says so. `trace` collects every step's x0.
 pub fn sample(
     model: &Glide,
-    sched: &Schedule,
     tok: &engine::glide::tokenizer::GlideTokenizer,
     captions: &[String],
-    guidance: f32,
-    clip: Option<(&EvalClip, f32)>,
-    ancestral: bool,
-    size: usize,
+    spec: &Sampling,
+    inpaint: Option<(Tensor<4>, Tensor<4>)>,
     dev: &Device,
     mut trace: Option<&mut Vec<Vec<Vec<u8>>>>,
 ) -> Result<Vec<Vec<u8>>> {
+    let Sampling {
+        sched,
+        guidance,
+        clip,
+        ancestral,
+        size,
+    } = *spec;
     let cfg = &model.config;
+    if cfg.inpaint != inpaint.is_some() {
+        bail!(
+            "a {} model {} an inpainting image and mask",
+            cfg.kind(),
+            if cfg.inpaint { "needs" } else { "takes no" }
+        );
+    }
     let n = captions.len();
     let guided = guidance > 0.0;
     let rows = if guided { 2 * n } else { n };
@@ -363,7 +459,17 @@ pub fn sample(
         .iter()
         .chain(std::iter::repeat_n(&empty, rows - n))
         .collect();
-    let cond = text_cond(tok, cfg.text_ctx, &texts, dev);
+    let mut cond = text_cond(tok, cfg.text_ctx, &texts, dev);
+    if let Some((image, keep)) = &inpaint {
+        let twice = |t: &Tensor<4>| {
+            if guided {
+                Tensor::cat(vec![t.clone(), t.clone()], 0)
+            } else {
+                t.clone()
+            }
+        };
+        cond.inpaint = Some((twice(image), twice(keep)));
+    }
     let mut x = Tensor::<4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), dev);
     for i in (0..sched.len()).rev() {
         let c = sched.coeffs(i, 0.0);
@@ -384,8 +490,11 @@ pub fn sample(
         } else {
             eps_all
         };
-        let x0 =
+        let mut x0 =
             (x.clone() * c.sqrt_recip_ac as f64 - eps * c.sqrt_recipm1_ac as f64).clamp(-1.0, 1.0);
+        if let Some((image, keep)) = &inpaint {
+            x0 = x0 * (keep.clone().neg() + 1.0) + image.clone() * keep.clone();
+        }
         if let Some(trace) = trace.as_deref_mut() {
             trace.push(to_rgb(x0.clone(), size)?);
         }
@@ -412,6 +521,29 @@ pub fn sample(
         }
     }
     to_rgb(x, size)
+}
+
+/// A chunk of inpainting cases as the model's inputs: the rendered sources
+/// in [-1, 1] and the keep-masks, NCHW.
+fn inpaint_inputs(
+    cases: &[InpaintCase],
+    sources: &[Vec<u8>],
+    size: usize,
+    dev: &Device,
+) -> (Tensor<4>, Tensor<4>) {
+    let n = cases.len();
+    let plane = size * size;
+    let mut image = Vec::with_capacity(n * 3 * plane);
+    for rgb in sources {
+        for ch in 0..3 {
+            image.extend((0..plane).map(|p| rgb[p * 3 + ch] as f32 / 127.5 - 1.0));
+        }
+    }
+    let keep: Vec<f32> = cases.iter().flat_map(|c| c.keep_mask(size)).collect();
+    (
+        Tensor::<4>::from_data(TensorData::new(image, [n, 3, size, size]), dev),
+        Tensor::<4>::from_data(TensorData::new(keep, [n, 1, size, size]), dev),
+    )
 }
 
 /// Images in [-1, 1] (NCHW) as interleaved RGB8, one `Vec` per image.
@@ -614,19 +746,14 @@ mod tests {
         let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, "ddim5").unwrap();
         let captions = vec!["a red circle".to_string(), "emoji of cat".to_string()];
         let mut trace = Vec::new();
-        let images = sample(
-            &model,
-            &sched,
-            &tok,
-            &captions,
-            2.0,
-            None,
-            false,
-            16,
-            &dev,
-            Some(&mut trace),
-        )
-        .unwrap();
+        let spec = Sampling {
+            sched: &sched,
+            guidance: 2.0,
+            clip: None,
+            ancestral: false,
+            size: 16,
+        };
+        let images = sample(&model, &tok, &captions, &spec, None, &dev, Some(&mut trace)).unwrap();
         assert_eq!(trace.len(), 5);
         assert!(trace.iter().all(|step| step.len() == 2));
         for (last, img) in trace[4].iter().zip(&images) {
@@ -635,6 +762,57 @@ mod tests {
             assert_eq!(off.count(), 0);
         }
         assert_ne!(trace[0], trace[4]);
+    }
+
+    /// Inpainting keeps the source where the mask says keep (every step's
+    /// x0 is pasted over, and DDIM's last step returns x0), whatever the
+    /// model draws in the region; and a model without inpainting inputs refuses them.
+    #[test]
+    fn inpainting_keeps_the_source_outside_the_region() {
+        let dev = Device::flex();
+        let cfg = crate::train::demo_config("base-inpaint").unwrap();
+        let tok = tokenizer().unwrap();
+        let model = Glide::new(&cfg, &Init::Random, &dev).unwrap();
+        let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, "ddim3").unwrap();
+        let size = 24;
+        let cases = inpaint_cases(3, 11);
+        let sources: Vec<Vec<u8>> = cases.iter().map(|c| render(&c.source, size, 4)).collect();
+        let captions: Vec<String> = cases.iter().map(|c| c.target.caption()).collect();
+        for guidance in [0.0, 3.0] {
+            let spec = Sampling {
+                sched: &sched,
+                guidance,
+                clip: None,
+                ancestral: false,
+                size,
+            };
+            let inputs = inpaint_inputs(&cases, &sources, size, &dev);
+            let images = sample(&model, &tok, &captions, &spec, Some(inputs), &dev, None).unwrap();
+            for ((case, src), img) in cases.iter().zip(&sources).zip(&images) {
+                let keep = case.keep_mask(size);
+                let (mut kept, mut changed) = (0, 0);
+                for (i, (a, b)) in src.iter().zip(img).enumerate() {
+                    if keep[i / 3] == 1.0 {
+                        assert!(a.abs_diff(*b) <= 1, "pixel {} changed outside", i / 3);
+                        kept += 1;
+                    } else if a != b {
+                        changed += 1;
+                    }
+                }
+                assert!(kept > 0 && changed > 0, "{kept} kept, {changed} redrawn");
+            }
+        }
+        let base = crate::train::demo_config("base").unwrap();
+        let base = Glide::new(&base, &Init::Random, &dev).unwrap();
+        let spec = Sampling {
+            sched: &sched,
+            guidance: 0.0,
+            clip: None,
+            ancestral: false,
+            size,
+        };
+        let inputs = inpaint_inputs(&cases, &sources, size, &dev);
+        assert!(sample(&base, &tok, &captions, &spec, Some(inputs), &dev, None).is_err());
     }
 
     /// The probe compares captions on the same noised images: a model whose

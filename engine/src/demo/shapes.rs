@@ -358,6 +358,99 @@ pub fn eval_scenes(n: usize, seed: u64) -> Vec<Scene> {
         .collect()
 }
 
+/// An inpainting evaluation case: `source` is drawn, the box around its last
+/// object is regenerated, and the prompt is `target`'s caption: the same
+/// scene with that object given a held-out colour–shape pair, new in both
+/// colour and shape and unlike every other object of the scene.
+#[derive(Clone, Debug)]
+pub struct InpaintCase {
+    pub source: Scene,
+    pub target: Scene,
+    /// The regenerated box in units of the image width: x0, y0, x1, y1.
+    pub region: [f32; 4],
+}
+
+impl InpaintCase {
+    /// The object the prompt asks for in the region.
+    pub fn new_object(&self) -> &Object {
+        self.target.objects.last().expect("scenes have objects")
+    }
+
+    /// Keep-mask at `size`² (1 = keep, 0 = regenerate): the pixels whose
+    /// centre lies in the region.
+    pub fn keep_mask(&self, size: usize) -> Vec<f32> {
+        let [x0, y0, x1, y1] = self.region;
+        let c = |p: usize| (p as f32 + 0.5) / size as f32;
+        (0..size * size)
+            .map(|i| {
+                let (x, y) = (c(i % size), c(i / size));
+                if (x0..=x1).contains(&x) && (y0..=y1).contains(&y) {
+                    0.0
+                } else {
+                    1.0
+                }
+            })
+            .collect()
+    }
+
+    /// `rgb` (`size`², RGB8) with the region greyed: how grids show a source.
+    pub fn shaded(&self, rgb: &[u8], size: usize) -> Vec<u8> {
+        let keep = self.keep_mask(size);
+        rgb.iter()
+            .enumerate()
+            .map(|(i, &v)| if keep[i / 3] == 1.0 { v } else { v / 2 + 64 })
+            .collect()
+    }
+}
+
+/// `n` inpainting cases, the same for a given seed everywhere. Sources use
+/// training pairs only; the region is the last object's box with a margin
+/// that no other object reaches into, so a perfect inpainting is exactly the
+/// rendered target.
+pub fn inpaint_cases(n: usize, seed: u64) -> Vec<InpaintCase> {
+    const MARGIN: f32 = 0.03;
+    let mut rng = Rng(seed ^ 0x1a9a);
+    (0..n)
+        .map(|_| loop {
+            let source = Scene::random(&mut rng, &|c, s| !held_out(c, s));
+            let (last, others) = source.objects.split_last().expect("1–3 objects");
+            let region = [
+                (last.cx - last.r - MARGIN).max(0.0),
+                (last.cy - last.r - MARGIN).max(0.0),
+                (last.cx + last.r + MARGIN).min(1.0),
+                (last.cy + last.r + MARGIN).min(1.0),
+            ];
+            let clear = others.iter().all(|p| {
+                p.cx + p.r < region[0]
+                    || p.cx - p.r > region[2]
+                    || p.cy + p.r < region[1]
+                    || p.cy - p.r > region[3]
+            });
+            let choices: Vec<(usize, usize)> = HELD_OUT
+                .iter()
+                .copied()
+                .filter(|&(c, s)| {
+                    c != last.color
+                        && s != last.shape
+                        && others.iter().all(|p| (p.color, p.shape) != (c, s))
+                })
+                .collect();
+            if !clear || choices.is_empty() {
+                continue;
+            }
+            let (color, shape) = choices[rng.below(choices.len())];
+            let mut target = source.clone();
+            let new = target.objects.last_mut().expect("1–3 objects");
+            (new.color, new.shape) = (color, shape);
+            break InpaintCase {
+                source,
+                target,
+                region,
+            };
+        })
+        .collect()
+}
+
 /// Per-caption scores in [0, 1] (relation: None when the caption has none).
 #[derive(Clone, Debug, Default)]
 pub struct Score {
@@ -440,6 +533,58 @@ mod tests {
                 assert!(relation_holds(r, &s.objects[0], &s.objects[1], 0.05, 0.7));
             }
         }
+    }
+
+    /// A perfect inpainting (the source outside the region, the target
+    /// inside) is exactly the rendered target, which the checker reads as
+    /// the prompt; the untouched source never shows the new object.
+    #[test]
+    fn inpaint_cases_regenerate_just_the_replaced_object() {
+        for size in [64, 23] {
+            let cases = inpaint_cases(60, size as u64);
+            let (mut exact, mut stale) = (0.0, 0.0);
+            for case in &cases {
+                let (src, tgt) = (&case.source.objects, &case.target.objects);
+                let last = src.len() - 1;
+                assert_eq!(src[..last], tgt[..last]);
+                let (old, new) = (&src[last], case.new_object());
+                assert!(held_out(new.color, new.shape));
+                assert!(new.color != old.color && new.shape != old.shape);
+                assert!((new.cx, new.cy, new.r) == (old.cx, old.cy, old.r));
+                assert!(src.iter().all(|o| !held_out(o.color, o.shape)));
+                let keep = case.keep_mask(size);
+                assert!(keep.contains(&0.0) && keep.contains(&1.0));
+                let (a, b) = (render(&case.source, size, 4), render(&case.target, size, 4));
+                let composite: Vec<u8> = (0..size * size * 3)
+                    .map(|i| if keep[i / 3] == 1.0 { a[i] } else { b[i] })
+                    .collect();
+                assert!(composite == b, "the region misses part of the new object");
+                if size == 64 {
+                    exact += score(&case.target, &detect(&b, size)).exact;
+                    let found = detect(&a, size);
+                    if found
+                        .iter()
+                        .any(|f| (f.color, f.shape) == (new.color, new.shape))
+                    {
+                        stale += 1.0;
+                    }
+                }
+            }
+            if size == 64 {
+                assert!(exact / 60.0 > 0.9, "checker on perfect inpaintings {exact}");
+                assert_eq!(stale, 0.0, "the source already holds the new object");
+            }
+        }
+        assert_eq!(
+            inpaint_cases(5, 3)
+                .iter()
+                .map(|c| c.target.caption())
+                .collect::<Vec<_>>(),
+            inpaint_cases(5, 3)
+                .iter()
+                .map(|c| c.target.caption())
+                .collect::<Vec<_>>()
+        );
     }
 
     /// The checker must read rendered scenes back almost perfectly, or its
