@@ -12,7 +12,9 @@ use std::ops::Range;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use engine::demo::shapes::{detect, eval_scenes, inpaint_cases, render, score, Scene};
+use engine::demo::shapes::{
+    detect, eval_scenes, inpaint_cases, render, score, tile_rows, Found, Scene, Tally,
+};
 use engine::glide::model::Glide;
 use engine::glide::pipeline::{
     rgb8_to_planes, to_rgb8, ClipGuidance, DiffusionLoop, Extra, Sampler,
@@ -48,20 +50,7 @@ const EVAL_BATCH: usize = 32;
 
 pub fn shapes(gpu: &Gpu, s: &Settings) -> Result<()> {
     check(s)?;
-    let methods: Vec<Method> = s
-        .guidance
-        .iter()
-        .map(|&g| Method {
-            label: format!("cfg {g:.1}"),
-            cfg: (g > 0.0).then_some(g),
-            clip: None,
-        })
-        .chain(s.clip_guidance.iter().map(|&g| Method {
-            label: format!("clip {g:.1}"),
-            cfg: None,
-            clip: Some(g),
-        }))
-        .collect();
+    let methods = methods(s);
     let clip = if s.clip_guidance.is_empty() {
         None
     } else {
@@ -96,7 +85,7 @@ pub fn shapes(gpu: &Gpu, s: &Settings) -> Result<()> {
         PerChunk {
             extra: &|_| Ok(Extra::default()),
             clip: &clip_guidance,
-            new_score: None,
+            new_shown: None,
         },
     )?;
     write_grid(
@@ -114,15 +103,7 @@ pub fn inpaint(gpu: &Gpu, s: &Settings) -> Result<()> {
     if !s.clip_guidance.is_empty() {
         bail!("--clip-guidance: the inpainting evaluation has classifier-free guidance only");
     }
-    let methods: Vec<Method> = s
-        .guidance
-        .iter()
-        .map(|&g| Method {
-            label: format!("cfg {g:.1}"),
-            cfg: (g > 0.0).then_some(g),
-            clip: None,
-        })
-        .collect();
+    let methods = methods(s);
     let model = load(gpu, s.model, "base-inpaint")?;
     let size = model.config.image_size;
     let cases = inpaint_cases(s.n, s.seed);
@@ -151,18 +132,6 @@ pub fn inpaint(gpu: &Gpu, s: &Settings) -> Result<()> {
             )),
         })
     };
-    // The column the shapes table lacks: is the new object there at all.
-    let new_found = |i: usize, rgb: &[u8]| -> f32 {
-        let new = cases[i].new_object();
-        let hit = detect(rgb, size)
-            .iter()
-            .any(|f| (f.color, f.shape) == (new.color, new.shape));
-        if hit {
-            1.0
-        } else {
-            0.0
-        }
-    };
     let rows = table(
         gpu,
         s,
@@ -172,7 +141,7 @@ pub fn inpaint(gpu: &Gpu, s: &Settings) -> Result<()> {
         PerChunk {
             extra: &extra,
             clip: &|_, _| Ok(None),
-            new_score: Some(&new_found),
+            new_shown: Some(&|i, found| cases[i].shows_new_object(found)),
         },
     )?;
     let shown: Vec<Vec<u8>> = cases
@@ -189,6 +158,23 @@ pub fn inpaint(gpu: &Gpu, s: &Settings) -> Result<()> {
         rows,
         size,
     )
+}
+
+/// The table's rows: the classifier-free scales, then the CLIP ones.
+fn methods(s: &Settings) -> Vec<Method> {
+    s.guidance
+        .iter()
+        .map(|&g| Method {
+            label: format!("cfg {g:.1}"),
+            cfg: (g > 0.0).then_some(g),
+            clip: None,
+        })
+        .chain(s.clip_guidance.iter().map(|&g| Method {
+            label: format!("clip {g:.1}"),
+            cfg: None,
+            clip: Some(g),
+        }))
+        .collect()
 }
 
 fn check(s: &Settings) -> Result<()> {
@@ -212,11 +198,11 @@ fn load(gpu: &Gpu, dir: &Path, kind: &str) -> Result<Glide> {
 struct PerChunk<'a, 'm> {
     extra: &'a dyn Fn(Range<usize>) -> Result<Extra>,
     clip: &'a ClipFn<'a, 'm>,
-    new_score: Option<&'a ScoreFn<'a>>,
+    new_shown: Option<&'a ShownFn<'a>>,
 }
 
-/// Scene index and image → score in [0, 1].
-type ScoreFn<'a> = dyn Fn(usize, &[u8]) -> f32 + 'a;
+/// Scene index and the objects found in its image → whether the new one is there.
+type ShownFn<'a> = dyn Fn(usize, &[Found]) -> bool + 'a;
 type ClipFn<'a, 'm> = dyn Fn(&Method, Range<usize>) -> Result<Option<ClipGuidance<'m>>> + 'a;
 
 /// Samples every scene's caption under every method, prints one score row
@@ -232,7 +218,7 @@ fn table<'m>(
     let PerChunk {
         extra,
         clip,
-        new_score,
+        new_shown,
     } = per_chunk;
     let size = model.config.image_size;
     let tok = crate::generate::tokenizer()?;
@@ -242,21 +228,11 @@ fn table<'m>(
         "{prefix} [{bar:32}] {pos}/{len} images {elapsed_precise}",
     )?);
     pb.set_prefix("eval");
-    println!(
-        "{:>9} {:>8} {:>8} {:>8} {:>9} {:>6}{}",
-        "guidance",
-        "colour",
-        "shape",
-        "binding",
-        "relation",
-        "exact",
-        if new_score.is_some() { "    new" } else { "" }
-    );
+    println!("{}", Tally::header(new_shown.is_some()));
     let mut rows = Vec::new();
     for m in methods {
         let mut row = Vec::new();
-        let (mut c, mut sh, mut b, mut r, mut nr, mut e, mut x) =
-            (0f32, 0f32, 0f32, 0f32, 0f32, 0f32, 0f32);
+        let mut tally = Tally::default();
         for (chunk, start) in (0..scenes.len()).step_by(EVAL_BATCH).enumerate() {
             let range = start..(start + EVAL_BATCH).min(scenes.len());
             let prompts: Vec<&[u32]> = captions[range.clone()]
@@ -280,17 +256,10 @@ fn table<'m>(
             while lp.step(gpu)? {}
             let img = pollster::block_on(gpu.read(&lp.sample(gpu)?))?;
             for (i, rgb) in range.clone().zip(to_rgb8(&img, range.len(), size)) {
-                let sc = score(&scenes[i], &detect(&rgb, size));
-                c += sc.color;
-                sh += sc.shape;
-                b += sc.binding;
-                e += sc.exact;
-                if let Some(v) = sc.relation {
-                    r += v;
-                    nr += 1.0;
-                }
-                if let Some(f) = new_score {
-                    x += f(i, &rgb);
+                let found = detect(&rgb, size);
+                tally.add(&score(&scenes[i], &found));
+                if let Some(shown) = new_shown {
+                    tally.add_new(shown(i, &found));
                 }
                 if row.len() < GRID_COLS {
                     row.push(rgb);
@@ -298,27 +267,7 @@ fn table<'m>(
                 pb.inc(1);
             }
         }
-        let n = scenes.len() as f32;
-        let relation = if nr > 0.0 {
-            format!("{:.3}", r / nr)
-        } else {
-            "-".into()
-        };
-        let new_col = if new_score.is_some() {
-            format!(" {:>6.3}", x / n)
-        } else {
-            String::new()
-        };
-        pb.suspend(|| {
-            println!(
-                "{:>9} {:>8.3} {:>8.3} {:>8.3} {relation:>9} {:>6.3}{new_col}",
-                m.label,
-                c / n,
-                sh / n,
-                b / n,
-                e / n
-            )
-        });
+        pb.suspend(|| println!("{}", tally.row(&m.label)));
         rows.push(row);
     }
     pb.finish_and_clear();
@@ -343,17 +292,8 @@ fn write_grid(
         .chain(methods.iter().map(|m| m.label.clone()))
         .collect();
     let rows: Vec<Vec<Vec<u8>>> = leading.into_iter().map(|(_, r)| r).chain(rows).collect();
-    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    let (w, h) = (cols * size, rows.len() * size);
-    let mut img = vec![255u8; w * h * 3];
-    for (ri, row) in rows.iter().enumerate() {
-        for (ci, tile) in row.iter().enumerate() {
-            for y in 0..size {
-                let dst = ((ri * size + y) * w + ci * size) * 3;
-                img[dst..dst + size * 3].copy_from_slice(&tile[y * size * 3..(y + 1) * size * 3]);
-            }
-        }
-    }
+    let (img, w, h) = tile_rows(&rows, size);
+    let cols = w / size;
     let captions: Vec<String> = scenes.iter().take(cols).map(|s| s.caption()).collect();
     let params = vec![
         ("webglide:rows", labels.join(" | ")),

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use engine::demo::shapes::{
-    detect, eval_scenes, held_out, inpaint_cases, render, score, InpaintCase, Rng, Scene,
+    detect, eval_scenes, held_out, inpaint_cases, render, score, tile_rows, InpaintCase, Rng,
+    Scene, Tally,
 };
 use engine::glide::model::GlideConfig;
 use engine::glide::schedule::Schedule;
@@ -199,16 +200,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         args.steps,
         source.display()
     );
-    println!(
-        "{:>9} {:>8} {:>8} {:>8} {:>9} {:>6}{}",
-        "guidance",
-        "colour",
-        "shape",
-        "binding",
-        "relation",
-        "exact",
-        if args.inpaint { "    new" } else { "" }
-    );
+    println!("{}", Tally::header(args.inpaint));
     // Inpainting: the rendered sources (as training renders) and keep-masks.
     let sources: Vec<Vec<u8>> = cases.iter().map(|c| render(&c.source, size, 4)).collect();
     let mut grid_rows = Vec::new();
@@ -224,7 +216,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let mut trace = args.trace.as_ref().map(|_| Vec::new());
     for (label, g, clip_scale) in &rows {
-        let (mut sum, mut rel, mut nrel, mut new) = ([0f32; 4], 0f32, 0f32, 0f32);
+        let mut tally = Tally::default();
         let mut row = Vec::new();
         for (ci, chunk) in scenes.chunks(args.batch).enumerate() {
             let start = ci * args.batch;
@@ -252,47 +244,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             )?;
             for (i, (scene, img)) in chunk.iter().zip(rgb).enumerate() {
                 let found = detect(&img, size);
+                tally.add(&score(scene, &found));
                 if let Some(case) = cases.get(start + i) {
-                    let o = case.new_object();
-                    if found
-                        .iter()
-                        .any(|f| (f.color, f.shape) == (o.color, o.shape))
-                    {
-                        new += 1.0;
-                    }
-                }
-                let sc = score(scene, &found);
-                sum[0] += sc.color;
-                sum[1] += sc.shape;
-                sum[2] += sc.binding;
-                sum[3] += sc.exact;
-                if let Some(r) = sc.relation {
-                    rel += r;
-                    nrel += 1.0;
+                    tally.add_new(case.shows_new_object(&found));
                 }
                 if row.len() < 8 {
                     row.push(img);
                 }
             }
         }
-        let m = args.n as f32;
-        println!(
-            "{label:>9} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>6.3}{}",
-            sum[0] / m,
-            sum[1] / m,
-            sum[2] / m,
-            if nrel > 0.0 {
-                format!("{:.3}", rel / nrel)
-            } else {
-                "-".into()
-            },
-            sum[3] / m,
-            if args.inpaint {
-                format!(" {:>6.3}", new / m)
-            } else {
-                String::new()
-            }
-        );
+        println!("{}", tally.row(label));
         grid_rows.push(row);
     }
     if let Some(path) = &args.grid {
@@ -686,17 +647,7 @@ fn caption_errors(
 }
 
 fn write_grid(path: &std::path::Path, rows: &[Vec<Vec<u8>>], size: usize) -> Result<()> {
-    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
-    let (w, h) = (cols * size, rows.len().max(1) * size);
-    let mut img = vec![255u8; w * h * 3];
-    for (ri, row) in rows.iter().enumerate() {
-        for (ci, tile) in row.iter().enumerate() {
-            for y in 0..size {
-                let dst = ((ri * size + y) * w + ci * size) * 3;
-                img[dst..dst + size * 3].copy_from_slice(&tile[y * size * 3..(y + 1) * size * 3]);
-            }
-        }
-    }
+    let (img, w, h) = tile_rows(rows, size);
     let tmp = path.with_extension("partial");
     {
         let file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);

@@ -213,6 +213,23 @@ pub fn box_down(rgb: &[u8], size: usize, factor: usize) -> Vec<u8> {
     out
 }
 
+/// Rows of `size`² RGB8 tiles laid out as one image (white where a row is
+/// short): the evaluations' sample grids. Returns the pixels, width, height.
+pub fn tile_rows(rows: &[Vec<Vec<u8>>], size: usize) -> (Vec<u8>, usize, usize) {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+    let (w, h) = (cols * size, rows.len().max(1) * size);
+    let mut img = vec![255u8; w * h * 3];
+    for (ri, row) in rows.iter().enumerate() {
+        for (ci, tile) in row.iter().enumerate() {
+            for y in 0..size {
+                let dst = ((ri * size + y) * w + ci * size) * 3;
+                img[dst..dst + size * 3].copy_from_slice(&tile[y * size * 3..(y + 1) * size * 3]);
+            }
+        }
+    }
+    (img, w, h)
+}
+
 /// An object found in an image.
 #[derive(Clone, Debug)]
 pub struct Found {
@@ -393,6 +410,14 @@ impl InpaintCase {
             .collect()
     }
 
+    /// Whether the checker's objects include the new one (colour and shape).
+    pub fn shows_new_object(&self, found: &[Found]) -> bool {
+        let o = self.new_object();
+        found
+            .iter()
+            .any(|f| (f.color, f.shape) == (o.color, o.shape))
+    }
+
     /// `rgb` (`size`², RGB8) with the region greyed: how grids show a source.
     pub fn shaded(&self, rgb: &[u8], size: usize) -> Vec<u8> {
         let keep = self.keep_mask(size);
@@ -462,6 +487,72 @@ pub struct Score {
     /// shape, the relation (if any) holding, and no object the caption
     /// does not name; else 0.
     pub exact: f32,
+}
+
+/// Scores summed over images: one row of an evaluation table. `new`: the
+/// inpainting evaluation's extra column (the new object is there).
+#[derive(Clone, Debug, Default)]
+pub struct Tally {
+    images: f32,
+    color: f32,
+    shape: f32,
+    binding: f32,
+    relation: f32,
+    with_relation: f32,
+    exact: f32,
+    new: Option<f32>,
+}
+
+impl Tally {
+    pub fn add(&mut self, s: &Score) {
+        self.images += 1.0;
+        self.color += s.color;
+        self.shape += s.shape;
+        self.binding += s.binding;
+        self.exact += s.exact;
+        if let Some(r) = s.relation {
+            self.relation += r;
+            self.with_relation += 1.0;
+        }
+    }
+
+    pub fn add_new(&mut self, shown: bool) {
+        *self.new.get_or_insert(0.0) += if shown { 1.0 } else { 0.0 };
+    }
+
+    pub fn header(with_new: bool) -> String {
+        format!(
+            "{:>9} {:>8} {:>8} {:>8} {:>9} {:>6}{}",
+            "guidance",
+            "colour",
+            "shape",
+            "binding",
+            "relation",
+            "exact",
+            if with_new { "    new" } else { "" }
+        )
+    }
+
+    /// Means over the images (relation: over those whose caption has one).
+    pub fn row(&self, label: &str) -> String {
+        let m = self.images.max(1.0);
+        let relation = if self.with_relation > 0.0 {
+            format!("{:.3}", self.relation / self.with_relation)
+        } else {
+            "-".into()
+        };
+        let new = self
+            .new
+            .map(|v| format!(" {:>6.3}", v / m))
+            .unwrap_or_default();
+        format!(
+            "{label:>9} {:>8.3} {:>8.3} {:>8.3} {relation:>9} {:>6.3}{new}",
+            self.color / m,
+            self.shape / m,
+            self.binding / m,
+            self.exact / m
+        )
+    }
 }
 
 /// Scores an image against the scene its caption describes.
@@ -585,6 +676,31 @@ mod tests {
                 .map(|c| c.target.caption())
                 .collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn a_tally_prints_means_with_the_relation_over_captions_that_have_one() {
+        let mut t = Tally::default();
+        let one = |relation, exact| Score {
+            color: 1.0,
+            shape: 0.5,
+            binding: 0.5,
+            relation,
+            exact,
+        };
+        t.add(&one(Some(1.0), 1.0));
+        t.add(&one(None, 0.0));
+        assert_eq!(
+            t.row("cfg 3.0").split_whitespace().collect::<Vec<_>>(),
+            ["cfg", "3.0", "1.000", "0.500", "0.500", "1.000", "0.500"]
+        );
+        assert!(!Tally::header(false).contains("new"));
+        t.add_new(true);
+        t.add_new(false);
+        assert!(Tally::header(true).ends_with("exact    new"));
+        assert!(t.row("x").ends_with("0.500  0.500"), "{}", t.row("x"));
+        let none = Tally::default().row("cfg 0.0");
+        assert!(none.contains(" - "), "{none}");
     }
 
     /// The checker must read rendered scenes back almost perfectly, or its
