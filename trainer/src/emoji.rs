@@ -9,11 +9,12 @@
 //! training: 64-px images (the 256 render 4×4 box-averaged on white, as for
 //! the shapes) in memory, 256-px ones decoded on demand for the upsampler.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use engine::demo::shapes::{box_down, Rng, COLORS, SHAPES};
+use engine::glide::tokenizer::GlideTokenizer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -502,6 +503,27 @@ impl Emoji {
         }
     }
 
+    /// Every token id `caption` can give a sampled entry: each label with
+    /// and without "emoji of ", each keyword after ", " (GPT-2's BPE splits
+    /// words before merging, so these cover every word's position).
+    pub fn caption_tokens(&self, tok: &GlideTokenizer) -> BTreeSet<u32> {
+        let mut used = BTreeSet::new();
+        let sampled = self
+            .entries
+            .iter()
+            .filter(|e| !e.labels.iter().any(|l| names_a_scene_object(l)));
+        for e in sampled {
+            for l in &e.labels {
+                used.extend(tok.encode(&format!("emoji of {l}")));
+                used.extend(tok.encode(l));
+                for t in &e.tags {
+                    used.extend(tok.encode(&format!("{l}, {t}")));
+                }
+            }
+        }
+        used
+    }
+
     /// The survey's caption scheme: a label, "emoji of " at p=0.75, and
     /// 1–3 keywords at p=0.5 (no articles: CLDR labels are not all nouns).
     pub fn caption(&self, i: usize, rng: &mut Rng) -> String {
@@ -740,13 +762,17 @@ mod tests {
         assert_eq!(&large[(128 * 256 + 128) * 3..][..3], &[0xff, 0xcc, 0x4d]);
         assert_eq!(emoji.small[face], box_down(&large, 256, 4));
 
-        // Sampling reaches every kind of entry; captions follow the scheme.
+        // Sampling reaches every kind of entry; captions follow the scheme
+        // and hold only tokens of `caption_tokens` (kept by checkpoints).
+        let tok = crate::train::tokenizer().unwrap();
+        let used = emoji.caption_tokens(&tok);
         let mut rng = Rng(7);
         let mut seen = vec![0; emoji.entries.len()];
         for _ in 0..4000 {
             let i = emoji.sample(&mut rng);
             seen[i] += 1;
             let c = emoji.caption(i, &mut rng);
+            assert!(tok.encode(&c).iter().all(|t| used.contains(t)), "{c}");
             let label = emoji.entries[i]
                 .labels
                 .iter()

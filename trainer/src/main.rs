@@ -10,6 +10,7 @@
 
 use clap::Parser;
 use webglide_trainer::bench::{self, BenchArgs};
+use webglide_trainer::checkpoint::{self, CheckpointArgs};
 use webglide_trainer::eval::{self, EvalArgs};
 use webglide_trainer::train::{self, Args};
 
@@ -33,6 +34,9 @@ enum Command {
     Bench(BenchArgs),
     /// The shapes evaluation of `webglide eval shapes`, sampled on the CPU through burn.
     Eval(Box<EvalArgs>),
+    /// A run's EMA weights as the committed checkpoint: f16, the embedding
+    /// rows of tokens no training caption uses zeroed.
+    Checkpoint(CheckpointArgs),
 }
 
 fn main() {
@@ -40,6 +44,7 @@ fn main() {
     let result = match &cli.command {
         Some(Command::Bench(b)) => bench::run(b),
         Some(Command::Eval(e)) => eval::run(e),
+        Some(Command::Checkpoint(c)) => checkpoint::run(c),
         None => train::run(&cli.train),
     };
     if let Err(e) = result {
