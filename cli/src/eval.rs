@@ -13,7 +13,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use engine::demo::shapes::{
-    detect, eval_scenes, inpaint_cases, render, score, tile_rows, Found, Scene, Tally,
+    detect, eval_scenes, inpaint_cases, render, score, tile_rows, Found, InpaintCase, Scene, Tally,
 };
 use engine::glide::model::Glide;
 use engine::glide::pipeline::{
@@ -108,9 +108,9 @@ pub fn inpaint(gpu: &Gpu, s: &Settings) -> Result<()> {
     let size = model.config.image_size;
     let cases = inpaint_cases(s.n, s.seed);
     let targets: Vec<Scene> = cases.iter().map(|c| c.target.clone()).collect();
-    // Rendered like the training data: 4×4 samples per pixel.
-    let sources: Vec<Vec<u8>> = cases.iter().map(|c| render(&c.source, size, 4)).collect();
-    let keeps: Vec<Vec<f32>> = cases.iter().map(|c| c.keep_mask(size)).collect();
+    // Rendered like the training data (4×4 samples per pixel), a chunk at a
+    // time: n may be large.
+    let source = |c: &InpaintCase| render(&c.source, size, 4);
     println!(
         "{} scenes, one object's box regenerated as a held-out colour–shape pair, steps {}, model {}",
         s.n,
@@ -119,11 +119,11 @@ pub fn inpaint(gpu: &Gpu, s: &Settings) -> Result<()> {
     );
     let extra = |range: Range<usize>| -> Result<Extra> {
         let b = range.len();
-        let mut image = Vec::with_capacity(b * 3 * size * size);
-        for rgb in &sources[range.clone()] {
-            image.extend(rgb8_to_planes(rgb, size, size, size)?);
+        let (mut image, mut keep) = (Vec::new(), Vec::new());
+        for case in &cases[range] {
+            image.extend(rgb8_to_planes(&source(case), size, size, size)?);
+            keep.extend(case.keep_mask(size));
         }
-        let keep: Vec<f32> = keeps[range].concat();
         Ok(Extra {
             low_res: None,
             inpaint: Some((
@@ -146,9 +146,8 @@ pub fn inpaint(gpu: &Gpu, s: &Settings) -> Result<()> {
     )?;
     let shown: Vec<Vec<u8>> = cases
         .iter()
-        .zip(&sources)
         .take(GRID_COLS)
-        .map(|(c, rgb)| c.shaded(rgb, size))
+        .map(|c| c.shaded(&source(c), size))
         .collect();
     write_grid(
         s,
