@@ -10,7 +10,7 @@
 //! the embedding is over half of the model's parameters.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use engine::demo::shapes::{COLORS, RELATIONS, SHAPES};
@@ -18,7 +18,7 @@ use engine::glide::tokenizer::{GlideTokenizer, END_TOKEN};
 
 use crate::emoji::Emoji;
 use crate::model::WeightMap;
-use crate::train::{read_safetensors, tokenizer, State};
+use crate::train::{read_safetensors, tokenizer, write_atomic, State};
 
 #[derive(clap::Args)]
 pub struct CheckpointArgs {
@@ -136,14 +136,6 @@ fn f16_safetensors(tensors: &WeightMap) -> Result<Vec<u8>> {
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(safetensors::serialize(views, None)?)
-}
-
-/// Through a temporary name, so no half-written file remains.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).with_context(|| tmp.display().to_string())?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,6 @@
 //! ../shared/docs/glide-architecture.md §8.
 
 use std::io::Write;
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -22,7 +21,7 @@ use engine::glide::schedule::Schedule;
 use engine::unclip::tokenizer::ClipTokenizer;
 
 use crate::model::WeightMap;
-use crate::train::{make_batch, read_safetensors, Data, State};
+use crate::train::{make_batch, read_safetensors, write_atomic, Data, State};
 
 /// The demo's encoders: 64-px images in 8-px patches, narrow and shallow.
 pub fn demo_clip_config() -> NoisyClipConfig {
@@ -658,13 +657,6 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
     Ok(())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -681,8 +673,12 @@ mod tests {
             serde_json::from_slice(&std::fs::read(format!("{fix}/config.json")).unwrap()).unwrap();
         let cfg: NoisyClipConfig =
             serde_json::from_value(case["clip_config_yaml_values"].clone()).unwrap();
-        let text = read_safetensors(Path::new(&format!("{fix}/text_enc.safetensors"))).unwrap();
-        let image = read_safetensors(Path::new(&format!("{fix}/image_enc.safetensors"))).unwrap();
+        let text =
+            read_safetensors(std::path::Path::new(&format!("{fix}/text_enc.safetensors"))).unwrap();
+        let image = read_safetensors(std::path::Path::new(&format!(
+            "{fix}/image_enc.safetensors"
+        )))
+        .unwrap();
         let dev = Device::flex();
         let model = NoisyClip::new(&cfg, Some(&text), Some(&image), 100f32.ln(), &dev).unwrap();
         let io_bytes = std::fs::read(format!("{fix}/io.safetensors")).unwrap();

@@ -579,10 +579,14 @@ pub fn safetensors_bytes(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<V
     Ok(safetensors::serialize(views, None)?)
 }
 
-/// Writes through a temporary name, so no half-written file remains.
 fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    write_atomic(path, &safetensors_bytes(tensors)?)
+}
+
+/// Writes through a temporary name, so no half-written file remains.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, safetensors_bytes(tensors)?)?;
+    std::fs::write(&tmp, bytes).with_context(|| tmp.display().to_string())?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
