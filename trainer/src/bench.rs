@@ -33,6 +33,9 @@ pub struct BenchArgs {
     /// cpu or gpu.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// reuse (the trainer's allocator keeps freed large blocks) or system.
+    #[arg(long, default_value = "reuse")]
+    pub alloc: String,
 }
 
 /// Seconds of the fastest of `n` runs of `f`.
@@ -63,6 +66,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "gemm" => CONV_AS_GEMM.store(true, Ordering::Relaxed),
         "burn" => CONV_AS_GEMM.store(false, Ordering::Relaxed),
         c => bail!("--conv {c}: gemm or burn"),
+    }
+    match args.alloc.as_str() {
+        "reuse" | "system" => crate::ALLOCATOR
+            .enabled
+            .store(args.alloc == "reuse", Ordering::Relaxed),
+        a => bail!("--alloc {a}: reuse or system"),
     }
     if args.batch == 0 || args.batch > 256 || args.steps == 0 || args.steps > 100 {
         bail!("--batch 1..=256 and --steps 1..=100");
@@ -150,9 +159,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let train_gflop = 3.0 * step_flops as f64 / 1e9;
     let ms = |s: f64| format!("{:.0} ms ({:.0} %)", s * 1e3, 100.0 * s / step_s);
     println!(
-        "{} batch {b} at {size} px, conv {}: {:.2} GFLOP forward, {train_gflop:.2} GFLOP per training step (3x forward)",
+        "{} batch {b} at {size} px, conv {}, alloc {}: {:.2} GFLOP forward, {train_gflop:.2} GFLOP per training step (3x forward)",
         args.kind,
         args.conv,
+        args.alloc,
         step_flops as f64 / 1e9
     );
     println!("  data             {}", ms(data_s));
