@@ -591,12 +591,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Reads f32/f16/bf16 tensors, and the committed checkpoints' int8 ones
+/// (`crate::checkpoint::Q8_SCALE`: one f32 scale per row), as f32.
 pub fn read_safetensors(path: &Path) -> Result<WeightMap> {
+    use crate::checkpoint::Q8_SCALE;
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)?;
     let mut map = WeightMap::new();
     for (name, view) in st.tensors() {
-        let v = engine::glide::weights::to_f32(&name, &view)?;
+        if name.ends_with(Q8_SCALE) {
+            continue;
+        }
+        let v = if view.dtype() == safetensors::Dtype::I8 {
+            let scale_name = format!("{name}{Q8_SCALE}");
+            let scales = st.tensor(&scale_name).map_err(|_| {
+                anyhow::anyhow!("{}: {name} is int8 without {scale_name}", path.display())
+            })?;
+            crate::checkpoint::dequantize_rows(
+                &name,
+                view.shape(),
+                view.data(),
+                &engine::glide::weights::to_f32(&scale_name, &scales)?,
+            )?
+        } else {
+            engine::glide::weights::to_f32(&name, &view)?
+        };
         map.insert(name, (view.shape().to_vec(), v));
     }
     Ok(map)
