@@ -543,6 +543,20 @@ impl Emoji {
         c
     }
 
+    /// The entry a caption of `caption`'s scheme names: the label before any
+    /// ", keyword", with or without "emoji of ".
+    pub fn named(&self, caption: &str) -> Option<usize> {
+        let c = caption.trim();
+        let c = c.strip_prefix("emoji of ").unwrap_or(c);
+        let label = c.split(", ").next()?;
+        // Tone variants are labelled "<label>, <tone>": try the whole text first.
+        [c, label].into_iter().find_map(|l| {
+            self.entries
+                .iter()
+                .position(|e| e.labels.iter().any(|x| x == l))
+        })
+    }
+
     /// The 256-px image on white (upsampler targets).
     pub fn large(&self, i: usize) -> Result<Vec<u8>> {
         Ok(on_white(&read_png(&self.png[i])?))
@@ -750,6 +764,25 @@ mod tests {
         assert_eq!(tone.labels, ["waving hand, light skin tone"]);
         assert_eq!(tone.base, Some(by_file("1f44b.png")));
         assert_eq!(emoji.entries[by_file("1f600.png")].tags, ["grin", "happy"]);
+
+        // Captions name their entry.
+        assert_eq!(
+            emoji.named("emoji of grinning face, grin"),
+            Some(by_file("1f600.png"))
+        );
+        assert_eq!(
+            emoji.named("flag of ceuta & melilla"),
+            Some(by_file("1f1ea-1f1f8.png"))
+        );
+        assert_eq!(
+            emoji.named("waving hand, light skin tone"),
+            Some(by_file("1f44b-1f3fb.png"))
+        );
+        assert_eq!(
+            emoji.named("emoji of waving hand, hello"),
+            Some(by_file("1f44b.png"))
+        );
+        assert_eq!(emoji.named("a red circle above a blue square"), None);
 
         // 224-px content centred on 256: the face's disc touches x = 16 and 239.
         let face = by_file("1f600.png");

@@ -18,6 +18,7 @@ use engine::glide::schedule::Schedule;
 use engine::glide::tokenizer::pad_tokens;
 use engine::glide::weights::WeightSource;
 
+use crate::emoji::Emoji;
 use crate::model::{Cond, Glide, Init, WeightMap};
 use crate::train::{read_safetensors, tokenizer};
 
@@ -82,6 +83,15 @@ pub struct EvalArgs {
     /// there). The grid's first row shows the sources, regions greyed.
     #[arg(long)]
     pub inpaint: bool,
+    /// Instead of the shapes evaluation: these prompts (a file, one per
+    /// line, at most 64) sampled at every guidance scale, unscored, into
+    /// `--grid`: rows of 8 prompts, one row per scale.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    /// With --prompts: the emoji cache; each row of 8 prompts gets a row
+    /// above it of the training images they name (white where none).
+    #[arg(long)]
+    pub emoji: Option<PathBuf>,
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -115,6 +125,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     if args.inpaint && (args.probe || args.seen || !args.clip_guidance.is_empty()) {
         bail!("--inpaint takes none of --probe, --seen, --clip-guidance");
+    }
+    if args.prompts.is_some() && (args.inpaint || args.probe || args.seen || args.grid.is_none()) {
+        bail!("--prompts needs --grid PNG and takes none of --inpaint, --probe, --seen");
+    }
+    if args.emoji.is_some() && args.prompts.is_none() {
+        bail!("--emoji goes with --prompts");
     }
     if args.n == 0 || args.n > 10_000 || args.batch == 0 || args.batch > 256 {
         bail!("--n 1..=10000, --batch 1..=256");
@@ -185,6 +201,61 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             source.display()
         );
         return probe(&model, &tok, &scenes, size, args.batch, &dev);
+    }
+    if let (Some(file), Some(grid)) = (&args.prompts, &args.grid) {
+        let prompts = read_prompts(file)?;
+        let named = |e: &Emoji| -> Result<Vec<Vec<u8>>> {
+            if size != 64 {
+                bail!("--emoji shows the 64-px training images: --size 64");
+            }
+            let blank = vec![255u8; size * size * 3];
+            Ok(prompts
+                .iter()
+                .map(|p| e.named(p).map_or(blank.clone(), |i| e.small[i].clone()))
+                .collect())
+        };
+        let reference = args.emoji.as_deref().map(Emoji::load).transpose()?;
+        let reference = reference.as_ref().map(named).transpose()?;
+        let mut by_scale = Vec::new();
+        for (label, g, clip_scale) in &rows {
+            let spec = Sampling {
+                sched: &sched,
+                guidance: *g,
+                clip: clip.as_ref().zip(*clip_scale),
+                ancestral,
+                size,
+            };
+            let mut images = Vec::new();
+            for chunk in prompts.chunks(args.batch) {
+                images.extend(sample(&model, &tok, chunk, &spec, None, &dev, None)?);
+            }
+            println!("sampled {} prompts at {label}", prompts.len());
+            by_scale.push(images);
+        }
+        let mut grid_rows = Vec::new();
+        for start in (0..prompts.len()).step_by(8) {
+            let cols = start..(start + 8).min(prompts.len());
+            grid_rows.extend(reference.iter().map(|r| r[cols.clone()].to_vec()));
+            grid_rows.extend(by_scale.iter().map(|imgs| imgs[cols.clone()].to_vec()));
+        }
+        write_grid(grid, &grid_rows, size)?;
+        println!(
+            "wrote {}: rows of 8 prompts{}, one row per scale ({}); the prompts:",
+            grid.display(),
+            if reference.is_some() {
+                " under the emoji they name"
+            } else {
+                ""
+            },
+            rows.iter()
+                .map(|r| r.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for p in &prompts {
+            println!("  {p}");
+        }
+        return Ok(());
     }
     println!(
         "{} prompts {}, {} {} at {size} px (burn, CPU), {}",
@@ -272,6 +343,26 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// `--prompts FILE`: its non-empty lines, 1 to 64 of them.
+fn read_prompts(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the prompts file {}", path.display()))?;
+    let prompts: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if prompts.is_empty() || prompts.len() > 64 {
+        bail!(
+            "{}: {} prompts; 1 to 64, one per line",
+            path.display(),
+            prompts.len()
+        );
+    }
+    Ok(prompts)
 }
 
 /// `--seen`: scenes as training draws them (no held-out pair), from their

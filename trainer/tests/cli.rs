@@ -1,6 +1,6 @@
 //! `webglide-train` end to end on tiny sizes: a short run, resume from an
-//! EMA-only folder (what is committed to continue on a new machine), the
-//! CPU eval and the bench, and their argument errors.
+//! EMA-only folder and from the committed (int8) checkpoint, the CPU eval
+//! (shapes and free prompts) and the bench, and their argument errors.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -100,6 +100,70 @@ fn train_resume_from_ema_eval_and_bench() {
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     }
 
+    // Free prompts into a grid: rows of 8 prompts, one row per scale.
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "emoji of fire\n\n  a red circle  \nrocket\n").unwrap();
+    let grid = dir.join("grid.png");
+    let (p, g) = (prompts.to_str().unwrap(), grid.to_str().unwrap());
+    let args = [
+        "eval",
+        "--run",
+        d,
+        "--prompts",
+        p,
+        "--grid",
+        g,
+        "--guidance",
+        "0,3",
+        "--steps",
+        "ddim2",
+        "--size",
+        "16",
+    ];
+    let out = train(&args);
+    let t = text(&out);
+    assert!(
+        out.status.success() && t.contains("  a red circle\n"),
+        "{t}"
+    );
+    let png = std::fs::read(&grid).unwrap();
+    let dim = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    assert_eq!((dim(16), dim(20)), (3 * 16, 2 * 16));
+    std::fs::write(&prompts, "\n \n").unwrap();
+    for bad in [&args[..], &args[..5], &["eval", "--run", d, "--emoji", d]] {
+        let out = train(bad);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    }
+
+    // The committed checkpoint (int8) resumes a run.
+    let ck = dir.join("ck");
+    let out = train(&["checkpoint", "--run", d, "--out", ck.to_str().unwrap()]);
+    assert!(
+        out.status.success() && text(&out).contains("(q8)"),
+        "{}",
+        text(&out)
+    );
+    let out = train(&[
+        "--kind",
+        "base",
+        "--out",
+        ck.to_str().unwrap(),
+        "--steps",
+        "4",
+        "--batch",
+        "1",
+        "--size",
+        "16",
+        "--warmup",
+        "1",
+    ]);
+    assert!(
+        out.status.success() && text(&out).contains("continuing from the EMA weights"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(step_of(&ck), 4);
+
     let out = train(&["bench", "--batch", "1", "--size", "16", "--steps", "1"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
@@ -121,8 +185,10 @@ fn train_resume_from_ema_eval_and_bench() {
         "{}",
         text(&out)
     );
-    let out = train(&["bench", "--conv", "winograd"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    for bad in [["--conv", "winograd"], ["--alloc", "jemalloc"]] {
+        let out = train(&[&["bench"], &bad[..]].concat());
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    }
     // Training without --out is an error, not a panic.
     let out = train(&["--kind", "base"]);
     assert!(
