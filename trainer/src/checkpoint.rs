@@ -156,7 +156,7 @@ fn quantize_rows(shape: &[usize], values: &[f32]) -> (Vec<i8>, Vec<f32>) {
 pub fn dequantize_rows(name: &str, shape: &[usize], q: &[u8], scales: &[f32]) -> Result<Vec<f32>> {
     let rows = shape.first().copied().unwrap_or(1);
     let numel: usize = shape.iter().product();
-    if rows == 0 || scales.len() != rows || q.len() != numel || numel % rows != 0 {
+    if rows == 0 || scales.len() != rows || q.len() != numel {
         bail!(
             "{name}: int8 tensor of shape {shape:?} with {} values and {} scales",
             q.len(),
