@@ -202,6 +202,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         );
         return probe(&model, &tok, &scenes, size, args.batch, &dev);
     }
+    // The sampler of a row: its classifier-free and CLIP guidance scales.
+    let row_spec = |guidance: f32, clip_scale: Option<f32>| Sampling {
+        sched: &sched,
+        guidance,
+        clip: clip.as_ref().zip(clip_scale),
+        ancestral,
+        size,
+    };
     if let (Some(file), Some(grid)) = (&args.prompts, &args.grid) {
         let prompts = read_prompts(file)?;
         let named = |e: &Emoji| -> Result<Vec<Vec<u8>>> {
@@ -218,13 +226,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let reference = reference.as_ref().map(named).transpose()?;
         let mut by_scale = Vec::new();
         for (label, g, clip_scale) in &rows {
-            let spec = Sampling {
-                sched: &sched,
-                guidance: *g,
-                clip: clip.as_ref().zip(*clip_scale),
-                ancestral,
-                size,
-            };
+            let spec = row_spec(*g, *clip_scale);
             let mut images = Vec::new();
             for chunk in prompts.chunks(args.batch) {
                 images.extend(sample(&model, &tok, chunk, &spec, None, &dev, None)?);
@@ -293,13 +295,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             let start = ci * args.batch;
             let captions: Vec<String> = chunk.iter().map(|s| s.caption()).collect();
             let first = trace.as_ref().is_some_and(|t: &Vec<_>| t.is_empty());
-            let spec = Sampling {
-                sched: &sched,
-                guidance: *g,
-                clip: clip.as_ref().zip(*clip_scale),
-                ancestral,
-                size,
-            };
+            let spec = row_spec(*g, *clip_scale);
             let inpaint = args.inpaint.then(|| {
                 let range = start..start + chunk.len();
                 inpaint_inputs(&cases[range.clone()], &sources[range], size, &dev)
