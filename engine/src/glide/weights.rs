@@ -91,27 +91,7 @@ impl<'a> WeightSource<'a> {
                     .ok_or_else(|| bad(&name, "missing from its shard"))?;
                 let values = match self.stored.get(&name) {
                     Some(s) if s.dtype == "q8" || s.dtype == "q4" => {
-                        let q = WeightDType::parse(&s.dtype)?;
-                        let rows = s.shape.first().copied().unwrap_or(0);
-                        let cols = s.shape.iter().product::<usize>() / rows.max(1);
-                        if t.dtype() != safetensors::Dtype::U32
-                            || t.shape() != [rows, q.row_words(cols)]
-                        {
-                            return Err(bad(&name, "packed words of the wrong size"));
-                        }
-                        let words = t
-                            .data()
-                            .chunks_exact(4)
-                            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                            .collect();
-                        WeightData {
-                            dtype: q,
-                            shape: s.shape.clone(),
-                            rows,
-                            cols,
-                            words,
-                        }
-                        .to_f32()
+                        packed(&name, WeightDType::parse(&s.dtype)?, &s.shape, &t)?.to_f32()
                     }
                     _ => to_f32(&name, &t)?,
                 };
@@ -155,6 +135,46 @@ pub fn to_f32(name: &str, t: &safetensors::tensor::TensorView) -> Result<Vec<f32
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
         other => return Err(bad(name, format!("unsupported dtype {other:?}"))),
+    })
+}
+
+/// A q8/q4 weight as `webglide convert` stores it (little-endian u32 words,
+/// `[rows, row_words]`) for a tensor of logical `shape`; the file may lie, so
+/// every size is checked before a word is read.
+pub fn packed(
+    name: &str,
+    dtype: WeightDType,
+    shape: &[usize],
+    t: &safetensors::tensor::TensorView,
+) -> Result<WeightData> {
+    let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    let (rows, numel) = match (shape.first(), numel) {
+        (Some(&rows), Some(numel)) if rows > 0 => (rows, numel),
+        _ => return Err(bad(name, format!("logical shape {shape:?}"))),
+    };
+    let cols = numel / rows;
+    let row_words = dtype.row_words(cols);
+    if t.dtype() != safetensors::Dtype::U32 || t.shape() != [rows, row_words] {
+        return Err(bad(
+            name,
+            format!(
+                "stored as {:?} {:?}, expected U32 [{rows}, {row_words}]",
+                t.dtype(),
+                t.shape()
+            ),
+        ));
+    }
+    let words = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok(WeightData {
+        dtype,
+        shape: shape.to_vec(),
+        rows,
+        cols,
+        words,
     })
 }
 
@@ -225,36 +245,13 @@ impl<'a> Loader<'a> {
                         format!("shape {:?}, the architecture needs {shape:?}", s.shape),
                     ));
                 }
-                let rows = shape[0];
-                let cols = shape.iter().product::<usize>() / rows.max(1);
                 let t = self
                     .st
                     .find(name)
                     .ok_or_else(|| bad(name, "missing from its shard"))?;
-                if t.dtype() != safetensors::Dtype::U32 || t.shape() != [rows, q.row_words(cols)] {
-                    return Err(bad(
-                        name,
-                        format!(
-                            "stored as {:?} {:?}, expected U32 [{rows}, {}]",
-                            t.dtype(),
-                            t.shape(),
-                            q.row_words(cols)
-                        ),
-                    ));
-                }
+                let w = packed(name, q, shape, &t)?;
                 self.used.borrow_mut().insert(name.to_string());
-                let words = t
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                return self.gpu.upload_weight(&WeightData {
-                    dtype: q,
-                    shape: shape.to_vec(),
-                    rows,
-                    cols,
-                    words,
-                });
+                return self.gpu.upload_weight(&w);
             }
         }
         let v = self.raw(name, shape)?;
@@ -485,5 +482,32 @@ mod tests {
             let r = Manifest::<crate::glide::model::GlideConfig>::parse(bad.as_bytes());
             assert!(r.is_err(), "{why} was accepted");
         }
+    }
+
+    #[test]
+    fn packed_words_read_back_and_lying_sizes_are_refused() {
+        let v: Vec<f32> = (0..5 * 3 * 3 * 3)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let shape = [5, 3, 3, 3];
+        for q in [WeightDType::Q8, WeightDType::Q4] {
+            let w = WeightData::from_f32(&shape, &v, q).unwrap();
+            let bytes: Vec<u8> = w.words.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let stored = [5, q.row_words(27)];
+            let t = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::U32,
+                stored.to_vec(),
+                &bytes,
+            )
+            .unwrap();
+            assert_eq!(packed("w", q, &shape, &t).unwrap().to_f32(), w.to_f32());
+            for lie in [&[5, 3, 3, 4][..], &[0, 3], &[], &[usize::MAX, 2, 2]] {
+                assert!(packed("w", q, lie, &t).is_err(), "{lie:?}");
+            }
+        }
+        let f32s: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let t = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![5, 27], &f32s)
+            .unwrap();
+        assert!(packed("w", WeightDType::Q8, &shape, &t).is_err());
     }
 }
