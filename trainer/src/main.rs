@@ -34,8 +34,8 @@ enum Command {
     Bench(BenchArgs),
     /// The shapes evaluation of `webglide eval shapes`, sampled on the CPU through burn.
     Eval(Box<EvalArgs>),
-    /// A run's EMA weights as the committed checkpoint: f16, the embedding
-    /// rows of tokens no training caption uses zeroed.
+    /// A run's EMA weights as the committed checkpoint: int8 with per-row
+    /// scales (or f16), the embedding rows of tokens no training caption uses zeroed.
     Checkpoint(CheckpointArgs),
 }
 

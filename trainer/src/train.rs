@@ -85,8 +85,10 @@ pub struct Args {
     #[arg(long, default_value_t = 0.0)]
     pub min_snr: f64,
     /// Start a new run from these weights (e.g. a trained base for
-    /// base-inpaint): tensors of equal shape are copied; the first conv's
-    /// extra input channels (the inpainting image and mask) start at zero.
+    /// base-inpaint), a safetensors file or a `webglide convert` folder (the
+    /// shipped public/models/demo/base): tensors of equal shape are copied;
+    /// the first conv's extra input channels (the inpainting image and mask)
+    /// start at zero.
     #[arg(long)]
     pub init: Option<std::path::PathBuf>,
 }
@@ -749,7 +751,12 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         let mut model = Glide::new(&cfg, &Init::Train, &dev)?;
         if let Some(p) = &args.init {
-            let (weights, copied) = init_from(model.export(), &read_safetensors(p)?)?;
+            let init = if p.is_dir() {
+                crate::eval::read_converted(p)?.1
+            } else {
+                read_safetensors(p)?
+            };
+            let (weights, copied) = init_from(model.export(), &init)?;
             eprintln!("initialised {copied} tensors from {}", p.display());
             model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
         }

@@ -1,5 +1,6 @@
 //! `webglide-train` end to end on tiny sizes: a short run, resume from an
-//! EMA-only folder and from the committed (int8) checkpoint, the CPU eval
+//! EMA-only folder and from the committed (int8) checkpoint, a new run from
+//! the shipped base, the CPU eval
 //! (shapes and free prompts) and the bench, and their argument errors.
 
 use std::path::Path;
@@ -163,6 +164,44 @@ fn train_resume_from_ema_eval_and_bench() {
         text(&out)
     );
     assert_eq!(step_of(&ck), 4);
+
+    // A new run starts from the shipped (converted, q8) base: every tensor.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../public/models/demo/base");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shipped.join("manifest.json")).unwrap()).unwrap();
+    let tensors = manifest["tensors"].as_object().unwrap().len();
+    let fresh = dir.join("from-shipped");
+    let from = |init: &Path| {
+        train(&[
+            "--kind",
+            "base",
+            "--out",
+            fresh.to_str().unwrap(),
+            "--init",
+            init.to_str().unwrap(),
+            "--steps",
+            "1",
+            "--batch",
+            "1",
+            "--size",
+            "16",
+        ])
+    };
+    let out = from(&shipped);
+    assert!(
+        out.status.success() && text(&out).contains(&format!("initialised {tensors} tensors from")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(step_of(&fresh), 1);
+    std::fs::remove_dir_all(&fresh).unwrap();
+    // A folder that is not a converted model is an error that names it.
+    let out = from(&ck);
+    assert!(
+        out.status.code() == Some(2) && text(&out).contains("manifest.json"),
+        "{}",
+        text(&out)
+    );
 
     let out = train(&["bench", "--batch", "1", "--size", "16", "--steps", "1"]);
     let t = text(&out);
