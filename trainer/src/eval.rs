@@ -88,6 +88,15 @@ pub struct EvalArgs {
     /// `--grid`: rows of 8 prompts, one row per scale.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
+    /// With the shapes evaluation and --grid: an upsampler (a run folder or
+    /// a converted one, e.g. public/models/demo/upsample) that takes each
+    /// row's first 8 images up, as the app does; the grid shows them under
+    /// the base's, and both are scored.
+    #[arg(long)]
+    pub upsample: Option<PathBuf>,
+    /// The upsampler's respacing (DDIM).
+    #[arg(long, default_value = "fast27")]
+    pub upsample_steps: String,
     /// With --prompts: the emoji cache; each row of 8 prompts gets a row
     /// above it of the training images they name (white where none).
     #[arg(long)]
@@ -181,6 +190,33 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     dev.seed(args.seed);
     let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
     let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, &args.steps)?;
+    // The upsampler, its schedule and its factor (the app's 64 → 256: 4).
+    let upsampler = match &args.upsample {
+        Some(dir) => {
+            if args.inpaint || args.probe || args.prompts.is_some() || args.grid.is_none() {
+                bail!("--upsample goes with the shapes evaluation and --grid PNG");
+            }
+            let (ucfg, weights) = read_folder(dir)?;
+            let factor = ucfg.image_size / cfg.image_size;
+            if !ucfg.super_res || factor * cfg.image_size != ucfg.image_size || factor > 8 {
+                bail!(
+                    "{}: not an upsampler of the base's {} px",
+                    dir.display(),
+                    cfg.image_size
+                );
+            }
+            Some(Upsampler {
+                model: Glide::new(&ucfg, &Init::From(&weights), &dev)?,
+                sched: Schedule::new(
+                    &ucfg.noise_schedule,
+                    ucfg.diffusion_steps,
+                    &args.upsample_steps,
+                )?,
+                factor,
+            })
+        }
+        None => None,
+    };
     let cases = if args.inpaint {
         inpaint_cases(args.n, args.seed)
     } else {
@@ -209,6 +245,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         clip: clip.as_ref().zip(clip_scale),
         ancestral,
         size,
+        temperature: 1.0,
     };
     if let (Some(file), Some(grid)) = (&args.prompts, &args.grid) {
         let prompts = read_prompts(file)?;
@@ -229,7 +266,15 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             let spec = row_spec(*g, *clip_scale);
             let mut images = Vec::new();
             for chunk in prompts.chunks(args.batch) {
-                images.extend(sample(&model, &tok, chunk, &spec, None, &dev, None)?);
+                images.extend(sample(
+                    &model,
+                    &tok,
+                    chunk,
+                    &spec,
+                    Images::default(),
+                    &dev,
+                    None,
+                )?);
             }
             println!("sampled {} prompts at {label}", prompts.len());
             by_scale.push(images);
@@ -300,12 +345,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 let range = start..start + chunk.len();
                 inpaint_inputs(&cases[range.clone()], &sources[range], size, &dev)
             });
+            let images = Images {
+                inpaint,
+                ..Default::default()
+            };
             let rgb = sample(
                 &model,
                 &tok,
                 &captions,
                 &spec,
-                inpaint,
+                images,
                 &dev,
                 if first { trace.as_mut() } else { None },
             )?;
@@ -321,10 +370,33 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             }
         }
         println!("{}", tally.row(label));
-        grid_rows.push(row);
+        let Some(up) = &upsampler else {
+            grid_rows.push(row);
+            continue;
+        };
+        // The grid's images upsampled, scored beside themselves at the base's size.
+        let captions: Vec<String> = scenes.iter().take(row.len()).map(|s| s.caption()).collect();
+        let big = up.upsample(&tok, &captions, &row, size, &dev)?;
+        let (mut low, mut high) = (Tally::default(), Tally::default());
+        for ((scene, lo), hi) in scenes.iter().zip(&row).zip(&big) {
+            low.add(&score(scene, &detect(lo, size)));
+            high.add(&score(scene, &detect(hi, size * up.factor)));
+        }
+        println!("{}", low.row(&format!("{label}, first {}", row.len())));
+        println!(
+            "{}",
+            high.row(&format!("{label}, first {}, upsampled", row.len()))
+        );
+        grid_rows.push(
+            row.iter()
+                .map(|img| enlarge(img, size, up.factor))
+                .collect(),
+        );
+        grid_rows.push(big);
     }
     if let Some(path) = &args.grid {
-        write_grid(path, &grid_rows, size)?;
+        let side = upsampler.as_ref().map_or(size, |u| size * u.factor);
+        write_grid(path, &grid_rows, side)?;
         println!("wrote {}; its columns:", path.display());
         for scene in scenes.iter().take(8) {
             println!("  {}", scene.caption());
@@ -375,6 +447,19 @@ fn read_config(path: &std::path::Path) -> Result<GlideConfig> {
         &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
     )
     .with_context(|| format!("{}: not a GLIDE config", path.display()))
+}
+
+/// A model folder as f32 weights: converted (its manifest.json) or a
+/// training run (its config.json and ema.safetensors).
+fn read_folder(dir: &std::path::Path) -> Result<(GlideConfig, WeightMap)> {
+    if dir.join("manifest.json").exists() {
+        read_converted(dir)
+    } else {
+        Ok((
+            read_config(&dir.join("config.json"))?,
+            read_safetensors(&dir.join("ema.safetensors"))?,
+        ))
+    }
 }
 
 /// A `webglide convert` folder (manifest + verified shards) as f32 weights.
@@ -469,18 +554,29 @@ pub struct Sampling<'a> {
     /// Ancestral (the notebooks) or DDIM with eta 0.
     pub ancestral: bool,
     pub size: usize,
+    /// The starting noise's scale (GLIDE's upsample_temp 0.997 for upsamplers).
+    pub temperature: f32,
 }
 
-/// Samples one image per caption. `inpaint`: a base-inpaint's source images
-/// `[n, 3, size, size]` in [-1, 1] and keep-masks `[n, 1, size, size]`; as
-/// the inpaint notebook's `denoised_fn`, every step's x0 keeps the source
-/// where the mask says so. `trace` collects every step's x0.
+/// The images a model is conditioned on besides its caption.
+#[derive(Default)]
+pub struct Images {
+    /// An upsampler's low-resolution input `[n, 3, h, w]` in [-1, 1].
+    pub low_res: Option<Tensor<4>>,
+    /// A base-inpaint's source images `[n, 3, size, size]` in [-1, 1] and
+    /// keep-masks `[n, 1, size, size]`.
+    pub inpaint: Option<(Tensor<4>, Tensor<4>)>,
+}
+
+/// Samples one image per caption. With `images.inpaint`, as the inpaint
+/// notebook's `denoised_fn`, every step's x0 keeps the source where the mask
+/// says so. `trace` collects every step's x0.
 pub fn sample(
     model: &Glide,
     tok: &engine::glide::tokenizer::GlideTokenizer,
     captions: &[String],
     spec: &Sampling,
-    inpaint: Option<(Tensor<4>, Tensor<4>)>,
+    images: Images,
     dev: &Device,
     mut trace: Option<&mut Vec<Vec<Vec<u8>>>>,
 ) -> Result<Vec<Vec<u8>>> {
@@ -490,13 +586,23 @@ pub fn sample(
         clip,
         ancestral,
         size,
+        temperature,
     } = *spec;
     let cfg = &model.config;
+    let Images { low_res, inpaint } = images;
+    let needs = |yes: bool| if yes { "needs" } else { "takes no" };
     if cfg.inpaint != inpaint.is_some() {
         bail!(
             "a {} model {} an inpainting image and mask",
             cfg.kind(),
-            if cfg.inpaint { "needs" } else { "takes no" }
+            needs(cfg.inpaint)
+        );
+    }
+    if cfg.super_res != low_res.is_some() {
+        bail!(
+            "a {} model {} low-resolution image",
+            cfg.kind(),
+            needs(cfg.super_res)
         );
     }
     let n = captions.len();
@@ -508,17 +614,19 @@ pub fn sample(
         .chain(std::iter::repeat_n(&empty, rows - n))
         .collect();
     let mut cond = text_cond(tok, cfg.text_ctx, &texts, dev);
+    let twice = |t: &Tensor<4>| {
+        if guided {
+            Tensor::cat(vec![t.clone(), t.clone()], 0)
+        } else {
+            t.clone()
+        }
+    };
     if let Some((image, keep)) = &inpaint {
-        let twice = |t: &Tensor<4>| {
-            if guided {
-                Tensor::cat(vec![t.clone(), t.clone()], 0)
-            } else {
-                t.clone()
-            }
-        };
         cond.inpaint = Some((twice(image), twice(keep)));
     }
-    let mut x = Tensor::<4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), dev);
+    cond.low_res = low_res.as_ref().map(twice);
+    let mut x = Tensor::<4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), dev)
+        * temperature as f64;
     for i in (0..sched.len()).rev() {
         let c = sched.coeffs(i, 0.0);
         let t = Tensor::<1>::from_data(
@@ -579,19 +687,72 @@ fn inpaint_inputs(
     size: usize,
     dev: &Device,
 ) -> (Tensor<4>, Tensor<4>) {
-    let n = cases.len();
-    let plane = size * size;
-    let mut image = Vec::with_capacity(n * 3 * plane);
-    for rgb in sources {
-        for ch in 0..3 {
-            image.extend((0..plane).map(|p| rgb[p * 3 + ch] as f32 / 127.5 - 1.0));
-        }
-    }
     let keep: Vec<f32> = cases.iter().flat_map(|c| c.keep_mask(size)).collect();
     (
-        Tensor::<4>::from_data(TensorData::new(image, [n, 3, size, size]), dev),
-        Tensor::<4>::from_data(TensorData::new(keep, [n, 1, size, size]), dev),
+        planes(sources, size, dev),
+        Tensor::<4>::from_data(TensorData::new(keep, [cases.len(), 1, size, size]), dev),
     )
+}
+
+/// Interleaved RGB8 images as `[n, 3, size, size]` in [-1, 1].
+fn planes(images: &[Vec<u8>], size: usize, dev: &Device) -> Tensor<4> {
+    let plane = size * size;
+    let mut v = Vec::with_capacity(images.len() * 3 * plane);
+    for rgb in images {
+        for ch in 0..3 {
+            v.extend((0..plane).map(|p| rgb[p * 3 + ch] as f32 / 127.5 - 1.0));
+        }
+    }
+    Tensor::<4>::from_data(TensorData::new(v, [images.len(), 3, size, size]), dev)
+}
+
+/// An upsampler with its respaced schedule; `factor`: its side over the
+/// base's (the app's 64 → 256: 4).
+pub struct Upsampler {
+    pub model: Glide,
+    pub sched: Schedule,
+    pub factor: usize,
+}
+
+impl Upsampler {
+    /// Its images of `captions` from the base's `low` (RGB8, `size` px), as
+    /// the app's pipeline: the 8-bit images as the low-resolution input,
+    /// DDIM without guidance, the starting noise scaled by GLIDE's
+    /// upsample_temp (0.997).
+    fn upsample(
+        &self,
+        tok: &engine::glide::tokenizer::GlideTokenizer,
+        captions: &[String],
+        low: &[Vec<u8>],
+        size: usize,
+        dev: &Device,
+    ) -> Result<Vec<Vec<u8>>> {
+        let spec = Sampling {
+            sched: &self.sched,
+            guidance: 0.0,
+            clip: None,
+            ancestral: false,
+            size: size * self.factor,
+            temperature: 0.997,
+        };
+        let images = Images {
+            low_res: Some(planes(low, size, dev)),
+            inpaint: None,
+        };
+        sample(&self.model, tok, captions, &spec, images, dev, None)
+    }
+}
+
+/// Nearest-neighbour enlargement of an RGB8 image by `factor` (the grid's
+/// base rows beside the upsampled ones).
+fn enlarge(rgb: &[u8], size: usize, factor: usize) -> Vec<u8> {
+    let big = size * factor;
+    (0..big * big)
+        .flat_map(|i| {
+            let (x, y) = (i % big / factor, i / big / factor);
+            rgb[(y * size + x) * 3..(y * size + x) * 3 + 3].to_vec()
+        })
+        .collect()
 }
 
 /// Images in [-1, 1] (NCHW) as interleaved RGB8, one `Vec` per image.
@@ -790,8 +951,18 @@ mod tests {
             clip: None,
             ancestral: false,
             size: 16,
+            temperature: 1.0,
         };
-        let images = sample(&model, &tok, &captions, &spec, None, &dev, Some(&mut trace)).unwrap();
+        let images = sample(
+            &model,
+            &tok,
+            &captions,
+            &spec,
+            Images::default(),
+            &dev,
+            Some(&mut trace),
+        )
+        .unwrap();
         assert_eq!(trace.len(), 5);
         assert!(trace.iter().all(|step| step.len() == 2));
         for (last, img) in trace[4].iter().zip(&images) {
@@ -800,6 +971,66 @@ mod tests {
             assert_eq!(off.count(), 0);
         }
         assert_ne!(trace[0], trace[4]);
+    }
+
+    /// The upsampler draws at `factor` times the low-res side; a base
+    /// refuses a low-res image and an upsampler needs one.
+    #[test]
+    fn the_upsampler_draws_at_its_factor_and_models_check_their_inputs() {
+        let dev = Device::flex();
+        let tok = tokenizer().unwrap();
+        let up_cfg = crate::train::demo_config("upsample").unwrap();
+        let sched = Schedule::new(&up_cfg.noise_schedule, up_cfg.diffusion_steps, "ddim2").unwrap();
+        let with = |kind: &str| Upsampler {
+            model: Glide::new(
+                &crate::train::demo_config(kind).unwrap(),
+                &Init::Random,
+                &dev,
+            )
+            .unwrap(),
+            sched: sched.clone(),
+            factor: 4,
+        };
+        let low: Vec<Vec<u8>> = (0..2u8).map(|k| vec![40 * k + 7; 8 * 8 * 3]).collect();
+        let captions = vec!["a red circle".to_string(), String::new()];
+        let up = with("upsample");
+        let big = up.upsample(&tok, &captions, &low, 8, &dev).unwrap();
+        assert_eq!(big.len(), 2);
+        assert!(big.iter().all(|img| img.len() == 32 * 32 * 3));
+        assert!(with("base")
+            .upsample(&tok, &captions, &low, 8, &dev)
+            .is_err());
+        let spec = Sampling {
+            sched: &sched,
+            guidance: 0.0,
+            clip: None,
+            ancestral: false,
+            size: 32,
+            temperature: 1.0,
+        };
+        assert!(sample(
+            &up.model,
+            &tok,
+            &captions,
+            &spec,
+            Images::default(),
+            &dev,
+            None
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn enlarging_repeats_each_pixel_factor_squared_times() {
+        let rgb: Vec<u8> = (0..2 * 2 * 3).map(|v| v as u8).collect();
+        let big = enlarge(&rgb, 2, 3);
+        assert_eq!(big.len(), 6 * 6 * 3);
+        for y in 0..6 {
+            for x in 0..6 {
+                let src = ((y / 3) * 2 + x / 3) * 3;
+                assert_eq!(big[(y * 6 + x) * 3..(y * 6 + x) * 3 + 3], rgb[src..src + 3]);
+            }
+        }
     }
 
     /// Inpainting keeps the source where the mask says keep (every step's
@@ -823,9 +1054,14 @@ mod tests {
                 clip: None,
                 ancestral: false,
                 size,
+                temperature: 1.0,
             };
-            let inputs = inpaint_inputs(&cases, &sources, size, &dev);
-            let images = sample(&model, &tok, &captions, &spec, Some(inputs), &dev, None).unwrap();
+            let inpaint = Some(inpaint_inputs(&cases, &sources, size, &dev));
+            let images = Images {
+                inpaint,
+                ..Default::default()
+            };
+            let images = sample(&model, &tok, &captions, &spec, images, &dev, None).unwrap();
             for ((case, src), img) in cases.iter().zip(&sources).zip(&images) {
                 let keep = case.keep_mask(size);
                 let (mut kept, mut changed) = (0, 0);
@@ -848,9 +1084,13 @@ mod tests {
             clip: None,
             ancestral: false,
             size,
+            temperature: 1.0,
         };
-        let inputs = inpaint_inputs(&cases, &sources, size, &dev);
-        assert!(sample(&base, &tok, &captions, &spec, Some(inputs), &dev, None).is_err());
+        let images = Images {
+            inpaint: Some(inpaint_inputs(&cases, &sources, size, &dev)),
+            ..Default::default()
+        };
+        assert!(sample(&base, &tok, &captions, &spec, images, &dev, None).is_err());
     }
 
     /// The probe compares captions on the same noised images: a model whose

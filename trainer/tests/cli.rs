@@ -101,6 +101,45 @@ fn train_resume_from_ema_eval_and_bench() {
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     }
 
+    // The shipped upsampler takes the grid's images up (16 → 64 px here):
+    // per scale a row of the base's, enlarged, and one of the upsampled.
+    let shipped_up = Path::new(env!("CARGO_MANIFEST_DIR")).join("../public/models/demo/upsample");
+    let up_grid = dir.join("up.png");
+    let up_args = [
+        "eval",
+        "--run",
+        d,
+        "--n",
+        "2",
+        "--steps",
+        "ddim2",
+        "--upsample-steps",
+        "ddim2",
+        "--size",
+        "16",
+        "--upsample",
+        shipped_up.to_str().unwrap(),
+        "--grid",
+        up_grid.to_str().unwrap(),
+    ];
+    let out = train(&up_args);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert_eq!(t.matches(", first 2, upsampled ").count(), 2, "{t}");
+    let png = std::fs::read(&up_grid).unwrap();
+    let dim = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    assert_eq!((dim(16), dim(20)), (2 * 64, 4 * 64));
+    // Without --grid, or with a base as the upsampler: an argument error.
+    let base_run = ["--upsample", d, "--grid", up_grid.to_str().unwrap()];
+    for bad in [
+        &up_args[..up_args.len() - 2],
+        &[&up_args[..11], &base_run[..]].concat(),
+    ] {
+        let out = train(bad);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    }
+    assert!(text(&train(&[&up_args[..11], &base_run[..]].concat())).contains("not an upsampler"));
+
     // Free prompts into a grid: rows of 8 prompts, one row per scale.
     let prompts = dir.join("prompts.txt");
     std::fs::write(&prompts, "emoji of fire\n\n  a red circle  \nrocket\n").unwrap();
