@@ -696,13 +696,10 @@ fn inpaint_inputs(
 
 /// Interleaved RGB8 images as `[n, 3, size, size]` in [-1, 1].
 fn planes(images: &[Vec<u8>], size: usize, dev: &Device) -> Tensor<4> {
-    let plane = size * size;
-    let mut v = Vec::with_capacity(images.len() * 3 * plane);
-    for rgb in images {
-        for ch in 0..3 {
-            v.extend((0..plane).map(|p| rgb[p * 3 + ch] as f32 / 127.5 - 1.0));
-        }
-    }
+    let v = images
+        .iter()
+        .flat_map(|rgb| crate::train::planes(rgb, size))
+        .collect();
     Tensor::<4>::from_data(TensorData::new(v, [images.len(), 3, size, size]), dev)
 }
 

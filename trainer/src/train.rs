@@ -103,17 +103,18 @@ pub fn demo_config(kind: &str) -> Result<GlideConfig> {
     c.xf_width = 64;
     c.xf_layers = 2;
     c.xf_heads = 2;
-    if c.super_res {
-        c.channel_mult = "1,1,2,2,2,2".into();
-        c.attention_resolutions = "16,8".into();
+    // Every level at 64 channels, none at 32: GLIDE's GroupNorms have 32
+    // groups, and one channel per group (an instance norm) removes every
+    // channel's mean right before the output conv, so the model could not set
+    // the image's mean colour (docs/demo-model.md, eleventh session; the
+    // upsampler's 32-channel top levels drew grey noise, fourteenth session).
+    c.channel_mult = if c.super_res {
+        "2,2,2,2,2,2"
     } else {
-        // The top level at 64 channels, not 32: GLIDE's GroupNorms have 32
-        // groups, and one channel per group (an instance norm) removes every
-        // channel's mean right before the output conv, so the model could not
-        // set the image's mean colour (docs/demo-model.md, eleventh session).
-        c.channel_mult = "2,2,2,2".into();
-        c.attention_resolutions = "16,8".into();
+        "2,2,2,2"
     }
+    .into();
+    c.attention_resolutions = "16,8".into();
     c.validate()?;
     Ok(c)
 }
