@@ -9,12 +9,14 @@
 //! (biases, norms) stay f16. Not the engine's q8 (`WeightData`: one f32 scale
 //! per 32 values), which the shipped shards use: its scales make the
 //! checkpoint 14 % larger in git's pack (3.10 MB against 2.73 MB, zlib, the
-//! base's EMA at step 900), and the pack's budget is what limits commits. The rows of the 50257-token embedding
-//! that no training caption uses are set to zero. Those rows never receive a
-//! gradient (AdamW moves a parameter only by its gradient's moments, and
-//! there is no weight decay), so they hold random initial values that mean
-//! nothing; as zeros they cost almost nothing in git's compressed pack, where
-//! the embedding is over half of the model's parameters.
+//! base's EMA at step 900), and the pack's budget is what limits commits.
+//!
+//! The rows of the 50257-token embedding that no training caption uses are
+//! set to zero. Those rows never receive a gradient (AdamW moves a parameter
+//! only by its gradient's moments, and there is no weight decay), so they
+//! hold random initial values that mean nothing; as zeros they cost almost
+//! nothing in git's compressed pack, where the embedding is over half of the
+//! model's parameters.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -107,12 +107,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let (cfg, weights, source): (GlideConfig, _, PathBuf) =
         match (&args.run, &args.weights, &args.config, &args.model) {
             (Some(r), None, None, None) => {
-                let w = r.join("ema.safetensors");
-                (
-                    read_config(&r.join("config.json"))?,
-                    read_safetensors(&w)?,
-                    w,
-                )
+                let (cfg, map) = read_run(r)?;
+                (cfg, map, r.join("ema.safetensors"))
             }
             (None, Some(w), Some(c), None) => (read_config(c)?, read_safetensors(w)?, w.clone()),
             (None, None, None, Some(m)) => {
@@ -449,16 +445,20 @@ fn read_config(path: &std::path::Path) -> Result<GlideConfig> {
     .with_context(|| format!("{}: not a GLIDE config", path.display()))
 }
 
-/// A model folder as f32 weights: converted (its manifest.json) or a
-/// training run (its config.json and ema.safetensors).
+/// A training run's EMA weights (its config.json and ema.safetensors).
+fn read_run(dir: &std::path::Path) -> Result<(GlideConfig, WeightMap)> {
+    Ok((
+        read_config(&dir.join("config.json"))?,
+        read_safetensors(&dir.join("ema.safetensors"))?,
+    ))
+}
+
+/// A model folder as f32 weights: converted (its manifest.json) or a run.
 fn read_folder(dir: &std::path::Path) -> Result<(GlideConfig, WeightMap)> {
     if dir.join("manifest.json").exists() {
         read_converted(dir)
     } else {
-        Ok((
-            read_config(&dir.join("config.json"))?,
-            read_safetensors(&dir.join("ema.safetensors"))?,
-        ))
+        read_run(dir)
     }
 }
 
