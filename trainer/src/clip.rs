@@ -605,9 +605,7 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
             &out.join("config.json"),
             &serde_json::to_vec_pretty(&model.export_config())?,
         )?;
-        optim
-            .save(out.join("optim.bpk"))
-            .map_err(|e| anyhow::anyhow!("saving optimizer: {e:?}"))?;
+        crate::train::save_optim(optim, &out.join("optim.bpk"))?;
         write_atomic(
             &state_path,
             &serde_json::to_vec(&State {

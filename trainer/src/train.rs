@@ -64,6 +64,10 @@ pub struct Args {
     /// Emoji dataset cache (scripts/build-emoji.sh); without it, shapes only.
     #[arg(long)]
     pub emoji: Option<std::path::PathBuf>,
+    /// Emoji: sample only these concepts (a file of names, one per line,
+    /// `#` comments; e.g. trainer/data/emoji-concepts.txt).
+    #[arg(long, requires = "emoji")]
+    pub emoji_concepts: Option<std::path::PathBuf>,
     /// Share of shapes scenes among the samples when emoji are used.
     #[arg(long, default_value_t = 0.25)]
     pub shapes_share: f32,
@@ -594,6 +598,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The AdamW moments as a burnpack file, written like `write_atomic`: a run
+/// killed while saving keeps the previous save's file whole.
+pub fn save_optim(optim: &burn::optim::ModuleOptimizer, path: &Path) -> Result<()> {
+    let bytes = optim
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("saving optimizer: {e:?}"))?;
+    write_atomic(path, &bytes)
+}
+
 /// Reads f32/f16/bf16 tensors, and the committed checkpoints' int8 ones
 /// (`crate::checkpoint::Q8_SCALE`: one f32 scale per row), as f32.
 pub fn read_safetensors(path: &Path) -> Result<WeightMap> {
@@ -656,13 +669,28 @@ pub fn prepare(args: &Args, size: Option<usize>) -> Result<(Device, std::path::P
     if !(0.0..=1.0).contains(&args.shapes_share) {
         bail!("--shapes-share is a probability (0..=1)");
     }
+    let mut emoji = args.emoji.as_deref().map(Emoji::load).transpose()?;
+    if let (Some(e), Some(p)) = (&mut emoji, &args.emoji_concepts) {
+        e.keep_concepts(&read_name_list(p)?)?;
+    }
     let data = Data {
-        emoji: args.emoji.as_deref().map(Emoji::load).transpose()?,
+        emoji,
         shapes_share: args.shapes_share,
         crop: args.crop,
         size,
     };
     Ok((dev, out, data))
+}
+
+/// A list file: one name per line; blank lines and `#` comments skipped.
+pub fn read_name_list(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
 }
 
 /// A batch with its timesteps, made ahead on another thread.
@@ -691,9 +719,10 @@ pub fn run(args: &Args) -> Result<()> {
     let cfg = run_config(out, asked, args.config.is_some())?;
     if let Some(e) = &data.emoji {
         eprintln!(
-            "{} emoji images ({} naming a scene's colour and shape left out), shapes share {}",
+            "{} emoji images ({} naming a scene's colour and shape left out), {} concepts sampled, shapes share {}",
             e.entries.len() - e.left_out,
             e.left_out,
+            e.concept_count(),
             args.shapes_share
         );
     }
@@ -769,21 +798,23 @@ pub fn run(args: &Args) -> Result<()> {
         .iter()
         .map(|(_, s, _)| s.iter().product::<usize>())
         .sum();
-    std::fs::write(out.join("config.json"), serde_json::to_vec_pretty(&cfg)?)?;
+    write_atomic(&out.join("config.json"), &serde_json::to_vec_pretty(&cfg)?)?;
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} min_snr {} lr {} device {} resume {resume} emoji {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} min_snr {} lr {} device {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         args.size.unwrap_or(cfg.image_size),
         args.min_snr,
         args.lr,
         args.device,
         data.emoji.as_ref().map_or(0, |e| e.entries.len() - e.left_out),
-        data.shapes_share,
+        data.emoji.as_ref().map_or(0, |e| e.concept_count()),
+        // Without emoji every sample is a scene.
+        if data.emoji.is_some() { data.shapes_share } else { 1.0 },
         data.crop.unwrap_or(cfg.image_size),
         args.init.as_ref().map_or("-".into(), |p| p.display().to_string()),
     )?;
@@ -804,18 +835,16 @@ pub fn run(args: &Args) -> Result<()> {
      -> Result<()> {
         write_safetensors(&out.join("model.safetensors"), &model.export())?;
         write_safetensors(&out.join("ema.safetensors"), ema)?;
-        optim
-            .save(out.join("optim.bpk"))
-            .map_err(|e| anyhow::anyhow!("saving optimizer: {e:?}"))?;
-        std::fs::write(
+        save_optim(optim, &out.join("optim.bpk"))?;
+        // Last: a resume trusts the files only once state.json names the step.
+        write_atomic(
             &state_path,
-            serde_json::to_vec(&State {
+            &serde_json::to_vec(&State {
                 step,
                 kind: kind.into(),
                 samples,
             })?,
-        )?;
-        Ok(())
+        )
     };
     const EMA_EVERY: u64 = 10;
     let min_snr = (args.min_snr > 0.0).then_some(args.min_snr);
@@ -912,6 +941,26 @@ fn learning_rate(args: &Args, step: u64, warm_from: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_lists_skip_comments_and_blanks_and_the_shipped_one_loads() {
+        let p = std::env::temp_dir().join(format!("webglide-names-{}", std::process::id()));
+        std::fs::write(&p, "# heading\n\n red heart \nfire # hot\n").unwrap();
+        assert_eq!(read_name_list(&p).unwrap(), ["red heart", "fire"]);
+        std::fs::remove_file(&p).unwrap();
+        assert!(read_name_list(&p).is_err());
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/emoji-concepts.txt");
+        let names = read_name_list(&shipped).unwrap();
+        assert_eq!(names.len(), 100);
+        let unique: std::collections::BTreeSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        // The emoji evaluation asks for concepts the list trains.
+        let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/demo/emoji-prompts.txt");
+        for p in read_name_list(&prompts).unwrap() {
+            let label = p.trim_start_matches("emoji of ");
+            assert!(names.iter().any(|n| n == label), "{p}");
+        }
+    }
 
     #[test]
     fn normal_kl_is_zero_for_equal_and_positive_otherwise() {

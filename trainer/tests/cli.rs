@@ -57,18 +57,35 @@ fn train_resume_from_ema_eval_and_bench() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(step_of(&dir), 2);
     assert!(dir.join("weights.safetensors").exists());
+    // Every file is written under a temporary name and renamed.
+    let partial: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial"))
+        .collect();
+    assert!(partial.is_empty(), "{partial:?}");
+
+    // A resume on the same machine takes the saved moments and weights.
+    let out = run("3");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("resuming") && !t.contains("fresh AdamW moments"),
+        "{t}"
+    );
+    assert_eq!(step_of(&dir), 3);
 
     // A committed checkpoint holds state.json + ema.safetensors only.
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
     std::fs::remove_file(dir.join("optim.bpk")).unwrap();
-    let out = run("3");
+    let out = run("4");
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(
         t.contains("continuing from the EMA weights") && t.contains("fresh AdamW moments"),
         "{t}"
     );
-    assert_eq!(step_of(&dir), 3);
+    assert_eq!(step_of(&dir), 4);
 
     let out = train(&[
         "eval",
