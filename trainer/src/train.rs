@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use engine::demo::shapes::{box_down, held_out, render, Rng, Scene};
+use engine::demo::shapes::{box_down, held_out, region_keep_mask, render, Rng, Scene};
 use engine::glide::model::GlideConfig;
 use engine::glide::schedule::Schedule;
 use engine::glide::tokenizer::{pad_tokens, GlideTokenizer};
@@ -187,6 +187,13 @@ fn rectangle_mask(rng: &mut Rng, s: usize) -> Vec<f32> {
         .collect()
 }
 
+/// One object's box of `scene`, with a random margin of 1.3–4.5 px at 64 px, to
+/// regenerate (0), the rest kept (1).
+fn object_box_mask(scene: &Scene, rng: &mut Rng, s: usize) -> Vec<f32> {
+    let object = &scene.objects[rng.below(scene.objects.len())];
+    region_keep_mask(object.box_with_margin(0.02 + 0.05 * rng.f32()), s)
+}
+
 /// One training batch on the CPU.
 pub struct Batch {
     /// Side of the images (the crop size when cropping).
@@ -241,7 +248,7 @@ pub fn make_batch(
             .emoji
             .as_ref()
             .filter(|_| rng.f32() >= data.shapes_share);
-        let (mut caption, rgb, object) = if let Some(e) = emoji {
+        let (mut caption, rgb, object, scene) = if let Some(e) = emoji {
             let i = e.sample(rng);
             let caption = e.caption(i, rng);
             let rgb = if s == 64 {
@@ -249,12 +256,12 @@ pub fn make_batch(
             } else {
                 box_down(&e.large(i)?, crate::emoji::CANVAS, crate::emoji::CANVAS / s)
             };
-            (caption, rgb, Some((e, i)))
+            (caption, rgb, Some((e, i)), None)
         } else {
             let scene = Scene::random(rng, &|c, sh| !held_out(c, sh));
             // Supersampled to the same 256-px detail as the emoji (64 px: 4×4 samples per pixel).
             let rgb = render(&scene, s, if cfg.super_res { 2 } else { 256 / s });
-            (scene.caption(), rgb, None)
+            (scene.caption(), rgb, None, Some(scene))
         };
         if rng.f32() < drop {
             caption.clear();
@@ -271,9 +278,9 @@ pub fn make_batch(
             out.x0.extend(planes(&rgb, s));
         }
         if cfg.inpaint {
-            match object {
+            match (object, scene) {
                 // A third of the emoji regenerate the whole object (its alpha).
-                Some((e, i)) if rng.f32() < 0.3 => {
+                (Some((e, i)), _) if rng.f32() < 0.3 => {
                     let alpha = e.alpha(i)?;
                     let f = crate::emoji::CANVAS / s;
                     out.keep.extend((0..s * s).map(|p| {
@@ -287,6 +294,11 @@ pub fn make_batch(
                             1.0
                         }
                     }));
+                }
+                // Half the scenes regenerate one object's box, as a user
+                // paints over an object to change it (`webglide eval inpaint`).
+                (None, Some(scene)) if rng.f32() < 0.5 => {
+                    out.keep.extend(object_box_mask(&scene, rng, s))
                 }
                 _ => out.keep.extend(rectangle_mask(rng, s)),
             }
@@ -959,6 +971,31 @@ mod tests {
         for p in read_name_list(&prompts).unwrap() {
             let label = p.trim_start_matches("emoji of ");
             assert!(names.iter().any(|n| n == label), "{p}");
+        }
+    }
+
+    /// An object's box mask regenerates the whole object and leaves most of
+    /// the image: a single-object scene's every drawn pixel is in the hole.
+    #[test]
+    fn an_object_box_mask_covers_the_object_and_keeps_the_rest() {
+        let mut rng = Rng(7);
+        let mut seen = 0;
+        while seen < 20 {
+            let scene = Scene::random(&mut rng, &|_, _| true);
+            if scene.objects.len() != 1 {
+                continue;
+            }
+            seen += 1;
+            for s in [32, 64] {
+                let keep = object_box_mask(&scene, &mut rng, s);
+                let rgb = render(&scene, s, 4);
+                let hole = keep.iter().filter(|&&k| k == 0.0).count();
+                assert!(hole > 0 && hole < s * s / 3, "{hole} of {}", s * s);
+                for (p, &k) in keep.iter().enumerate() {
+                    let drawn = rgb[3 * p..3 * p + 3].iter().any(|&v| v < 250);
+                    assert!(!drawn || k == 0.0, "{scene:?} pixel {p} drawn but kept");
+                }
+            }
         }
     }
 

@@ -393,21 +393,9 @@ impl InpaintCase {
         self.target.objects.last().expect("scenes have objects")
     }
 
-    /// Keep-mask at `size`² (1 = keep, 0 = regenerate): the pixels whose
-    /// centre lies in the region.
+    /// Keep-mask at `size`² (1 = keep, 0 = regenerate).
     pub fn keep_mask(&self, size: usize) -> Vec<f32> {
-        let [x0, y0, x1, y1] = self.region;
-        let c = |p: usize| (p as f32 + 0.5) / size as f32;
-        (0..size * size)
-            .map(|i| {
-                let (x, y) = (c(i % size), c(i / size));
-                if (x0..=x1).contains(&x) && (y0..=y1).contains(&y) {
-                    0.0
-                } else {
-                    1.0
-                }
-            })
-            .collect()
+        region_keep_mask(self.region, size)
     }
 
     /// Whether the checker's objects include the new one (colour and shape).
@@ -428,6 +416,36 @@ impl InpaintCase {
     }
 }
 
+/// Keep-mask at `size`² (1 = keep, 0 = regenerate) of a box in units of the
+/// image width (x0, y0, x1, y1): the pixels whose centre lies in it.
+pub fn region_keep_mask(region: [f32; 4], size: usize) -> Vec<f32> {
+    let [x0, y0, x1, y1] = region;
+    let c = |p: usize| (p as f32 + 0.5) / size as f32;
+    (0..size * size)
+        .map(|i| {
+            let (x, y) = (c(i % size), c(i / size));
+            if (x0..=x1).contains(&x) && (y0..=y1).contains(&y) {
+                0.0
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+impl Object {
+    /// The object's box grown by `margin` on every side, clipped to the image
+    /// (x0, y0, x1, y1 in units of the image width).
+    pub fn box_with_margin(&self, margin: f32) -> [f32; 4] {
+        [
+            (self.cx - self.r - margin).max(0.0),
+            (self.cy - self.r - margin).max(0.0),
+            (self.cx + self.r + margin).min(1.0),
+            (self.cy + self.r + margin).min(1.0),
+        ]
+    }
+}
+
 /// `n` inpainting cases, the same for a given seed everywhere. Sources use
 /// training pairs only; the region is the last object's box with a margin
 /// that no other object reaches into, so a perfect inpainting is exactly the
@@ -439,12 +457,7 @@ pub fn inpaint_cases(n: usize, seed: u64) -> Vec<InpaintCase> {
         .map(|_| loop {
             let source = Scene::random(&mut rng, &|c, s| !held_out(c, s));
             let (last, others) = source.objects.split_last().expect("1–3 objects");
-            let region = [
-                (last.cx - last.r - MARGIN).max(0.0),
-                (last.cy - last.r - MARGIN).max(0.0),
-                (last.cx + last.r + MARGIN).min(1.0),
-                (last.cy + last.r + MARGIN).min(1.0),
-            ];
+            let region = last.box_with_margin(MARGIN);
             let clear = others.iter().all(|p| {
                 p.cx + p.r < region[0]
                     || p.cx - p.r > region[2]
