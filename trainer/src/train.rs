@@ -175,16 +175,8 @@ fn crop_rgb(rgb: &[u8], size: usize, x: usize, y: usize, c: usize) -> Vec<u8> {
 fn rectangle_mask(rng: &mut Rng, s: usize) -> Vec<f32> {
     let (w, h) = (s / 5 + rng.below(s * 3 / 5), s / 5 + rng.below(s * 3 / 5));
     let (x0, y0) = (rng.below(s - w + 1), rng.below(s - h + 1));
-    (0..s * s)
-        .map(|i| {
-            let (x, y) = (i % s, i / s);
-            if (x0..x0 + w).contains(&x) && (y0..y0 + h).contains(&y) {
-                0.0
-            } else {
-                1.0
-            }
-        })
-        .collect()
+    let unit = |p: usize| p as f32 / s as f32;
+    region_keep_mask([unit(x0), unit(y0), unit(x0 + w), unit(y0 + h)], s)
 }
 
 /// One object's box of `scene`, with a random margin of 1.3–4.5 px at 64 px, to
