@@ -84,6 +84,11 @@ pub struct Args {
     /// quarter of a 64-px one and its weights carry over unchanged).
     #[arg(long)]
     pub size: Option<usize>,
+    /// With --size: every N-th batch at the config's size instead, so a
+    /// cheap small-image stage keeps the full size's object scale (a model
+    /// trained at 32 px alone draws 32-px-sized objects, crowded, at 64).
+    #[arg(long)]
+    pub full_size_every: Option<usize>,
     /// Min-SNR-γ weighting of the eps loss (weight min(SNR, γ)/SNR per
     /// sample; Hang et al. 2023); 0 = the plain mean as released.
     #[arg(long, default_value_t = 0.0)]
@@ -206,7 +211,29 @@ pub fn make_batch(
     b: usize,
     drop: f32,
 ) -> Result<Batch> {
-    let s = match data.size {
+    make_batch_sized(cfg, tok, data, data.size, rng, b, drop)
+}
+
+/// The image size of the batch of optimizer step `step` (counted from 1):
+/// the stage's `size`, but the config's (None) every `full_every`-th step.
+pub fn batch_size_at(size: Option<usize>, full_every: Option<usize>, step: u64) -> Option<usize> {
+    match full_every {
+        Some(n) if step.is_multiple_of(n as u64) => None,
+        _ => size,
+    }
+}
+
+/// `make_batch` at `size` instead of `data.size` (None: the config's).
+pub fn make_batch_sized(
+    cfg: &GlideConfig,
+    tok: &GlideTokenizer,
+    data: &Data,
+    size: Option<usize>,
+    rng: &mut Rng,
+    b: usize,
+    drop: f32,
+) -> Result<Batch> {
+    let s = match size {
         Some(n) if cfg.super_res || !(16..=cfg.image_size).contains(&n) || !n.is_multiple_of(8) => {
             bail!(
                 "--size {n}: base models only, a multiple of 8 from 16 to {}",
@@ -718,6 +745,11 @@ pub fn run(args: &Args) -> Result<()> {
     if args.batch == 0 || args.batch > 256 || !(args.lr > 0.0 && args.lr < 1.0) {
         bail!("--batch 1..=256 and 0 < --lr < 1");
     }
+    let full_size_every = match (args.full_size_every, args.size) {
+        (Some(0), _) => bail!("--full-size-every N: N is at least 1"),
+        (Some(_), None) => bail!("--full-size-every needs --size (the small stage it mixes into)"),
+        (every, _) => every,
+    };
     let (dev, out, data) = prepare(args, args.size)?;
     let out = &out;
     let cfg = run_config(out, asked, args.config.is_some())?;
@@ -809,9 +841,10 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} min_snr {} lr {} device {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} lr {} device {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         args.size.unwrap_or(cfg.image_size),
+        full_size_every.map_or("-".into(), |n| n.to_string()),
         args.min_snr,
         args.lr,
         args.device,
@@ -859,12 +892,17 @@ pub fn run(args: &Args) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared>>(2);
         let (cfg, tok, data) = (&cfg, &tok, &data);
         let (batch_size, drop_caption) = (args.batch, args.drop_caption);
+        let mut next_step = step + 1;
         scope.spawn(move || loop {
+            let size = batch_size_at(data.size, full_size_every, next_step);
+            next_step += 1;
             let prepared =
-                make_batch(cfg, tok, data, &mut rng, batch_size, drop_caption).map(|batch| {
-                    let t = (0..batch_size).map(|_| rng.below(t_max)).collect();
-                    Prepared { batch, t }
-                });
+                make_batch_sized(cfg, tok, data, size, &mut rng, batch_size, drop_caption).map(
+                    |batch| {
+                        let t = (0..batch_size).map(|_| rng.below(t_max)).collect();
+                        Prepared { batch, t }
+                    },
+                );
             if tx.send(prepared).is_err() {
                 break; // the loop below is done
             }
@@ -1263,6 +1301,33 @@ mod tests {
                 assert!(b.keep.contains(&0.0) && b.keep.contains(&1.0));
             }
         }
+    }
+
+    #[test]
+    fn a_mixed_stage_draws_every_nth_batch_at_the_full_size() {
+        let sizes: Vec<_> = (1..=8)
+            .map(|k| batch_size_at(Some(32), Some(4), k))
+            .collect();
+        let (s, f) = (Some(32), None);
+        assert_eq!(sizes, [s, s, s, f, s, s, s, f]);
+        assert!((1..50).all(|k| batch_size_at(Some(32), None, k) == Some(32)));
+        assert!((1..50).all(|k| batch_size_at(Some(32), Some(1), k).is_none()));
+        // The full-size batches are the config's size.
+        let cfg = demo_config("base").unwrap();
+        let data = Data {
+            size: Some(32),
+            ..Data::shapes()
+        };
+        let b = make_batch_sized(
+            &cfg,
+            &tokenizer().unwrap(),
+            &data,
+            None,
+            &mut Rng(3),
+            1,
+            0.0,
+        );
+        assert_eq!(b.unwrap().size, cfg.image_size);
     }
 
     #[test]
