@@ -892,6 +892,11 @@ pub fn run(args: &Args) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared>>(2);
         let (cfg, tok, data) = (&cfg, &tok, &data);
         let (batch_size, drop_caption) = (args.batch, args.drop_caption);
+        // The log's size: both of a mixed stage (its losses average over both).
+        let sizes = match full_size_every {
+            Some(_) => format!("{}+{}", data.size.unwrap_or(cfg.image_size), cfg.image_size),
+            None => data.size.unwrap_or(cfg.image_size).to_string(),
+        };
         let mut next_step = step + 1;
         scope.spawn(move || loop {
             let size = batch_size_at(data.size, full_size_every, next_step);
@@ -939,7 +944,7 @@ pub fn run(args: &Args) -> Result<()> {
             }
             if step % 20 == 0 {
                 let line = format!(
-                    "step {step} samples {samples} size {s} loss {:.5} mse {:.5} vb {:.5} elapsed {:.0}s lr {lr:.2e}",
+                    "step {step} samples {samples} size {sizes} loss {:.5} mse {:.5} vb {:.5} elapsed {:.0}s lr {lr:.2e}",
                     acc[0] / n_acc as f64,
                     acc[1] / n_acc as f64,
                     acc[2] / n_acc as f64,
