@@ -830,6 +830,8 @@ pub fn run(args: &Args) -> Result<()> {
         let optim = AdamWConfig::new().with_weight_decay(0.0).init();
         (model, optim, ema, 0, 0, 0)
     };
+    // The stage's image size (a --size stage's, else the config's).
+    let stage_size = args.size.unwrap_or(cfg.image_size);
     let params: usize = ema
         .iter()
         .map(|(_, s, _)| s.iter().product::<usize>())
@@ -843,7 +845,7 @@ pub fn run(args: &Args) -> Result<()> {
         log,
         "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} lr {} device {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
-        args.size.unwrap_or(cfg.image_size),
+        stage_size,
         full_size_every.map_or("-".into(), |n| n.to_string()),
         args.min_snr,
         args.lr,
@@ -894,8 +896,8 @@ pub fn run(args: &Args) -> Result<()> {
         let (batch_size, drop_caption) = (args.batch, args.drop_caption);
         // The log's size: both of a mixed stage (its losses average over both).
         let sizes = match full_size_every {
-            Some(_) => format!("{}+{}", data.size.unwrap_or(cfg.image_size), cfg.image_size),
-            None => data.size.unwrap_or(cfg.image_size).to_string(),
+            Some(_) => format!("{stage_size}+{}", cfg.image_size),
+            None => stage_size.to_string(),
         };
         let mut next_step = step + 1;
         scope.spawn(move || loop {
