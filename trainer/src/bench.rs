@@ -120,9 +120,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let s = batch.size;
         size = s;
         let noise = || Tensor::<4>::random([b, 3, s, s], Distribution::Normal(0.0, 1.0), &dev);
+        let plain = train::EpsWeighting::default();
         let t1 = Instant::now();
         FORWARD_FLOPS.store(0, Ordering::Relaxed);
-        let (total, ..) = train::loss(&model, &sched, &batch, &t, noise(), &dev, None);
+        let (total, ..) = train::loss(&model, &sched, &batch, &t, noise(), &dev, plain);
         let _ = total.clone().into_scalar::<f32>();
         step_flops = FORWARD_FLOPS.load(Ordering::Relaxed);
         let t2 = Instant::now();
@@ -132,7 +133,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let t4 = Instant::now();
         // The input gradients alone: frozen weights, gradient wrt the noise.
         let n = noise().require_grad();
-        let (total, ..) = train::loss(&frozen, &sched, &batch, &t, n.clone(), &dev, None);
+        let (total, ..) = train::loss(&frozen, &sched, &batch, &t, n.clone(), &dev, plain);
         let t5 = Instant::now();
         let g = total.backward();
         let _ = n.grad(&g).map(|g| g.sum().into_scalar::<f32>());

@@ -93,6 +93,13 @@ pub struct Args {
     /// sample; Hang et al. 2023); 0 = the plain mean as released.
     #[arg(long, default_value_t = 0.0)]
     pub min_snr: f64,
+    /// Weight the eps loss of the noisiest steps (SNR < 1) by 1/SNR, capped
+    /// at this factor: there the eps error is SNR times the x0 error, so
+    /// the plain mean barely trains the layout decided at the top of the
+    /// schedule; 1/SNR makes it the x0 error (Salimans & Ho's truncated-SNR
+    /// weighting). 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub low_snr_boost: f64,
     /// Start a new run from these weights (e.g. a trained base for
     /// base-inpaint), a safetensors file or a `webglide convert` folder (the
     /// shipped public/models/demo/base): tensors of equal shape are copied;
@@ -501,6 +508,42 @@ pub fn normal_kl(
         * 0.5
 }
 
+/// The per-sample weight of the eps loss, from its timestep's SNR
+/// (`None`s: the plain mean, as released).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EpsWeighting {
+    /// Min-SNR-γ (Hang et al. 2023): min(SNR, γ)/SNR, cheapening the nearly
+    /// clean steps.
+    pub min_snr: Option<f64>,
+    /// max(1, 1/SNR) capped at this factor, raising the noisiest steps.
+    pub low_snr_boost: Option<f64>,
+}
+
+impl EpsWeighting {
+    pub fn from_args(args: &Args) -> Self {
+        let on = |v: f64| (v > 0.0).then_some(v);
+        Self {
+            min_snr: on(args.min_snr),
+            low_snr_boost: on(args.low_snr_boost),
+        }
+    }
+
+    pub fn is_plain(&self) -> bool {
+        self.min_snr.is_none() && self.low_snr_boost.is_none()
+    }
+
+    pub fn weight(&self, snr: f64) -> f64 {
+        let mut w = 1.0;
+        if let Some(gamma) = self.min_snr {
+            w *= snr.min(gamma) / snr;
+        }
+        if let Some(cap) = self.low_snr_boost {
+            w *= (1.0 / snr).clamp(1.0, cap.max(1.0));
+        }
+        w
+    }
+}
+
 /// GLIDE's hybrid loss for a batch: (total, mse, vb in bits).
 pub fn loss(
     model: &Glide,
@@ -509,7 +552,7 @@ pub fn loss(
     t: &[usize],
     noise: Tensor<4>,
     dev: &Device,
-    min_snr: Option<f64>,
+    weighting: EpsWeighting,
 ) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
     let cfg = &model.config;
     let (b, s) = (t.len(), batch.size);
@@ -548,23 +591,18 @@ pub fn loss(
     let out = model.forward(x_t.clone(), ts, &cond);
     let eps = out.clone().narrow(1, 0, 3);
     let v = out.narrow(1, 3, 3);
-    let mse = match min_snr {
-        None => (eps.clone() - noise).powi_scalar(2).mean(),
-        Some(gamma) => {
-            let w: Vec<f32> = t
-                .iter()
-                .map(|&i| {
-                    let snr = ac[i] / (1.0 - ac[i]);
-                    (snr.min(gamma) / snr) as f32
-                })
-                .collect();
-            let per_sample = (eps.clone() - noise)
-                .powi_scalar(2)
-                .reshape([b, 3 * s * s])
-                .mean_dim(1);
-            (per_sample * Tensor::<1>::from_data(TensorData::new(w, [b]), dev).reshape([b, 1]))
-                .mean()
-        }
+    let mse = if weighting.is_plain() {
+        (eps.clone() - noise).powi_scalar(2).mean()
+    } else {
+        let w: Vec<f32> = t
+            .iter()
+            .map(|&i| weighting.weight(ac[i] / (1.0 - ac[i])) as f32)
+            .collect();
+        let per_sample = (eps.clone() - noise)
+            .powi_scalar(2)
+            .reshape([b, 3 * s * s])
+            .mean_dim(1);
+        (per_sample * Tensor::<1>::from_data(TensorData::new(w, [b]), dev).reshape([b, 1])).mean()
     };
     // Variational bound on the variance only: the mean uses a detached eps.
     let recip = coef(
@@ -843,11 +881,12 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} lr {} device {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} lr {} device {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         stage_size,
         full_size_every.map_or("-".into(), |n| n.to_string()),
         args.min_snr,
+        args.low_snr_boost,
         args.lr,
         args.device,
         data.emoji.as_ref().map_or(0, |e| e.entries.len() - e.left_out),
@@ -886,7 +925,7 @@ pub fn run(args: &Args) -> Result<()> {
         )
     };
     const EMA_EVERY: u64 = 10;
-    let min_snr = (args.min_snr > 0.0).then_some(args.min_snr);
+    let weighting = EpsWeighting::from_args(args);
     let deadline = args.minutes * 60.0;
     // Batches are drawn on another thread while the backend computes.
     model = std::thread::scope(|scope| -> Result<Glide> {
@@ -922,7 +961,7 @@ pub fn run(args: &Args) -> Result<()> {
                 burn::tensor::Distribution::Normal(0.0, 1.0),
                 &dev,
             );
-            let (total, mse, vb) = loss(&model, &sched, &batch, &t, noise, &dev, min_snr);
+            let (total, mse, vb) = loss(&model, &sched, &batch, &t, noise, &dev, weighting);
             let grads = total.backward();
             let grads = GradientsParams::from_grads(grads, &model);
             let lr = learning_rate(args, step, warm_from);
@@ -1389,21 +1428,60 @@ mod tests {
                 &dev,
             )
         };
-        let mse = |g: Option<f64>, t: &[usize]| {
-            loss(&model, &sched, &batch, t, noise(), &dev, g)
+        let mse = |min_snr: Option<f64>, low_snr_boost: Option<f64>, t: &[usize]| {
+            let w = EpsWeighting {
+                min_snr,
+                low_snr_boost,
+            };
+            loss(&model, &sched, &batch, t, noise(), &dev, w)
                 .1
                 .into_scalar::<f32>()
         };
-        let plain = mse(None, &t);
+        let plain = mse(None, None, &t);
         // Equal up to the rounding of burn's threaded reductions.
-        let weighted = mse(Some(5.0), &t);
+        let weighted = mse(Some(5.0), None, &t);
         assert!(
             (weighted - plain).abs() <= 1e-5 * plain.abs().max(1.0),
             "{weighted} {plain}"
         );
         // t = 5: SNR in the thousands, the weight is γ/SNR ≪ 1.
         let low = [5, 5];
-        assert!(mse(Some(5.0), &low) < 0.05 * mse(None, &low));
+        assert!(mse(Some(5.0), None, &low) < 0.05 * mse(None, None, &low));
+        // t = 900 and 950: 1/SNR is ~40 and ~160, so a cap of 10 weighs both
+        // by exactly 10.
+        let boosted = mse(Some(5.0), Some(10.0), &t);
+        assert!(
+            (boosted - 10.0 * plain).abs() <= 1e-4 * plain.abs().max(1.0),
+            "{boosted} {plain}"
+        );
+    }
+
+    /// The weight as a function of SNR: min-SNR below γ's SNR, 1/SNR capped
+    /// above, 1 in between; off means 1 everywhere.
+    #[test]
+    fn eps_weighting_by_snr() {
+        let w = EpsWeighting {
+            min_snr: Some(5.0),
+            low_snr_boost: Some(20.0),
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12 * b.abs().max(1.0);
+        assert!(close(w.weight(100.0), 0.05));
+        assert!(close(w.weight(5.0), 1.0));
+        assert!(close(w.weight(2.0), 1.0));
+        assert!(close(w.weight(1.0), 1.0));
+        assert!(close(w.weight(0.25), 4.0));
+        assert!(close(w.weight(0.01), 20.0));
+        let plain = EpsWeighting::default();
+        assert!(plain.is_plain());
+        assert!([1e-4, 0.3, 1.0, 7.0, 1e4]
+            .iter()
+            .all(|&snr| plain.weight(snr) == 1.0));
+        let boost_only = EpsWeighting {
+            low_snr_boost: Some(20.0),
+            ..plain
+        };
+        assert!(close(boost_only.weight(100.0), 1.0));
+        assert!(close(boost_only.weight(0.1), 10.0));
     }
 
     #[test]
