@@ -84,9 +84,10 @@ pub struct Args {
     /// quarter of a 64-px one and its weights carry over unchanged).
     #[arg(long)]
     pub size: Option<usize>,
-    /// With --size: every N-th batch at the config's size instead, so a
-    /// cheap small-image stage keeps the full size's object scale (a model
-    /// trained at 32 px alone draws 32-px-sized objects, crowded, at 64).
+    /// With --size: every N-th batch at the config's size instead, meant to
+    /// keep the full size's object scale in a cheap small-image stage (a
+    /// model trained at 32 px alone draws 32-px-sized objects, crowded, at
+    /// 64; with N = 4 the crowds stayed: docs/demo-model.md).
     #[arg(long)]
     pub full_size_every: Option<usize>,
     /// Min-SNR-γ weighting of the eps loss (weight min(SNR, γ)/SNR per
