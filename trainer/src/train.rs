@@ -521,12 +521,17 @@ pub struct EpsWeighting {
 }
 
 impl EpsWeighting {
-    pub fn from_args(args: &Args) -> Self {
+    /// An infinite or NaN factor would blow the loss up mid-run, so it is
+    /// refused before any work; 0 (or less) turns a weighting off.
+    pub fn from_args(args: &Args) -> Result<Self> {
+        if !(args.min_snr.is_finite() && args.low_snr_boost.is_finite()) {
+            bail!("--min-snr and --low-snr-boost are finite numbers (0 = off)");
+        }
         let on = |v: f64| (v > 0.0).then_some(v);
-        Self {
+        Ok(Self {
             min_snr: on(args.min_snr),
             low_snr_boost: on(args.low_snr_boost),
-        }
+        })
     }
 
     pub fn is_plain(&self) -> bool {
@@ -789,6 +794,7 @@ pub fn run(args: &Args) -> Result<()> {
         (Some(_), None) => bail!("--full-size-every needs --size (the small stage it mixes into)"),
         (every, _) => every,
     };
+    let weighting = EpsWeighting::from_args(args)?;
     let (dev, out, data) = prepare(args, args.size)?;
     let out = &out;
     let cfg = run_config(out, asked, args.config.is_some())?;
@@ -926,7 +932,6 @@ pub fn run(args: &Args) -> Result<()> {
         )
     };
     const EMA_EVERY: u64 = 10;
-    let weighting = EpsWeighting::from_args(args);
     let deadline = args.minutes * 60.0;
     // Batches are drawn on another thread while the backend computes.
     model = std::thread::scope(|scope| -> Result<Glide> {
@@ -1483,6 +1488,12 @@ mod tests {
         };
         assert!(close(boost_only.weight(100.0), 1.0));
         assert!(close(boost_only.weight(0.1), 10.0));
+        // From the command line: 0 is off, an infinite factor is refused.
+        let parsed = EpsWeighting::from_args(&args(&["--low-snr-boost", "10"])).unwrap();
+        assert_eq!((parsed.min_snr, parsed.low_snr_boost), (None, Some(10.0)));
+        assert!(EpsWeighting::from_args(&args(&[])).unwrap().is_plain());
+        assert!(EpsWeighting::from_args(&args(&["--low-snr-boost", "inf"])).is_err());
+        assert!(EpsWeighting::from_args(&args(&["--min-snr", "NaN"])).is_err());
     }
 
     #[test]
