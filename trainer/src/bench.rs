@@ -11,7 +11,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use engine::demo::shapes::Rng;
 use engine::glide::schedule::Schedule;
 
-use crate::model::{Glide, Init, CONV_AS_GEMM, FORWARD_FLOPS};
+use crate::model::{Glide, Init, FORWARD_FLOPS};
 use crate::train::{self, Data};
 
 #[derive(clap::Args)]
@@ -30,7 +30,7 @@ pub struct BenchArgs {
     /// burn (burn's conv2d, the trainer's default) or gemm (im2col + matmul).
     #[arg(long, default_value = "burn")]
     pub conv: String,
-    /// cpu or gpu.
+    /// cpu, gpu (wgpu) or cuda (builds with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// reuse (the trainer's allocator keeps freed large blocks) or system.
@@ -62,11 +62,7 @@ pub fn matmul_rate(dev: &Device) -> f64 {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    match args.conv.as_str() {
-        "gemm" => CONV_AS_GEMM.store(true, Ordering::Relaxed),
-        "burn" => CONV_AS_GEMM.store(false, Ordering::Relaxed),
-        c => bail!("--conv {c}: gemm or burn"),
-    }
+    crate::model::set_conv(&args.conv)?;
     match args.alloc.as_str() {
         "reuse" | "system" => crate::ALLOCATOR
             .enabled
@@ -99,7 +95,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     )?;
     let rate = matmul_rate(&plain);
     println!(
-        "cpu matmul ({} f32 1536^3 through burn): {rate:.1} GFLOP/s",
+        "{} matmul (f32 1536^3 through burn): {rate:.1} GFLOP/s",
         args.device
     );
 

@@ -612,6 +612,7 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
                 step,
                 kind: "clip".into(),
                 samples,
+                moments_from: 0,
             })?,
         )
     };

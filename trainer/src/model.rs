@@ -31,6 +31,16 @@ fn count_flops(n: usize) {
 /// stays for `webglide-train bench --conv gemm` on other backends.
 pub static CONV_AS_GEMM: AtomicBool = AtomicBool::new(false);
 
+/// `--conv burn|gemm`: sets [`CONV_AS_GEMM`] for this process.
+pub fn set_conv(name: &str) -> anyhow::Result<()> {
+    match name {
+        "gemm" => CONV_AS_GEMM.store(true, Ordering::Relaxed),
+        "burn" => CONV_AS_GEMM.store(false, Ordering::Relaxed),
+        c => anyhow::bail!("--conv {c}: burn or gemm"),
+    }
+    Ok(())
+}
+
 /// Named f32 tensors in PyTorch layout: name → (shape, values).
 pub type WeightMap = HashMap<String, (Vec<usize>, Vec<f32>)>;
 

@@ -42,7 +42,7 @@ pub struct Args {
     /// Probability of an empty caption (classifier-free guidance).
     #[arg(long, default_value_t = 0.2)]
     pub drop_caption: f32,
-    /// cpu (ndarray) or gpu (wgpu: Vulkan/Metal/DX12).
+    /// cpu (flex), gpu (wgpu: Vulkan/Metal/DX12) or cuda (builds with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long, default_value_t = 0)]
@@ -108,6 +108,12 @@ pub struct Args {
     /// start at zero.
     #[arg(long)]
     pub init: Option<std::path::PathBuf>,
+    /// burn (burn's conv2d) or gemm (each conv one matrix product over an
+    /// im2col tensor): on the H200 burn's CUDA matmul ran at 25 TFLOP/s
+    /// where a training step with its conv2d reached 2 % of that
+    /// (`webglide-train bench --conv` compares them on a device).
+    #[arg(long, default_value = "burn")]
+    pub conv: String,
 }
 
 /// The demo model's architectures: the released GLIDE topology, narrow.
@@ -720,6 +726,24 @@ pub struct State {
     /// Training samples seen so far (older checkpoints did not count them).
     #[serde(default)]
     pub samples: u64,
+    /// The step the saved optimizer moments began at, where their warm-up
+    /// started (0 for a run that began with them; older checkpoints: 0).
+    #[serde(default)]
+    pub moments_from: u64,
+}
+
+impl State {
+    /// Where the learning-rate warm-up of a resumed run counts from: fresh
+    /// moments warm up from here; saved ones go on with their own warm-up
+    /// (a run stopped inside it would otherwise jump to the full rate: the
+    /// GPU run of 2026-12-04 did, and its loss rose 5×).
+    pub fn warm_from(&self, with_saved_moments: bool) -> u64 {
+        if with_saved_moments {
+            self.moments_from
+        } else {
+            self.step
+        }
+    }
 }
 
 /// The backend device for `--device cpu|gpu` (`.autodiff()` for training).
@@ -727,7 +751,11 @@ pub fn device(name: &str) -> Result<Device> {
     Ok(match name {
         "cpu" => Device::flex(),
         "gpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-        d => bail!("--device {d}: cpu or gpu"),
+        #[cfg(feature = "cuda")]
+        "cuda" => Device::cuda(0),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => bail!("--device cuda: this trainer was built without the `cuda` feature"),
+        d => bail!("--device {d}: cpu, gpu or cuda"),
     })
 }
 
@@ -795,6 +823,7 @@ pub fn run(args: &Args) -> Result<()> {
         (every, _) => every,
     };
     let weighting = EpsWeighting::from_args(args)?;
+    crate::model::set_conv(&args.conv)?;
     let (dev, out, data) = prepare(args, args.size)?;
     let out = &out;
     let cfg = run_config(out, asked, args.config.is_some())?;
@@ -837,15 +866,16 @@ pub fn run(args: &Args) -> Result<()> {
         let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
         let optim_path = out.join("optim.bpk");
         let optim = AdamWConfig::new().with_weight_decay(0.0).init();
-        let (optim, warm_from) = if optim_path.exists() {
-            let optim = optim
+        let saved_moments = optim_path.exists();
+        let optim = if saved_moments {
+            optim
                 .load(optim_path)
-                .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?;
-            (optim, 0)
+                .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?
         } else {
             eprintln!("no optimizer state: fresh AdamW moments, warmed up again");
-            (optim, st.step)
+            optim
         };
+        let warm_from = st.warm_from(saved_moments);
         let order = model.export();
         let ema: Vec<_> = order
             .into_iter()
@@ -888,7 +918,7 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} lr {} device {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} lr {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         stage_size,
         full_size_every.map_or("-".into(), |n| n.to_string()),
@@ -896,6 +926,7 @@ pub fn run(args: &Args) -> Result<()> {
         args.low_snr_boost,
         args.lr,
         args.device,
+        args.conv,
         data.emoji.as_ref().map_or(0, |e| e.entries.len() - e.left_out),
         data.emoji.as_ref().map_or(0, |e| e.concept_count()),
         // Without emoji every sample is a scene.
@@ -928,6 +959,7 @@ pub fn run(args: &Args) -> Result<()> {
                 step,
                 kind: kind.into(),
                 samples,
+                moments_from: warm_from,
             })?,
         )
     };
@@ -1035,6 +1067,23 @@ fn learning_rate(args: &Args, step: u64, warm_from: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_warm_up_goes_on_where_its_moments_began() {
+        // Saved at step 955, five steps into a 10-step warm-up that began at 950.
+        let st: State =
+            serde_json::from_str(r#"{"step":955,"kind":"base","samples":1,"moments_from":950}"#)
+                .unwrap();
+        let args = args(&[]);
+        let lr = |with_moments| learning_rate(&args, st.step, st.warm_from(with_moments));
+        assert!((lr(true) - 1e-3 * 6.0 / 10.0).abs() < 1e-12);
+        // Fresh moments warm up again from the resume step.
+        assert!((lr(false) - 1e-3 / 10.0).abs() < 1e-12);
+        // A state.json from before the field: moments that began with the run.
+        let old: State = serde_json::from_str(r#"{"step":955,"kind":"base"}"#).unwrap();
+        assert_eq!((old.warm_from(true), old.warm_from(false)), (0, 955));
+        assert_eq!(old.samples, 0);
+    }
 
     #[test]
     fn name_lists_skip_comments_and_blanks_and_the_shipped_one_loads() {
