@@ -76,3 +76,11 @@ du -sh .dev .gl
 tracked=$(git ls-files -z | du -cb --files0-from=- | tail -1 | cut -f1)
 extra=$(du -cb .dev .gl | tail -1 | cut -f1)
 echo "travels: $(((tracked + extra) / 1048576)) MiB of 64 (tracked $((tracked / 1048576)) MiB)"
+if [ $((tracked + extra)) -gt $((62 * 1048576)) ]; then
+    # What the 2026-12-04 call did: model folders the call does not read, out of the index and
+    # ignored for the call (they stay on disk), put back right after it.
+    unused="trainer/checkpoints/clip public/models/demo/clip-image-enc public/models/demo/clip-text-enc public/models/demo/upsample"
+    echo "too close to the limit: before the call"
+    echo "  for p in $unused; do echo /\$p/ >>.git/info/exclude; done; git rm -r -q --cached $unused"
+    echo "and after it: remove those lines from .git/info/exclude; git reset -q -- $unused"
+fi
