@@ -72,20 +72,22 @@ EMOJI=(--emoji "$W/emoji" --emoji-concepts trainer/data/emoji-concepts.txt --sha
 SECS=$((END - $(date +%s) - 40))
 MIN=$(python3 -c "print(round($SECS/60, 2))")
 echo "training for $MIN minutes on $DEV"
+# The recipe every run and its retry share.
+RECIPE=(--batch "$B" --lr "$LR" --min-snr 5 --warmup 100 --ema 0.995 --save-every 100 --conv "$CONV")
 train() {
     r=$1
     shift
-    echo "webglide-train --device $DEV --out runs/$r --minutes $MIN --batch $B --lr $LR --min-snr 5 --warmup 100 --ema 0.995 --save-every 100 --conv $CONV $*"
-    timeout $((SECS + 30)) "$W/webglide-train" --device "$DEV" --out "$W/runs/$r" --minutes "$MIN" --batch "$B" \
-        --lr "$LR" --min-snr 5 --warmup 100 --ema 0.995 --save-every 100 --conv "$CONV" "$@" >"$L/train-$r.out" 2>&1
+    echo "webglide-train --device $DEV --out runs/$r --minutes $MIN ${RECIPE[*]} $*"
+    timeout $((SECS + 30)) "$W/webglide-train" --device "$DEV" --out "$W/runs/$r" --minutes "$MIN" \
+        "${RECIPE[@]}" "$@" >"$L/train-$r.out" 2>&1
     rc=$?
     echo "train $r rc $rc at $(at)"
     # A CUDA run that broke (not one stopped at its deadline) goes on with wgpu from its last save.
     left=$((END - 40 - $(date +%s)))
     if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$DEV" = cuda ] && [ $left -gt 60 ]; then
         echo "retrying $r on wgpu for $left s"
-        timeout $((left + 30)) "$W/webglide-train" --device gpu --out "$W/runs/$r" --minutes "$(python3 -c "print(round($left/60, 2))")" \
-            --batch "$B" --lr "$LR" --min-snr 5 --warmup 100 --ema 0.995 --save-every 100 --conv "$CONV" "$@" >>"$L/train-$r.out" 2>&1
+        timeout $((left + 30)) "$W/webglide-train" --device gpu --out "$W/runs/$r" \
+            --minutes "$(python3 -c "print(round($left/60, 2))")" "${RECIPE[@]}" "$@" >>"$L/train-$r.out" 2>&1
         echo "train $r (wgpu) rc $? at $(at)"
     fi
     cp "$W/runs/$r/loss.log" "$L/$r-loss.log"
