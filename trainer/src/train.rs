@@ -746,17 +746,30 @@ impl State {
     }
 }
 
-/// The backend device for `--device cpu|gpu` (`.autodiff()` for training).
+/// The backend device for `--device cpu|gpu|cuda` (`.autodiff()` for training).
+///
+/// burn creates some tensors on `Device::default()` (a loaded optimizer's
+/// moments), which in a build with the `cuda` feature is CUDA even when
+/// training on the CPU, and panics where no libcuda exists. So the chosen
+/// device also becomes burn's default, through the `BURN_DEVICE` override,
+/// unless the caller set that themselves.
 pub fn device(name: &str) -> Result<Device> {
-    Ok(match name {
-        "cpu" => Device::flex(),
-        "gpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+    let (device, burn_name) = match name {
+        "cpu" => (Device::flex(), "flex"),
+        "gpu" => (
+            Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            "wgpu",
+        ),
         #[cfg(feature = "cuda")]
-        "cuda" => Device::cuda(0),
+        "cuda" => (Device::cuda(0), "cuda"),
         #[cfg(not(feature = "cuda"))]
         "cuda" => bail!("--device cuda: this trainer was built without the `cuda` feature"),
         d => bail!("--device {d}: cpu, gpu or cuda"),
-    })
+    };
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        std::env::set_var("BURN_DEVICE", burn_name);
+    }
+    Ok(device)
 }
 
 /// What every run starts from: the seeded autodiff device, its (created)
@@ -1067,6 +1080,16 @@ fn learning_rate(args: &Args, step: u64, warm_from: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_chosen_device_is_burns_default_for_a_loaded_optimizer() {
+        // Under the `cuda` feature burn's default is CUDA; a CPU resume
+        // loading its optimizer moments there panicked without libcuda.
+        let cpu = device("cpu").unwrap();
+        assert_eq!(Device::default(), cpu);
+        assert!(device("tpu").is_err());
+        assert_eq!(Device::default(), cpu, "a refused name changes nothing");
+    }
 
     #[test]
     fn a_resumed_warm_up_goes_on_where_its_moments_began() {
