@@ -49,8 +49,10 @@ pub fn clip_tokenizer() -> Result<ClipTokenizer> {
 }
 
 /// Parameters by official name: from a weight map, or CLIP-style random
-/// (the official construction leaves the affine weights uninitialised).
-struct Init<'a>(Option<&'a WeightMap>);
+/// (the official construction leaves the affine weights uninitialised). The
+/// second field names the encoder (`text.`, `image.`): both use the same key
+/// names, and a parameter's id is derived from its name.
+struct Init<'a>(Option<&'a WeightMap>, &'static str);
 
 impl Init<'_> {
     fn param<const D: usize>(
@@ -71,7 +73,7 @@ impl Init<'_> {
             None if std < 0.0 => Tensor::<D>::ones(shape, dev),
             None => Tensor::<D>::random(shape, Distribution::Normal(0.0, std), dev),
         };
-        Param::from_tensor(t)
+        crate::model::named_param(&format!("{}{name}", self.1), t)
     }
 }
 
@@ -265,7 +267,7 @@ impl NoisyClip {
         dev: &Device,
     ) -> Result<Self> {
         cfg.validate()?;
-        let (ti, ii) = (Init(text), Init(image));
+        let (ti, ii) = (Init(text, "text."), Init(image, "image."));
         let (tw, iw) = (cfg.text_width(), cfg.image_width());
         let p = cfg.patch_size;
         let blocks = |init: &Init, n: usize, w: usize, heads: usize| -> Vec<Block> {
@@ -307,10 +309,10 @@ impl NoisyClip {
                 false,
                 (iw as f64).powf(-0.5),
             ),
-            log_scale: Param::from_tensor(Tensor::<1>::from_data(
-                TensorData::new(vec![log_scale], [1]),
-                dev,
-            )),
+            log_scale: crate::model::named_param(
+                "logit_scale",
+                Tensor::<1>::from_data(TensorData::new(vec![log_scale], [1]), dev),
+            ),
             cfg: cfg.clone(),
         })
     }
@@ -553,15 +555,7 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
             saved.logit_scale.ln(),
             &dev,
         )?;
-        let optim = AdamWConfig::new().with_weight_decay(0.01).init();
-        let optim_path = out.join("optim.bpk");
-        let optim = if optim_path.exists() {
-            optim
-                .load(optim_path)
-                .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?
-        } else {
-            optim
-        };
+        let (optim, _) = crate::train::resume_optim(out, &st, 0.01)?;
         eprintln!("resuming {} at step {}", out.display(), st.step);
         (model, optim, st.step, st.samples)
     } else {
@@ -613,6 +607,7 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
                 kind: "clip".into(),
                 samples,
                 moments_from: 0,
+                moments_by_name: true,
             })?,
         )
     };
@@ -659,6 +654,20 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both encoders use the same key names; their parameter ids (which key
+    /// saved optimizer moments) must not collide.
+    #[test]
+    fn the_two_encoders_parameter_ids_are_distinct() {
+        let dev = Device::flex();
+        let cfg = demo_clip_config();
+        let model = NoisyClip::new(&cfg, None, None, 0.0, &dev).unwrap();
+        let ids = crate::model::param_ids(&model);
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        let again = NoisyClip::new(&cfg, None, None, 0.0, &dev).unwrap();
+        assert_eq!(crate::model::param_ids(&again), ids);
+    }
 
     /// The burn encoders compute what the engine's do: the tiny official
     /// fixture weights give the fixture's embeddings.

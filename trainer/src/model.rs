@@ -109,8 +109,39 @@ impl Init<'_> {
                 }
             }
         };
-        Param::from_tensor(t)
+        named_param(name, t)
     }
+}
+
+/// A trainable parameter whose id is a hash of its official name. burn keys
+/// saved optimizer moments by parameter id, and `Param::from_tensor` draws a
+/// random one, so in a new process the loaded moments would find no
+/// parameter (and the run would go on with fresh ones at the full rate).
+pub fn named_param<const D: usize>(name: &str, t: Tensor<D>) -> Param<Tensor<D>> {
+    let mut p = Param::from_tensor(t);
+    p.id = burn::module::ParamId::from(name_id(name));
+    p
+}
+
+/// FNV-1a of a parameter name: stable across processes and builds.
+fn name_id(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Every float parameter's id, in visiting order (tests: ids are distinct
+/// within a model and the same in every build of it).
+pub fn param_ids<M: Module>(model: &M) -> Vec<u64> {
+    struct Ids(Vec<u64>);
+    impl burn::module::ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0.push(p.id.val());
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    model.visit(&mut ids);
+    ids.0
 }
 
 /// Collects (name, shape, values) in the official order.
@@ -886,6 +917,21 @@ impl Glide {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Saved optimizer moments are keyed by these ids (`named_param`).
+    #[test]
+    fn parameter_ids_are_distinct_and_the_same_in_every_build() {
+        let dev = Device::flex();
+        for kind in ["base", "base-inpaint", "upsample"] {
+            let cfg = crate::train::demo_config(kind).unwrap();
+            let ids = param_ids(&Glide::new(&cfg, &Init::Train, &dev).unwrap());
+            let unique: std::collections::HashSet<_> = ids.iter().collect();
+            assert_eq!(unique.len(), ids.len(), "{kind}");
+            assert_eq!(ids.len(), cfg.weight_shapes().unwrap().len(), "{kind}");
+            let again = param_ids(&Glide::new(&cfg, &Init::Train, &dev).unwrap());
+            assert_eq!(ids, again, "{kind}");
+        }
+    }
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data()

@@ -730,6 +730,11 @@ pub struct State {
     /// started (0 for a run that began with them; older checkpoints: 0).
     #[serde(default)]
     pub moments_from: u64,
+    /// Whether `optim.bpk` was saved under name-derived parameter ids
+    /// (`model::named_param`); before 2026-12-04 the ids were random per
+    /// process, so saved moments never found their parameters on resume.
+    #[serde(default)]
+    pub moments_by_name: bool,
 }
 
 impl State {
@@ -744,6 +749,34 @@ impl State {
             self.step
         }
     }
+}
+
+/// The optimizer a run resumes with, and whether it holds the saved moments:
+/// those of `optim.bpk` when they were saved under name-derived parameter
+/// ids, else fresh ones (which the caller warms up again).
+pub fn resume_optim(
+    out: &Path,
+    st: &State,
+    weight_decay: f32,
+) -> Result<(burn::optim::ModuleOptimizer, bool)> {
+    let optim = AdamWConfig::new().with_weight_decay(weight_decay).init();
+    let path = out.join("optim.bpk");
+    if !path.exists() {
+        eprintln!("no optimizer state: fresh AdamW moments");
+        return Ok((optim, false));
+    }
+    if !st.moments_by_name {
+        eprintln!(
+            "{}: saved under per-process parameter ids, its moments cannot find their \
+             parameters: fresh AdamW moments",
+            path.display()
+        );
+        return Ok((optim, false));
+    }
+    let optim = optim
+        .load(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e:?}", path.display()))?;
+    Ok((optim, true))
 }
 
 /// The backend device for `--device cpu|gpu|cuda` (`.autodiff()` for training).
@@ -877,17 +910,7 @@ pub fn run(args: &Args) -> Result<()> {
             ema.clone()
         };
         let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
-        let optim_path = out.join("optim.bpk");
-        let optim = AdamWConfig::new().with_weight_decay(0.0).init();
-        let saved_moments = optim_path.exists();
-        let optim = if saved_moments {
-            optim
-                .load(optim_path)
-                .map_err(|e| anyhow::anyhow!("optimizer state: {e:?}"))?
-        } else {
-            eprintln!("no optimizer state: fresh AdamW moments, warmed up again");
-            optim
-        };
+        let (optim, saved_moments) = resume_optim(out, &st, 0.0)?;
         let warm_from = st.warm_from(saved_moments);
         let order = model.export();
         let ema: Vec<_> = order
@@ -973,6 +996,7 @@ pub fn run(args: &Args) -> Result<()> {
                 kind: kind.into(),
                 samples,
                 moments_from: warm_from,
+                moments_by_name: true,
             })?,
         )
     };
@@ -1089,6 +1113,87 @@ mod tests {
         assert_eq!(Device::default(), cpu);
         assert!(device("tpu").is_err());
         assert_eq!(Device::default(), cpu, "a refused name changes nothing");
+    }
+
+    /// Saved optimizer moments find their parameters again in a model rebuilt
+    /// from the exported weights, as a resumed run (a new process) rebuilds
+    /// it: the next step is the uninterrupted run's. Before parameter ids came
+    /// from names, the rebuilt model's were new and the moments went unused.
+    #[test]
+    fn a_resumed_optimizer_takes_the_uninterrupted_runs_step() {
+        use burn::tensor::Distribution;
+        let dev = device("cpu").unwrap().autodiff();
+        dev.seed(5);
+        let cfg = demo_config("base").unwrap();
+        let cond = Cond {
+            tokens: Tensor::<2, Int>::zeros([1, cfg.text_ctx], &dev),
+            mask: Tensor::<2>::ones([1, cfg.text_ctx], &dev),
+            low_res: None,
+            inpaint: None,
+        };
+        let t = Tensor::<1>::from_data(TensorData::new(vec![300f32], [1]), &dev);
+        let x = |_| Tensor::<4>::random([1, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
+        let (x1, x2) = (x(1), x(2));
+        let target = Tensor::<4>::random([1, 6, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
+        let step = |model: Glide, optim: &mut burn::optim::ModuleOptimizer, x: &Tensor<4>| {
+            // Against a target: the zero-initialised output conv gives a zero
+            // output, whose square has no gradient.
+            let loss = (model.forward(x.clone(), t.clone(), &cond) - target.clone())
+                .powf_scalar(2.0)
+                .mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            optim.step(1e-3, model, grads)
+        };
+        let dir = std::env::temp_dir().join(format!("webglide-resume-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+        let model = step(
+            Glide::new(&cfg, &Init::Train, &dev).unwrap(),
+            &mut optim,
+            &x1,
+        );
+        save_optim(&optim, &dir.join("optim.bpk")).unwrap();
+        let weights: WeightMap = model
+            .export()
+            .into_iter()
+            .map(|(n, s, v)| (n, (s, v)))
+            .collect();
+        let continued = step(model, &mut optim, &x2).export();
+        let mut st = State {
+            step: 1,
+            kind: "base".into(),
+            samples: 1,
+            moments_from: 0,
+            moments_by_name: true,
+        };
+        let resume = |st: &State| {
+            let (mut optim, saved) = resume_optim(&dir, st, 0.0).unwrap();
+            let rebuilt = Glide::new(&cfg, &Init::From(&weights), &dev).unwrap();
+            (step(rebuilt, &mut optim, &x2).export(), saved)
+        };
+        let (resumed, saved) = resume(&st);
+        st.moments_by_name = false;
+        let (fresh, fresh_saved) = resume(&st);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(saved && !fresh_saved);
+        let max_diff = |a: &[(String, Vec<usize>, Vec<f32>)],
+                        b: &[(String, Vec<usize>, Vec<f32>)]| {
+            a.iter()
+                .zip(b)
+                .flat_map(|(p, q)| p.2.iter().zip(&q.2).map(|(u, v)| (u - v).abs()))
+                .fold(0f32, f32::max)
+        };
+        assert!(
+            max_diff(&continued, &resumed) < 1e-7,
+            "{}",
+            max_diff(&continued, &resumed)
+        );
+        // Fresh moments step elsewhere (so the comparison above can fail).
+        assert!(
+            max_diff(&continued, &fresh) > 1e-4,
+            "{}",
+            max_diff(&continued, &fresh)
+        );
     }
 
     #[test]
