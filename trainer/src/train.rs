@@ -785,7 +785,7 @@ pub fn resume_optim(
 /// moments), which in a build with the `cuda` feature is CUDA even when
 /// training on the CPU, and panics where no libcuda exists. So the chosen
 /// device also becomes burn's default, through the `BURN_DEVICE` override,
-/// unless the caller set that themselves.
+/// unless the caller set that themselves (an empty one counts as unset).
 pub fn device(name: &str) -> Result<Device> {
     let (device, burn_name) = match name {
         "cpu" => (Device::flex(), "flex"),
@@ -799,7 +799,7 @@ pub fn device(name: &str) -> Result<Device> {
         "cuda" => bail!("--device cuda: this trainer was built without the `cuda` feature"),
         d => bail!("--device {d}: cpu, gpu or cuda"),
     };
-    if std::env::var_os("BURN_DEVICE").is_none() {
+    if std::env::var_os("BURN_DEVICE").is_none_or(|v| v.is_empty()) {
         std::env::set_var("BURN_DEVICE", burn_name);
     }
     Ok(device)
