@@ -6,7 +6,9 @@
 #          backend alone: cubecl-cuda-without-llvm.patch, because the LLVM backend's build
 #          downloads an LLVM bundle from GitHub, out of reach here), `webglide` when WITH_CLI=1 (the engine's
 #          benchmarks), the emoji cache cut to the 100 concepts the base learns (numpy and
-#          Pillow: pip install pillow numpy), and the scripts;
+#          Pillow: pip install pillow numpy), the scripts, and with START=<run folder> that
+#          run's EMA (q8, as committed checkpoints are) for the trainings to start from instead
+#          of the committed trainer/checkpoints/base (a CPU line further on this machine);
 #   .gl/   the Vulkan/GL loader packages the machine lacks (wgpu's fallback; its README).
 # The tracked tree travels too and the whole call is limited to 64 MiB: this prints the total.
 # Then, with the device tool: carry [".gl", ".dev"], command "bash .dev/train-and-bench.sh"
@@ -65,6 +67,11 @@ json.dump(index, open(os.path.join(dst, "index.json"), "w"))
 print(f"emoji: {len(entries)} of {total} entries")
 PY
 tar cf .dev/emoji.tar -C .dev/emoji . && rm -rf .dev/emoji
+if [ -n "${START:-}" ]; then
+    target/release/webglide-train checkpoint --run "$START" --out .dev/start --emoji trainer/data/emoji
+    tar cJf .dev/start.tar.xz -C .dev/start . && rm -rf .dev/start
+    echo "start: $START at $(cat "$START/state.json")"
+fi
 cp scripts/device/setup.sh scripts/device/train-and-bench.sh .dev/
 if [ ! -d .gl ]; then
     mkdir -p .gl /tmp/amd64/partial

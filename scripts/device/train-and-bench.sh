@@ -6,7 +6,7 @@
 #     with convs as matrix products: the faster trains) before the minutes are spent; CUDA that
 #     does not start falls back to wgpu (Vulkan);
 #  3. three trainings side by side until BUDGET s after the start, all from the committed EMA
-#     (trainer/checkpoints/base, fresh optimizer moments):
+#     (trainer/checkpoints/base, or the one pack.sh's START put in .dev; fresh optimizer moments):
 #       base-s   scenes alone at 64 px (the data of the exact-match metric),
 #       base-e   the same with a quarter of the samples emoji of the 100-concept list,
 #       inpaint  base-inpaint initialised from the same weights, data as base-e;
@@ -64,9 +64,14 @@ if [ -z "${SKIPBENCH:-}" ]; then
     fi
 fi
 echo "conv: $CONV"
-rm -rf "$W/runs" "$W/ck"
+rm -rf "$W/runs" "$W/ck" "$W/start"
+CK=trainer/checkpoints/base
+if [ -e .dev/start.tar.xz ]; then
+    mkdir -p "$W/start" && tar xJf .dev/start.tar.xz -C "$W/start" && CK="$W/start"
+fi
+echo "starting from $CK: $(cat "$CK/state.json")"
 for r in base-s base-e; do
-    mkdir -p "$W/runs/$r" && cp trainer/checkpoints/base/{state.json,config.json,ema.safetensors} "$W/runs/$r/"
+    mkdir -p "$W/runs/$r" && cp "$CK"/{state.json,config.json,ema.safetensors} "$W/runs/$r/"
 done
 EMOJI=(--emoji "$W/emoji" --emoji-concepts trainer/data/emoji-concepts.txt --shapes-share 0.75)
 SECS=$((END - $(date +%s) - 40))
@@ -96,7 +101,7 @@ train base-s --kind base &
 P1=$!
 train base-e --kind base "${EMOJI[@]}" &
 P2=$!
-train inpaint --kind base-inpaint --init trainer/checkpoints/base/ema.safetensors "${EMOJI[@]}" &
+train inpaint --kind base-inpaint --init "$CK/ema.safetensors" "${EMOJI[@]}" &
 P3=$!
 (sleep 60 && nvidia-smi >"$L/nvidia-smi-training.txt" 2>&1) &
 # Not a bare `wait`: that would also wait for setup.sh's `tee`, which never ends.
