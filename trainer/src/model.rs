@@ -132,7 +132,8 @@ fn name_id(name: &str) -> u64 {
 
 /// Every float parameter's id, in visiting order (tests: ids are distinct
 /// within a model and the same in every build of it).
-pub fn param_ids<M: Module>(model: &M) -> Vec<u64> {
+#[cfg(test)]
+pub(crate) fn param_ids<M: Module>(model: &M) -> Vec<u64> {
     struct Ids(Vec<u64>);
     impl burn::module::ModuleVisitor for Ids {
         fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {

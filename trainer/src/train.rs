@@ -1132,8 +1132,8 @@ mod tests {
             inpaint: None,
         };
         let t = Tensor::<1>::from_data(TensorData::new(vec![300f32], [1]), &dev);
-        let x = |_| Tensor::<4>::random([1, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
-        let (x1, x2) = (x(1), x(2));
+        let x = || Tensor::<4>::random([1, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
+        let (x1, x2) = (x(), x());
         let target = Tensor::<4>::random([1, 6, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
         let step = |model: Glide, optim: &mut burn::optim::ModuleOptimizer, x: &Tensor<4>| {
             // Against a target: the zero-initialised output conv gives a zero
