@@ -232,7 +232,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             args.n,
             source.display()
         );
-        return probe(&model, &tok, &scenes, size, args.batch, &dev);
+        probe(&model, &tok, &scenes, size, args.batch, &dev)?;
+        let first = *sched.timestep_map.last().context("an empty respacing")?;
+        return first_step_ground(&model, &tok, &scenes, size, first, &dev);
     }
     // The sampler of a row: its classifier-free and CLIP guidance scales.
     let row_spec = |guidance: f32, clip_scale: Option<f32>| Sampling {
@@ -828,6 +830,71 @@ fn probe(
             100.0 * (em - tr) / em
         );
     }
+    Ok(())
+}
+
+/// The sampler's first step, from where training starts it (a scene noised
+/// to `t`) and from where sampling does (pure noise): the mean colour of the
+/// predicted x0 against the scenes'. At the top of GLIDE's cosine schedule
+/// the noised image's mean still carries √ᾱ(t)·(the scene's mean), which for
+/// scenes on white is a few standard errors of the noise's own mean; a model
+/// that reads it there, and gets none from pure noise, starts every sample
+/// on a wrong ground (the eleventh session's colour casts).
+fn first_step_ground(
+    model: &Glide,
+    tok: &engine::glide::tokenizer::GlideTokenizer,
+    scenes: &[engine::demo::shapes::Scene],
+    size: usize,
+    t: usize,
+    dev: &Device,
+) -> Result<()> {
+    use engine::demo::shapes::render;
+    let cfg = &model.config;
+    let sched = Schedule::new(
+        &cfg.noise_schedule,
+        cfg.diffusion_steps,
+        &cfg.diffusion_steps.to_string(),
+    )?;
+    let ac = sched.alphas_cumprod[t];
+    let n = scenes.len();
+    let x0 = Tensor::<4>::from_data(
+        TensorData::new(
+            scenes
+                .iter()
+                .flat_map(|s| crate::train::planes(&render(s, size, 256 / size), size))
+                .collect::<Vec<_>>(),
+            [n, 3, size, size],
+        ),
+        dev,
+    );
+    let noise = Tensor::<4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), dev);
+    let captions: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
+    let cond = text_cond(tok, cfg.text_ctx, &captions.iter().collect::<Vec<_>>(), dev);
+    let t_in = Tensor::<1>::from_data(TensorData::new(vec![t as f32; n], [n]), dev);
+    let channel_means = |x: Tensor<4>| -> Result<Vec<f32>> {
+        x.mean_dim(3)
+            .mean_dim(2)
+            .mean_dim(0)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))
+    };
+    let x0_mean = |x_t: Tensor<4>| -> Result<Vec<f32>> {
+        let eps = model
+            .forward(x_t.clone(), t_in.clone(), &cond)
+            .narrow(1, 0, 3);
+        channel_means((x_t * (1.0 / ac).sqrt() - eps * (1.0 / ac - 1.0).sqrt()).clamp(-1.0, 1.0))
+    };
+    let rgb = |v: &[f32]| format!("{:>6.3} {:>6.3} {:>6.3}", v[0], v[1], v[2]);
+    println!("first sampling step (t = {t}): mean r g b of the predicted x0, in [-1, 1]");
+    println!(
+        "  the scenes themselves        {}",
+        rgb(&channel_means(x0.clone())?)
+    );
+    let trained = x0 * ac.sqrt() + noise.clone() * (1.0 - ac).sqrt();
+    println!("  from the scenes noised       {}", rgb(&x0_mean(trained)?));
+    println!("  from pure noise (sampling)   {}", rgb(&x0_mean(noise)?));
     Ok(())
 }
 

@@ -101,6 +101,16 @@ pub struct Args {
     /// weighting). 0 = off.
     #[arg(long, default_value_t = 0.0)]
     pub low_snr_boost: f64,
+    /// Offset noise: add S·N(0, 1) per image and channel, constant over the
+    /// image, to the training noise (Guttenberg 2023). At the top of the
+    /// cosine schedule the noised image's mean still carries √ᾱ·(the
+    /// image's mean): for scenes on white 0.05 at t = 960 against the
+    /// noise's own 1/64, so a model learns to read the ground's colour from
+    /// it and, sampled from pure noise (mean 0), draws a wrong ground
+    /// (`eval --probe` shows it). An offset of S ≫ 0.05 makes that mean
+    /// uninformative in training too. 0 = off, as released.
+    #[arg(long, default_value_t = 0.0)]
+    pub offset_noise: f64,
     /// Start a new run from these weights (e.g. a trained base for
     /// base-inpaint), a safetensors file or a `webglide convert` folder (the
     /// shipped public/models/demo/base): tensors of equal shape are copied;
@@ -556,6 +566,19 @@ impl EpsWeighting {
     }
 }
 
+/// The noise of a training batch `[b, 3, s, s]`: N(0, I), plus with
+/// `offset > 0` one N(0, offset²) draw per image and channel added to all of
+/// its pixels (`--offset-noise`).
+pub fn training_noise(b: usize, s: usize, offset: f64, dev: &Device) -> Tensor<4> {
+    let normal = burn::tensor::Distribution::Normal(0.0, 1.0);
+    let noise = Tensor::<4>::random([b, 3, s, s], normal, dev);
+    if offset > 0.0 {
+        noise + Tensor::<4>::random([b, 3, 1, 1], normal, dev) * offset
+    } else {
+        noise
+    }
+}
+
 /// GLIDE's hybrid loss for a batch: (total, mse, vb in bits).
 pub fn loss(
     model: &Glide,
@@ -863,6 +886,9 @@ pub fn run(args: &Args) -> Result<()> {
     if args.batch == 0 || args.batch > 256 || !(args.lr > 0.0 && args.lr < 1.0) {
         bail!("--batch 1..=256 and 0 < --lr < 1");
     }
+    if !(0.0..=10.0).contains(&args.offset_noise) {
+        bail!("--offset-noise S: 0 (off) to 10");
+    }
     let full_size_every = match (args.full_size_every, args.size) {
         (Some(0), _) => bail!("--full-size-every N: N is at least 1"),
         (Some(_), None) => bail!("--full-size-every needs --size (the small stage it mixes into)"),
@@ -954,12 +980,13 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} lr {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         stage_size,
         full_size_every.map_or("-".into(), |n| n.to_string()),
         args.min_snr,
         args.low_snr_boost,
+        args.offset_noise,
         args.lr,
         args.device,
         args.conv,
@@ -1031,11 +1058,7 @@ pub fn run(args: &Args) -> Result<()> {
         while step < args.steps && started.elapsed().as_secs_f64() < deadline {
             let Prepared { batch, t } = rx.recv()??;
             let s = batch.size;
-            let noise = Tensor::<4>::random(
-                [args.batch, 3, s, s],
-                burn::tensor::Distribution::Normal(0.0, 1.0),
-                &dev,
-            );
+            let noise = training_noise(args.batch, s, args.offset_noise, &dev);
             let (total, mse, vb) = loss(&model, &sched, &batch, &t, noise, &dev, weighting);
             let grads = total.backward();
             let grads = GradientsParams::from_grads(grads, &model);
@@ -1587,6 +1610,45 @@ mod tests {
         }
         let up = demo_config("upsample").unwrap();
         assert!(make_batch(&up, &tok, &data, &mut rng, 1, 0.0).is_err());
+    }
+
+    /// Offset noise moves each image's channel as a whole: the spread of the
+    /// per-plane means is the offset's (the plain noise's is 1/side), the
+    /// spread within a plane stays 1; without an offset it is plain N(0, I).
+    #[test]
+    fn offset_noise_shifts_whole_planes() {
+        let dev = Device::flex();
+        let stats = |offset: f64, side: usize| {
+            let x: Vec<f32> = training_noise(64, side, offset, &dev)
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let plane = side * side;
+            let means: Vec<f64> = x
+                .chunks(plane)
+                .map(|p| p.iter().map(|&v| v as f64).sum::<f64>() / plane as f64)
+                .collect();
+            let spread = |v: &[f64]| (v.iter().map(|m| m * m).sum::<f64>() / v.len() as f64).sqrt();
+            let within: Vec<f64> = x
+                .chunks(plane)
+                .zip(&means)
+                .map(|(p, m)| {
+                    (p.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / plane as f64).sqrt()
+                })
+                .collect();
+            (
+                spread(&means),
+                within.iter().sum::<f64>() / within.len() as f64,
+            )
+        };
+        for side in [8, 24] {
+            let (between, within) = stats(0.0, side);
+            assert!(between < 3.0 / side as f64, "{side}: {between}");
+            assert!((within - 1.0).abs() < 0.08, "{side}: {within}");
+            let (between, within) = stats(0.5, side);
+            assert!((between - 0.5).abs() < 0.12, "{side}: {between}");
+            assert!((within - 1.0).abs() < 0.08, "{side}: {within}");
+        }
     }
 
     /// Min-SNR weighting only rescales the eps loss per sample: with γ above
