@@ -78,7 +78,7 @@ SECS=$((END - $(date +%s) - 40))
 MIN=$(python3 -c "print(round($SECS/60, 2))")
 echo "training for $MIN minutes on $DEV"
 # The recipe every run and its retry share.
-RECIPE=(--batch "$B" --lr "$LR" --min-snr 5 --warmup 100 --ema 0.995 --save-every 100 --conv "$CONV")
+RECIPE=(--batch "$B" --lr "$LR" --min-snr 5 --offset-noise 0.1 --warmup 100 --ema 0.995 --save-every 100 --conv "$CONV")
 train() {
     r=$1
     shift

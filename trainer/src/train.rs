@@ -1621,7 +1621,7 @@ mod tests {
         let stats = |offset: f64, side: usize| {
             let x: Vec<f32> = training_noise(64, side, offset, &dev)
                 .into_data()
-                .to_vec()
+                .try_to_vec::<f32>()
                 .unwrap();
             let plane = side * side;
             let means: Vec<f64> = x
