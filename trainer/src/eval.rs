@@ -848,25 +848,11 @@ fn first_step_ground(
     t: usize,
     dev: &Device,
 ) -> Result<()> {
-    use engine::demo::shapes::render;
     let cfg = &model.config;
-    let sched = Schedule::new(
-        &cfg.noise_schedule,
-        cfg.diffusion_steps,
-        &cfg.diffusion_steps.to_string(),
-    )?;
+    let sched = full_schedule(cfg)?;
     let ac = sched.alphas_cumprod[t];
     let n = scenes.len();
-    let x0 = Tensor::<4>::from_data(
-        TensorData::new(
-            scenes
-                .iter()
-                .flat_map(|s| crate::train::planes(&render(s, size, 256 / size), size))
-                .collect::<Vec<_>>(),
-            [n, 3, size, size],
-        ),
-        dev,
-    );
+    let x0 = scene_planes(scenes.iter(), size, dev);
     let noise = Tensor::<4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), dev);
     let captions: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
     let cond = text_cond(tok, cfg.text_ctx, &captions.iter().collect::<Vec<_>>(), dev);
@@ -898,6 +884,28 @@ fn first_step_ground(
     Ok(())
 }
 
+/// The model's full (unrespaced) schedule, as training noises with it.
+fn full_schedule(cfg: &GlideConfig) -> Result<Schedule> {
+    Ok(Schedule::new(
+        &cfg.noise_schedule,
+        cfg.diffusion_steps,
+        &cfg.diffusion_steps.to_string(),
+    )?)
+}
+
+/// Scenes rendered as in training, `[n, 3, size, size]` in [-1, 1].
+fn scene_planes<'a>(
+    scenes: impl ExactSizeIterator<Item = &'a engine::demo::shapes::Scene>,
+    size: usize,
+    dev: &Device,
+) -> Tensor<4> {
+    let n = scenes.len();
+    let v: Vec<f32> = scenes
+        .flat_map(|s| crate::train::planes(&render(s, size, 256 / size), size))
+        .collect();
+    Tensor::<4>::from_data(TensorData::new(v, [n, 3, size, size]), dev)
+}
+
 /// Per timestep: the mean squared eps error with [the true caption, the
 /// empty one, the next scene's], on the same noised images.
 fn caption_errors(
@@ -909,13 +917,8 @@ fn caption_errors(
     ts: &[usize],
     dev: &Device,
 ) -> Result<Vec<[f64; 3]>> {
-    use engine::demo::shapes::render;
     let cfg = &model.config;
-    let sched = Schedule::new(
-        &cfg.noise_schedule,
-        cfg.diffusion_steps,
-        &cfg.diffusion_steps.to_string(),
-    )?;
+    let sched = full_schedule(cfg)?;
     let ac = &sched.alphas_cumprod;
     let n = scenes.len();
     let captions: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
@@ -927,11 +930,7 @@ fn caption_errors(
         for start in (0..n).step_by(batch) {
             let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
             let b = idx.len();
-            let x0: Vec<f32> = idx
-                .iter()
-                .flat_map(|&i| crate::train::planes(&render(&scenes[i], size, 256 / size), size))
-                .collect();
-            let x0 = Tensor::<4>::from_data(TensorData::new(x0, [b, 3, size, size]), dev);
+            let x0 = scene_planes(idx.iter().map(|&i| &scenes[i]), size, dev);
             let noise =
                 Tensor::<4>::random([b, 3, size, size], Distribution::Normal(0.0, 1.0), dev);
             let x_t = x0 * ac[t].sqrt() + noise.clone() * (1.0 - ac[t]).sqrt();
