@@ -74,7 +74,9 @@ pub struct EvalArgs {
     #[arg(long)]
     pub trace: Option<PathBuf>,
     /// Instead of sampling: the eps error with the true, empty and another
-    /// scene's caption at several noise levels (does the model read its prompt?).
+    /// scene's caption at several noise levels (does the model read its prompt?),
+    /// then the first sampling step's predicted mean colour from the scenes
+    /// noised and from pure noise (does it predict the ground or read it?).
     #[arg(long)]
     pub probe: bool,
     /// The inpainting evaluation (a base-inpaint model): one object's box of
