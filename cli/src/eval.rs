@@ -31,6 +31,9 @@ pub struct Settings<'a> {
     /// CLIP scales (shapes only; needs the noisy CLIP in `model`).
     pub clip_guidance: &'a [f32],
     pub steps: &'a str,
+    /// The classifier-free rows' sampler (CLIP rows are always ancestral,
+    /// the notebook's procedure).
+    pub sampler: Sampler,
     pub seed: u64,
     /// Also write a PNG with the first 8 images of every row of the table.
     pub grid: Option<&'a Path>,
@@ -60,9 +63,10 @@ pub fn shapes(gpu: &Gpu, s: &Settings) -> Result<()> {
     let base = load(gpu, s.model, "base")?;
     let scenes = eval_scenes(s.n, s.seed);
     println!(
-        "{} prompts with held-out colour–shape pairs, steps {}, model {}",
+        "{} prompts with held-out colour–shape pairs, steps {} ({}), model {}",
         s.n,
         s.steps,
+        sampler_name(s.sampler),
         s.model.display()
     );
     let clip_guidance = |m: &Method, range: Range<usize>| -> Result<Option<ClipGuidance>> {
@@ -112,9 +116,10 @@ pub fn inpaint(gpu: &Gpu, s: &Settings) -> Result<()> {
     // time: n may be large.
     let source = |c: &InpaintCase| render(&c.source, size, 4);
     println!(
-        "{} scenes, one object's box regenerated as a held-out colour–shape pair, steps {}, model {}",
+        "{} scenes, one object's box regenerated as a held-out colour–shape pair, steps {} ({}), model {}",
         s.n,
         s.steps,
+        sampler_name(s.sampler),
         s.model.display()
     );
     let extra = |range: Range<usize>| -> Result<Extra> {
@@ -174,6 +179,13 @@ fn methods(s: &Settings) -> Vec<Method> {
             clip: Some(g),
         }))
         .collect()
+}
+
+fn sampler_name(s: Sampler) -> &'static str {
+    match s {
+        Sampler::Ancestral => "ancestral",
+        Sampler::Ddim => "DDIM",
+    }
 }
 
 fn check(s: &Settings) -> Result<()> {
@@ -243,7 +255,11 @@ fn table<'m>(
                 model,
                 &prompts,
                 s.steps,
-                Sampler::Ancestral,
+                if m.clip.is_some() {
+                    Sampler::Ancestral
+                } else {
+                    s.sampler
+                },
                 m.cfg,
                 s.seed.wrapping_add(chunk as u64),
                 1.0,
@@ -266,7 +282,7 @@ fn table<'m>(
                 pb.inc(1);
             }
         }
-        pb.suspend(|| println!("{}", tally.row(&m.label)));
+        pb.suspend(|| println!("{}\n{}", tally.row(&m.label), tally.breakdown()));
         rows.push(row);
     }
     pb.finish_and_clear();
@@ -298,6 +314,7 @@ fn write_grid(
         ("webglide:rows", labels.join(" | ")),
         ("webglide:columns", captions.join(" | ")),
         ("webglide:steps", s.steps.to_string()),
+        ("webglide:sampler", sampler_name(s.sampler).to_string()),
         ("webglide:seed", s.seed.to_string()),
     ];
     crate::generate::write_png(path, &img, w, h, &params)?;

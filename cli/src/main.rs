@@ -157,6 +157,11 @@ struct EvalArgs {
     guidance: Vec<f32>,
     #[arg(long, default_value = "50")]
     steps: String,
+    /// ancestral or ddim; default: ddim for a `ddimN` respacing (GLIDE's
+    /// spacing for the DDIM sampler), else ancestral. CLIP-guided rows are
+    /// always ancestral.
+    #[arg(long, value_parser = ["ancestral", "ddim"])]
+    sampler: Option<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Also write a PNG grid: one row per guidance scale, 8 prompts.
@@ -172,6 +177,12 @@ impl EvalArgs {
             guidance: &self.guidance,
             clip_guidance,
             steps: &self.steps,
+            sampler: match self.sampler.as_deref() {
+                Some("ddim") => engine::glide::pipeline::Sampler::Ddim,
+                Some(_) => engine::glide::pipeline::Sampler::Ancestral,
+                None if self.steps.starts_with("ddim") => engine::glide::pipeline::Sampler::Ddim,
+                None => engine::glide::pipeline::Sampler::Ancestral,
+            },
             seed: self.seed,
             grid: self.grid.as_deref(),
         }

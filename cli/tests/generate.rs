@@ -476,8 +476,32 @@ fn eval_shapes_prints_scores_per_guidance_and_writes_a_grid() {
     let (w, h, _, text) = read_png(&grid);
     assert_eq!((w, h), (32, 48));
     assert!(text.iter().any(|(k, _)| k == "webglide:columns"));
+    assert!(out.contains("steps 2 (ancestral)"), "{out}");
+    // A `ddimN` respacing samples with DDIM unless told otherwise.
+    for (extra, sampler) in [(None, "DDIM"), (Some("ancestral"), "ancestral")] {
+        let mut args = vec![
+            "eval",
+            "shapes",
+            "--model",
+            &m,
+            "--n",
+            "1",
+            "--steps",
+            "ddim2",
+            "--guidance",
+            "3",
+        ];
+        args.extend(extra.iter().flat_map(|s| ["--sampler", *s]));
+        let r = webglide(&args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert!(out.contains(&format!("steps ddim2 ({sampler})")), "{out}");
+        assert!(out.contains("exact with 1 / 2 / 3 objects named"), "{out}");
+    }
     // Bad input is an error, not a panic.
     let r = webglide(&["eval", "shapes", "--model", &m, "--n", "0"]);
+    assert_eq!(r.status.code(), Some(2));
+    let r = webglide(&["eval", "shapes", "--model", &m, "--sampler", "euler"]);
     assert_eq!(r.status.code(), Some(2));
 }
 

@@ -370,6 +370,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             }
         }
         println!("{}", tally.row(label));
+        println!("{}", tally.breakdown());
         let Some(up) = &upsampler else {
             grid_rows.push(row);
             continue;

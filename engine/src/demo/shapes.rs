@@ -500,6 +500,9 @@ pub struct Score {
     /// shape, the relation (if any) holding, and no object the caption
     /// does not name; else 0.
     pub exact: f32,
+    /// Objects the caption names, and objects the checker found.
+    pub named: usize,
+    pub detected: usize,
 }
 
 /// Scores summed over images: one row of an evaluation table. `new`: the
@@ -514,6 +517,10 @@ pub struct Tally {
     with_relation: f32,
     exact: f32,
     new: Option<f32>,
+    /// Per number of named objects (1, 2, 3+): images and exact matches.
+    by_named: [(f32, f32); 3],
+    /// Images with fewer, as many and more objects detected than named.
+    counts: [f32; 3],
 }
 
 impl Tally {
@@ -523,6 +530,15 @@ impl Tally {
         self.shape += s.shape;
         self.binding += s.binding;
         self.exact += s.exact;
+        let k = &mut self.by_named[s.named.clamp(1, 3) - 1];
+        k.0 += 1.0;
+        k.1 += s.exact;
+        let count = match s.detected.cmp(&s.named) {
+            std::cmp::Ordering::Less => 0,
+            std::cmp::Ordering::Equal => 1,
+            std::cmp::Ordering::Greater => 2,
+        };
+        self.counts[count] += 1.0;
         if let Some(r) = s.relation {
             self.relation += r;
             self.with_relation += 1.0;
@@ -564,6 +580,32 @@ impl Tally {
             self.shape / m,
             self.binding / m,
             self.exact / m
+        )
+    }
+
+    /// Where the exact matches come from: the exact rate per number of
+    /// named objects, and how often the checker found too few or too many.
+    pub fn breakdown(&self) -> String {
+        let m = self.images.max(1.0);
+        let exact: Vec<String> = self
+            .by_named
+            .iter()
+            .map(|(n, e)| {
+                let rate = if *n > 0.0 {
+                    format!("{:.3}", e / n)
+                } else {
+                    "-".into()
+                };
+                format!("{rate} (n {n})")
+            })
+            .collect();
+        format!(
+            "{:>9} exact with 1 / 2 / 3 objects named: {}; detected fewer / as many / more: {:.3} / {:.3} / {:.3}",
+            "",
+            exact.join(" / "),
+            self.counts[0] / m,
+            self.counts[1] / m,
+            self.counts[2] / m
         )
     }
 }
@@ -617,6 +659,8 @@ pub fn score(scene: &Scene, found: &[Found]) -> Score {
         binding,
         relation,
         exact: if exact { 1.0 } else { 0.0 },
+        named: objs.len(),
+        detected: found.len(),
     }
 }
 
@@ -694,15 +738,17 @@ mod tests {
     #[test]
     fn a_tally_prints_means_with_the_relation_over_captions_that_have_one() {
         let mut t = Tally::default();
-        let one = |relation, exact| Score {
+        let one = |relation, exact, named, detected| Score {
             color: 1.0,
             shape: 0.5,
             binding: 0.5,
             relation,
             exact,
+            named,
+            detected,
         };
-        t.add(&one(Some(1.0), 1.0));
-        t.add(&one(None, 0.0));
+        t.add(&one(Some(1.0), 1.0, 2, 2));
+        t.add(&one(None, 0.0, 1, 3));
         assert_eq!(
             t.row("cfg 3.0").split_whitespace().collect::<Vec<_>>(),
             ["cfg", "3.0", "1.000", "0.500", "0.500", "1.000", "0.500"]
@@ -712,6 +758,12 @@ mod tests {
         t.add_new(false);
         assert!(Tally::header(true).ends_with("exact    new"));
         assert!(t.row("x").ends_with("0.500  0.500"), "{}", t.row("x"));
+        assert!(
+            t.breakdown()
+                .ends_with("named: 0.000 (n 1) / 1.000 (n 1) / - (n 0); detected fewer / as many / more: 0.000 / 0.500 / 0.500"),
+            "{}",
+            t.breakdown()
+        );
         let none = Tally::default().row("cfg 0.0");
         assert!(none.contains(" - "), "{none}");
     }
