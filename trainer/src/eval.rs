@@ -263,6 +263,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         let reference = reference.as_ref().map(named).transpose()?;
         let mut by_scale = Vec::new();
         for (label, g, clip_scale) in &rows {
+            dev.seed(args.seed); // every row from the same noise (see below)
             let spec = row_spec(*g, *clip_scale);
             let mut images = Vec::new();
             for chunk in prompts.chunks(args.batch) {
@@ -334,6 +335,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let mut trace = args.trace.as_ref().map(|_| Vec::new());
     for (label, g, clip_scale) in &rows {
+        // Every row from the same starting noise, as `webglide eval shapes`
+        // does: the rows compare guidance scales on the same draws, and a
+        // row's scores do not depend on which rows ran before it.
+        dev.seed(args.seed);
         let mut tally = Tally::default();
         let mut row = Vec::new();
         for (ci, chunk) in scenes.chunks(args.batch).enumerate() {

@@ -22,6 +22,16 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// A PNG's pixels, as the grids are written (8-bit RGB).
+fn read_rgb(path: &Path) -> Vec<u8> {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    buf
+}
+
 fn step_of(dir: &Path) -> u64 {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap();
@@ -87,21 +97,30 @@ fn train_resume_from_ema_eval_and_bench() {
     );
     assert_eq!(step_of(&dir), 4);
 
-    let out = train(&[
-        "eval",
-        "--run",
-        d,
-        "--n",
-        "2",
-        "--guidance",
-        "0,3",
-        "--steps",
-        "ddim2",
-        "--size",
-        "16",
-    ]);
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
+    let eval_grid = |guidance: &str, seed: &str| {
+        let grid = dir.join(format!("eval-{guidance}-{seed}.png"));
+        let out = train(&[
+            "eval",
+            "--run",
+            d,
+            "--n",
+            "2",
+            "--guidance",
+            guidance,
+            "--steps",
+            "ddim2",
+            "--size",
+            "16",
+            "--seed",
+            seed,
+            "--grid",
+            grid.to_str().unwrap(),
+        ]);
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        (t, read_rgb(&grid))
+    };
+    let (t, both) = eval_grid("0,3", "0");
     let rows: Vec<&str> = t
         .lines()
         .filter(|l| {
@@ -111,6 +130,17 @@ fn train_resume_from_ema_eval_and_bench() {
         })
         .collect();
     assert_eq!(rows.len(), 2, "{t}");
+    assert!(t.contains("binding of held-out / seen pairs"), "{t}");
+    // Every row starts from the same noise: guidance 3 alone draws what
+    // the second row of "0,3" drew.
+    let (_, alone) = eval_grid("3", "0");
+    assert_eq!(both.len(), 2 * alone.len());
+    assert!(
+        both[alone.len()..] == alone[..],
+        "the cfg 3 row depends on the rows before it"
+    );
+    let (_, other_seed) = eval_grid("3", "1");
+    assert!(other_seed != alone, "the images do not depend on the noise");
     for bad in [["--n", "0"], ["--guidance", "x"], ["--size", "12"]] {
         let mut args = vec!["eval", "--run", d];
         args.extend(bad);

@@ -503,6 +503,9 @@ pub struct Score {
     /// Objects the caption names, and objects the checker found.
     pub named: usize,
     pub detected: usize,
+    /// Named objects with a held-out colour–shape pair, then with a pair
+    /// seen in training: (how many, how many of them were found bound).
+    pub pairs: [(usize, usize); 2],
 }
 
 /// Scores summed over images: one row of an evaluation table. `new`: the
@@ -521,6 +524,8 @@ pub struct Tally {
     by_named: [(f32, f32); 3],
     /// Images with fewer, as many and more objects detected than named.
     counts: [f32; 3],
+    /// Named objects with held-out and with seen pairs: (named, bound).
+    pairs: [(f32, f32); 2],
 }
 
 impl Tally {
@@ -539,6 +544,10 @@ impl Tally {
             std::cmp::Ordering::Greater => 2,
         };
         self.counts[count] += 1.0;
+        for (sum, (named, bound)) in self.pairs.iter_mut().zip(s.pairs) {
+            sum.0 += named as f32;
+            sum.1 += bound as f32;
+        }
         if let Some(r) = s.relation {
             self.relation += r;
             self.with_relation += 1.0;
@@ -583,29 +592,31 @@ impl Tally {
         )
     }
 
-    /// Where the exact matches come from: the exact rate per number of
-    /// named objects, and how often the checker found too few or too many.
+    /// Where the exact matches come from and where they are lost: the exact
+    /// rate per number of named objects, how often the checker found too few
+    /// or too many objects, and binding for held-out against seen pairs.
     pub fn breakdown(&self) -> String {
         let m = self.images.max(1.0);
-        let exact: Vec<String> = self
-            .by_named
-            .iter()
-            .map(|(n, e)| {
-                let rate = if *n > 0.0 {
-                    format!("{:.3}", e / n)
-                } else {
-                    "-".into()
-                };
-                format!("{rate} (n {n})")
-            })
-            .collect();
+        let rate = |(n, k): (f32, f32)| {
+            let r = if n > 0.0 {
+                format!("{:.3}", k / n)
+            } else {
+                "-".into()
+            };
+            format!("{r} (n {n})")
+        };
+        let exact: Vec<String> = self.by_named.iter().map(|&k| rate(k)).collect();
         format!(
-            "{:>9} exact with 1 / 2 / 3 objects named: {}; detected fewer / as many / more: {:.3} / {:.3} / {:.3}",
+            "{:>9} exact with 1 / 2 / 3 objects named: {}; detected fewer / as many / more: {:.3} / {:.3} / {:.3}\n\
+             {:>9} binding of held-out / seen pairs: {} / {}",
             "",
             exact.join(" / "),
             self.counts[0] / m,
             self.counts[1] / m,
-            self.counts[2] / m
+            self.counts[2] / m,
+            "",
+            rate(self.pairs[0]),
+            rate(self.pairs[1]),
         )
     }
 }
@@ -653,6 +664,15 @@ pub fn score(scene: &Scene, found: &[Found]) -> Score {
             .any(|o| f.color == o.color && f.shape == o.shape)
     };
     let exact = binding == 1.0 && relation.unwrap_or(1.0) == 1.0 && found.iter().all(named);
+    let mut pairs = [(0, 0); 2];
+    for o in objs {
+        let bound = found
+            .iter()
+            .any(|f| f.color == o.color && f.shape == o.shape);
+        let p = &mut pairs[usize::from(!held_out(o.color, o.shape))];
+        p.0 += 1;
+        p.1 += usize::from(bound);
+    }
     Score {
         color,
         shape,
@@ -661,6 +681,7 @@ pub fn score(scene: &Scene, found: &[Found]) -> Score {
         exact: if exact { 1.0 } else { 0.0 },
         named: objs.len(),
         detected: found.len(),
+        pairs,
     }
 }
 
@@ -746,6 +767,7 @@ mod tests {
             exact,
             named,
             detected,
+            pairs: [(1, 1), (named - 1, 0)],
         };
         t.add(&one(Some(1.0), 1.0, 2, 2));
         t.add(&one(None, 0.0, 1, 3));
@@ -760,7 +782,13 @@ mod tests {
         assert!(t.row("x").ends_with("0.500  0.500"), "{}", t.row("x"));
         assert!(
             t.breakdown()
-                .ends_with("named: 0.000 (n 1) / 1.000 (n 1) / - (n 0); detected fewer / as many / more: 0.000 / 0.500 / 0.500"),
+                .contains("named: 0.000 (n 1) / 1.000 (n 1) / - (n 0); detected fewer / as many / more: 0.000 / 0.500 / 0.500\n"),
+            "{}",
+            t.breakdown()
+        );
+        assert!(
+            t.breakdown()
+                .ends_with("binding of held-out / seen pairs: 1.000 (n 2) / 0.000 (n 1)"),
             "{}",
             t.breakdown()
         );
@@ -785,6 +813,11 @@ mod tests {
                 rel += r;
                 nrel += 1.0;
             }
+            let held = s.objects.iter().filter(|o| held_out(o.color, o.shape));
+            assert_eq!(sc.pairs[0].0, held.count());
+            assert_eq!(sc.pairs[0].0 + sc.pairs[1].0, s.objects.len());
+            let bound = sc.pairs[0].1 + sc.pairs[1].1;
+            assert!((bound as f32 - sc.binding * s.objects.len() as f32).abs() < 1e-4);
         }
         let (bind, rel) = (bind / n as f32, rel / nrel);
         assert!(bind > 0.95, "binding accuracy on clean renders {bind}");
