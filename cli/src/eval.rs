@@ -66,7 +66,7 @@ pub fn shapes(gpu: &Gpu, s: &Settings) -> Result<()> {
         "{} prompts with held-out colour–shape pairs, steps {} ({}), model {}",
         s.n,
         s.steps,
-        sampler_name(s.sampler),
+        s.sampler.name(),
         s.model.display()
     );
     let clip_guidance = |m: &Method, range: Range<usize>| -> Result<Option<ClipGuidance>> {
@@ -119,7 +119,7 @@ pub fn inpaint(gpu: &Gpu, s: &Settings) -> Result<()> {
         "{} scenes, one object's box regenerated as a held-out colour–shape pair, steps {} ({}), model {}",
         s.n,
         s.steps,
-        sampler_name(s.sampler),
+        s.sampler.name(),
         s.model.display()
     );
     let extra = |range: Range<usize>| -> Result<Extra> {
@@ -179,13 +179,6 @@ fn methods(s: &Settings) -> Vec<Method> {
             clip: Some(g),
         }))
         .collect()
-}
-
-fn sampler_name(s: Sampler) -> &'static str {
-    match s {
-        Sampler::Ancestral => "ancestral",
-        Sampler::Ddim => "DDIM",
-    }
 }
 
 fn check(s: &Settings) -> Result<()> {
@@ -314,7 +307,7 @@ fn write_grid(
         ("webglide:rows", labels.join(" | ")),
         ("webglide:columns", captions.join(" | ")),
         ("webglide:steps", s.steps.to_string()),
-        ("webglide:sampler", sampler_name(s.sampler).to_string()),
+        ("webglide:sampler", s.sampler.name().to_string()),
         ("webglide:seed", s.seed.to_string()),
     ];
     crate::generate::write_png(path, &img, w, h, &params)?;

@@ -141,10 +141,7 @@ fn params(o: &Options, mode: &str) -> Vec<(&'static str, String)> {
             None => ("webglide:guidance", o.guidance.to_string()),
         },
         ("webglide:steps", o.steps.clone()),
-        (
-            "webglide:sampler",
-            format!("{:?}", o.sampler).to_lowercase(),
-        ),
+        ("webglide:sampler", o.sampler.name().to_string()),
         (
             "webglide:upsample_steps",
             if o.upsample {

@@ -8,6 +8,7 @@ mod unclip;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use engine::glide::pipeline::Sampler;
 
 #[derive(Parser)]
 #[command(
@@ -160,13 +161,17 @@ struct EvalArgs {
     /// ancestral or ddim; default: ddim for a `ddimN` respacing (GLIDE's
     /// spacing for the DDIM sampler), else ancestral. CLIP-guided rows are
     /// always ancestral.
-    #[arg(long, value_parser = ["ancestral", "ddim"])]
-    sampler: Option<String>,
+    #[arg(long, value_parser = parse_sampler)]
+    sampler: Option<Sampler>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Also write a PNG grid: one row per guidance scale, 8 prompts.
     #[arg(long)]
     grid: Option<std::path::PathBuf>,
+}
+
+fn parse_sampler(name: &str) -> Result<Sampler, String> {
+    Sampler::from_name(name).ok_or_else(|| format!("unknown sampler '{name}' (ancestral, ddim)"))
 }
 
 impl EvalArgs {
@@ -177,12 +182,11 @@ impl EvalArgs {
             guidance: &self.guidance,
             clip_guidance,
             steps: &self.steps,
-            sampler: match self.sampler.as_deref() {
-                Some("ddim") => engine::glide::pipeline::Sampler::Ddim,
-                Some(_) => engine::glide::pipeline::Sampler::Ancestral,
-                None if self.steps.starts_with("ddim") => engine::glide::pipeline::Sampler::Ddim,
-                None => engine::glide::pipeline::Sampler::Ancestral,
-            },
+            sampler: self.sampler.unwrap_or(if self.steps.starts_with("ddim") {
+                Sampler::Ddim
+            } else {
+                Sampler::Ancestral
+            }),
             seed: self.seed,
             grid: self.grid.as_deref(),
         }
@@ -265,11 +269,7 @@ struct GenArgs {
 
 impl GenArgs {
     fn options(self) -> Result<generate::Options> {
-        let sampler = match self.sampler.as_str() {
-            "ancestral" => engine::glide::pipeline::Sampler::Ancestral,
-            "ddim" => engine::glide::pipeline::Sampler::Ddim,
-            s => anyhow::bail!("unknown sampler '{s}' (ancestral, ddim)"),
-        };
+        let sampler = parse_sampler(&self.sampler).map_err(anyhow::Error::msg)?;
         let seed = seed_or_random(self.seed);
         engine::limits::check_prompt(&self.prompt)?;
         Ok(generate::Options {

@@ -478,7 +478,7 @@ fn eval_shapes_prints_scores_per_guidance_and_writes_a_grid() {
     assert!(text.iter().any(|(k, _)| k == "webglide:columns"));
     assert!(out.contains("steps 2 (ancestral)"), "{out}");
     // A `ddimN` respacing samples with DDIM unless told otherwise.
-    for (extra, sampler) in [(None, "DDIM"), (Some("ancestral"), "ancestral")] {
+    for (extra, sampler) in [(None, "ddim"), (Some("ancestral"), "ancestral")] {
         let mut args = vec![
             "eval",
             "shapes",

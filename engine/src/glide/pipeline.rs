@@ -22,6 +22,22 @@ pub enum Sampler {
     Ddim,
 }
 
+impl Sampler {
+    /// The name on the command line and in the PNG text chunks.
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampler::Ancestral => "ancestral",
+            Sampler::Ddim => "ddim",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Sampler> {
+        [Sampler::Ancestral, Sampler::Ddim]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+}
+
 /// What to condition on besides text.
 #[derive(Default)]
 pub struct Extra {
