@@ -628,20 +628,22 @@ pub fn score(scene: &Scene, found: &[Found]) -> Score {
     let frac = |f: &dyn Fn(&Object) -> bool| objs.iter().filter(|o| f(o)).count() as f32 / n;
     let color = frac(&|o| found.iter().any(|f| f.color == o.color));
     let shape = frac(&|o| found.iter().any(|f| f.shape == o.shape));
-    let binding = frac(&|o| {
+    // An object is bound when a detection has its colour and its shape.
+    let bound = |o: &Object| {
         found
             .iter()
             .any(|f| f.color == o.color && f.shape == o.shape)
-    });
+    };
+    let binding = frac(&bound);
     let relation = scene.relation.map(|rel| {
         // The largest detection bound to each of the first two objects.
-        let bound = |o: &Object| {
+        let largest_bound = |o: &Object| {
             found
                 .iter()
                 .filter(|f| f.color == o.color && f.shape == o.shape)
                 .max_by_key(|f| f.pixels)
         };
-        match (bound(&objs[0]), bound(&objs[1])) {
+        match (largest_bound(&objs[0]), largest_bound(&objs[1])) {
             (Some(a), Some(b)) => {
                 let as_obj = |f: &Found| Object {
                     color: f.color,
@@ -666,12 +668,9 @@ pub fn score(scene: &Scene, found: &[Found]) -> Score {
     let exact = binding == 1.0 && relation.unwrap_or(1.0) == 1.0 && found.iter().all(named);
     let mut pairs = [(0, 0); 2];
     for o in objs {
-        let bound = found
-            .iter()
-            .any(|f| f.color == o.color && f.shape == o.shape);
         let p = &mut pairs[usize::from(!held_out(o.color, o.shape))];
         p.0 += 1;
-        p.1 += usize::from(bound);
+        p.1 += usize::from(bound(o));
     }
     Score {
         color,
