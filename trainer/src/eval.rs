@@ -809,9 +809,13 @@ fn text_cond(
 
 /// `--probe`: how much the caption lowers the eps error on the evaluation
 /// scenes (rendered as in training, noised at several t, the same noise for
-/// each caption): the true caption, the empty one, and the next scene's. A
-/// model that reads its prompt predicts best with the true one; one that
-/// ignores it shows no gap (a cheaper and less noisy signal than sampling).
+/// each caption): the true caption against the empty one, the next scene's,
+/// the same scene with its colours moved one object on (binding), and with
+/// its relation reversed. A model that reads its prompt predicts best with
+/// the true one; one that ignores a part of it shows no gap for that part (a
+/// cheaper and less noisy signal than sampling). Swapped and reversed
+/// captions exist only for scenes with two colours or a relation, so their
+/// gaps are taken over those scenes alone.
 fn probe(
     model: &Glide,
     tok: &engine::glide::tokenizer::GlideTokenizer,
@@ -826,19 +830,78 @@ fn probe(
         .map(|f| ((steps as f64 * f) as usize).min(steps - 1))
         .collect();
     println!(
-        "{:>5} {:>10} {:>10} {:>10} {:>14}",
-        "t", "true", "empty", "other's", "gain vs empty"
+        "{:>5} {:>10} | the true caption's gain over: {:>7} {:>8} {:>16} {:>18}",
+        "t", "true", "empty", "other's", "colours swapped", "relation reversed"
     );
-    for (t, [tr, em, ot]) in ts
-        .iter()
-        .zip(caption_errors(model, tok, scenes, size, batch, &ts, dev)?)
-    {
+    let errors = caption_errors(model, tok, scenes, size, batch, &ts, dev)?;
+    for (t, e) in ts.iter().zip(&errors) {
         println!(
-            "{t:>5} {tr:>10.5} {em:>10.5} {ot:>10.5} {:>13.1}%",
-            100.0 * (em - tr) / em
+            "{t:>5} {:>10.5} | {:>29} {:>6.1}% {:>7.1}% {:>15.1}% {:>17.1}%",
+            e[0].error / e[0].n.max(1) as f64,
+            "",
+            100.0 * e[1].gain(),
+            100.0 * e[2].gain(),
+            100.0 * e[3].gain(),
+            100.0 * e[4].gain()
+        );
+    }
+    if let Some(e) = errors.first() {
+        println!(
+            "(scenes with colours to swap: {}; with a relation: {}; errors per image element)",
+            e[3].n, e[4].n
         );
     }
     Ok(())
+}
+
+/// The captions `--probe` compares for scene `i`: the true one, the empty
+/// one, the next scene's, the colours moved one object on, the relation
+/// reversed; `None` where a scene has no two colours or no relation.
+fn probe_captions(scenes: &[Scene], i: usize) -> [Option<String>; 5] {
+    let scene = &scenes[i];
+    let objs = &scene.objects;
+    let swapped = (objs.iter().any(|o| o.color != objs[0].color)).then(|| {
+        let mut s = scene.clone();
+        for (k, o) in s.objects.iter_mut().enumerate() {
+            o.color = objs[(k + 1) % objs.len()].color;
+        }
+        s.caption()
+    });
+    let reversed = scene.relation.map(|r| {
+        // above <-> below, left of <-> right of.
+        Scene {
+            relation: Some(r ^ 1),
+            ..scene.clone()
+        }
+        .caption()
+    });
+    [
+        Some(scene.caption()),
+        Some(String::new()),
+        Some(scenes[(i + 1) % scenes.len()].caption()),
+        swapped,
+        reversed,
+    ]
+}
+
+/// One caption variant's summed eps error over the images it applies to,
+/// and the true caption's over the same images.
+#[derive(Clone, Copy, Default, Debug)]
+struct VariantError {
+    error: f64,
+    true_error: f64,
+    n: usize,
+}
+
+impl VariantError {
+    /// How much lower the true caption's error is, relative to this one's.
+    fn gain(&self) -> f64 {
+        if self.error > 0.0 {
+            (self.error - self.true_error) / self.error
+        } else {
+            0.0
+        }
+    }
 }
 
 /// The sampler's first step, from where training starts it (a scene noised
@@ -914,8 +977,9 @@ fn scene_planes<'a>(
     Tensor::<4>::from_data(TensorData::new(v, [n, 3, size, size]), dev)
 }
 
-/// Per timestep: the mean squared eps error with [the true caption, the
-/// empty one, the next scene's], on the same noised images.
+/// Per timestep and caption variant (`probe_captions`' order): the eps
+/// error, as a mean squared error per element, summed over the images the
+/// variant applies to, on the same noised images for every variant.
 fn caption_errors(
     model: &Glide,
     tok: &engine::glide::tokenizer::GlideTokenizer,
@@ -924,17 +988,16 @@ fn caption_errors(
     batch: usize,
     ts: &[usize],
     dev: &Device,
-) -> Result<Vec<[f64; 3]>> {
+) -> Result<Vec<[VariantError; 5]>> {
     let cfg = &model.config;
     let sched = full_schedule(cfg)?;
     let ac = &sched.alphas_cumprod;
     let n = scenes.len();
-    let captions: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
-    let empty = String::new();
-    let per = (n * 3 * size * size) as f64;
+    let captions: Vec<[Option<String>; 5]> = (0..n).map(|i| probe_captions(scenes, i)).collect();
+    let per = (3 * size * size) as f64;
     let mut out = Vec::new();
     for &t in ts {
-        let mut sums = [0f64; 3];
+        let mut sums = [VariantError::default(); 5];
         for start in (0..n).step_by(batch) {
             let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
             let b = idx.len();
@@ -943,24 +1006,49 @@ fn caption_errors(
                 Tensor::<4>::random([b, 3, size, size], Distribution::Normal(0.0, 1.0), dev);
             let x_t = x0 * ac[t].sqrt() + noise.clone() * (1.0 - ac[t]).sqrt();
             let t_in = Tensor::<1>::from_data(TensorData::new(vec![t as f32; b], [b]), dev);
-            let variants: [Vec<&String>; 3] = [
-                idx.iter().map(|&i| &captions[i]).collect(),
-                vec![&empty; b],
-                idx.iter().map(|&i| &captions[(i + 1) % n]).collect(),
-            ];
-            for (sum, texts) in sums.iter_mut().zip(&variants) {
-                let cond = text_cond(tok, cfg.text_ctx, texts, dev);
+            let mut true_errors = Vec::new();
+            for (v, sum) in sums.iter_mut().enumerate() {
+                let applies: Vec<bool> = idx.iter().map(|&i| captions[i][v].is_some()).collect();
+                if !applies.iter().any(|&a| a) {
+                    continue;
+                }
+                // Rows the variant does not apply to run with the true
+                // caption (one batch shape) and are not counted.
+                let texts: Vec<&String> = idx
+                    .iter()
+                    .map(|&i| {
+                        captions[i][v]
+                            .as_ref()
+                            .or(captions[i][0].as_ref())
+                            .expect("the true caption is always there")
+                    })
+                    .collect();
+                let cond = text_cond(tok, cfg.text_ctx, &texts, dev);
                 let eps = model
                     .forward(x_t.clone(), t_in.clone(), &cond)
                     .narrow(1, 0, 3);
-                let se = (eps - noise.clone())
+                let errors: Vec<f32> = (eps - noise.clone())
                     .powf_scalar(2.0)
-                    .sum()
-                    .into_scalar::<f32>();
-                *sum += se as f64;
+                    .sum_dim(3)
+                    .sum_dim(2)
+                    .sum_dim(1)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                if v == 0 {
+                    true_errors = errors.clone();
+                }
+                for (k, &a) in applies.iter().enumerate() {
+                    if a {
+                        sum.error += errors[k] as f64 / per;
+                        sum.true_error += true_errors[k] as f64 / per;
+                        sum.n += 1;
+                    }
+                }
             }
         }
-        out.push(sums.map(|s| s / per));
+        out.push(sums);
     }
     Ok(out)
 }
@@ -1172,7 +1260,7 @@ mod tests {
         let dev = Device::flex();
         let cfg = crate::train::demo_config("base").unwrap();
         let tok = tokenizer().unwrap();
-        let scenes = eval_scenes(3, 7);
+        let scenes = eval_scenes(6, 7);
         dev.seed(5);
         let random = Glide::new(&cfg, &Init::Random, &dev).unwrap();
         // The same weights with the text projections scaled by `k`: 0 cuts
@@ -1184,11 +1272,16 @@ mod tests {
                 .into_iter()
                 .map(|(name, shape, v)| {
                     let text = name.starts_with("transformer_proj") || name.contains("encoder_kv");
-                    let v = if text {
-                        v.iter().map(|x| x * k).collect()
+                    // A random transformer attends almost uniformly, so its
+                    // output is nearly a function of the caption's word set,
+                    // and the swapped and reversed captions' gaps fell to
+                    // 1e-5: sharper attention makes word order count.
+                    let scale = if text || name.contains("c_qkv") {
+                        k
                     } else {
-                        v
+                        1.0
                     };
+                    let v = v.iter().map(|x| x * scale).collect();
                     (name, (shape, v))
                 })
                 .collect();
@@ -1200,14 +1293,25 @@ mod tests {
         // burn's CPU backend splits its reductions across threads, so equal
         // inputs agree to rounding (1e-7 relative), not always bit for bit;
         // the text path moves the error by 1e-3 and more.
-        let gap = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs());
-        for [tr, em, ot] in errors(&deaf) {
-            assert!(tr.is_finite() && tr > 0.0);
-            assert!(gap(tr, em) < 1e-5 && gap(tr, ot) < 1e-5, "{tr} {em} {ot}");
+        let scenes_applying = |v: usize| {
+            (0..scenes.len())
+                .filter(|&i| probe_captions(&scenes, i)[v].is_some())
+                .count()
+        };
+        // Every variant has scenes to run on.
+        assert!((0..5).all(|v| scenes_applying(v) > 0));
+        for per_t in errors(&deaf) {
+            for (v, e) in per_t.iter().enumerate() {
+                assert_eq!(e.n, scenes_applying(v));
+                assert!(e.true_error.is_finite() && e.true_error > 0.0);
+                assert!(e.gain().abs() < 1e-5, "variant {v}: {e:?}");
+            }
         }
-        for [tr, em, ot] in errors(&loud) {
+        for per_t in errors(&loud) {
             // Ten times the rounding bound above (measured: 6e-4 to 3e-2).
-            assert!(gap(tr, em) > 1e-4 && gap(tr, ot) > 1e-4, "{tr} {em} {ot}");
+            for (v, e) in per_t.iter().enumerate().skip(1) {
+                assert!(e.gain().abs() > 1e-4, "variant {v}: {e:?}");
+            }
         }
     }
 }
