@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
 use engine::demo::shapes::Rng;
 use engine::glide::schedule::Schedule;
@@ -101,7 +101,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let model = Glide::new(&cfg, &Init::Train, &dev)?;
     let frozen = model.clone().no_grad();
-    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut optim = crate::train::adamw(0.0, 1e-8);
     let mut rng = Rng(1);
     let b = args.batch;
     let (mut data_s, mut fwd_s, mut full_bwd_s, mut input_bwd_s, mut opt_s) =

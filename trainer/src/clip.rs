@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use burn::module::{Module, Param};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::activation::{gelu, log_softmax, softmax};
 use burn::tensor::module::embedding;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
@@ -555,14 +555,15 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
             saved.logit_scale.ln(),
             &dev,
         )?;
-        let (optim, _) = crate::train::resume_optim(out, &st, 0.01)?;
+        // The noisy CLIP trained (and shipped) with burn's epsilon; kept.
+        let (optim, _) = crate::train::resume_optim(out, &st, 0.01, crate::train::BURN_ADAM_EPS)?;
         eprintln!("resuming {} at step {}", out.display(), st.step);
         (model, optim, st.step, st.samples)
     } else {
         let model = NoisyClip::new(&cfg, None, None, (1.0f32 / 0.07).ln(), &dev)?;
         (
             model,
-            AdamWConfig::new().with_weight_decay(0.01).init(),
+            crate::train::adamw(0.01, crate::train::BURN_ADAM_EPS),
             0,
             0,
         )
@@ -608,6 +609,7 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
                 samples,
                 moments_from: 0,
                 moments_by_name: true,
+                adam_eps: Some(crate::train::BURN_ADAM_EPS),
             })?,
         )
     };
@@ -774,7 +776,7 @@ mod tests {
             &dev,
         )
         .unwrap();
-        let mut optim = AdamWConfig::new().init();
+        let mut optim = burn::optim::AdamWConfig::new().init();
         let first: f32 = clip_loss(&model, &batch).0.into_scalar();
         for _ in 0..15 {
             let (loss, _) = clip_loss(&model, &batch);

@@ -37,6 +37,14 @@ pub struct Args {
     pub batch: usize,
     #[arg(long, default_value_t = 3e-4)]
     pub lr: f64,
+    /// AdamW's epsilon. PyTorch's default (1e-8), which guided-diffusion
+    /// trained GLIDE with; burn's default is 1e-5, and with the loss a mean
+    /// over every pixel the gradients of three quarters of the base's
+    /// weights (the 16- and 8-px levels, the middle block, every attention
+    /// block) are 1e-8 to 1e-6, so at 1e-5 those moved 10 to 1000 times
+    /// slower than Adam's step: runs before 2026-12-05 trained with it.
+    #[arg(long, default_value_t = 1e-8)]
+    pub adam_eps: f64,
     #[arg(long, default_value_t = 0.999)]
     pub ema: f64,
     /// Probability of an empty caption (classifier-free guidance).
@@ -741,6 +749,14 @@ pub fn read_safetensors(path: &Path) -> Result<WeightMap> {
     Ok(map)
 }
 
+/// The AdamW every run trains with.
+pub fn adamw(weight_decay: f32, adam_eps: f64) -> burn::optim::ModuleOptimizer {
+    AdamWConfig::new()
+        .with_weight_decay(weight_decay)
+        .with_epsilon(adam_eps as f32)
+        .init()
+}
+
 /// What a checkpoint folder's `state.json` records.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct State {
@@ -758,15 +774,25 @@ pub struct State {
     /// process, so saved moments never found their parameters on resume.
     #[serde(default)]
     pub moments_by_name: bool,
+    /// AdamW's epsilon the moments were taken with (older checkpoints:
+    /// none recorded, burn's default `BURN_ADAM_EPS`).
+    #[serde(default)]
+    pub adam_eps: Option<f64>,
 }
+
+/// burn's default AdamW epsilon, every run's before 2026-12-05.
+pub const BURN_ADAM_EPS: f64 = 1e-5;
 
 impl State {
     /// Where the learning-rate warm-up of a resumed run counts from: fresh
     /// moments warm up from here; saved ones go on with their own warm-up
     /// (a run stopped inside it would otherwise jump to the full rate: the
-    /// GPU run of 2026-12-04 did, and its loss rose 5×).
-    pub fn warm_from(&self, with_saved_moments: bool) -> u64 {
-        if with_saved_moments {
+    /// GPU run of 2026-12-04 did, and its loss rose 5×), unless the run
+    /// goes on with another AdamW epsilon: a smaller one makes the step of
+    /// every weight whose gradient is below it up to 1000 times larger, so
+    /// it warms up again as fresh moments do.
+    pub fn warm_from(&self, with_saved_moments: bool, adam_eps: f64) -> u64 {
+        if with_saved_moments && self.adam_eps.unwrap_or(BURN_ADAM_EPS) == adam_eps {
             self.moments_from
         } else {
             self.step
@@ -781,8 +807,9 @@ pub fn resume_optim(
     out: &Path,
     st: &State,
     weight_decay: f32,
+    adam_eps: f64,
 ) -> Result<(burn::optim::ModuleOptimizer, bool)> {
-    let optim = AdamWConfig::new().with_weight_decay(weight_decay).init();
+    let optim = adamw(weight_decay, adam_eps);
     let path = out.join("optim.bpk");
     if !path.exists() {
         eprintln!("no optimizer state: fresh AdamW moments");
@@ -936,8 +963,15 @@ pub fn run(args: &Args) -> Result<()> {
             ema.clone()
         };
         let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
-        let (optim, saved_moments) = resume_optim(out, &st, 0.0)?;
-        let warm_from = st.warm_from(saved_moments);
+        let (optim, saved_moments) = resume_optim(out, &st, 0.0, args.adam_eps)?;
+        let saved_eps = st.adam_eps.unwrap_or(BURN_ADAM_EPS);
+        if saved_moments && saved_eps != args.adam_eps {
+            eprintln!(
+                "AdamW epsilon {saved_eps:e} -> {:e}: the learning rate warms up again from step {}",
+                args.adam_eps, st.step
+            );
+        }
+        let warm_from = st.warm_from(saved_moments, args.adam_eps);
         let order = model.export();
         let ema: Vec<_> = order
             .into_iter()
@@ -964,7 +998,7 @@ pub fn run(args: &Args) -> Result<()> {
             model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
         }
         let ema = model.export();
-        let optim = AdamWConfig::new().with_weight_decay(0.0).init();
+        let optim = adamw(0.0, args.adam_eps);
         (model, optim, ema, 0, 0, 0)
     };
     // The stage's image size (a --size stage's, else the config's).
@@ -980,7 +1014,7 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         stage_size,
         full_size_every.map_or("-".into(), |n| n.to_string()),
@@ -988,6 +1022,7 @@ pub fn run(args: &Args) -> Result<()> {
         args.low_snr_boost,
         args.offset_noise,
         args.lr,
+        args.adam_eps,
         args.device,
         args.conv,
         data.emoji.as_ref().map_or(0, |e| e.entries.len() - e.left_out),
@@ -1024,6 +1059,7 @@ pub fn run(args: &Args) -> Result<()> {
                 samples,
                 moments_from: warm_from,
                 moments_by_name: true,
+                adam_eps: Some(args.adam_eps),
             })?,
         )
     };
@@ -1169,7 +1205,7 @@ mod tests {
         };
         let dir = std::env::temp_dir().join(format!("webglide-resume-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+        let mut optim = adamw(0.0, BURN_ADAM_EPS);
         let model = step(
             Glide::new(&cfg, &Init::Train, &dev).unwrap(),
             &mut optim,
@@ -1188,9 +1224,10 @@ mod tests {
             samples: 1,
             moments_from: 0,
             moments_by_name: true,
+            adam_eps: None,
         };
         let resume = |st: &State| {
-            let (mut optim, saved) = resume_optim(&dir, st, 0.0).unwrap();
+            let (mut optim, saved) = resume_optim(&dir, st, 0.0, BURN_ADAM_EPS).unwrap();
             let rebuilt = Glide::new(&cfg, &Init::From(&weights), &dev).unwrap();
             (step(rebuilt, &mut optim, &x2).export(), saved)
         };
@@ -1219,6 +1256,38 @@ mod tests {
         );
     }
 
+    /// Adam's step is the learning rate whatever the gradient's scale, as
+    /// long as the gradient is above epsilon: the base's deep levels see
+    /// gradients of 1e-8 to 1e-6, where burn's default 1e-5 shrinks it.
+    #[test]
+    fn adam_steps_by_the_learning_rate_for_gradients_of_the_base_s_scale() {
+        let dev = device("cpu").unwrap().autodiff();
+        let lin: burn::nn::Linear = burn::nn::LinearConfig::new(4, 1).init(&dev);
+        let x = Tensor::<2>::ones([1, 4], &dev);
+        let step = |eps: f64, grad_scale: f32| {
+            let loss = lin.forward(x.clone()).sum() * grad_scale;
+            let grads = GradientsParams::from_grads(loss.backward(), &lin);
+            let moved = adamw(0.0, eps).step(1e-3, lin.clone(), grads);
+            let before = lin.weight.val().into_data().try_to_vec::<f32>().unwrap();
+            let after = moved.weight.val().into_data().try_to_vec::<f32>().unwrap();
+            before
+                .iter()
+                .zip(&after)
+                .map(|(b, a)| (b - a) / 1e-3)
+                .collect::<Vec<_>>()
+        };
+        for g in [1e-7f32, 1e-3] {
+            // Every weight's gradient is `g`: one step moves it by lr·g/(g + eps).
+            for (eps, want) in [(1e-8, g / (g + 1e-8)), (BURN_ADAM_EPS, g / (g + 1e-5))] {
+                for d in step(eps, g) {
+                    assert!((d - want).abs() < 0.01, "eps {eps} grad {g}: {d} vs {want}");
+                }
+            }
+        }
+        // The default is the one that keeps the step at gradients of 1e-7.
+        assert_eq!(args(&[]).adam_eps, 1e-8);
+    }
+
     #[test]
     fn a_resumed_warm_up_goes_on_where_its_moments_began() {
         // Saved at step 955, five steps into a 10-step warm-up that began at 950.
@@ -1226,14 +1295,27 @@ mod tests {
             serde_json::from_str(r#"{"step":955,"kind":"base","samples":1,"moments_from":950}"#)
                 .unwrap();
         let args = args(&[]);
-        let lr = |with_moments| learning_rate(&args, st.step, st.warm_from(with_moments));
+        let lr = |with_moments| learning_rate(&args, st.step, st.warm_from(with_moments, 1e-5));
         assert!((lr(true) - 1e-3 * 6.0 / 10.0).abs() < 1e-12);
         // Fresh moments warm up again from the resume step.
         assert!((lr(false) - 1e-3 / 10.0).abs() < 1e-12);
         // A state.json from before the field: moments that began with the run.
         let old: State = serde_json::from_str(r#"{"step":955,"kind":"base"}"#).unwrap();
-        assert_eq!((old.warm_from(true), old.warm_from(false)), (0, 955));
+        assert_eq!(
+            (old.warm_from(true, 1e-5), old.warm_from(false, 1e-5)),
+            (0, 955)
+        );
         assert_eq!(old.samples, 0);
+        // Going on with another epsilon than the moments': warm up again.
+        assert_eq!(old.warm_from(true, 1e-8), 955);
+        let new: State = serde_json::from_str(
+            r#"{"step":955,"kind":"base","moments_from":950,"adam_eps":1e-8}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (new.warm_from(true, 1e-8), new.warm_from(true, 1e-5)),
+            (950, 955)
+        );
     }
 
     #[test]
