@@ -101,7 +101,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let model = Glide::new(&cfg, &Init::Train, &dev)?;
     let frozen = model.clone().no_grad();
-    let mut optim = crate::train::adamw(0.0, 1e-8);
+    let mut optim = crate::train::adamw(0.0, crate::train::ADAM_EPS);
     let mut rng = Rng(1);
     let b = args.batch;
     let (mut data_s, mut fwd_s, mut full_bwd_s, mut input_bwd_s, mut opt_s) =

@@ -43,7 +43,7 @@ pub struct Args {
     /// weights (the 16- and 8-px levels, the middle block, every attention
     /// block) are 1e-8 to 1e-6, so at 1e-5 those moved 10 to 1000 times
     /// slower than Adam's step: runs before 2026-12-05 trained with it.
-    #[arg(long, default_value_t = 1e-8)]
+    #[arg(long, default_value_t = ADAM_EPS)]
     pub adam_eps: f64,
     #[arg(long, default_value_t = 0.999)]
     pub ema: f64,
@@ -783,7 +783,15 @@ pub struct State {
 /// burn's default AdamW epsilon, every run's before 2026-12-05.
 pub const BURN_ADAM_EPS: f64 = 1e-5;
 
+/// The AdamW epsilon runs train with (`--adam-eps`): PyTorch's default.
+pub const ADAM_EPS: f64 = 1e-8;
+
 impl State {
+    /// The AdamW epsilon the saved moments were taken with.
+    pub fn moments_eps(&self) -> f64 {
+        self.adam_eps.unwrap_or(BURN_ADAM_EPS)
+    }
+
     /// Where the learning-rate warm-up of a resumed run counts from: fresh
     /// moments warm up from here; saved ones go on with their own warm-up
     /// (a run stopped inside it would otherwise jump to the full rate: the
@@ -792,7 +800,7 @@ impl State {
     /// every weight whose gradient is below it up to 1000 times larger, so
     /// it warms up again as fresh moments do.
     pub fn warm_from(&self, with_saved_moments: bool, adam_eps: f64) -> u64 {
-        if with_saved_moments && self.adam_eps.unwrap_or(BURN_ADAM_EPS) == adam_eps {
+        if with_saved_moments && self.moments_eps() == adam_eps {
             self.moments_from
         } else {
             self.step
@@ -964,7 +972,7 @@ pub fn run(args: &Args) -> Result<()> {
         };
         let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
         let (optim, saved_moments) = resume_optim(out, &st, 0.0, args.adam_eps)?;
-        let saved_eps = st.adam_eps.unwrap_or(BURN_ADAM_EPS);
+        let saved_eps = st.moments_eps();
         if saved_moments && saved_eps != args.adam_eps {
             eprintln!(
                 "AdamW epsilon {saved_eps:e} -> {:e}: the learning rate warms up again from step {}",
