@@ -119,8 +119,13 @@ impl Init<'_> {
 /// parameter (and the run would go on with fresh ones at the full rate).
 pub fn named_param<const D: usize>(name: &str, t: Tensor<D>) -> Param<Tensor<D>> {
     let mut p = Param::from_tensor(t);
-    p.id = burn::module::ParamId::from(name_id(name));
+    p.id = param_id(name);
     p
+}
+
+/// The id `named_param` gives the parameter of this (official) name.
+pub fn param_id(name: &str) -> burn::module::ParamId {
+    burn::module::ParamId::from(name_id(name))
 }
 
 /// FNV-1a of a parameter name: stable across processes and builds.

@@ -45,6 +45,15 @@ pub struct Args {
     /// slower than Adam's step: runs before 2026-12-05 trained with it.
     #[arg(long, default_value_t = ADAM_EPS)]
     pub adam_eps: f64,
+    /// The text transformer's learning rate (its embeddings, blocks and
+    /// projections: `text_weight`) as a multiple of `--lr`. Its attention
+    /// starts nearly uniform over 32 positions, most of them padding, so its
+    /// outputs are close to a bag of words, and the gradient that would
+    /// teach it word order (which colour goes with which shape) is small
+    /// against the batch noise: its weights drift rather than learn
+    /// (docs/demo-model.md, twenty-fourth session).
+    #[arg(long, default_value_t = 1.0)]
+    pub text_lr_scale: f64,
     #[arg(long, default_value_t = 0.999)]
     pub ema: f64,
     /// Probability of an empty caption (classifier-free guidance).
@@ -749,6 +758,47 @@ pub fn read_safetensors(path: &Path) -> Result<WeightMap> {
     Ok(map)
 }
 
+/// The text transformer's weights: the caption's side of the model, apart
+/// from the UNet's attention (`encoder_kv`), which reads its output.
+pub fn text_weight(name: &str) -> bool {
+    [
+        "token_embedding",
+        "positional_embedding",
+        "padding_embedding",
+        "transformer.",
+        "final_ln",
+        "transformer_proj",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
+/// The ids of `text_weight`s, as the model names its parameters.
+fn text_param_ids(cfg: &GlideConfig) -> Result<Vec<burn::module::ParamId>> {
+    Ok(cfg
+        .weight_shapes()?
+        .into_iter()
+        .filter(|(name, _)| text_weight(name))
+        .map(|(name, _)| crate::model::param_id(&name))
+        .collect())
+}
+
+/// One AdamW step at `lr`, the parameters `text.1` at `text.0` instead.
+pub fn optimizer_step(
+    optim: &mut burn::optim::ModuleOptimizer,
+    mut model: Glide,
+    mut grads: burn::tensor::Gradients,
+    lr: f64,
+    text: (f64, &[burn::module::ParamId]),
+) -> Glide {
+    if text.0 != lr {
+        let text_grads = GradientsParams::from_params(&mut grads, &model, text.1);
+        model = optim.step(text.0, model, text_grads);
+    }
+    let grads = GradientsParams::from_grads(grads, &model);
+    optim.step(lr, model, grads)
+}
+
 /// The AdamW every run trains with.
 pub fn adamw(weight_decay: f32, adam_eps: f64) -> burn::optim::ModuleOptimizer {
     AdamWConfig::new()
@@ -1022,7 +1072,7 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} text_lr_scale {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         stage_size,
         full_size_every.map_or("-".into(), |n| n.to_string()),
@@ -1031,6 +1081,7 @@ pub fn run(args: &Args) -> Result<()> {
         args.offset_noise,
         args.lr,
         args.adam_eps,
+        args.text_lr_scale,
         args.device,
         args.conv,
         data.emoji.as_ref().map_or(0, |e| e.entries.len() - e.left_out),
@@ -1045,6 +1096,7 @@ pub fn run(args: &Args) -> Result<()> {
         args.batch, args.device
     );
 
+    let text_ids = text_param_ids(&cfg)?;
     let mut rng = Rng(args.seed ^ step.wrapping_mul(0x9e37_79b9));
     let started = Instant::now();
     let t_max = cfg.diffusion_steps;
@@ -1104,10 +1156,9 @@ pub fn run(args: &Args) -> Result<()> {
             let s = batch.size;
             let noise = training_noise(args.batch, s, args.offset_noise, &dev);
             let (total, mse, vb) = loss(&model, &sched, &batch, &t, noise, &dev, weighting);
-            let grads = total.backward();
-            let grads = GradientsParams::from_grads(grads, &model);
             let lr = learning_rate(args, step, warm_from);
-            model = optim.step(lr, model, grads);
+            let text_lr = (lr * args.text_lr_scale, &text_ids[..]);
+            model = optimizer_step(&mut optim, model, total.backward(), lr, text_lr);
             step += 1;
             samples += args.batch as u64;
             for (i, v) in [total, mse, vb].into_iter().enumerate() {
@@ -1180,6 +1231,64 @@ mod tests {
         assert_eq!(Device::default(), cpu);
         assert!(device("tpu").is_err());
         assert_eq!(Device::default(), cpu, "a refused name changes nothing");
+    }
+
+    /// `--text-lr-scale`: Adam's first step moves every weight with a
+    /// gradient by its learning rate, so one step shows each group's rate:
+    /// the text transformer's at k·lr, the UNet's at lr; k = 0 freezes the
+    /// text alone. The ids are the model's own.
+    #[test]
+    fn the_text_transformer_steps_at_its_own_rate() {
+        use burn::tensor::Distribution;
+        let dev = device("cpu").unwrap().autodiff();
+        dev.seed(7);
+        let cfg = demo_config("base").unwrap();
+        let ids = text_param_ids(&cfg).unwrap();
+        let model_ids = crate::model::param_ids(&Glide::new(&cfg, &Init::Train, &dev).unwrap());
+        assert!(ids.len() > 10);
+        assert!(ids.iter().all(|id| model_ids.contains(&id.val())));
+        let tokens: Vec<i64> = (0..cfg.text_ctx as i64).map(|i| 100 + 7 * i).collect();
+        let cond = Cond {
+            tokens: Tensor::<2, Int>::from_data(TensorData::new(tokens, [1, cfg.text_ctx]), &dev),
+            mask: Tensor::<2>::ones([1, cfg.text_ctx], &dev),
+            low_res: None,
+            inpaint: None,
+        };
+        let t = Tensor::<1>::from_data(TensorData::new(vec![300f32], [1]), &dev);
+        let x = Tensor::<4>::random([1, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
+        let target = Tensor::<4>::random([1, 6, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
+        let start = Glide::new(&cfg, &Init::Random, &dev).unwrap();
+        let before = start.export();
+        let lr = 1e-3;
+        // The largest move of a text weight and of any other, after one step.
+        let moves = |k: f64| {
+            let model = start.clone();
+            let loss = (model.forward(x.clone(), t.clone(), &cond) - target.clone())
+                .powf_scalar(2.0)
+                .mean();
+            let mut optim = adamw(0.0, ADAM_EPS);
+            let after =
+                optimizer_step(&mut optim, model, loss.backward(), lr, (k * lr, &ids)).export();
+            let mut m = [0f32; 2];
+            for ((name, _, a), (_, _, b)) in before.iter().zip(&after) {
+                let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                let g = usize::from(!text_weight(name));
+                m[g] = m[g].max(d);
+            }
+            m
+        };
+        for k in [1.0, 10.0, 0.0] {
+            let [text, unet] = moves(k);
+            let expect = (k * lr) as f32;
+            assert!(
+                (text - expect).abs() <= 0.01 * lr as f32,
+                "k {k}: text moved {text}"
+            );
+            assert!(
+                (unet - lr as f32).abs() <= 0.01 * lr as f32,
+                "k {k}: UNet moved {unet}"
+            );
+        }
     }
 
     /// Saved optimizer moments find their parameters again in a model rebuilt
