@@ -1364,6 +1364,19 @@ mod tests {
         assert!(sample(&base, &tok, &captions, &spec, images, &dev, None).is_err());
     }
 
+    /// `model` again with its exported weights changed by `edit(name, shape, values)`.
+    fn edited(model: &Glide, dev: &Device, edit: impl Fn(&str, &[usize], &mut [f32])) -> Glide {
+        let map: WeightMap = model
+            .export()
+            .into_iter()
+            .map(|(name, shape, mut v)| {
+                edit(&name, &shape, &mut v);
+                (name, (shape, v))
+            })
+            .collect();
+        Glide::new(&model.config, &Init::From(&map), dev).unwrap()
+    }
+
     /// The text distances see word order and only it: with every position's
     /// embedding the same (positional and padding rows equal), the text
     /// transformer is blind to order, and colours moved one object on change
@@ -1378,27 +1391,21 @@ mod tests {
         dev.seed(9);
         let random = Glide::new(&cfg, &Init::Random, &dev).unwrap();
         let build = |order_blind: bool| {
-            let map: WeightMap = random
-                .export()
-                .into_iter()
-                .map(|(name, shape, mut v)| {
-                    let rows = name == "positional_embedding" || name == "padding_embedding";
-                    if order_blind && rows {
-                        let w = shape[1];
-                        let first = v[..w].to_vec();
-                        for row in v.chunks_mut(w) {
-                            row.copy_from_slice(&first);
-                        }
+            edited(&random, &dev, |name, shape, v| {
+                let rows = name == "positional_embedding" || name == "padding_embedding";
+                if order_blind && rows {
+                    let w = shape[1];
+                    let first = v[..w].to_vec();
+                    for row in v.chunks_mut(w) {
+                        row.copy_from_slice(&first);
                     }
-                    // Sharper attention than a random init's (nearly
-                    // uniform) so that order, where it is seen, counts.
-                    if name.contains("c_qkv") {
-                        v.iter_mut().for_each(|x| *x *= 10.0);
-                    }
-                    (name, (shape, v))
-                })
-                .collect();
-            Glide::new(&cfg, &Init::From(&map), &dev).unwrap()
+                }
+                // Sharper attention than a random init's (nearly uniform)
+                // so that order, where it is seen, counts.
+                if name.contains("c_qkv") {
+                    v.iter_mut().for_each(|x| *x *= 10.0);
+                }
+            })
         };
         let blind = text_distances(&build(true), &tok, &scenes, &dev).unwrap();
         let seeing = text_distances(&build(false), &tok, &scenes, &dev).unwrap();
@@ -1431,25 +1438,16 @@ mod tests {
         // the text off; 10 makes its (random) effect plainly measurable,
         // where the raw random model's gap can fall to 1e-5.
         let text_scaled = |k: f32| {
-            let map: WeightMap = random
-                .export()
-                .into_iter()
-                .map(|(name, shape, v)| {
-                    let text = name.starts_with("transformer_proj") || name.contains("encoder_kv");
-                    // A random transformer attends almost uniformly, so its
-                    // output is nearly a function of the caption's word set,
-                    // and the swapped and reversed captions' gaps fell to
-                    // 1e-5: sharper attention makes word order count.
-                    let scale = if text || name.contains("c_qkv") {
-                        k
-                    } else {
-                        1.0
-                    };
-                    let v = v.iter().map(|x| x * scale).collect();
-                    (name, (shape, v))
-                })
-                .collect();
-            Glide::new(&cfg, &Init::From(&map), &dev).unwrap()
+            edited(&random, &dev, |name, _, v| {
+                let text = name.starts_with("transformer_proj") || name.contains("encoder_kv");
+                // A random transformer attends almost uniformly, so its
+                // output is nearly a function of the caption's word set,
+                // and the swapped and reversed captions' gaps fell to
+                // 1e-5: sharper attention makes word order count.
+                if text || name.contains("c_qkv") {
+                    v.iter_mut().for_each(|x| *x *= k);
+                }
+            })
         };
         let (deaf, loud) = (text_scaled(0.0), text_scaled(10.0));
         let errors =
