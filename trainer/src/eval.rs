@@ -522,12 +522,7 @@ impl EvalClip {
             ids.extend(t.iter().map(|&v| v as i64));
             last[i * l + n - 1] = 1.0;
         }
-        let xv: Vec<f32> = x
-            .clone()
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let xv = floats(x.clone())?;
         let xd = Tensor::<4>::from_data(TensorData::new(xv, x.dims()), &self.dev).require_grad();
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, l]), &self.dev);
         let last = Tensor::<2>::from_data(TensorData::new(last, [b, l]), &self.dev);
@@ -541,11 +536,7 @@ impl EvalClip {
         let score = (zt * zi).sum() * (cfg.logit_scale * scale) as f64;
         let grads = score.backward();
         let g = xd.grad(&grads).context("no gradient for x")?;
-        let gv: Vec<f32> = g
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let gv = floats(g)?;
         Ok(Tensor::<4>::from_data(
             TensorData::new(gv, x.dims()),
             &x.device(),
@@ -762,13 +753,17 @@ fn enlarge(rgb: &[u8], size: usize, factor: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Images in [-1, 1] (NCHW) as interleaved RGB8, one `Vec` per image.
-fn to_rgb(x: Tensor<4>, size: usize) -> Result<Vec<Vec<u8>>> {
-    let v: Vec<f32> = x
-        .into_data()
+/// A tensor's values, in order.
+fn floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        .map_err(|e| anyhow::anyhow!("{e:?}"))
+}
+
+/// Images in [-1, 1] (NCHW) as interleaved RGB8, one `Vec` per image.
+fn to_rgb(x: Tensor<4>, size: usize) -> Result<Vec<Vec<u8>>> {
+    let v = floats(x)?;
     let plane = size * size;
     Ok(v.chunks(3 * plane)
         .map(|img| {
@@ -891,12 +886,6 @@ fn text_distances(
     let ctx = model.config.text_ctx;
     let n = scenes.len();
     let captions: Vec<[Option<String>; 5]> = (0..n).map(|i| probe_captions(scenes, i)).collect();
-    let floats = |t: Tensor<2>| -> Result<Vec<f32>> {
-        t.into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))
-    };
     // Per scene: the pooled features [emb], the token features [ctx, w],
     // the tokens and their mask [ctx].
     let encode = |v: usize| -> Result<[Vec<f32>; 4]> {
@@ -1040,15 +1029,7 @@ fn first_step_ground(
     let captions: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
     let cond = text_cond(tok, cfg.text_ctx, &captions.iter().collect::<Vec<_>>(), dev);
     let t_in = Tensor::<1>::from_data(TensorData::new(vec![t as f32; n], [n]), dev);
-    let channel_means = |x: Tensor<4>| -> Result<Vec<f32>> {
-        x.mean_dim(3)
-            .mean_dim(2)
-            .mean_dim(0)
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))
-    };
+    let channel_means = |x: Tensor<4>| floats(x.mean_dim(3).mean_dim(2).mean_dim(0));
     let x0_mean = |x_t: Tensor<4>| -> Result<Vec<f32>> {
         let eps = model
             .forward(x_t.clone(), t_in.clone(), &cond)
@@ -1139,15 +1120,8 @@ fn caption_errors(
                 let eps = model
                     .forward(x_t.clone(), t_in.clone(), &cond)
                     .narrow(1, 0, 3);
-                let errors: Vec<f32> = (eps - noise.clone())
-                    .powf_scalar(2.0)
-                    .sum_dim(3)
-                    .sum_dim(2)
-                    .sum_dim(1)
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                let squared = (eps - noise.clone()).powf_scalar(2.0);
+                let errors = floats(squared.sum_dim(3).sum_dim(2).sum_dim(1))?;
                 if v == 0 {
                     true_errors = errors.clone();
                 }
