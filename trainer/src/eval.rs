@@ -754,7 +754,7 @@ fn enlarge(rgb: &[u8], size: usize, factor: usize) -> Vec<u8> {
 }
 
 /// A tensor's values, in order.
-fn floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+pub(crate) fn floats<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()

@@ -7,6 +7,7 @@ pub mod emoji;
 pub mod eval;
 pub mod model;
 pub mod reuse_alloc;
+pub mod text_aux;
 pub mod train;
 
 /// Keeps freed activation-sized blocks for the next step (see `reuse_alloc`).

@@ -12,6 +12,7 @@ use clap::Parser;
 use webglide_trainer::bench::{self, BenchArgs};
 use webglide_trainer::checkpoint::{self, CheckpointArgs};
 use webglide_trainer::eval::{self, EvalArgs};
+use webglide_trainer::text_aux::{self, TextAuxArgs};
 use webglide_trainer::train::{self, Args};
 
 #[derive(Parser)]
@@ -37,6 +38,10 @@ enum Command {
     /// A run's EMA weights as the committed checkpoint: int8 with per-row
     /// scales (or f16), the embedding rows of tokens no training caption uses zeroed.
     Checkpoint(CheckpointArgs),
+    /// Teach a base run's text transformer its captions' structure (which
+    /// object has which colour and shape, the relation) on text alone,
+    /// through throwaway heads; the run's weights keep GLIDE's names.
+    TextAux(TextAuxArgs),
 }
 
 fn main() {
@@ -45,6 +50,7 @@ fn main() {
         Some(Command::Bench(b)) => bench::run(b),
         Some(Command::Eval(e)) => eval::run(e),
         Some(Command::Checkpoint(c)) => checkpoint::run(c),
+        Some(Command::TextAux(t)) => text_aux::run(t),
         None => train::run(&cli.train),
     };
     if let Err(e) = result {

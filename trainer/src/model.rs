@@ -299,23 +299,23 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn new(init: &Init, dev: &Device, name: &str, out: usize, inp: usize) -> Self {
+    pub(crate) fn new(init: &Init, dev: &Device, name: &str, out: usize, inp: usize) -> Self {
         Linear {
             weight: init.param(dev, &format!("{name}.weight"), [out, inp], Kind::Weight),
             bias: init.param(dev, &format!("{name}.bias"), [out], Kind::Bias(inp)),
         }
     }
-    fn visit(&self, v: &mut Visit, name: &str) {
+    pub(crate) fn visit(&self, v: &mut Visit, name: &str) {
         v.add(&format!("{name}.weight"), &self.weight);
         v.add(&format!("{name}.bias"), &self.bias);
     }
-    fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
+    pub(crate) fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
         let out = self.bias.dims()[0];
         let [n, inp] = x.dims();
         count_flops(2 * n * inp * out);
         x.matmul(self.weight.val().transpose()) + self.bias.val().reshape([1, out])
     }
-    fn forward3(&self, x: Tensor<3>) -> Tensor<3> {
+    pub(crate) fn forward3(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, c] = x.dims();
         let out = self.bias.dims()[0];
         self.forward2(x.reshape([b * t, c])).reshape([b, t, out])

@@ -14,6 +14,7 @@ use engine::glide::tokenizer::{pad_tokens, GlideTokenizer};
 
 use crate::emoji::Emoji;
 use crate::model::{Cond, Glide, Init, WeightMap};
+use crate::text_aux::InTraining;
 
 /// The training run's options (`webglide-train --kind … --out …`).
 #[derive(clap::Args)]
@@ -54,6 +55,10 @@ pub struct Args {
     /// (docs/demo-model.md, twenty-fourth session).
     #[arg(long, default_value_t = 1.0)]
     pub text_lr_scale: f64,
+    /// Weight of the text-structure task (`webglide-train text-aux`, whose
+    /// heads it needs in the run) added to the diffusion loss; 0: off.
+    #[arg(long, default_value_t = 0.0)]
+    pub text_aux: f64,
     #[arg(long, default_value_t = 0.999)]
     pub ema: f64,
     /// Probability of an empty caption (classifier-free guidance).
@@ -707,7 +712,10 @@ pub fn safetensors_bytes(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<V
     Ok(safetensors::serialize(views, None)?)
 }
 
-fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<()> {
     write_atomic(path, &safetensors_bytes(tensors)?)
 }
 
@@ -1072,7 +1080,7 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} text_lr_scale {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} text_lr_scale {} text_aux {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         stage_size,
         full_size_every.map_or("-".into(), |n| n.to_string()),
@@ -1082,6 +1090,7 @@ pub fn run(args: &Args) -> Result<()> {
         args.lr,
         args.adam_eps,
         args.text_lr_scale,
+        args.text_aux,
         args.device,
         args.conv,
         data.emoji.as_ref().map_or(0, |e| e.entries.len() - e.left_out),
@@ -1097,10 +1106,18 @@ pub fn run(args: &Args) -> Result<()> {
     );
 
     let text_ids = text_param_ids(&cfg)?;
+    let mut aux = if args.text_aux == 0.0 {
+        None
+    } else if args.text_aux > 0.0 && args.text_aux < 1e6 && kind == "base" {
+        Some(InTraining::load(out, cfg.xf_width, args.text_aux, &dev)?)
+    } else {
+        bail!("--text-aux W: a weight (0 or more) for a base");
+    };
     let mut rng = Rng(args.seed ^ step.wrapping_mul(0x9e37_79b9));
     let started = Instant::now();
     let t_max = cfg.diffusion_steps;
-    let (mut acc, mut n_acc) = ([0f64; 3], 0usize);
+    // Sums of the logged losses: total, mse, vb, the text task's (weighted).
+    let (mut acc, mut n_acc) = ([0f64; 4], 0usize);
     let save = |model: &Glide,
                 optim: &burn::optim::ModuleOptimizer,
                 ema: &[(String, Vec<usize>, Vec<f32>)],
@@ -1156,13 +1173,26 @@ pub fn run(args: &Args) -> Result<()> {
             let s = batch.size;
             let noise = training_noise(args.batch, s, args.offset_noise, &dev);
             let (total, mse, vb) = loss(&model, &sched, &batch, &t, noise, &dev, weighting);
+            let aux_loss = aux
+                .as_ref()
+                .and_then(|a| a.loss(&model, &batch.captions, tok, &dev));
+            let mut grads = match &aux_loss {
+                Some(l) => (total.clone() + l.clone()).backward(),
+                None => total.backward(),
+            };
             let lr = learning_rate(args, step, warm_from);
+            if let Some(a) = &mut aux {
+                a.step(&mut grads, lr);
+            }
             let text_lr = (lr * args.text_lr_scale, &text_ids[..]);
-            model = optimizer_step(&mut optim, model, total.backward(), lr, text_lr);
+            model = optimizer_step(&mut optim, model, grads, lr, text_lr);
             step += 1;
             samples += args.batch as u64;
             for (i, v) in [total, mse, vb].into_iter().enumerate() {
                 acc[i] += v.into_scalar::<f32>() as f64;
+            }
+            if let Some(l) = aux_loss {
+                acc[3] += l.into_scalar::<f32>() as f64;
             }
             n_acc += 1;
             if step % EMA_EVERY == 0 {
@@ -1177,25 +1207,34 @@ pub fn run(args: &Args) -> Result<()> {
                 }
             }
             if step % 20 == 0 {
-                let line = format!(
+                let mut line = format!(
                     "step {step} samples {samples} size {sizes} loss {:.5} mse {:.5} vb {:.5} elapsed {:.0}s lr {lr:.2e}",
                     acc[0] / n_acc as f64,
                     acc[1] / n_acc as f64,
                     acc[2] / n_acc as f64,
                     started.elapsed().as_secs_f64()
                 );
+                if aux.is_some() {
+                    line += &format!(" text_aux {:.5}", acc[3] / n_acc as f64);
+                }
                 eprintln!("{line}");
                 writeln!(log, "{line}")?;
-                (acc, n_acc) = ([0f64; 3], 0);
+                (acc, n_acc) = ([0f64; 4], 0);
             }
             if step % args.save_every == 0 {
                 save(&model, &optim, &ema, step, samples)?;
+                if let Some(a) = &aux {
+                    a.save(out)?;
+                }
             }
         }
         drop(rx); // ends the batch thread
         Ok(model)
     })?;
     save(&model, &optim, &ema, step, samples)?;
+    if let Some(a) = &aux {
+        a.save(out)?;
+    }
     // The deliverable: EMA weights with the official names + the kwargs.
     write_safetensors(&out.join("weights.safetensors"), &ema)?;
     eprintln!(

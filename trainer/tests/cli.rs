@@ -323,3 +323,116 @@ fn train_resume_from_ema_eval_and_bench() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `text-aux` teaches a run's text transformer (its EMA and live weights
+/// change, only in text weights, and its log notes it), and training with
+/// `--text-aux` goes on with its heads; without heads, or on an upsampler,
+/// they are refused with a message.
+#[test]
+fn text_aux_then_training_with_its_heads() {
+    let dir = std::env::temp_dir().join(format!("webglide-train-aux-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "--kind",
+            "base",
+            "--out",
+            d,
+            "--batch",
+            "2",
+            "--size",
+            "16",
+            "--warmup",
+            "1",
+            "--save-every",
+            "1",
+        ];
+        a.extend_from_slice(extra);
+        train(&a)
+    };
+    let steps = |n: &'static str| ["--steps", n];
+    let out = run(&steps("1"));
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&[&steps("2")[..], &["--text-aux", "0.01"]].concat());
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("run `webglide-train text-aux"),
+        "{}",
+        text(&out)
+    );
+
+    let weights = |name: &str| {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut v: Vec<(String, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(n, t)| (n, t.data().to_vec()))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = weights("ema.safetensors");
+    let out = train(&[
+        "text-aux", "--run", d, "--steps", "3", "--batch", "8", "--lr", "1e-2",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("held-out pairs: pooled colour"), "{t}");
+    let after = weights("ema.safetensors");
+    assert_eq!(before.len(), after.len());
+    for ((name, a), (_, b)) in before.iter().zip(&after) {
+        let text_weight = [
+            "token_embedding",
+            "positional_embedding",
+            "padding_embedding",
+            "transformer",
+            "final_ln",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p));
+        assert_eq!(a != b, text_weight, "{name}");
+    }
+    let log = std::fs::read_to_string(dir.join("loss.log")).unwrap();
+    assert!(log.contains("# text-aux at step 1 steps 3"), "{log}");
+    let heads = std::fs::read(dir.join("text-aux-head.safetensors")).unwrap();
+
+    let out = run(&[&steps("2")[..], &["--text-aux", "0.01"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(step_of(&dir), 2);
+    assert_ne!(
+        std::fs::read(dir.join("text-aux-head.safetensors")).unwrap(),
+        heads
+    );
+    let log = std::fs::read_to_string(dir.join("loss.log")).unwrap();
+    assert!(log.contains("text_aux 0.01 device"), "{log}");
+
+    let out = run(&[&steps("3")[..], &["--text-aux=-1"]].concat());
+    assert!(
+        !out.status.success() && text(&out).contains("--text-aux W"),
+        "{}",
+        text(&out)
+    );
+    for bad in [
+        &["--steps", "0", "--lr", "2"][..],
+        &["--anchor", "-1"][..],
+        &["--batch", "0"][..],
+    ] {
+        let out = train(&[&["text-aux", "--run", d][..], bad].concat());
+        assert!(!out.status.success(), "{bad:?}");
+    }
+    // Another kind's run (its state.json says so) is refused before any weight is read.
+    let up = dir.join("up");
+    std::fs::create_dir_all(&up).unwrap();
+    std::fs::copy(dir.join("config.json"), up.join("config.json")).unwrap();
+    std::fs::write(up.join("state.json"), r#"{"step":1,"kind":"upsample"}"#).unwrap();
+    let u = up.to_str().unwrap();
+    let out = train(&["text-aux", "--run", u, "--steps", "1"]);
+    assert!(
+        !out.status.success() && text(&out).contains("teaches a base"),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
