@@ -583,6 +583,19 @@ pub fn run(args: &TextAuxArgs) -> Result<()> {
         write_safetensors(&live_path, &in_order(live))?;
     }
     write_safetensors(&head_file, &head.export())?;
+    // Adam's second moments of the text weights were taken on the diffusion
+    // gradients alone; against the new weights' larger gradients they made
+    // steps of up to ~30× the rate and wrecked the transformer within 20
+    // steps (twenty-fifth session). burn keeps no per-parameter reset, so the
+    // run resumes with fresh moments, which warm up again.
+    let moments = run.join("optim.bpk");
+    if moments.exists() {
+        std::fs::remove_file(&moments)?;
+        eprintln!(
+            "removed {}: the run resumes with fresh AdamW moments",
+            moments.display()
+        );
+    }
     let note = format!(
         "# text-aux at step {} steps {} batch {} lr {} anchor {}: {log_line}\n",
         st.step, args.steps, args.batch, args.lr, args.anchor

@@ -397,9 +397,14 @@ fn text_aux_then_training_with_its_heads() {
     let log = std::fs::read_to_string(dir.join("loss.log")).unwrap();
     assert!(log.contains("# text-aux at step 1 steps 3"), "{log}");
     let heads = std::fs::read(dir.join("text-aux-head.safetensors")).unwrap();
+    assert!(
+        !dir.join("optim.bpk").exists(),
+        "the moments of the old text weights stay"
+    );
 
     let out = run(&[&steps("2")[..], &["--text-aux", "0.01"]].concat());
     assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("fresh AdamW moments"), "{}", text(&out));
     assert_eq!(step_of(&dir), 2);
     assert_ne!(
         std::fs::read(dir.join("text-aux-head.safetensors")).unwrap(),
