@@ -73,6 +73,13 @@ echo "starting from $CK: $(cat "$CK/state.json")"
 for r in base-s base-e; do
     mkdir -p "$W/runs/$r" && cp "$CK"/{state.json,config.json,ema.safetensors} "$W/runs/$r/"
 done
+# A start whose text transformer `webglide-train text-aux` taught carries its heads: the bases
+# keep that task (docs/demo-model.md, Training) with the weight the CPU run used.
+TEXT=()
+if [ -e "$CK/text-aux-head.safetensors" ]; then
+    TEXT=(--text-aux 0.01 --text-lr-scale 10)
+    for r in base-s base-e; do cp "$CK/text-aux-head.safetensors" "$W/runs/$r/"; done
+fi
 EMOJI=(--emoji "$W/emoji" --emoji-concepts trainer/data/emoji-concepts.txt --shapes-share 0.75)
 SECS=$((END - $(date +%s) - 40))
 MIN=$(python3 -c "print(round($SECS/60, 2))")
@@ -97,9 +104,9 @@ train() {
     fi
     cp "$W/runs/$r/loss.log" "$L/$r-loss.log"
 }
-train base-s --kind base &
+train base-s --kind base "${TEXT[@]}" &
 P1=$!
-train base-e --kind base "${EMOJI[@]}" &
+train base-e --kind base "${EMOJI[@]}" "${TEXT[@]}" &
 P2=$!
 train inpaint --kind base-inpaint --init "$CK/ema.safetensors" "${EMOJI[@]}" &
 P3=$!

@@ -82,6 +82,14 @@ pub fn run(args: &CheckpointArgs) -> Result<()> {
         &checkpoint_safetensors(&weights, q8)?,
     )?;
     write_atomic(&args.out.join("config.json"), &config)?;
+    // The text-structure heads (~20 KB) go along, for `--text-aux` after a resume.
+    let heads = crate::text_aux::head_path(&args.run);
+    if heads.exists() {
+        write_atomic(
+            &crate::text_aux::head_path(&args.out),
+            &std::fs::read(&heads)?,
+        )?;
+    }
     write_atomic(&args.out.join("state.json"), &serde_json::to_vec(&state)?)?;
     println!(
         "{}: step {}, {} samples; {} of {} token rows kept, {zeroed} zeroed ({})",

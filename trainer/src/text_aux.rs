@@ -472,7 +472,7 @@ pub struct TextAuxArgs {
 }
 
 /// Where a run keeps the heads between `text-aux` calls.
-fn head_path(run: &Path) -> PathBuf {
+pub fn head_path(run: &Path) -> PathBuf {
     run.join("text-aux-head.safetensors")
 }
 

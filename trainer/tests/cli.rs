@@ -412,6 +412,14 @@ fn text_aux_then_training_with_its_heads() {
     );
     let log = std::fs::read_to_string(dir.join("loss.log")).unwrap();
     assert!(log.contains("text_aux 0.01 device"), "{log}");
+    // A committed checkpoint carries the heads, so a new machine goes on with them.
+    let ck = dir.join("ck");
+    let out = train(&["checkpoint", "--run", d, "--out", ck.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(ck.join("text-aux-head.safetensors")).unwrap(),
+        std::fs::read(dir.join("text-aux-head.safetensors")).unwrap()
+    );
 
     let out = run(&[&steps("3")[..], &["--text-aux=-1"]].concat());
     assert!(
