@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use engine::demo::shapes::{
-    detect, eval_scenes, held_out, inpaint_cases, render, score, tile_rows, InpaintCase, Rng,
-    Scene, Tally,
+    detect, eval_scenes, held_out, inpaint_cases, region_keep_mask, render, score, tile_rows,
+    InpaintCase, Rng, Scene, Tally,
 };
 use engine::glide::model::GlideConfig;
 use engine::glide::schedule::Schedule;
@@ -828,8 +828,9 @@ fn probe(
         "{:>5} {:>10} | the true caption's gain over: {:>7} {:>8} {:>16} {:>18}",
         "t", "true", "empty", "other's", "colours swapped", "relation reversed"
     );
-    let errors = caption_errors(model, tok, scenes, size, batch, &ts, dev)?;
-    for (t, e) in ts.iter().zip(&errors) {
+    let probe_errors = caption_errors(model, tok, scenes, size, batch, &ts, dev)?;
+    let errors = &probe_errors.by_caption;
+    for (t, e) in ts.iter().zip(errors) {
         println!(
             "{t:>5} {:>10.5} | {:>29} {:>6.1}% {:>7.1}% {:>15.1}% {:>17.1}%",
             e[0].error / e[0].n.max(1) as f64,
@@ -845,6 +846,18 @@ fn probe(
             "(scenes with colours to swap: {}; with a relation: {}; errors per image element)",
             e[3].n, e[4].n
         );
+    }
+    println!("colours swapped, the true caption's gain inside the objects' boxes:");
+    println!(
+        "{:>5} {:>22} {:>18}",
+        "t", "held-out pairs' boxes", "seen pairs' boxes"
+    );
+    for (t, [held, seen]) in ts.iter().zip(&probe_errors.swapped_in_boxes) {
+        let cell = |e: &VariantError| match e.n {
+            0 => "-".to_string(),
+            n => format!("{:.1}% (n {n})", 100.0 * e.gain()),
+        };
+        println!("{t:>5} {:>22} {:>18}", cell(held), cell(seen));
     }
     let d = text_distances(model, tok, scenes, dev)?;
     println!(
@@ -1073,6 +1086,28 @@ fn scene_planes<'a>(
 /// Per timestep and caption variant (`probe_captions`' order): the eps
 /// error, as a mean squared error per element, summed over the images the
 /// variant applies to, on the same noised images for every variant.
+/// The probe's eps errors, per t.
+struct ProbeErrors {
+    /// By caption variant, over whole images (`probe_captions`' order).
+    by_caption: Vec<[VariantError; 5]>,
+    /// The swapped colours' against the true caption's inside the boxes of
+    /// the objects whose (true) colour–shape pair is held out, and of those
+    /// whose pair is seen: where a swapped caption's lower error lies.
+    swapped_in_boxes: Vec<[VariantError; 2]>,
+}
+
+/// Adds one object box's errors (per image element) to `sum`.
+fn add_box(sum: &mut VariantError, error: &[f32], true_error: &[f32], inside: &[f32]) {
+    let pixels: f32 = inside.iter().sum();
+    if pixels == 0.0 {
+        return;
+    }
+    let dot = |e: &[f32]| e.iter().zip(inside).map(|(a, b)| a * b).sum::<f32>() as f64;
+    sum.error += dot(error) / (3.0 * pixels as f64);
+    sum.true_error += dot(true_error) / (3.0 * pixels as f64);
+    sum.n += 1;
+}
+
 fn caption_errors(
     model: &Glide,
     tok: &engine::glide::tokenizer::GlideTokenizer,
@@ -1081,16 +1116,17 @@ fn caption_errors(
     batch: usize,
     ts: &[usize],
     dev: &Device,
-) -> Result<Vec<[VariantError; 5]>> {
+) -> Result<ProbeErrors> {
     let cfg = &model.config;
     let sched = full_schedule(cfg)?;
     let ac = &sched.alphas_cumprod;
     let n = scenes.len();
     let captions: Vec<[Option<String>; 5]> = (0..n).map(|i| probe_captions(scenes, i)).collect();
     let per = (3 * size * size) as f64;
-    let mut out = Vec::new();
+    let (mut out, mut in_boxes) = (Vec::new(), Vec::new());
     for &t in ts {
         let mut sums = [VariantError::default(); 5];
+        let mut boxes = [VariantError::default(); 2];
         for start in (0..n).step_by(batch) {
             let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
             let b = idx.len();
@@ -1099,7 +1135,7 @@ fn caption_errors(
                 Tensor::<4>::random([b, 3, size, size], Distribution::Normal(0.0, 1.0), dev);
             let x_t = x0 * ac[t].sqrt() + noise.clone() * (1.0 - ac[t]).sqrt();
             let t_in = Tensor::<1>::from_data(TensorData::new(vec![t as f32; b], [b]), dev);
-            let mut true_errors = Vec::new();
+            let (mut true_errors, mut true_maps) = (Vec::new(), Vec::new());
             for (v, sum) in sums.iter_mut().enumerate() {
                 let applies: Vec<bool> = idx.iter().map(|&i| captions[i][v].is_some()).collect();
                 if !applies.iter().any(|&a| a) {
@@ -1120,10 +1156,28 @@ fn caption_errors(
                 let eps = model
                     .forward(x_t.clone(), t_in.clone(), &cond)
                     .narrow(1, 0, 3);
-                let squared = (eps - noise.clone()).powf_scalar(2.0);
-                let errors = floats(squared.sum_dim(3).sum_dim(2).sum_dim(1))?;
+                let squared = (eps - noise.clone()).powf_scalar(2.0).sum_dim(1);
+                let maps = if v == 0 || v == 3 {
+                    floats(squared.clone())?
+                } else {
+                    Vec::new()
+                };
+                let errors = floats(squared.sum_dim(3).sum_dim(2))?;
                 if v == 0 {
                     true_errors = errors.clone();
+                    true_maps = maps.clone();
+                }
+                if v == 3 {
+                    let px = size * size;
+                    for (k, &i) in idx.iter().enumerate().filter(|(k, _)| applies[*k]) {
+                        let (e, te) = (&maps[k * px..][..px], &true_maps[k * px..][..px]);
+                        for o in &scenes[i].objects {
+                            let keep = region_keep_mask(o.box_with_margin(0.0), size);
+                            let inside: Vec<f32> = keep.iter().map(|k| 1.0 - k).collect();
+                            let seen = !held_out(o.color, o.shape) as usize;
+                            add_box(&mut boxes[seen], e, te, &inside);
+                        }
+                    }
                 }
                 for (k, &a) in applies.iter().enumerate() {
                     if a {
@@ -1135,8 +1189,12 @@ fn caption_errors(
             }
         }
         out.push(sums);
+        in_boxes.push(boxes);
     }
-    Ok(out)
+    Ok(ProbeErrors {
+        by_caption: out,
+        swapped_in_boxes: in_boxes,
+    })
 }
 
 fn write_grid(path: &std::path::Path, rows: &[Vec<Vec<u8>>], size: usize) -> Result<()> {
@@ -1436,17 +1494,44 @@ mod tests {
         };
         // Every variant has scenes to run on.
         assert!((0..5).all(|v| scenes_applying(v) > 0));
-        for per_t in errors(&deaf) {
+        // The swapped captions' object boxes: one per object of the scenes
+        // with colours to swap, split by whether its pair is held out.
+        let boxes = |seen: bool| -> usize {
+            (0..scenes.len())
+                .filter(|&i| probe_captions(&scenes, i)[3].is_some())
+                .flat_map(|i| &scenes[i].objects)
+                .filter(|o| held_out(o.color, o.shape) != seen)
+                .count()
+        };
+        assert!(boxes(false) > 0 && boxes(true) > 0);
+        let deaf_errors = errors(&deaf);
+        for (per_t, in_boxes) in deaf_errors
+            .by_caption
+            .iter()
+            .zip(&deaf_errors.swapped_in_boxes)
+        {
             for (v, e) in per_t.iter().enumerate() {
                 assert_eq!(e.n, scenes_applying(v));
                 assert!(e.true_error.is_finite() && e.true_error > 0.0);
                 assert!(e.gain().abs() < 1e-5, "variant {v}: {e:?}");
             }
+            for (seen, e) in in_boxes.iter().enumerate() {
+                assert_eq!(e.n, boxes(seen == 1));
+                assert!(e.true_error > 0.0 && e.gain().abs() < 1e-5, "{e:?}");
+            }
         }
-        for per_t in errors(&loud) {
+        let loud_errors = errors(&loud);
+        for (per_t, in_boxes) in loud_errors
+            .by_caption
+            .iter()
+            .zip(&loud_errors.swapped_in_boxes)
+        {
             // Ten times the rounding bound above (measured: 6e-4 to 3e-2).
             for (v, e) in per_t.iter().enumerate().skip(1) {
                 assert!(e.gain().abs() > 1e-4, "variant {v}: {e:?}");
+            }
+            for e in in_boxes {
+                assert!(e.gain().abs() > 1e-4, "{e:?}");
             }
         }
     }
