@@ -1083,9 +1083,6 @@ fn scene_planes<'a>(
     Tensor::<4>::from_data(TensorData::new(v, [n, 3, size, size]), dev)
 }
 
-/// Per timestep and caption variant (`probe_captions`' order): the eps
-/// error, as a mean squared error per element, summed over the images the
-/// variant applies to, on the same noised images for every variant.
 /// The probe's eps errors, per t.
 struct ProbeErrors {
     /// By caption variant, over whole images (`probe_captions`' order).
@@ -1108,6 +1105,10 @@ fn add_box(sum: &mut VariantError, error: &[f32], true_error: &[f32], inside: &[
     sum.n += 1;
 }
 
+/// Per timestep and caption variant (`probe_captions`' order): the eps
+/// error, as a mean squared error per element, summed over the images the
+/// variant applies to, on the same noised images for every variant; and the
+/// swapped variant's inside the objects' boxes.
 fn caption_errors(
     model: &Glide,
     tok: &engine::glide::tokenizer::GlideTokenizer,

@@ -244,6 +244,22 @@ impl Head {
         }
     }
 
+    /// The heads a run keeps (`head_path`), checked against the shapes this
+    /// width needs: a file of another width or a damaged one is an error.
+    pub fn load(path: &Path, dev: &Device, width: usize) -> Result<Head> {
+        let weights = read_safetensors(path)?;
+        for (name, shape, _) in Head::new(&Init::Train, dev, width).export() {
+            match weights.get(&name) {
+                Some((s, v)) if *s == shape && v.len() == shape.iter().product::<usize>() => {}
+                _ => bail!(
+                    "{}: '{name}' missing or not of shape {shape:?} (heads of another width?)",
+                    path.display()
+                ),
+            }
+        }
+        Ok(Head::new(&Init::From(&weights), dev, width))
+    }
+
     pub fn export(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let mut v = Visit(Vec::new());
         self.pooled.visit(&mut v, "aux.pooled");
@@ -319,15 +335,10 @@ fn argmax_groups(row: &[f32], groups: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-fn accuracy(
-    head: &Head,
-    model: &Glide,
-    labels: &[Labels],
-    ctx: usize,
-    dev: &Device,
-) -> Result<Accuracy> {
-    let batch = Batch::new(labels, ctx, dev);
-    let (pooled, token) = head.logits(&features(model, &batch));
+/// The heads' reads of `labels` from their features `f`.
+fn accuracy(head: &Head, f: &Features, labels: &[Labels]) -> Result<Accuracy> {
+    let ctx = f.xf_out.dims()[1];
+    let (pooled, token) = head.logits(f);
     let (pooled, token) = (crate::eval::floats(pooled)?, crate::eval::floats(token)?);
     let (np, nt) = (POOLED.iter().sum::<usize>(), TOKEN.iter().sum::<usize>());
     // (right, counted) per measure, in `Accuracy`'s order.
@@ -426,17 +437,15 @@ pub fn additive_residual(
 }
 
 /// The features of every object's shape word (its last token) with the
-/// object's colour and shape; with `held_only`, of held-out pairs alone.
+/// object's colour and shape, from the features `f` of `labels`; with
+/// `held_only`, of held-out pairs alone.
 fn shape_word_features(
-    model: &Glide,
+    f: &Features,
     labels: &[Labels],
     held_only: bool,
-    dev: &Device,
 ) -> Result<Vec<(usize, usize, Vec<f32>)>> {
-    let ctx = model.config.text_ctx;
-    let f = features(model, &Batch::new(labels, ctx, dev));
-    let w = f.xf_out.dims()[2];
-    let x = crate::eval::floats(f.xf_out)?;
+    let [_, ctx, w] = f.xf_out.dims();
+    let x = crate::eval::floats(f.xf_out.clone())?;
     let mut out = Vec::new();
     for (i, l) in labels.iter().enumerate() {
         let n = l.tokens.len().min(ctx);
@@ -452,7 +461,7 @@ fn shape_word_features(
     Ok(out)
 }
 
-/// `n` labelled captions of random scenes whose pairs `allow` admits; with
+/// `n` labelled captions of random scenes of training pairs; with
 /// `held_out_only`, only scenes naming at least one held-out pair.
 fn captions(
     tok: &GlideTokenizer,
@@ -493,9 +502,8 @@ impl InTraining {
                 run.display()
             );
         }
-        let head = Head::new(&Init::From(&read_safetensors(&path)?), dev, width);
         Ok(InTraining {
-            head,
+            head: Head::load(&path, dev, width)?,
             optim: adamw(0.0, ADAM_EPS),
             weight: weight as f32,
         })
@@ -592,11 +600,7 @@ pub fn run(args: &TextAuxArgs) -> Result<()> {
     let before = model.clone();
     let head_file = head_path(run);
     let mut head = if head_file.exists() && !args.probe {
-        Head::new(
-            &Init::From(&read_safetensors(&head_file)?),
-            &dev,
-            cfg.xf_width,
-        )
+        Head::load(&head_file, &dev, cfg.xf_width)?
     } else {
         Head::new(&Init::Train, &dev, cfg.xf_width)
     };
@@ -633,16 +637,19 @@ pub fn run(args: &TextAuxArgs) -> Result<()> {
             model = optim_text.step(lr, model, text_grads);
         }
         if step % 200 == 0 || step == args.steps {
+            // One forward per caption set serves both measures.
+            let on_seen = features(&model, &Batch::new(&seen, ctx, &dev));
+            let on_unseen = features(&model, &Batch::new(&unseen, ctx, &dev));
             let (fit, held) = additive_residual(
-                &shape_word_features(&model, &seen, false, &dev)?,
-                &shape_word_features(&model, &unseen, true, &dev)?,
+                &shape_word_features(&on_seen, &seen, false)?,
+                &shape_word_features(&on_unseen, &unseen, true)?,
             );
             log_line = format!(
                 "step {step} aux {:.4} anchor {:.4} | seen: {} | held-out pairs: {} | shape words off colour+shape: seen {fit:.3} held-out {held:.3}",
                 acc_aux / n as f64,
                 acc_anchor / n as f64,
-                accuracy(&head, &model, &seen, ctx, &dev)?,
-                accuracy(&head, &model, &unseen, ctx, &dev)?
+                accuracy(&head, &on_seen, &seen)?,
+                accuracy(&head, &on_unseen, &unseen)?
             );
             eprintln!("{log_line}");
             (acc_aux, acc_anchor, n) = (0.0, 0.0, 0);
@@ -809,7 +816,8 @@ mod tests {
         let (mut o1, mut o2) = (adamw(0.0, ADAM_EPS), adamw(0.0, ADAM_EPS));
         let mut rng = Rng(9);
         let test = captions(&tok, &mut Rng(1), 256, false).unwrap();
-        let start = accuracy(&head, &model_t, &test, cfg.text_ctx, &dev).unwrap();
+        let test_batch = Batch::new(&test, cfg.text_ctx, &dev);
+        let start = accuracy(&head, &features(&model_t, &test_batch), &test).unwrap();
         for _ in 0..300 {
             let b = Batch::new(
                 &captions(&tok, &mut rng, 64, false).unwrap(),
@@ -823,7 +831,7 @@ mod tests {
             let tg = GradientsParams::from_grads(grads, &model_t);
             model_t = o2.step(3e-3, model_t, tg);
         }
-        let end = accuracy(&head, &model_t, &test, cfg.text_ctx, &dev).unwrap();
+        let end = accuracy(&head, &features(&model_t, &test_batch), &test).unwrap();
         eprintln!("start {start}\nend {end}");
         assert!(end.slot_color > 0.9 && end.slot_shape > 0.9, "{end}");
         assert!(end.token_slot > 0.95 && end.token_color > 0.9, "{end}");

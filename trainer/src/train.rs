@@ -1121,12 +1121,16 @@ pub fn run(args: &Args) -> Result<()> {
     let save = |model: &Glide,
                 optim: &burn::optim::ModuleOptimizer,
                 ema: &[(String, Vec<usize>, Vec<f32>)],
+                aux: Option<&InTraining>,
                 step: u64,
                 samples: u64|
      -> Result<()> {
         write_safetensors(&out.join("model.safetensors"), &model.export())?;
         write_safetensors(&out.join("ema.safetensors"), ema)?;
         save_optim(optim, &out.join("optim.bpk"))?;
+        if let Some(a) = aux {
+            a.save(out)?;
+        }
         // Last: a resume trusts the files only once state.json names the step.
         write_atomic(
             &state_path,
@@ -1222,19 +1226,13 @@ pub fn run(args: &Args) -> Result<()> {
                 (acc, n_acc) = ([0f64; 4], 0);
             }
             if step % args.save_every == 0 {
-                save(&model, &optim, &ema, step, samples)?;
-                if let Some(a) = &aux {
-                    a.save(out)?;
-                }
+                save(&model, &optim, &ema, aux.as_ref(), step, samples)?;
             }
         }
         drop(rx); // ends the batch thread
         Ok(model)
     })?;
-    save(&model, &optim, &ema, step, samples)?;
-    if let Some(a) = &aux {
-        a.save(out)?;
-    }
+    save(&model, &optim, &ema, aux.as_ref(), step, samples)?;
     // The deliverable: EMA weights with the official names + the kwargs.
     write_safetensors(&out.join("weights.safetensors"), &ema)?;
     eprintln!(

@@ -383,16 +383,7 @@ fn text_aux_then_training_with_its_heads() {
     let after = weights("ema.safetensors");
     assert_eq!(before.len(), after.len());
     for ((name, a), (_, b)) in before.iter().zip(&after) {
-        let text_weight = [
-            "token_embedding",
-            "positional_embedding",
-            "padding_embedding",
-            "transformer",
-            "final_ln",
-        ]
-        .iter()
-        .any(|p| name.starts_with(p));
-        assert_eq!(a != b, text_weight, "{name}");
+        assert_eq!(a != b, webglide_trainer::train::text_weight(name), "{name}");
     }
     let log = std::fs::read_to_string(dir.join("loss.log")).unwrap();
     assert!(log.contains("# text-aux at step 1 steps 3"), "{log}");
@@ -427,6 +418,18 @@ fn text_aux_then_training_with_its_heads() {
         "{}",
         text(&out)
     );
+    // Heads that are not this width's (here: the model's own weights) are refused, not a panic.
+    let heads_file = dir.join("text-aux-head.safetensors");
+    let kept = std::fs::read(&heads_file).unwrap();
+    std::fs::copy(dir.join("ema.safetensors"), &heads_file).unwrap();
+    let out = run(&[&steps("3")[..], &["--text-aux", "0.01"]].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("'aux.pooled.weight' missing"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(&heads_file, kept).unwrap();
     for bad in [
         &["--steps", "0", "--lr", "2"][..],
         &["--anchor", "-1"][..],
