@@ -14,7 +14,10 @@ use burn::tensor::activation::{gelu, silu, softmax};
 use burn::tensor::module::{conv2d, embedding};
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use engine::demo::shapes::Rng;
 use engine::glide::model::GlideConfig;
+
+use crate::train::normal;
 
 /// FLOPs of the matrix products (convs, linears, attention) of the forward
 /// passes run so far (2 per multiply-add); `webglide-train bench` reads it.
@@ -48,8 +51,11 @@ pub type WeightMap = HashMap<String, (Vec<usize>, Vec<f32>)>;
 pub enum Init<'a> {
     /// GLIDE's training initialisation (zero-initialised output convs), seeded.
     Train,
-    /// Every parameter random and non-zero (parity tests).
-    Random,
+    /// Every parameter random and non-zero (tests), drawn on the host from
+    /// the seed and the parameter's name: burn's global generator is shared
+    /// by the tests running in parallel, so weights drawn from it were not
+    /// the same from run to run.
+    Random(u64),
     /// From exported weights.
     From(&'a WeightMap),
 }
@@ -78,6 +84,7 @@ impl Init<'_> {
         shape: [usize; D],
         kind: Kind,
     ) -> Param<Tensor<D>> {
+        let fan_in = |s: &[usize]| s[1..].iter().product::<usize>().max(1) as f64;
         let t = match self {
             Init::From(map) => match map.get(name) {
                 Some((s, v)) if s.iter().product::<usize>() == shape.iter().product::<usize>() => {
@@ -85,24 +92,31 @@ impl Init<'_> {
                 }
                 _ => panic!("weight '{name}' missing or of the wrong size"),
             },
-            _ => {
-                let fan_in = |s: &[usize]| s[1..].iter().product::<usize>().max(1) as f64;
-                let random = matches!(self, Init::Random);
+            Init::Random(seed) => {
+                let mut rng = Rng(seed ^ name_id(name));
+                let n = shape.iter().product::<usize>();
+                let mut uniform = |b: f64| -> Vec<f32> {
+                    (0..n)
+                        .map(|_| ((2.0 * rng.f32() - 1.0) as f64 * b) as f32)
+                        .collect()
+                };
+                let values = match kind {
+                    Kind::Weight => uniform(1.0 / fan_in(&shape).sqrt()),
+                    Kind::Bias(f) | Kind::ZeroInit(f) => uniform(1.0 / (f as f64).sqrt()),
+                    Kind::Gain => (0..n).map(|_| 1.0 + 0.1 * normal(&mut rng)).collect(),
+                    Kind::Zero => (0..n).map(|_| 0.1 * normal(&mut rng)).collect(),
+                    Kind::Normal(std) => (0..n).map(|_| std as f32 * normal(&mut rng)).collect(),
+                };
+                Tensor::<D>::from_data(TensorData::new(values, shape), dev)
+            }
+            Init::Train => {
                 let uniform =
                     |b: f64| Tensor::<D>::random(shape, Distribution::Uniform(-b, b), dev);
                 match kind {
                     Kind::Weight => uniform(1.0 / fan_in(&shape).sqrt()),
                     Kind::Bias(f) => uniform(1.0 / (f as f64).sqrt()),
-                    Kind::ZeroInit(f) if random => uniform(1.0 / (f as f64).sqrt()),
-                    Kind::ZeroInit(_) => Tensor::<D>::zeros(shape, dev),
-                    Kind::Gain if random => {
-                        Tensor::<D>::random(shape, Distribution::Normal(1.0, 0.1), dev)
-                    }
+                    Kind::ZeroInit(_) | Kind::Zero => Tensor::<D>::zeros(shape, dev),
                     Kind::Gain => Tensor::<D>::ones(shape, dev),
-                    Kind::Zero if random => {
-                        Tensor::<D>::random(shape, Distribution::Normal(0.0, 0.1), dev)
-                    }
-                    Kind::Zero => Tensor::<D>::zeros(shape, dev),
                     Kind::Normal(std) => {
                         Tensor::<D>::random(shape, Distribution::Normal(0.0, std), dev)
                     }

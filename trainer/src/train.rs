@@ -443,7 +443,7 @@ fn widen(old: &[usize], w: &[f32], new: &[usize], noise: f32, rng: &mut Rng) -> 
 }
 
 /// A standard normal draw (Box–Muller).
-fn normal(rng: &mut Rng) -> f32 {
+pub(crate) fn normal(rng: &mut Rng) -> f32 {
     let u = (1.0 - rng.f32()).max(1e-12);
     (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * rng.f32()).cos()
 }
@@ -1294,7 +1294,7 @@ mod tests {
         let t = Tensor::<1>::from_data(TensorData::new(vec![300f32], [1]), &dev);
         let x = Tensor::<4>::random([1, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
         let target = Tensor::<4>::random([1, 6, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
-        let start = Glide::new(&cfg, &Init::Random, &dev).unwrap();
+        let start = Glide::new(&cfg, &Init::Random(1), &dev).unwrap();
         let before = start.export();
         let lr = 1e-3;
         // The largest move of a text weight and of any other, after one step.
@@ -1643,7 +1643,7 @@ mod tests {
         let wide_cfg = demo_config("base").unwrap();
         let mut narrow_cfg = wide_cfg.clone();
         narrow_cfg.channel_mult = "1,2,2,2".into();
-        let narrow: WeightMap = Glide::new(&narrow_cfg, &Init::Random, &dev)
+        let narrow: WeightMap = Glide::new(&narrow_cfg, &Init::Random(3), &dev)
             .unwrap()
             .export()
             .into_iter()
@@ -1893,7 +1893,7 @@ mod tests {
     fn min_snr_weighting() {
         let dev = Device::flex().autodiff();
         let cfg = demo_config("base").unwrap();
-        let model = Glide::new(&cfg, &crate::model::Init::Random, &dev).unwrap();
+        let model = Glide::new(&cfg, &crate::model::Init::Random(2), &dev).unwrap();
         let tok = tokenizer().unwrap();
         let data = Data {
             size: Some(16),
