@@ -540,10 +540,7 @@ pub fn run(args: &crate::train::Args) -> Result<()> {
     )?;
     let state_path = out.join("state.json");
     let (mut model, mut optim, mut step, mut samples) = if state_path.exists() {
-        let st: State = serde_json::from_slice(&std::fs::read(&state_path)?)?;
-        if st.kind != "clip" {
-            bail!("{} holds a '{}' checkpoint", out.display(), st.kind);
-        }
+        let st = State::read(out, "clip")?;
         let saved: NoisyClipConfig =
             serde_json::from_slice(&std::fs::read(out.join("config.json"))?)?;
         let text = read_safetensors(&out.join("text_enc.safetensors"))?;

@@ -31,8 +31,8 @@ use engine::glide::tokenizer::{pad_tokens, GlideTokenizer};
 
 use crate::model::{Glide, Init, Linear, Visit};
 use crate::train::{
-    adamw, device, read_safetensors, text_weight, tokenizer, write_atomic, write_safetensors,
-    State, ADAM_EPS,
+    adamw, device, read_run_weights, read_safetensors, text_weight, tokenizer, write_atomic,
+    write_safetensors, State, ADAM_EPS,
 };
 
 /// Objects a caption names at most (`Scene::random`).
@@ -578,24 +578,10 @@ pub fn run(args: &TextAuxArgs) -> Result<()> {
     let cfg: GlideConfig = serde_json::from_slice(
         &std::fs::read(run.join("config.json")).context("--run DIR: a run folder")?,
     )?;
-    let st: State = serde_json::from_slice(&std::fs::read(run.join("state.json"))?)?;
-    if st.kind != "base" {
-        bail!(
-            "{}: a '{}' run; text-aux teaches a base",
-            run.display(),
-            st.kind
-        );
-    }
+    let st = State::read(run, "base")?;
     let dev = device("cpu")?.autodiff();
     dev.seed(args.seed);
-    let live_path = run.join("model.safetensors");
-    let ema_path = run.join("ema.safetensors");
-    let mut ema = read_safetensors(&ema_path)?;
-    let mut live = if live_path.exists() {
-        Some(read_safetensors(&live_path)?)
-    } else {
-        None
-    };
+    let (mut ema, mut live) = read_run_weights(run)?;
     let mut model = Glide::new(&cfg, &Init::From(live.as_ref().unwrap_or(&ema)), &dev)?;
     let before = model.clone();
     let head_file = head_path(run);
@@ -672,9 +658,9 @@ pub fn run(args: &TextAuxArgs) -> Result<()> {
             .map(|(n, s, _)| (n.clone(), s.clone(), map[n].1.clone()))
             .collect()
     };
-    write_safetensors(&ema_path, &in_order(&ema))?;
+    write_safetensors(&run.join("ema.safetensors"), &in_order(&ema))?;
     if let Some(live) = &live {
-        write_safetensors(&live_path, &in_order(live))?;
+        write_safetensors(&run.join("model.safetensors"), &in_order(live))?;
     }
     write_safetensors(&head_file, &head.export())?;
     // Adam's second moments of the text weights were taken on the diffusion

@@ -815,6 +815,19 @@ pub fn adamw(weight_decay: f32, adam_eps: f64) -> burn::optim::ModuleOptimizer {
         .init()
 }
 
+/// A run folder's EMA weights and its live ones (model.safetensors), which a
+/// committed checkpoint lacks.
+pub fn read_run_weights(out: &Path) -> Result<(WeightMap, Option<WeightMap>)> {
+    let ema = read_safetensors(&out.join("ema.safetensors"))?;
+    let live = out.join("model.safetensors");
+    let live = if live.exists() {
+        Some(read_safetensors(&live)?)
+    } else {
+        None
+    };
+    Ok((ema, live))
+}
+
 /// What a checkpoint folder's `state.json` records.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct State {
@@ -845,6 +858,23 @@ pub const BURN_ADAM_EPS: f64 = 1e-5;
 pub const ADAM_EPS: f64 = 1e-8;
 
 impl State {
+    /// A run folder's state.json, which must be of `kind`.
+    pub fn read(out: &Path, kind: &str) -> Result<State> {
+        let path = out.join("state.json");
+        let st: State = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("{}: unreadable", path.display()))?,
+        )
+        .with_context(|| format!("{}: not a run's state", path.display()))?;
+        if st.kind != kind {
+            bail!(
+                "{} holds a '{}' checkpoint, not a '{kind}' one",
+                out.display(),
+                st.kind
+            );
+        }
+        Ok(st)
+    }
+
     /// The AdamW epsilon the saved moments were taken with.
     pub fn moments_eps(&self) -> f64 {
         self.adam_eps.unwrap_or(BURN_ADAM_EPS)
@@ -1016,18 +1046,12 @@ pub fn run(args: &Args) -> Result<()> {
     // `warm_from`: where the optimizer moments began, so fresh ones (a new
     // run, or a checkpoint without them) get the warm-up.
     let (mut model, mut optim, mut ema, mut step, mut samples, warm_from) = if resume {
-        let st: State = serde_json::from_slice(&std::fs::read(&state_path)?)?;
-        if st.kind != kind {
-            bail!("{} holds a '{}' checkpoint", out.display(), st.kind);
-        }
-        let ema = read_safetensors(&out.join("ema.safetensors"))?;
-        let live = out.join("model.safetensors");
-        let weights = if live.exists() {
-            read_safetensors(&live)?
-        } else {
+        let st = State::read(out, kind)?;
+        let (ema, live) = read_run_weights(out)?;
+        let weights = live.unwrap_or_else(|| {
             eprintln!("no model.safetensors: continuing from the EMA weights");
             ema.clone()
-        };
+        });
         let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
         let (optim, saved_moments) = resume_optim(out, &st, 0.0, args.adam_eps)?;
         let saved_eps = st.moments_eps();

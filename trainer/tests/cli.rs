@@ -446,7 +446,7 @@ fn text_aux_then_training_with_its_heads() {
     let u = up.to_str().unwrap();
     let out = train(&["text-aux", "--run", u, "--steps", "1"]);
     assert!(
-        !out.status.success() && text(&out).contains("teaches a base"),
+        !out.status.success() && text(&out).contains("not a 'base' one"),
         "{}",
         text(&out)
     );
