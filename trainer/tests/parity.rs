@@ -31,7 +31,7 @@ fn randn(n: usize, seed: u64) -> Vec<f32> {
 fn check(kind: &str) {
     let cfg = tiny(kind);
     let dev = Device::flex();
-    let model = Glide::new(&cfg, &Init::Random, &dev).unwrap();
+    let model = Glide::new(&cfg, &Init::Random(1), &dev).unwrap();
     let exported = model.export();
     // Names and shapes are exactly the official state_dict's.
     let want = cfg.weight_shapes().unwrap();
