@@ -829,7 +829,7 @@ fn probe(
         "{:>5} {:>10} | the true caption's gain over: {:>7} {:>8} {:>16} {:>18}",
         "t", "true", "empty", "other's", "colours swapped", "relation reversed"
     );
-    let probe_errors = caption_errors(model, tok, scenes, size, batch, &ts, seed, dev)?;
+    let probe_errors = caption_errors(model, tok, scenes, size, batch, &ts, 5, seed, dev)?;
     let errors = &probe_errors.by_caption;
     for (t, e) in ts.iter().zip(errors) {
         println!(
@@ -860,6 +860,36 @@ fn probe(
         };
         println!("{t:>5} {:>22} {:>18}", cell(held), cell(seen));
     }
+    // Which path carries the caption: the same errors with the text cut
+    // from the UNet's attention (every encoder_kv zeroed) or from the pooled
+    // projection added to the timestep embedding (transformer_proj zeroed).
+    println!(
+        "the caption's paths: the true caption's error with one path cut, over the whole model's;\n\
+         {:>5} {:>22} {:>22}",
+        "t", "attention cut", "pooled cut"
+    );
+    let cut = |path: &str| -> Result<ProbeErrors> {
+        let m = without(model, path, dev)?;
+        caption_errors(&m, tok, scenes, size, batch, &ts, 2, seed, dev)
+    };
+    let (no_attention, no_pooled) = (cut("encoder_kv")?, cut("transformer_proj")?);
+    for (i, t) in ts.iter().enumerate() {
+        let whole = errors[i][0].error;
+        let cell = |e: &ProbeErrors| {
+            let [true_caption, empty] = [e.by_caption[i][0], e.by_caption[i][1]];
+            format!(
+                "{:+.1}% (gain {:.1}%)",
+                100.0 * (true_caption.error / whole - 1.0),
+                100.0 * empty.gain()
+            )
+        };
+        println!(
+            "{t:>5} {:>22} {:>22}",
+            cell(&no_attention),
+            cell(&no_pooled)
+        );
+    }
+    println!("(gain: the cut model's true caption over its empty one)");
     let d = text_distances(model, tok, scenes, dev)?;
     println!(
         "text features' distance from the true caption's, relative to their size:\n\
@@ -1109,7 +1139,8 @@ fn add_box(sum: &mut VariantError, error: &[f32], true_error: &[f32], inside: &[
 /// Per timestep and caption variant (`probe_captions`' order): the eps
 /// error, as a mean squared error per element, summed over the images the
 /// variant applies to, on the same noised images for every variant; and the
-/// swapped variant's inside the objects' boxes. The noise comes from `seed`
+/// swapped variant's inside the objects' boxes; the first `variants` alone
+/// are run (the others stay empty). The noise comes from `seed`
 /// alone (drawn on the host), the same for every model and run.
 #[allow(clippy::too_many_arguments)]
 fn caption_errors(
@@ -1119,6 +1150,7 @@ fn caption_errors(
     size: usize,
     batch: usize,
     ts: &[usize],
+    variants: usize,
     seed: u64,
     dev: &Device,
 ) -> Result<ProbeErrors> {
@@ -1144,7 +1176,7 @@ fn caption_errors(
             let x_t = x0 * ac[t].sqrt() + noise.clone() * (1.0 - ac[t]).sqrt();
             let t_in = Tensor::<1>::from_data(TensorData::new(vec![t as f32; b], [b]), dev);
             let (mut true_errors, mut true_maps) = (Vec::new(), Vec::new());
-            for (v, sum) in sums.iter_mut().enumerate() {
+            for (v, sum) in sums.iter_mut().enumerate().take(variants) {
                 let applies: Vec<bool> = idx.iter().map(|&i| captions[i][v].is_some()).collect();
                 if !applies.iter().any(|&a| a) {
                     continue;
@@ -1203,6 +1235,28 @@ fn caption_errors(
         by_caption: out,
         swapped_in_boxes: in_boxes,
     })
+}
+
+/// The model with every weight whose name contains `part` zeroed.
+fn without(model: &Glide, part: &str, dev: &Device) -> Result<Glide> {
+    edited(model, dev, |name, _, v| {
+        if name.contains(part) {
+            v.fill(0.0);
+        }
+    })
+}
+
+/// The model with `edit` applied to each (official name, shape, values).
+fn edited(model: &Glide, dev: &Device, edit: impl Fn(&str, &[usize], &mut [f32])) -> Result<Glide> {
+    let map: WeightMap = model
+        .export()
+        .into_iter()
+        .map(|(name, shape, mut v)| {
+            edit(&name, &shape, &mut v);
+            (name, (shape, v))
+        })
+        .collect();
+    Glide::new(&model.config, &Init::From(&map), dev)
 }
 
 fn write_grid(path: &std::path::Path, rows: &[Vec<Vec<u8>>], size: usize) -> Result<()> {
@@ -1405,18 +1459,6 @@ mod tests {
     }
 
     /// `model` again with its exported weights changed by `edit(name, shape, values)`.
-    fn edited(model: &Glide, dev: &Device, edit: impl Fn(&str, &[usize], &mut [f32])) -> Glide {
-        let map: WeightMap = model
-            .export()
-            .into_iter()
-            .map(|(name, shape, mut v)| {
-                edit(&name, &shape, &mut v);
-                (name, (shape, v))
-            })
-            .collect();
-        Glide::new(&model.config, &Init::From(&map), dev).unwrap()
-    }
-
     /// The text distances see word order and only it: with every position's
     /// embedding the same (positional and padding rows equal), the text
     /// transformer is blind to order, and colours moved one object on change
@@ -1445,6 +1487,7 @@ mod tests {
                     v.iter_mut().for_each(|x| *x *= 10.0);
                 }
             })
+            .unwrap()
         };
         let blind = text_distances(&build(true), &tok, &scenes, &dev).unwrap();
         let seeing = text_distances(&build(false), &tok, &scenes, &dev).unwrap();
@@ -1486,10 +1529,11 @@ mod tests {
                     v.iter_mut().for_each(|x| *x *= k);
                 }
             })
+            .unwrap()
         };
         let (deaf, loud) = (text_scaled(0.0), text_scaled(10.0));
         let errors =
-            |m: &Glide| caption_errors(m, &tok, &scenes, 16, 2, &[100, 600], 5, &dev).unwrap();
+            |m: &Glide| caption_errors(m, &tok, &scenes, 16, 2, &[100, 600], 5, 5, &dev).unwrap();
         // burn's CPU backend splits its reductions across threads, so equal
         // inputs agree to rounding (1e-7 relative), not always bit for bit;
         // the text path moves the error by 1e-3 and more.
@@ -1526,6 +1570,39 @@ mod tests {
                 assert!(e.true_error > 0.0 && e.gain().abs() < 1e-5, "{e:?}");
             }
         }
+        // Only the first `variants` run, on the same noise as the full call.
+        let first_two =
+            caption_errors(&deaf, &tok, &scenes, 16, 2, &[100, 600], 2, 5, &dev).unwrap();
+        for (two, all) in first_two.by_caption.iter().zip(&deaf_errors.by_caption) {
+            for v in 0..5 {
+                if v < 2 {
+                    let rel = (two[v].error - all[v].error).abs() / all[v].error;
+                    assert!(rel < 1e-5 && two[v].n == all[v].n, "{two:?} {all:?}");
+                } else {
+                    assert_eq!(two[v].n, 0);
+                }
+            }
+        }
+        // The probe's cut paths: the loud model's text reaches the UNet both
+        // through the attention and through the pooled projection, so
+        // cutting either leaves a gain over the empty caption, cutting both
+        // none.
+        let cut = |parts: &[&str]| {
+            let m = parts
+                .iter()
+                .fold(loud.clone(), |m, p| without(&m, p, &dev).unwrap());
+            caption_errors(&m, &tok, &scenes, 16, 2, &[100, 600], 2, 5, &dev).unwrap()
+        };
+        let gains =
+            |e: &ProbeErrors| -> Vec<f64> { e.by_caption.iter().map(|v| v[1].gain()).collect() };
+        for part in ["encoder_kv", "transformer_proj"] {
+            assert!(
+                gains(&cut(&[part])).iter().all(|g| g.abs() > 1e-4),
+                "{part}"
+            );
+        }
+        let both = gains(&cut(&["encoder_kv", "transformer_proj"]));
+        assert!(both.iter().all(|g| g.abs() < 1e-5), "{both:?}");
         let loud_errors = errors(&loud);
         for (per_t, in_boxes) in loud_errors
             .by_caption
