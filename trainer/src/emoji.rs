@@ -906,8 +906,7 @@ mod tests {
         let data = Data {
             emoji: Some(Emoji::load(&root.join("cache")).unwrap()),
             shapes_share: 0.5,
-            crop: None,
-            size: None,
+            ..Data::shapes()
         };
         let labels: Vec<String> = data
             .emoji

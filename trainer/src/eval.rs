@@ -799,6 +799,7 @@ fn text_cond(
         mask: Tensor::<2>::from_data(TensorData::new(mask, [rows, ctx]), dev),
         low_res: None,
         inpaint: None,
+        pooled_keep: None,
     }
 }
 

@@ -652,6 +652,8 @@ pub struct Cond {
     pub low_res: Option<Tensor<4>>,
     /// Inpainting: image `[B, 3, H, W]` and keep-mask `[B, 1, H, W]`.
     pub inpaint: Option<(Tensor<4>, Tensor<4>)>,
+    /// Training's `--pooled-drop`: `[B, 1]`, 0 where the pooled text is cut.
+    pub pooled_keep: Option<Tensor<2>>,
 }
 
 #[derive(Module, Debug)]
@@ -908,6 +910,10 @@ impl Glide {
             .time_embed_2
             .forward2(silu(self.time_embed_0.forward2(temb)));
         let (xf_proj, xf_out) = self.encode_text(cond.tokens.clone(), cond.mask.clone());
+        let xf_proj = match &cond.pooled_keep {
+            Some(keep) => xf_proj * keep.clone(),
+            None => xf_proj,
+        };
         let emb = emb + xf_proj;
         let mut parts = vec![x];
         if let Some((img, mask)) = &cond.inpaint {

@@ -64,6 +64,13 @@ pub struct Args {
     /// Probability of an empty caption (classifier-free guidance).
     #[arg(long, default_value_t = 0.2)]
     pub drop_caption: f32,
+    /// Probability that a captioned sample's pooled text (transformer_proj,
+    /// added to the timestep embedding) is zeroed, so that the caption
+    /// reaches the image through the UNet's attention alone, the one path
+    /// that can say where a word goes (docs/demo-model.md, twenty-sixth
+    /// session). Sampling always uses both paths.
+    #[arg(long, default_value_t = 0.0)]
+    pub pooled_drop: f32,
     /// cpu (flex), gpu (wgpu: Vulkan/Metal/DX12) or cuda (builds with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -201,6 +208,8 @@ pub struct Data {
     pub crop: Option<usize>,
     /// Base models: the training image size, when not the config's.
     pub size: Option<usize>,
+    /// `--pooled-drop`.
+    pub pooled_drop: f32,
 }
 
 impl Data {
@@ -210,6 +219,7 @@ impl Data {
             shapes_share: 1.0,
             crop: None,
             size: None,
+            pooled_drop: 0.0,
         }
     }
 }
@@ -247,6 +257,8 @@ pub struct Batch {
     pub tokens: Vec<i64>,
     pub mask: Vec<f32>,
     pub captions: Vec<String>,
+    /// Per sample: 0 where `--pooled-drop` cut the pooled text, else 1.
+    pub pooled_keep: Vec<f32>,
 }
 
 pub fn make_batch(
@@ -307,6 +319,7 @@ pub fn make_batch_sized(
         tokens: Vec::new(),
         mask: Vec::new(),
         captions: Vec::new(),
+        pooled_keep: Vec::new(),
     };
     for _ in 0..b {
         let emoji = data
@@ -331,6 +344,9 @@ pub fn make_batch_sized(
         if rng.f32() < drop {
             caption.clear();
         }
+        // Drawn only when asked, so runs without it keep their data stream.
+        let cut = data.pooled_drop > 0.0 && !caption.is_empty() && rng.f32() < data.pooled_drop;
+        out.pooled_keep.push(if cut { 0.0 } else { 1.0 });
         if cfg.super_res {
             let low = box_down(&rgb, s, 4);
             // Crop corners on the low-res grid, so both crops cover the same area.
@@ -639,6 +655,9 @@ pub fn loss(
                 x0.clone(),
                 Tensor::<4>::from_data(TensorData::new(batch.keep.clone(), [b, 1, s, s]), dev),
             )
+        }),
+        pooled_keep: batch.pooled_keep.contains(&0.0).then(|| {
+            Tensor::<2>::from_data(TensorData::new(batch.pooled_keep.clone(), [b, 1]), dev)
         }),
     };
     let ts = Tensor::<1>::from_data(
@@ -964,6 +983,9 @@ pub fn prepare(args: &Args, size: Option<usize>) -> Result<(Device, std::path::P
     if !(0.0..=1.0).contains(&args.shapes_share) {
         bail!("--shapes-share is a probability (0..=1)");
     }
+    if !(0.0..=1.0).contains(&args.pooled_drop) {
+        bail!("--pooled-drop is a probability (0..=1)");
+    }
     let mut emoji = args.emoji.as_deref().map(Emoji::load).transpose()?;
     if let (Some(e), Some(p)) = (&mut emoji, &args.emoji_concepts) {
         e.keep_concepts(&read_name_list(p)?)?;
@@ -973,6 +995,7 @@ pub fn prepare(args: &Args, size: Option<usize>) -> Result<(Device, std::path::P
         shapes_share: args.shapes_share,
         crop: args.crop,
         size,
+        pooled_drop: args.pooled_drop,
     };
     Ok((dev, out, data))
 }
@@ -1104,7 +1127,7 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} text_lr_scale {} text_aux {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} text_lr_scale {} text_aux {} pooled_drop {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         stage_size,
         full_size_every.map_or("-".into(), |n| n.to_string()),
@@ -1115,6 +1138,7 @@ pub fn run(args: &Args) -> Result<()> {
         args.adam_eps,
         args.text_lr_scale,
         args.text_aux,
+        args.pooled_drop,
         args.device,
         args.conv,
         data.emoji.as_ref().map_or(0, |e| e.entries.len() - e.left_out),
@@ -1314,6 +1338,7 @@ mod tests {
             mask: Tensor::<2>::ones([1, cfg.text_ctx], &dev),
             low_res: None,
             inpaint: None,
+            pooled_keep: None,
         };
         let t = Tensor::<1>::from_data(TensorData::new(vec![300f32], [1]), &dev);
         let x = Tensor::<4>::random([1, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
@@ -1367,6 +1392,7 @@ mod tests {
             mask: Tensor::<2>::ones([1, cfg.text_ctx], &dev),
             low_res: None,
             inpaint: None,
+            pooled_keep: None,
         };
         let t = Tensor::<1>::from_data(TensorData::new(vec![300f32], [1]), &dev);
         let x = || Tensor::<4>::random([1, 3, 16, 16], Distribution::Normal(0.0, 1.0), &dev);
@@ -1702,6 +1728,7 @@ mod tests {
             mask: Tensor::<2>::ones([b, ctx], &dev),
             low_res: None,
             inpaint: None,
+            pooled_keep: None,
         };
         let x = Tensor::<4>::random([b, 3, 32, 32], Distribution::Normal(0.0, 1.0), &dev);
         let t = Tensor::<1>::from_data(TensorData::new(vec![100f32, 700.0], [b]), &dev);
@@ -1813,6 +1840,82 @@ mod tests {
                 assert!(b.keep.contains(&0.0) && b.keep.contains(&1.0));
             }
         }
+    }
+
+    /// `--pooled-drop` cuts the pooled text of captioned samples only, at
+    /// about its rate, and leaves the data stream alone when off; a batch
+    /// whose pooled text is all cut runs as the model without
+    /// transformer_proj.
+    #[test]
+    fn pooled_drop_cuts_the_pooled_text_of_captioned_samples() {
+        let tok = tokenizer().unwrap();
+        let cfg = demo_config("base").unwrap();
+        let with = |p: f32| Data {
+            size: Some(16),
+            pooled_drop: p,
+            ..Data::shapes()
+        };
+        let off = make_batch(&cfg, &tok, &with(0.0), &mut Rng(4), 200, 0.3).unwrap();
+        assert!(off.pooled_keep.iter().all(|&k| k == 1.0) && off.pooled_keep.len() == 200);
+        let on = make_batch(&cfg, &tok, &with(0.5), &mut Rng(4), 200, 0.3).unwrap();
+        let cut: Vec<bool> = on.pooled_keep.iter().map(|&k| k == 0.0).collect();
+        let captioned = on.captions.iter().filter(|c| !c.is_empty()).count();
+        let n_cut = cut.iter().filter(|&&c| c).count();
+        assert!(
+            (n_cut as f64 - captioned as f64 / 2.0).abs() < 25.0,
+            "{n_cut} of {captioned}"
+        );
+        assert!(on
+            .captions
+            .iter()
+            .zip(&cut)
+            .all(|(c, &x)| !(x && c.is_empty())));
+        // The first sample's draws come before any pooled-drop draw.
+        assert_eq!(on.captions[0], off.captions[0]);
+
+        let dev = Device::flex();
+        let model = Glide::new(&cfg, &Init::Random(6), &dev).unwrap();
+        let map: crate::model::WeightMap = model
+            .export()
+            .into_iter()
+            .map(|(n, s, mut v)| {
+                if n.starts_with("transformer_proj") {
+                    v.fill(0.0);
+                }
+                (n, (s, v))
+            })
+            .collect();
+        let no_pooled = Glide::new(&cfg, &Init::From(&map), &dev).unwrap();
+        let b = make_batch(&cfg, &tok, &with(0.0), &mut Rng(5), 2, 0.0).unwrap();
+        let cond = |keep: Option<Vec<f32>>| Cond {
+            tokens: Tensor::<2, Int>::from_data(
+                TensorData::new(b.tokens.clone(), [2, cfg.text_ctx]),
+                &dev,
+            ),
+            mask: Tensor::<2>::from_data(TensorData::new(b.mask.clone(), [2, cfg.text_ctx]), &dev),
+            low_res: None,
+            inpaint: None,
+            pooled_keep: keep.map(|k| Tensor::<2>::from_data(TensorData::new(k, [2, 1]), &dev)),
+        };
+        let x = Tensor::<4>::from_data(TensorData::new(b.x0.clone(), [2, 3, 16, 16]), &dev);
+        let t = Tensor::<1>::from_data(TensorData::new(vec![500f32, 500.0], [2]), &dev);
+        let out = |m: &Glide, keep: Option<Vec<f32>>| -> Vec<f32> {
+            m.forward(x.clone(), t.clone(), &cond(keep))
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        };
+        let max_diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max)
+        };
+        let cut_all = out(&model, Some(vec![0.0, 0.0]));
+        assert!(max_diff(&cut_all, &out(&no_pooled, None)) < 1e-5);
+        assert!(max_diff(&cut_all, &out(&model, None)) > 1e-3);
+        assert!(max_diff(&out(&model, Some(vec![1.0, 1.0])), &out(&model, None)) < 1e-6);
     }
 
     #[test]

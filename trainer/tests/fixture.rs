@@ -69,6 +69,7 @@ fn burn_model_matches_the_official_text2im_forward() {
             mask,
             low_res: None,
             inpaint: None,
+            pooled_keep: None,
         },
     );
     let e = max_rel(&vec(out.reshape([b * 6, s * s])), &f32s("fwd.out"));

@@ -75,6 +75,7 @@ fn check(kind: &str) {
         inpaint: cfg
             .inpaint
             .then(|| (t4(&img, [b, 3, s, s]), t4(&keep, [b, 1, s, s]))),
+        pooled_keep: None,
     };
     let run = |m: &Glide| -> Vec<f32> {
         m.forward(
