@@ -830,7 +830,7 @@ fn probe(
         "{:>5} {:>10} | the true caption's gain over: {:>7} {:>8} {:>16} {:>18}",
         "t", "true", "empty", "other's", "colours swapped", "relation reversed"
     );
-    let probe_errors = caption_errors(model, tok, scenes, size, batch, &ts, 5, seed, dev)?;
+    let probe_errors = caption_errors(model, tok, scenes, size, batch, &ts, seed, dev)?;
     let errors = &probe_errors.by_caption;
     for (t, e) in ts.iter().zip(errors) {
         println!(
@@ -861,36 +861,24 @@ fn probe(
         };
         println!("{t:>5} {:>22} {:>18}", cell(held), cell(seen));
     }
-    // Which path carries the caption: the same errors with the text cut
-    // from the UNet's attention (every encoder_kv zeroed) or from the pooled
-    // projection added to the timestep embedding (transformer_proj zeroed).
+    // Which path carries the caption (each path's gain over the empty caption
+    // with the other path given the empty caption).
     println!(
-        "the caption's paths: the true caption's error with one path cut, over the whole model's;\n\
-         {:>5} {:>22} {:>22}",
-        "t", "attention cut", "pooled cut"
+        "the caption's paths: the true caption's gain over the empty one through\n\
+         {:>5} {:>12} {:>22} {:>16}",
+        "t", "both paths", "the pooled projection", "the attention"
     );
-    let cut = |path: &str| -> Result<ProbeErrors> {
-        let m = without(model, path, dev)?;
-        caption_errors(&m, tok, scenes, size, batch, &ts, 2, seed, dev)
-    };
-    let (no_attention, no_pooled) = (cut("encoder_kv")?, cut("transformer_proj")?);
-    for (i, t) in ts.iter().enumerate() {
-        let whole = errors[i][0].error;
-        let cell = |e: &ProbeErrors| {
-            let [true_caption, empty] = [e.by_caption[i][0], e.by_caption[i][1]];
-            format!(
-                "{:+.1}% (gain {:.1}%)",
-                100.0 * (true_caption.error / whole - 1.0),
-                100.0 * empty.gain()
-            )
-        };
+    for (t, [both, pooled, attention, neither]) in ts.iter().zip(path_errors(
+        model, tok, scenes, size, batch, &ts, seed, dev,
+    )?) {
+        let gain = |e: f64| 100.0 * (neither - e) / neither;
         println!(
-            "{t:>5} {:>22} {:>22}",
-            cell(&no_attention),
-            cell(&no_pooled)
+            "{t:>5} {:>11.1}% {:>21.1}% {:>15.1}%",
+            gain(both),
+            gain(pooled),
+            gain(attention)
         );
     }
-    println!("(gain: the cut model's true caption over its empty one)");
     let d = text_distances(model, tok, scenes, dev)?;
     println!(
         "text features' distance from the true caption's, relative to their size:\n\
@@ -1137,11 +1125,90 @@ fn add_box(sum: &mut VariantError, error: &[f32], true_error: &[f32], inside: &[
     sum.n += 1;
 }
 
+/// Scenes `idx` rendered at `size` and noised to ᾱ = `alpha_bar` with
+/// noise drawn on the host from `seed` and the batch's first index: (x_t,
+/// noise), the same for every model and run.
+fn noised(
+    scenes: &[Scene],
+    idx: &[usize],
+    size: usize,
+    alpha_bar: f64,
+    seed: u64,
+    dev: &Device,
+) -> (Tensor<4>, Tensor<4>) {
+    let b = idx.len();
+    let x0 = scene_planes(idx.iter().map(|&i| &scenes[i]), size, dev);
+    let mut rng = Rng(seed ^ idx.first().copied().unwrap_or(0) as u64);
+    let noise: Vec<f32> = (0..b * 3 * size * size)
+        .map(|_| crate::train::normal(&mut rng))
+        .collect();
+    let noise = Tensor::<4>::from_data(TensorData::new(noise, [b, 3, size, size]), dev);
+    (
+        x0 * alpha_bar.sqrt() + noise.clone() * (1.0 - alpha_bar).sqrt(),
+        noise,
+    )
+}
+
+/// Which path carries the caption, per timestep: the eps error (per image
+/// element, summed over the scenes) with the true caption through [both
+/// paths, the pooled projection alone, the attention alone, neither], the
+/// other path given the empty caption's encoding, which the model knows
+/// (CFG trains on it), rather than zeros, which it does not.
+#[allow(clippy::too_many_arguments)]
+fn path_errors(
+    model: &Glide,
+    tok: &engine::glide::tokenizer::GlideTokenizer,
+    scenes: &[Scene],
+    size: usize,
+    batch: usize,
+    ts: &[usize],
+    seed: u64,
+    dev: &Device,
+) -> Result<Vec<[f64; 4]>> {
+    let cfg = &model.config;
+    let ac = &full_schedule(cfg)?.alphas_cumprod;
+    let per = (3 * size * size) as f64;
+    let mut out = Vec::new();
+    for &t in ts {
+        let mut sums = [0f64; 4];
+        for start in (0..scenes.len()).step_by(batch) {
+            let idx: Vec<usize> = (start..(start + batch).min(scenes.len())).collect();
+            let b = idx.len();
+            let (x_t, noise) = noised(scenes, &idx, size, ac[t], seed ^ ((t as u64) << 32), dev);
+            let t_in = Tensor::<1>::from_data(TensorData::new(vec![t as f32; b], [b]), dev);
+            let captions: Vec<String> = idx.iter().map(|&i| scenes[i].caption()).collect();
+            let empty = vec![String::new(); b];
+            let encode = |texts: &[String]| {
+                let refs: Vec<&String> = texts.iter().collect();
+                let cond = text_cond(tok, cfg.text_ctx, &refs, dev);
+                let (proj, out) = model.encode_text(cond.tokens.clone(), cond.mask.clone());
+                (cond, proj, out)
+            };
+            let (cond, true_proj, true_out) = encode(&captions);
+            let (_, empty_proj, empty_out) = encode(&empty);
+            let pairs = [
+                (true_proj.clone(), true_out.clone()),
+                (true_proj, empty_out.clone()),
+                (empty_proj.clone(), true_out),
+                (empty_proj, empty_out),
+            ];
+            for (sum, (proj, xf_out)) in sums.iter_mut().zip(pairs) {
+                let eps = model
+                    .forward_encoded(x_t.clone(), t_in.clone(), &cond, proj, xf_out)
+                    .narrow(1, 0, 3);
+                let squared = (eps - noise.clone()).powf_scalar(2.0);
+                *sum += floats(squared.sum())?[0] as f64 / per;
+            }
+        }
+        out.push(sums);
+    }
+    Ok(out)
+}
+
 /// Per timestep and caption variant (`probe_captions`' order): the eps
 /// error, as a mean squared error per element, summed over the images the
 /// variant applies to, on the same noised images for every variant; and the
-/// swapped variant's inside the objects' boxes; the first `variants` alone
-/// are run (the others stay empty). The noise comes from `seed`
+/// swapped variant's inside the objects' boxes. The noise comes from `seed`
 /// alone (drawn on the host), the same for every model and run.
 #[allow(clippy::too_many_arguments)]
 fn caption_errors(
@@ -1151,7 +1218,6 @@ fn caption_errors(
     size: usize,
     batch: usize,
     ts: &[usize],
-    variants: usize,
     seed: u64,
     dev: &Device,
 ) -> Result<ProbeErrors> {
@@ -1168,16 +1234,10 @@ fn caption_errors(
         for start in (0..n).step_by(batch) {
             let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
             let b = idx.len();
-            let x0 = scene_planes(idx.iter().map(|&i| &scenes[i]), size, dev);
-            let mut rng = Rng(seed ^ ((t as u64) << 32) ^ start as u64);
-            let noise: Vec<f32> = (0..b * 3 * size * size)
-                .map(|_| crate::train::normal(&mut rng))
-                .collect();
-            let noise = Tensor::<4>::from_data(TensorData::new(noise, [b, 3, size, size]), dev);
-            let x_t = x0 * ac[t].sqrt() + noise.clone() * (1.0 - ac[t]).sqrt();
+            let (x_t, noise) = noised(scenes, &idx, size, ac[t], seed ^ ((t as u64) << 32), dev);
             let t_in = Tensor::<1>::from_data(TensorData::new(vec![t as f32; b], [b]), dev);
             let (mut true_errors, mut true_maps) = (Vec::new(), Vec::new());
-            for (v, sum) in sums.iter_mut().enumerate().take(variants) {
+            for (v, sum) in sums.iter_mut().enumerate() {
                 let applies: Vec<bool> = idx.iter().map(|&i| captions[i][v].is_some()).collect();
                 if !applies.iter().any(|&a| a) {
                     continue;
@@ -1235,15 +1295,6 @@ fn caption_errors(
     Ok(ProbeErrors {
         by_caption: out,
         swapped_in_boxes: in_boxes,
-    })
-}
-
-/// The model with every weight whose name contains `part` zeroed.
-fn without(model: &Glide, part: &str, dev: &Device) -> Result<Glide> {
-    edited(model, dev, |name, _, v| {
-        if name.contains(part) {
-            v.fill(0.0);
-        }
     })
 }
 
@@ -1534,7 +1585,7 @@ mod tests {
         };
         let (deaf, loud) = (text_scaled(0.0), text_scaled(10.0));
         let errors =
-            |m: &Glide| caption_errors(m, &tok, &scenes, 16, 2, &[100, 600], 5, 5, &dev).unwrap();
+            |m: &Glide| caption_errors(m, &tok, &scenes, 16, 2, &[100, 600], 5, &dev).unwrap();
         // burn's CPU backend splits its reductions across threads, so equal
         // inputs agree to rounding (1e-7 relative), not always bit for bit;
         // the text path moves the error by 1e-3 and more.
@@ -1571,39 +1622,44 @@ mod tests {
                 assert!(e.true_error > 0.0 && e.gain().abs() < 1e-5, "{e:?}");
             }
         }
-        // Only the first `variants` run, on the same noise as the full call.
-        let first_two =
-            caption_errors(&deaf, &tok, &scenes, 16, 2, &[100, 600], 2, 5, &dev).unwrap();
-        for (two, all) in first_two.by_caption.iter().zip(&deaf_errors.by_caption) {
-            for v in 0..5 {
-                if v < 2 {
-                    let rel = (two[v].error - all[v].error).abs() / all[v].error;
-                    assert!(rel < 1e-5 && two[v].n == all[v].n, "{two:?} {all:?}");
-                } else {
-                    assert_eq!(two[v].n, 0);
+        // The paths: the loud model's text reaches the UNet through both, so
+        // each alone gains over the empty caption; with one path's weights
+        // zeroed (its text cut) that path alone gains nothing, and "both"
+        // equals the other path alone. Errors are sums over the same noise.
+        let paths = |m: &Glide| path_errors(m, &tok, &scenes, 16, 2, &[100, 600], 5, &dev).unwrap();
+        let gain = |e: f64, neither: f64| (neither - e) / neither;
+        for [both, pooled, attention, neither] in paths(&loud) {
+            assert!(gain(both, neither).abs() > 1e-4);
+            assert!(gain(pooled, neither).abs() > 1e-4 && gain(attention, neither).abs() > 1e-4);
+        }
+        let cut = |part: &str| {
+            edited(&loud, &dev, |name, _, v| {
+                if name.contains(part) {
+                    v.fill(0.0);
                 }
-            }
-        }
-        // The probe's cut paths: the loud model's text reaches the UNet both
-        // through the attention and through the pooled projection, so
-        // cutting either leaves a gain over the empty caption, cutting both
-        // none.
-        let cut = |parts: &[&str]| {
-            let m = parts
-                .iter()
-                .fold(loud.clone(), |m, p| without(&m, p, &dev).unwrap());
-            caption_errors(&m, &tok, &scenes, 16, 2, &[100, 600], 2, 5, &dev).unwrap()
+            })
+            .unwrap()
         };
-        let gains =
-            |e: &ProbeErrors| -> Vec<f64> { e.by_caption.iter().map(|v| v[1].gain()).collect() };
-        for part in ["encoder_kv", "transformer_proj"] {
+        for [both, pooled, attention, neither] in paths(&cut("encoder_kv")) {
             assert!(
-                gains(&cut(&[part])).iter().all(|g| g.abs() > 1e-4),
-                "{part}"
+                gain(attention, neither).abs() < 1e-5,
+                "{attention} {neither}"
             );
+            assert!(gain(pooled, neither).abs() > 1e-4);
+            assert!((both - pooled).abs() / both < 1e-5);
         }
-        let both = gains(&cut(&["encoder_kv", "transformer_proj"]));
-        assert!(both.iter().all(|g| g.abs() < 1e-5), "{both:?}");
+        for [both, pooled, attention, neither] in paths(&cut("transformer_proj")) {
+            assert!(gain(pooled, neither).abs() < 1e-5, "{pooled} {neither}");
+            assert!(gain(attention, neither).abs() > 1e-4);
+            assert!((both - attention).abs() / both < 1e-5);
+        }
+        // The same noise as the caption variants: "both" is the true caption's error.
+        let [both, ..] = paths(&deaf)[0];
+        let true_error = deaf_errors.by_caption[0][0].error;
+        assert!(
+            (both - true_error).abs() / true_error < 1e-5,
+            "{both} {true_error}"
+        );
         let loud_errors = errors(&loud);
         for (per_t, in_boxes) in loud_errors
             .by_caption

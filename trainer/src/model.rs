@@ -895,6 +895,20 @@ impl Glide {
 
     /// `[B, 6, H, W]`: eps and the variance-interpolation values. `t`: original timesteps.
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, cond: &Cond) -> Tensor<4> {
+        let (xf_proj, xf_out) = self.encode_text(cond.tokens.clone(), cond.mask.clone());
+        self.forward_encoded(x, t, cond, xf_proj, xf_out)
+    }
+
+    /// `forward` with the text already encoded (`encode_text`); `cond`'s
+    /// tokens are not read. The probe gives the two paths different captions.
+    pub fn forward_encoded(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        cond: &Cond,
+        xf_proj: Tensor<2>,
+        xf_out: Tensor<4>,
+    ) -> Tensor<4> {
         let cfg = &self.config;
         let [b, _, h, _] = x.dims();
         let mc = cfg.num_channels;
@@ -909,7 +923,6 @@ impl Glide {
         let emb = self
             .time_embed_2
             .forward2(silu(self.time_embed_0.forward2(temb)));
-        let (xf_proj, xf_out) = self.encode_text(cond.tokens.clone(), cond.mask.clone());
         let xf_proj = match &cond.pooled_keep {
             Some(keep) => xf_proj * keep.clone(),
             None => xf_proj,
