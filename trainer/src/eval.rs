@@ -1298,6 +1298,7 @@ fn caption_errors(
     })
 }
 
+#[cfg(test)]
 /// The model with `edit` applied to each (official name, shape, values).
 fn edited(model: &Glide, dev: &Device, edit: impl Fn(&str, &[usize], &mut [f32])) -> Result<Glide> {
     let map: WeightMap = model
