@@ -1298,20 +1298,6 @@ fn caption_errors(
     })
 }
 
-#[cfg(test)]
-/// The model with `edit` applied to each (official name, shape, values).
-fn edited(model: &Glide, dev: &Device, edit: impl Fn(&str, &[usize], &mut [f32])) -> Result<Glide> {
-    let map: WeightMap = model
-        .export()
-        .into_iter()
-        .map(|(name, shape, mut v)| {
-            edit(&name, &shape, &mut v);
-            (name, (shape, v))
-        })
-        .collect();
-    Glide::new(&model.config, &Init::From(&map), dev)
-}
-
 fn write_grid(path: &std::path::Path, rows: &[Vec<Vec<u8>>], size: usize) -> Result<()> {
     let (img, w, h) = tile_rows(rows, size);
     let tmp = path.with_extension("partial");
@@ -1511,7 +1497,6 @@ mod tests {
         assert!(sample(&base, &tok, &captions, &spec, images, &dev, None).is_err());
     }
 
-    /// `model` again with its exported weights changed by `edit(name, shape, values)`.
     /// The text distances see word order and only it: with every position's
     /// embedding the same (positional and padding rows equal), the text
     /// transformer is blind to order, and colours moved one object on change
@@ -1525,22 +1510,23 @@ mod tests {
         let scenes = eval_scenes(8, 3);
         let random = Glide::new(&cfg, &Init::Random(9), &dev).unwrap();
         let build = |order_blind: bool| {
-            edited(&random, &dev, |name, shape, v| {
-                let rows = name == "positional_embedding" || name == "padding_embedding";
-                if order_blind && rows {
-                    let w = shape[1];
-                    let first = v[..w].to_vec();
-                    for row in v.chunks_mut(w) {
-                        row.copy_from_slice(&first);
+            random
+                .edited(&dev, |name, shape, v| {
+                    let rows = name == "positional_embedding" || name == "padding_embedding";
+                    if order_blind && rows {
+                        let w = shape[1];
+                        let first = v[..w].to_vec();
+                        for row in v.chunks_mut(w) {
+                            row.copy_from_slice(&first);
+                        }
                     }
-                }
-                // Sharper attention than a random init's (nearly uniform)
-                // so that order, where it is seen, counts.
-                if name.contains("c_qkv") {
-                    v.iter_mut().for_each(|x| *x *= 10.0);
-                }
-            })
-            .unwrap()
+                    // Sharper attention than a random init's (nearly uniform)
+                    // so that order, where it is seen, counts.
+                    if name.contains("c_qkv") {
+                        v.iter_mut().for_each(|x| *x *= 10.0);
+                    }
+                })
+                .unwrap()
         };
         let blind = text_distances(&build(true), &tok, &scenes, &dev).unwrap();
         let seeing = text_distances(&build(false), &tok, &scenes, &dev).unwrap();
@@ -1572,17 +1558,18 @@ mod tests {
         // the text off; 10 makes its (random) effect plainly measurable,
         // where the raw random model's gap can fall to 1e-5.
         let text_scaled = |k: f32| {
-            edited(&random, &dev, |name, _, v| {
-                let text = name.starts_with("transformer_proj") || name.contains("encoder_kv");
-                // A random transformer attends almost uniformly, so its
-                // output is nearly a function of the caption's word set,
-                // and the swapped and reversed captions' gaps fell to
-                // 1e-5: sharper attention makes word order count.
-                if text || name.contains("c_qkv") {
-                    v.iter_mut().for_each(|x| *x *= k);
-                }
-            })
-            .unwrap()
+            random
+                .edited(&dev, |name, _, v| {
+                    let text = name.starts_with("transformer_proj") || name.contains("encoder_kv");
+                    // A random transformer attends almost uniformly, so its
+                    // output is nearly a function of the caption's word set,
+                    // and the swapped and reversed captions' gaps fell to
+                    // 1e-5: sharper attention makes word order count.
+                    if text || name.contains("c_qkv") {
+                        v.iter_mut().for_each(|x| *x *= k);
+                    }
+                })
+                .unwrap()
         };
         let (deaf, loud) = (text_scaled(0.0), text_scaled(10.0));
         let errors =
@@ -1634,7 +1621,7 @@ mod tests {
             assert!(gain(pooled, neither).abs() > 1e-4 && gain(attention, neither).abs() > 1e-4);
         }
         let cut = |part: &str| {
-            edited(&loud, &dev, |name, _, v| {
+            loud.edited(&dev, |name, _, v| {
                 if name.contains(part) {
                     v.fill(0.0);
                 }

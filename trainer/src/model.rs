@@ -893,6 +893,25 @@ impl Glide {
         (xf_proj, x.swap_dims(1, 2).reshape([b, w, ctx, 1]))
     }
 
+    /// The model again with its exported weights changed by `edit(name,
+    /// shape, values)` (tests: a path cut, a projection scaled).
+    #[cfg(test)]
+    pub(crate) fn edited(
+        &self,
+        dev: &Device,
+        edit: impl Fn(&str, &[usize], &mut [f32]),
+    ) -> anyhow::Result<Glide> {
+        let map: WeightMap = self
+            .export()
+            .into_iter()
+            .map(|(name, shape, mut v)| {
+                edit(&name, &shape, &mut v);
+                (name, (shape, v))
+            })
+            .collect();
+        Glide::new(&self.config, &Init::From(&map), dev)
+    }
+
     /// `[B, 6, H, W]`: eps and the variance-interpolation values. `t`: original timesteps.
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, cond: &Cond) -> Tensor<4> {
         let (xf_proj, xf_out) = self.encode_text(cond.tokens.clone(), cond.mask.clone());

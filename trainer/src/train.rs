@@ -1875,17 +1875,13 @@ mod tests {
 
         let dev = Device::flex();
         let model = Glide::new(&cfg, &Init::Random(6), &dev).unwrap();
-        let map: crate::model::WeightMap = model
-            .export()
-            .into_iter()
-            .map(|(n, s, mut v)| {
-                if n.starts_with("transformer_proj") {
+        let no_pooled = model
+            .edited(&dev, |name, _, v| {
+                if name.starts_with("transformer_proj") {
                     v.fill(0.0);
                 }
-                (n, (s, v))
             })
-            .collect();
-        let no_pooled = Glide::new(&cfg, &Init::From(&map), &dev).unwrap();
+            .unwrap();
         let b = make_batch(&cfg, &tok, &with(0.0), &mut Rng(5), 2, 0.0).unwrap();
         let cond = |keep: Option<Vec<f32>>| Cond {
             tokens: Tensor::<2, Int>::from_data(
