@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Trains the embedded demo model and converts it into public/models/demo/<kind>/ (q8 shards).
-#   DEVICE=cpu|gpu  KINDS="base base-inpaint upsample clip"  MINUTES_<KIND>=N  BATCH=N  OUT=dir
+#   DEVICE=cpu|tch|gpu  KINDS="base base-inpaint upsample clip"  MINUTES_<KIND>=N  BATCH=N  OUT=dir
 #   (clip: the noisy CLIP for CLIP guidance -> clip-image-enc/ (f16) and clip-text-enc/ (q8);
 #   batch BATCH_CLIP, default 64, learning rate LR_CLIP, default 1e-3)
 #   SIZE_<KIND>=N (base kinds: train at N px, e.g. 32 for the curriculum's first stage)
 #   MIN_SNR=γ (default 5; 0 = the plain eps loss)  LR=x (default 4e-4)
 #   EMOJI=dir (default trainer/data/emoji, built first by scripts/build-emoji.sh; EMOJI= for shapes only)
+#   (tch: PyTorch's CPU kernels through burn's LibTorch backend, ~3.8x the samples/s of cpu on this
+#   machine; scripts/train-tch.sh installs PyTorch in .torch/ once, ~4.8 GB)
 # Runs resume from OUT/<kind> when a checkpoint is there, else from the committed
 # trainer/checkpoints/<kind>/ (EMA weights, fresh optimizer moments); a new base-inpaint run
 # starts from OUT/base's weights when they exist. The exact commands of every shipped run are recorded in
@@ -24,7 +26,12 @@ if [ -n "$emoji" ]; then
 fi
 # One package per command: building both together unifies their dependencies' features
 # differently and rebuilds burn from scratch (~40 min on 2 cores).
-cargo build --release --locked -p webglide-trainer
+train=(./target/release/webglide-train)
+if [ "$device" = tch ]; then
+    train=(./scripts/train-tch.sh)
+else
+    cargo build --release --locked -p webglide-trainer
+fi
 cargo build --release --locked -p webglide-cli
 for kind in ${KINDS:-base base-inpaint upsample}; do
     var="MINUTES_$(echo "$kind" | tr 'a-z-' 'A-Z_')"
@@ -34,7 +41,7 @@ for kind in ${KINDS:-base base-inpaint upsample}; do
             mkdir -p "$out/clip"
             cp trainer/checkpoints/clip/{state.json,config.json,text_enc.safetensors,image_enc.safetensors} "$out/clip/"
         fi
-        ./target/release/webglide-train --kind clip --device "$device" --out "$out/clip" \
+        "${train[@]}" --kind clip --device "$device" --out "$out/clip" \
             --minutes "$minutes" --batch "${BATCH_CLIP:-64}" --lr "${LR_CLIP:-1e-3}" --warmup 100 \
             --save-every 100 --shapes-share 0.7 "${data[@]}"
         ./target/release/webglide convert "$out/clip/image_enc.safetensors" --config "$out/clip/config.json" \
@@ -56,7 +63,7 @@ for kind in ${KINDS:-base base-inpaint upsample}; do
     if [ "$kind" = base-inpaint ] && [ ! -e "$out/$kind/state.json" ] && [ -e "$out/base/weights.safetensors" ]; then
         init=(--init "$out/base/weights.safetensors")
     fi
-    ./target/release/webglide-train --kind "$kind" --device "$device" --out "$out/$kind" \
+    "${train[@]}" --kind "$kind" --device "$device" --out "$out/$kind" \
         --minutes "$minutes" --batch "$batch" --lr "${LR:-4e-4}" --min-snr "${MIN_SNR:-5}" --warmup 30 \
         --save-every 100 "${size[@]}" "${data[@]}" "${init[@]}"
     ./target/release/webglide convert "$out/$kind/weights.safetensors" --config "$out/$kind/config.json" \

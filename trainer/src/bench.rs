@@ -30,7 +30,8 @@ pub struct BenchArgs {
     /// burn (burn's conv2d, the trainer's default) or gemm (im2col + matmul).
     #[arg(long, default_value = "burn")]
     pub conv: String,
-    /// cpu, gpu (wgpu) or cuda (builds with the `cuda` feature).
+    /// cpu (flex), tch (LibTorch on the CPU; the `tch` feature), gpu (wgpu) or cuda (the `cuda`
+    /// feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// reuse (the trainer's allocator keeps freed large blocks) or system.

@@ -103,6 +103,12 @@ pub struct EvalArgs {
     /// above it of the training images they name (white where none).
     #[arg(long)]
     pub emoji: Option<PathBuf>,
+    /// cpu (flex) or tch (LibTorch, the `tch` feature): the same numbers to
+    /// rounding, except where noise comes from the backend's own generator
+    /// (sampling, the probe's first-step colours): those compare within one
+    /// backend.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -177,14 +183,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         )
         .collect();
     let clip = match &args.clip {
-        Some(dir) => Some(load_clip(dir)?),
+        Some(dir) => Some(load_clip(dir, &args.device)?),
         None if rows.iter().any(|r| r.2.is_some()) => bail!("--clip-guidance needs --clip DIR"),
         None => None,
     };
     if clip.is_some() && !ancestral {
         bail!("CLIP guidance samples with --sampler ancestral");
     }
-    let dev = Device::flex();
+    let dev = crate::train::device(&args.device)?;
     dev.seed(args.seed);
     let model = Glide::new(&cfg, &Init::From(&weights), &dev)?;
     let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, &args.steps)?;
@@ -494,13 +500,13 @@ pub struct EvalClip {
     dev: Device,
 }
 
-fn load_clip(dir: &std::path::Path) -> Result<EvalClip> {
+fn load_clip(dir: &std::path::Path, device: &str) -> Result<EvalClip> {
     let cfg: engine::glide::clip::NoisyClipConfig =
         serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)
             .context("the CLIP run's config.json")?;
     let text = read_safetensors(&dir.join("text_enc.safetensors"))?;
     let image = read_safetensors(&dir.join("image_enc.safetensors"))?;
-    let dev = Device::flex().autodiff();
+    let dev = crate::train::device(device)?.autodiff();
     let model =
         crate::clip::NoisyClip::new(&cfg, Some(&text), Some(&image), cfg.logit_scale.ln(), &dev)?;
     Ok(EvalClip {

@@ -71,7 +71,8 @@ pub struct Args {
     /// session). Sampling always uses both paths.
     #[arg(long, default_value_t = 0.0)]
     pub pooled_drop: f32,
-    /// cpu (flex), gpu (wgpu: Vulkan/Metal/DX12) or cuda (builds with the `cuda` feature).
+    /// cpu (flex), tch (LibTorch on the CPU; the `tch` feature), gpu (wgpu: Vulkan/Metal/DX12) or
+    /// cuda (the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long, default_value_t = 0)]
@@ -944,7 +945,7 @@ pub fn resume_optim(
     Ok((optim, true))
 }
 
-/// The backend device for `--device cpu|gpu|cuda` (`.autodiff()` for training).
+/// The backend device for `--device cpu|tch|gpu|cuda` (`.autodiff()` for training).
 ///
 /// burn creates some tensors on `Device::default()` (a loaded optimizer's
 /// moments), which in a build with the `cuda` feature is CUDA even when
@@ -962,7 +963,13 @@ pub fn device(name: &str) -> Result<Device> {
         "cuda" => (Device::cuda(0), "cuda"),
         #[cfg(not(feature = "cuda"))]
         "cuda" => bail!("--device cuda: this trainer was built without the `cuda` feature"),
-        d => bail!("--device {d}: cpu, gpu or cuda"),
+        // burn marks its LibTorch backend deprecated; it is the one that runs PyTorch's kernels.
+        #[cfg(feature = "tch")]
+        #[allow(deprecated)]
+        "tch" => (Device::libtorch(), "tch"),
+        #[cfg(not(feature = "tch"))]
+        "tch" => bail!("--device tch: this trainer was built without the `tch` feature"),
+        d => bail!("--device {d}: cpu, tch, gpu or cuda"),
     };
     if std::env::var_os("BURN_DEVICE").is_none_or(|v| v.is_empty()) {
         std::env::set_var("BURN_DEVICE", burn_name);
@@ -2133,5 +2140,90 @@ mod tests {
         }
         let base = demo_config("base").unwrap();
         assert!(make_batch(&base, &tok, &data, &mut rng, 1, 0.0).is_err());
+    }
+
+    /// `--device tch` (built with the `tch` feature, scripts/train-tch.sh):
+    /// a training step's losses and every parameter's gradient on LibTorch
+    /// are flex's (which the parity test holds to the engine), for the demo
+    /// base at 16 px with min-SNR weighting, caption and pooled-text drops.
+    #[cfg(feature = "tch")]
+    #[test]
+    fn a_training_step_is_the_same_on_libtorch_as_on_flex() {
+        let cfg = demo_config("base").unwrap();
+        let tok = tokenizer().unwrap();
+        let data = Data {
+            size: Some(16),
+            pooled_drop: 0.5,
+            ..Data::shapes()
+        };
+        let batch = make_batch(&cfg, &tok, &data, &mut Rng(4), 3, 0.2).unwrap();
+        let sched = Schedule::new(&cfg.noise_schedule, cfg.diffusion_steps, "1000").unwrap();
+        let t = [10, 400, 950];
+        let weighting = EpsWeighting {
+            min_snr: Some(5.0),
+            low_snr_boost: None,
+        };
+        let weights: WeightMap = Glide::new(&cfg, &Init::Random(2), &Device::flex())
+            .unwrap()
+            .export()
+            .into_iter()
+            .map(|(n, s, v)| (n, (s, v)))
+            .collect();
+        let values = |data: TensorData| data.convert::<f32>().try_into_vec::<f32>().unwrap();
+        let step = |dev: Device| {
+            let dev = dev.autodiff();
+            let model = Glide::new(&cfg, &Init::From(&weights), &dev).unwrap();
+            let noise = engine::rng::randn(3 * 3 * 16 * 16, 5, 0);
+            let noise = Tensor::<4>::from_data(TensorData::new(noise, [3, 3, 16, 16]), &dev);
+            let (total, mse, vb) = loss(&model, &sched, &batch, &t, noise, &dev, weighting);
+            let losses = [&total, &mse, &vb].map(|l| l.clone().into_scalar::<f32>());
+            let grads = GradientsParams::from_grads(total.backward(), &model);
+            let grads: Vec<(String, Vec<f32>)> = cfg
+                .weight_shapes()
+                .unwrap()
+                .into_iter()
+                .map(|(name, shape)| {
+                    let id = crate::model::param_id(&name);
+                    // Conv1d weights ([out, in, 1]) are held as 4-d convs.
+                    let g = match shape.len() {
+                        1 => grads.get::<1>(id).map(|g| g.into_data()),
+                        2 => grads.get::<2>(id).map(|g| g.into_data()),
+                        _ => grads.get::<4>(id).map(|g| g.into_data()),
+                    };
+                    let g = g.unwrap_or_else(|| panic!("{name}: no gradient"));
+                    (name, values(g))
+                })
+                .collect();
+            (losses, grads)
+        };
+        #[allow(deprecated)] // burn's LibTorch backend
+        let (torch, flex) = (step(Device::libtorch()), step(Device::flex()));
+        for (what, a, b) in
+            [("total", 0), ("mse", 1), ("vb", 2)].map(|(w, i)| (w, torch.0[i], flex.0[i]))
+        {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1e-3),
+                "{what} loss: {a} against {b}"
+            );
+        }
+        let mut worst = (0f32, String::new());
+        for ((name, a), (_, b)) in torch.1.iter().zip(&flex.1) {
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            let rel = err / scale.max(1e-12);
+            if rel > worst.0 {
+                worst = (rel, name.clone());
+            }
+        }
+        eprintln!(
+            "largest gradient difference: {:.2e} of {}'s largest",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 < 2e-3,
+            "{}: gradients differ by {:.2e} of their scale",
+            worst.1,
+            worst.0
+        );
     }
 }
