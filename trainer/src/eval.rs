@@ -1155,6 +1155,35 @@ fn noised(
     )
 }
 
+/// The probe's batches: `f(ti, idx, x_t, noise, t)` for every timestep
+/// `ts[ti]` and every `batch` scenes `idx`, noised there by `noised` (host
+/// noise from `seed` and the timestep: the same for every model and run).
+#[allow(clippy::too_many_arguments)]
+fn for_noised_batches(
+    scenes: &[Scene],
+    size: usize,
+    batch: usize,
+    ts: &[usize],
+    alphas_cumprod: &[f64],
+    seed: u64,
+    dev: &Device,
+    mut f: impl FnMut(usize, &[usize], Tensor<4>, Tensor<4>, Tensor<1>) -> Result<()>,
+) -> Result<()> {
+    for (k, &t) in ts.iter().enumerate() {
+        for start in (0..scenes.len()).step_by(batch) {
+            let idx: Vec<usize> = (start..(start + batch).min(scenes.len())).collect();
+            let ab = alphas_cumprod[t];
+            let (x_t, noise) = noised(scenes, &idx, size, ab, seed ^ ((t as u64) << 32), dev);
+            let t_in = Tensor::<1>::from_data(
+                TensorData::new(vec![t as f32; idx.len()], [idx.len()]),
+                dev,
+            );
+            f(k, &idx, x_t, noise, t_in)?;
+        }
+    }
+    Ok(())
+}
+
 /// Which path carries the caption, per timestep: the eps error (per image
 /// element, summed over the scenes) with the true caption through [both
 /// paths, the pooled projection alone, the attention alone, neither], the
@@ -1174,14 +1203,17 @@ fn path_errors(
     let cfg = &model.config;
     let ac = &full_schedule(cfg)?.alphas_cumprod;
     let per = (3 * size * size) as f64;
-    let mut out = Vec::new();
-    for &t in ts {
-        let mut sums = [0f64; 4];
-        for start in (0..scenes.len()).step_by(batch) {
-            let idx: Vec<usize> = (start..(start + batch).min(scenes.len())).collect();
+    let mut out = vec![[0f64; 4]; ts.len()];
+    for_noised_batches(
+        scenes,
+        size,
+        batch,
+        ts,
+        ac,
+        seed,
+        dev,
+        |ti, idx, x_t, noise, t_in| {
             let b = idx.len();
-            let (x_t, noise) = noised(scenes, &idx, size, ac[t], seed ^ ((t as u64) << 32), dev);
-            let t_in = Tensor::<1>::from_data(TensorData::new(vec![t as f32; b], [b]), dev);
             let captions: Vec<String> = idx.iter().map(|&i| scenes[i].caption()).collect();
             let empty = vec![String::new(); b];
             let encode = |texts: &[String]| {
@@ -1198,16 +1230,16 @@ fn path_errors(
                 (empty_proj.clone(), true_out),
                 (empty_proj, empty_out),
             ];
-            for (sum, (proj, xf_out)) in sums.iter_mut().zip(pairs) {
+            for (sum, (proj, xf_out)) in out[ti].iter_mut().zip(pairs) {
                 let eps = model
                     .forward_encoded(x_t.clone(), t_in.clone(), &cond, proj, xf_out)
                     .narrow(1, 0, 3);
                 let squared = (eps - noise.clone()).powf_scalar(2.0);
                 *sum += floats(squared.sum())?[0] as f64 / per;
             }
-        }
-        out.push(sums);
-    }
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -1233,15 +1265,18 @@ fn caption_errors(
     let n = scenes.len();
     let captions: Vec<[Option<String>; 5]> = (0..n).map(|i| probe_captions(scenes, i)).collect();
     let per = (3 * size * size) as f64;
-    let (mut out, mut in_boxes) = (Vec::new(), Vec::new());
-    for &t in ts {
-        let mut sums = [VariantError::default(); 5];
-        let mut boxes = [VariantError::default(); 2];
-        for start in (0..n).step_by(batch) {
-            let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
-            let b = idx.len();
-            let (x_t, noise) = noised(scenes, &idx, size, ac[t], seed ^ ((t as u64) << 32), dev);
-            let t_in = Tensor::<1>::from_data(TensorData::new(vec![t as f32; b], [b]), dev);
+    let mut out = vec![[VariantError::default(); 5]; ts.len()];
+    let mut in_boxes = vec![[VariantError::default(); 2]; ts.len()];
+    for_noised_batches(
+        scenes,
+        size,
+        batch,
+        ts,
+        ac,
+        seed,
+        dev,
+        |ti, idx, x_t, noise, t_in| {
+            let (sums, boxes) = (&mut out[ti], &mut in_boxes[ti]);
             let (mut true_errors, mut true_maps) = (Vec::new(), Vec::new());
             for (v, sum) in sums.iter_mut().enumerate() {
                 let applies: Vec<bool> = idx.iter().map(|&i| captions[i][v].is_some()).collect();
@@ -1294,10 +1329,9 @@ fn caption_errors(
                     }
                 }
             }
-        }
-        out.push(sums);
-        in_boxes.push(boxes);
-    }
+            Ok(())
+        },
+    )?;
     Ok(ProbeErrors {
         by_caption: out,
         swapped_in_boxes: in_boxes,
