@@ -77,12 +77,11 @@ impl Init<'_> {
     }
 }
 
-/// Named tensors (name, shape, values) in state_dict order.
-pub type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
+pub use crate::model::Named;
 
 /// Collects (name, shape, values).
 #[derive(Default)]
-struct Visit(Vec<(String, Vec<usize>, Vec<f32>)>);
+struct Visit(Named);
 
 impl Visit {
     fn add<const D: usize>(&mut self, name: &str, p: &Param<Tensor<D>>) {

@@ -836,7 +836,17 @@ fn probe(
         "{:>5} {:>10} | the true caption's gain over: {:>7} {:>8} {:>16} {:>18}",
         "t", "true", "empty", "other's", "colours swapped", "relation reversed"
     );
-    let probe_errors = caption_errors(model, tok, scenes, size, batch, &ts, seed, dev)?;
+    let run = ProbeRun {
+        model,
+        tok,
+        scenes,
+        size,
+        batch,
+        ts: &ts,
+        seed,
+        dev,
+    };
+    let probe_errors = run.caption_errors()?;
     let errors = &probe_errors.by_caption;
     for (t, e) in ts.iter().zip(errors) {
         println!(
@@ -874,9 +884,7 @@ fn probe(
          {:>5} {:>12} {:>22} {:>16}",
         "t", "both paths", "the pooled projection", "the attention"
     );
-    for (t, [both, pooled, attention, neither]) in ts.iter().zip(path_errors(
-        model, tok, scenes, size, batch, &ts, seed, dev,
-    )?) {
+    for (t, [both, pooled, attention, neither]) in ts.iter().zip(run.path_errors()?) {
         let gain = |e: f64| 100.0 * (neither - e) / neither;
         println!(
             "{t:>5} {:>11.1}% {:>21.1}% {:>15.1}%",
@@ -1155,64 +1163,73 @@ fn noised(
     )
 }
 
-/// The probe's batches: `f(ti, idx, x_t, noise, t)` for every timestep
-/// `ts[ti]` and every `batch` scenes `idx`, noised there by `noised` (host
-/// noise from `seed` and the timestep: the same for every model and run).
-#[allow(clippy::too_many_arguments)]
-fn for_noised_batches(
-    scenes: &[Scene],
+/// What the probe's error measures run on: `scenes` at `size`, noised at
+/// every timestep of `ts` with host noise from `seed` and the timestep (the
+/// same for every model and run), `batch` scenes at a time.
+#[derive(Clone, Copy)]
+struct ProbeRun<'a> {
+    model: &'a Glide,
+    tok: &'a engine::glide::tokenizer::GlideTokenizer,
+    scenes: &'a [Scene],
     size: usize,
     batch: usize,
-    ts: &[usize],
-    alphas_cumprod: &[f64],
+    ts: &'a [usize],
     seed: u64,
-    dev: &Device,
-    mut f: impl FnMut(usize, &[usize], Tensor<4>, Tensor<4>, Tensor<1>) -> Result<()>,
-) -> Result<()> {
-    for (k, &t) in ts.iter().enumerate() {
-        for start in (0..scenes.len()).step_by(batch) {
-            let idx: Vec<usize> = (start..(start + batch).min(scenes.len())).collect();
-            let ab = alphas_cumprod[t];
-            let (x_t, noise) = noised(scenes, &idx, size, ab, seed ^ ((t as u64) << 32), dev);
-            let t_in = Tensor::<1>::from_data(
-                TensorData::new(vec![t as f32; idx.len()], [idx.len()]),
-                dev,
-            );
-            f(k, &idx, x_t, noise, t_in)?;
-        }
-    }
-    Ok(())
+    dev: &'a Device,
 }
 
-/// Which path carries the caption, per timestep: the eps error (per image
-/// element, summed over the scenes) with the true caption through [both
-/// paths, the pooled projection alone, the attention alone, neither], the
-/// other path given the empty caption's encoding, which the model knows
-/// (CFG trains on it), rather than zeros, which it does not.
-#[allow(clippy::too_many_arguments)]
-fn path_errors(
-    model: &Glide,
-    tok: &engine::glide::tokenizer::GlideTokenizer,
-    scenes: &[Scene],
-    size: usize,
-    batch: usize,
-    ts: &[usize],
-    seed: u64,
-    dev: &Device,
-) -> Result<Vec<[f64; 4]>> {
-    let cfg = &model.config;
-    let ac = &full_schedule(cfg)?.alphas_cumprod;
-    let per = (3 * size * size) as f64;
-    let mut out = vec![[0f64; 4]; ts.len()];
-    for_noised_batches(
-        scenes,
-        size,
-        batch,
-        ts,
-        ac,
-        seed,
-        dev,
-        |ti, idx, x_t, noise, t_in| {
+impl ProbeRun<'_> {
+    /// `f(ti, idx, x_t, noise, t)` for every timestep `ts[ti]` and every
+    /// batch of scenes `idx`.
+    fn for_noised_batches(
+        &self,
+        mut f: impl FnMut(usize, &[usize], Tensor<4>, Tensor<4>, Tensor<1>) -> Result<()>,
+    ) -> Result<()> {
+        let ProbeRun {
+            model,
+            scenes,
+            size,
+            batch,
+            ts,
+            seed,
+            dev,
+            ..
+        } = *self;
+        let ac = &full_schedule(&model.config)?.alphas_cumprod;
+        for (ti, &t) in ts.iter().enumerate() {
+            for start in (0..scenes.len()).step_by(batch) {
+                let idx: Vec<usize> = (start..(start + batch).min(scenes.len())).collect();
+                let (x_t, noise) =
+                    noised(scenes, &idx, size, ac[t], seed ^ ((t as u64) << 32), dev);
+                let t_in = Tensor::<1>::from_data(
+                    TensorData::new(vec![t as f32; idx.len()], [idx.len()]),
+                    dev,
+                );
+                f(ti, &idx, x_t, noise, t_in)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Which path carries the caption, per timestep: the eps error (per image
+    /// element, summed over the scenes) with the true caption through [both
+    /// paths, the pooled projection alone, the attention alone, neither], the
+    /// other path given the empty caption's encoding, which the model knows
+    /// (CFG trains on it), rather than zeros, which it does not.
+    fn path_errors(&self) -> Result<Vec<[f64; 4]>> {
+        let ProbeRun {
+            model,
+            tok,
+            size,
+            dev,
+            scenes,
+            ts,
+            ..
+        } = *self;
+        let cfg = &model.config;
+        let per = (3 * size * size) as f64;
+        let mut out = vec![[0f64; 4]; ts.len()];
+        self.for_noised_batches(|ti, idx, x_t, noise, t_in| {
             let b = idx.len();
             let captions: Vec<String> = idx.iter().map(|&i| scenes[i].caption()).collect();
             let empty = vec![String::new(); b];
@@ -1238,44 +1255,33 @@ fn path_errors(
                 *sum += floats(squared.sum())?[0] as f64 / per;
             }
             Ok(())
-        },
-    )?;
-    Ok(out)
-}
+        })?;
+        Ok(out)
+    }
 
-/// Per timestep and caption variant (`probe_captions`' order): the eps
-/// error, as a mean squared error per element, summed over the images the
-/// variant applies to, on the same noised images for every variant; and the
-/// swapped variant's inside the objects' boxes. The noise comes from `seed`
-/// alone (drawn on the host), the same for every model and run.
-#[allow(clippy::too_many_arguments)]
-fn caption_errors(
-    model: &Glide,
-    tok: &engine::glide::tokenizer::GlideTokenizer,
-    scenes: &[engine::demo::shapes::Scene],
-    size: usize,
-    batch: usize,
-    ts: &[usize],
-    seed: u64,
-    dev: &Device,
-) -> Result<ProbeErrors> {
-    let cfg = &model.config;
-    let sched = full_schedule(cfg)?;
-    let ac = &sched.alphas_cumprod;
-    let n = scenes.len();
-    let captions: Vec<[Option<String>; 5]> = (0..n).map(|i| probe_captions(scenes, i)).collect();
-    let per = (3 * size * size) as f64;
-    let mut out = vec![[VariantError::default(); 5]; ts.len()];
-    let mut in_boxes = vec![[VariantError::default(); 2]; ts.len()];
-    for_noised_batches(
-        scenes,
-        size,
-        batch,
-        ts,
-        ac,
-        seed,
-        dev,
-        |ti, idx, x_t, noise, t_in| {
+    /// Per timestep and caption variant (`probe_captions`' order): the eps
+    /// error, as a mean squared error per element, summed over the images the
+    /// variant applies to, on the same noised images for every variant; and the
+    /// swapped variant's inside the objects' boxes. The noise comes from `seed`
+    /// alone (drawn on the host), the same for every model and run.
+    fn caption_errors(&self) -> Result<ProbeErrors> {
+        let ProbeRun {
+            model,
+            tok,
+            scenes,
+            size,
+            dev,
+            ts,
+            ..
+        } = *self;
+        let cfg = &model.config;
+        let n = scenes.len();
+        let captions: Vec<[Option<String>; 5]> =
+            (0..n).map(|i| probe_captions(scenes, i)).collect();
+        let per = (3 * size * size) as f64;
+        let mut out = vec![[VariantError::default(); 5]; ts.len()];
+        let mut in_boxes = vec![[VariantError::default(); 2]; ts.len()];
+        self.for_noised_batches(|ti, idx, x_t, noise, t_in| {
             let (sums, boxes) = (&mut out[ti], &mut in_boxes[ti]);
             let (mut true_errors, mut true_maps) = (Vec::new(), Vec::new());
             for (v, sum) in sums.iter_mut().enumerate() {
@@ -1330,12 +1336,12 @@ fn caption_errors(
                 }
             }
             Ok(())
-        },
-    )?;
-    Ok(ProbeErrors {
-        by_caption: out,
-        swapped_in_boxes: in_boxes,
-    })
+        })?;
+        Ok(ProbeErrors {
+            by_caption: out,
+            swapped_in_boxes: in_boxes,
+        })
+    }
 }
 
 fn write_grid(path: &std::path::Path, rows: &[Vec<Vec<u8>>], size: usize) -> Result<()> {
@@ -1355,6 +1361,25 @@ fn write_grid(path: &std::path::Path, rows: &[Vec<Vec<u8>>], size: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The probe's measures at 16 px, two scenes a batch, t = 100 and 600.
+    fn probe_run<'a>(
+        model: &'a Glide,
+        tok: &'a engine::glide::tokenizer::GlideTokenizer,
+        scenes: &'a [Scene],
+        dev: &'a Device,
+    ) -> ProbeRun<'a> {
+        ProbeRun {
+            model,
+            tok,
+            scenes,
+            size: 16,
+            batch: 2,
+            ts: &[100, 600],
+            seed: 5,
+            dev,
+        }
+    }
 
     #[test]
     fn seen_scenes_have_no_held_out_pair_and_held_out_ones_have_one() {
@@ -1612,8 +1637,7 @@ mod tests {
                 .unwrap()
         };
         let (deaf, loud) = (text_scaled(0.0), text_scaled(10.0));
-        let errors =
-            |m: &Glide| caption_errors(m, &tok, &scenes, 16, 2, &[100, 600], 5, &dev).unwrap();
+        let errors = |m: &Glide| probe_run(m, &tok, &scenes, &dev).caption_errors().unwrap();
         // burn's CPU backend splits its reductions across threads, so equal
         // inputs agree to rounding (1e-7 relative), not always bit for bit;
         // the text path moves the error by 1e-3 and more.
@@ -1654,7 +1678,7 @@ mod tests {
         // each alone gains over the empty caption; with one path's weights
         // zeroed (its text cut) that path alone gains nothing, and "both"
         // equals the other path alone. Errors are sums over the same noise.
-        let paths = |m: &Glide| path_errors(m, &tok, &scenes, 16, 2, &[100, 600], 5, &dev).unwrap();
+        let paths = |m: &Glide| probe_run(m, &tok, &scenes, &dev).path_errors().unwrap();
         let gain = |e: f64, neither: f64| (neither - e) / neither;
         for [both, pooled, attention, neither] in paths(&loud) {
             assert!(gain(both, neither).abs() > 1e-4);

@@ -47,6 +47,9 @@ pub fn set_conv(name: &str) -> anyhow::Result<()> {
 /// Named f32 tensors in PyTorch layout: name → (shape, values).
 pub type WeightMap = HashMap<String, (Vec<usize>, Vec<f32>)>;
 
+/// Named tensors (name, shape, values) in state_dict order.
+pub type Named = Vec<(String, Vec<usize>, Vec<f32>)>;
+
 /// How parameters are initialised.
 pub enum Init<'a> {
     /// GLIDE's training initialisation (zero-initialised output convs), seeded.
@@ -165,7 +168,7 @@ pub(crate) fn param_ids<M: Module>(model: &M) -> Vec<u64> {
 }
 
 /// Collects (name, shape, values) in the official order.
-pub struct Visit(pub Vec<(String, Vec<usize>, Vec<f32>)>);
+pub struct Visit(pub Named);
 
 impl Visit {
     fn add<const D: usize>(&mut self, name: &str, p: &Param<Tensor<D>>) {
@@ -839,7 +842,7 @@ impl Glide {
     }
 
     /// Every weight with its official name, in `state_dict()` order.
-    pub fn export(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    pub fn export(&self) -> Named {
         let mut v = Visit(Vec::new());
         v.add("positional_embedding", &self.positional_embedding);
         if let Some(p) = &self.padding_embedding {

@@ -29,10 +29,10 @@ use engine::demo::shapes::{held_out, Rng, Scene, COLORS, RELATIONS, SHAPES};
 use engine::glide::model::GlideConfig;
 use engine::glide::tokenizer::{pad_tokens, GlideTokenizer};
 
-use crate::model::{Glide, Init, Linear, Visit};
+use crate::model::{Glide, Init, Linear, Named, Visit};
 use crate::train::{
     adamw, device, read_run_weights, read_safetensors, text_weight, tokenizer, write_atomic,
-    write_safetensors, State, ADAM_EPS,
+    write_run_weights, write_safetensors, State, ADAM_EPS,
 };
 
 /// Objects a caption names at most (`Scene::random`).
@@ -260,7 +260,7 @@ impl Head {
         Ok(Head::new(&Init::From(&weights), dev, width))
     }
 
-    pub fn export(&self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    pub fn export(&self) -> Named {
         let mut v = Visit(Vec::new());
         self.pooled.visit(&mut v, "aux.pooled");
         self.token.visit(&mut v, "aux.token");
@@ -652,16 +652,13 @@ pub fn run(args: &TextAuxArgs) -> Result<()> {
             map.insert(name.clone(), (shape.clone(), values.clone()));
         }
     }
-    let in_order = |map: &crate::model::WeightMap| -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let in_order = |map: &crate::model::WeightMap| -> Named {
         trained
             .iter()
             .map(|(n, s, _)| (n.clone(), s.clone(), map[n].1.clone()))
             .collect()
     };
-    write_safetensors(&run.join("ema.safetensors"), &in_order(&ema))?;
-    if let Some(live) = &live {
-        write_safetensors(&run.join("model.safetensors"), &in_order(live))?;
-    }
+    write_run_weights(run, &in_order(&ema), live.as_ref().map(in_order).as_ref())?;
     write_safetensors(&head_file, &head.export())?;
     // Adam's second moments of the text weights were taken on the diffusion
     // gradients alone; against the new weights' larger gradients they made

@@ -13,7 +13,7 @@ use engine::glide::schedule::Schedule;
 use engine::glide::tokenizer::{pad_tokens, GlideTokenizer};
 
 use crate::emoji::Emoji;
-use crate::model::{Cond, Glide, Init, WeightMap};
+use crate::model::{Cond, Glide, Init, Named, WeightMap};
 use crate::text_aux::InTraining;
 
 /// The training run's options (`webglide-train --kind … --out …`).
@@ -501,10 +501,7 @@ const WIDEN_NOISE: f32 = 0.02;
 /// copied (base → base-inpaint: the extra channels start at zero, so the
 /// model starts as the base model), and tensors of a top level twice as
 /// wide widened (`widen`: a trained base continues in the wider UNet).
-pub fn init_from(
-    fresh: Vec<(String, Vec<usize>, Vec<f32>)>,
-    init: &WeightMap,
-) -> Result<(WeightMap, usize)> {
+pub fn init_from(fresh: Named, init: &WeightMap) -> Result<(WeightMap, usize)> {
     let mut copied = 0;
     let mut map = WeightMap::new();
     let mut rng = Rng(0x3d1de);
@@ -848,6 +845,15 @@ pub fn read_run_weights(out: &Path) -> Result<(WeightMap, Option<WeightMap>)> {
     Ok((ema, live))
 }
 
+/// `read_run_weights`' counterpart: the EMA, and the live weights where
+/// there are any. Named tensors in the order written.
+pub fn write_run_weights(out: &Path, ema: &Named, live: Option<&Named>) -> Result<()> {
+    if let Some(live) = live {
+        write_safetensors(&out.join("model.safetensors"), live)?;
+    }
+    write_safetensors(&out.join("ema.safetensors"), ema)
+}
+
 /// What a checkpoint folder's `state.json` records.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct State {
@@ -1175,13 +1181,12 @@ pub fn run(args: &Args) -> Result<()> {
     let (mut acc, mut n_acc) = ([0f64; 4], 0usize);
     let save = |model: &Glide,
                 optim: &burn::optim::ModuleOptimizer,
-                ema: &[(String, Vec<usize>, Vec<f32>)],
+                ema: &Named,
                 aux: Option<&InTraining>,
                 step: u64,
                 samples: u64|
      -> Result<()> {
-        write_safetensors(&out.join("model.safetensors"), &model.export())?;
-        write_safetensors(&out.join("ema.safetensors"), ema)?;
+        write_run_weights(out, ema, Some(&model.export()))?;
         save_optim(optim, &out.join("optim.bpk"))?;
         if let Some(a) = aux {
             a.save(out)?;
