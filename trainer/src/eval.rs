@@ -312,7 +312,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} prompts {}, {} {} at {size} px (burn, CPU), {}",
+        "{} prompts {}, {} {} at {size} px (burn, --device {}), {}",
         args.n,
         if args.inpaint {
             "inpainting one object's box as a held-out colour–shape pair"
@@ -323,6 +323,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         },
         args.sampler,
         args.steps,
+        args.device,
         source.display()
     );
     println!("{}", Tally::header(args.inpaint));
