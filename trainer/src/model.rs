@@ -896,6 +896,15 @@ impl Glide {
         (xf_proj, x.swap_dims(1, 2).reshape([b, w, ctx, 1]))
     }
 
+    /// `export` as a map by name (tests: weights to build another model from).
+    #[cfg(test)]
+    pub(crate) fn export_map(&self) -> WeightMap {
+        self.export()
+            .into_iter()
+            .map(|(name, shape, v)| (name, (shape, v)))
+            .collect()
+    }
+
     /// The model again with its exported weights changed by `edit(name,
     /// shape, values)` (tests: a path cut, a projection scaled).
     #[cfg(test)]
@@ -904,14 +913,10 @@ impl Glide {
         dev: &Device,
         edit: impl Fn(&str, &[usize], &mut [f32]),
     ) -> anyhow::Result<Glide> {
-        let map: WeightMap = self
-            .export()
-            .into_iter()
-            .map(|(name, shape, mut v)| {
-                edit(&name, &shape, &mut v);
-                (name, (shape, v))
-            })
-            .collect();
+        let mut map = self.export_map();
+        for (name, (shape, v)) in map.iter_mut() {
+            edit(name, shape, v);
+        }
         Glide::new(&self.config, &Init::From(&map), dev)
     }
 

@@ -1428,11 +1428,7 @@ mod tests {
             &x1,
         );
         save_optim(&optim, &dir.join("optim.bpk")).unwrap();
-        let weights: WeightMap = model
-            .export()
-            .into_iter()
-            .map(|(n, s, v)| (n, (s, v)))
-            .collect();
+        let weights = model.export_map();
         let continued = step(model, &mut optim, &x2).export();
         let mut st = State {
             step: 1,
@@ -1705,12 +1701,9 @@ mod tests {
         let wide_cfg = demo_config("base").unwrap();
         let mut narrow_cfg = wide_cfg.clone();
         narrow_cfg.channel_mult = "1,2,2,2".into();
-        let narrow: WeightMap = Glide::new(&narrow_cfg, &Init::Random(3), &dev)
+        let narrow = Glide::new(&narrow_cfg, &Init::Random(3), &dev)
             .unwrap()
-            .export()
-            .into_iter()
-            .map(|(n, s, v)| (n, (s, v)))
-            .collect();
+            .export_map();
         let fresh = Glide::new(&wide_cfg, &Init::Train, &dev).unwrap().export();
         let (wide, copied) = init_from(fresh, &narrow).unwrap();
         assert_eq!(copied, narrow.len() - 2);
@@ -2168,12 +2161,9 @@ mod tests {
             min_snr: Some(5.0),
             low_snr_boost: None,
         };
-        let weights: WeightMap = Glide::new(&cfg, &Init::Random(2), &Device::flex())
+        let weights = Glide::new(&cfg, &Init::Random(2), &Device::flex())
             .unwrap()
-            .export()
-            .into_iter()
-            .map(|(n, s, v)| (n, (s, v)))
-            .collect();
+            .export_map();
         let values = |data: TensorData| data.convert::<f32>().try_into_vec::<f32>().unwrap();
         let step = |dev: Device| {
             let dev = dev.autodiff();
