@@ -636,36 +636,50 @@ pub fn score(scene: &Scene, found: &[Found]) -> Score {
     };
     let binding = frac(&bound);
     let relation = scene.relation.map(|rel| {
-        // The largest detection bound to each of the first two objects.
-        let largest_bound = |o: &Object| {
-            found
+        // The detections bound to an object, largest first.
+        let bound_to = |o: &Object| {
+            let mut v: Vec<&Found> = found
                 .iter()
                 .filter(|f| f.color == o.color && f.shape == o.shape)
-                .max_by_key(|f| f.pixels)
+                .collect();
+            v.sort_by_key(|f| std::cmp::Reverse(f.pixels));
+            v
         };
-        match (largest_bound(&objs[0]), largest_bound(&objs[1])) {
-            (Some(a), Some(b)) => {
-                let as_obj = |f: &Found| Object {
-                    color: f.color,
-                    shape: f.shape,
-                    cx: f.cx,
-                    cy: f.cy,
-                    r: 0.0,
-                };
-                if relation_holds(rel, &as_obj(a), &as_obj(b), 0.0, 1.5) {
-                    1.0
-                } else {
-                    0.0
-                }
+        let as_obj = |f: &Found| Object {
+            color: f.color,
+            shape: f.shape,
+            cx: f.cx,
+            cy: f.cy,
+            r: 0.0,
+        };
+        let holds = |a: &Found, b: &Found| relation_holds(rel, &as_obj(a), &as_obj(b), 0.0, 1.5);
+        let (first, second) = (bound_to(&objs[0]), bound_to(&objs[1]));
+        let met = if (objs[0].color, objs[0].shape) == (objs[1].color, objs[1].shape) {
+            // "A red circle above a red circle": the two largest, either way round.
+            match (first.first(), first.get(1)) {
+                (Some(a), Some(b)) => holds(a, b) || holds(b, a),
+                _ => false,
             }
-            _ => 0.0,
+        } else {
+            match (first.first(), second.first()) {
+                (Some(a), Some(b)) => holds(a, b),
+                _ => false,
+            }
+        };
+        if met {
+            1.0
+        } else {
+            0.0
         }
     });
-    let named = |f: &Found| {
-        objs.iter()
-            .any(|o| f.color == o.color && f.shape == o.shape)
-    };
-    let exact = binding == 1.0 && relation.unwrap_or(1.0) == 1.0 && found.iter().all(named);
+    // Exact: the relation holds and the detections are the named objects,
+    // one each: nothing extra, so a named object drawn twice is no match
+    // (the dataset spec's "everything right, nothing extra").
+    let mut named: Vec<(usize, usize)> = objs.iter().map(|o| (o.color, o.shape)).collect();
+    let mut drawn: Vec<(usize, usize)> = found.iter().map(|f| (f.color, f.shape)).collect();
+    named.sort_unstable();
+    drawn.sort_unstable();
+    let exact = relation.unwrap_or(1.0) == 1.0 && drawn == named;
     let mut pairs = [(0, 0); 2];
     for o in objs {
         let p = &mut pairs[usize::from(!held_out(o.color, o.shape))];
@@ -839,6 +853,24 @@ mod tests {
         if full.exact == 1.0 {
             assert_eq!(partial.exact, 0.0, "an unnamed extra object went unnoticed");
         }
+        // Nor is one whose named object is drawn twice; named twice, it is.
+        let mut twins = Scene::random(&mut rng, &|c, s| (c, s) == (1, 2));
+        while twins.objects.len() < 2 {
+            twins = Scene::random(&mut rng, &|c, s| (c, s) == (1, 2));
+        }
+        twins.objects.truncate(2);
+        let img = box_down(&render(&twins, 256, 1), 256, 4);
+        let found = detect(&img, 64);
+        assert_eq!(score(&twins, &found).exact, 1.0, "{found:?}");
+        let mut single = twins.clone();
+        single.objects.truncate(1);
+        single.relation = None;
+        let sc = score(&single, &found);
+        assert_eq!(
+            (sc.binding, sc.exact),
+            (1.0, 0.0),
+            "a duplicate went unnoticed"
+        );
         // A blank image scores zero.
         let s = Scene::random(&mut rng, &|_, _| true);
         let blank = vec![255u8; 64 * 64 * 3];
