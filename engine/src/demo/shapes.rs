@@ -653,18 +653,17 @@ pub fn score(scene: &Scene, found: &[Found]) -> Score {
             r: 0.0,
         };
         let holds = |a: &Found, b: &Found| relation_holds(rel, &as_obj(a), &as_obj(b), 0.0, 1.5);
-        let (first, second) = (bound_to(&objs[0]), bound_to(&objs[1]));
-        let met = if (objs[0].color, objs[0].shape) == (objs[1].color, objs[1].shape) {
-            // "A red circle above a red circle": the two largest, either way round.
-            match (first.first(), first.get(1)) {
-                (Some(a), Some(b)) => holds(a, b) || holds(b, a),
-                _ => false,
-            }
+        // "A red circle above a red circle": that pair's two largest, either way round.
+        let same = (objs[0].color, objs[0].shape) == (objs[1].color, objs[1].shape);
+        let first = bound_to(&objs[0]);
+        let second = if same {
+            first.get(1).copied()
         } else {
-            match (first.first(), second.first()) {
-                (Some(a), Some(b)) => holds(a, b),
-                _ => false,
-            }
+            bound_to(&objs[1]).first().copied()
+        };
+        let met = match (first.first(), second) {
+            (Some(a), Some(b)) => holds(a, b) || (same && holds(b, a)),
+            _ => false,
         };
         if met {
             1.0
