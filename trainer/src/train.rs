@@ -71,6 +71,12 @@ pub struct Args {
     /// session). Sampling always uses both paths.
     #[arg(long, default_value_t = 0.0)]
     pub pooled_drop: f32,
+    /// Share of shapes scenes drawn as two related objects of one colour
+    /// (`Scene::related_pair`): a relation otherwise told apart by colour
+    /// must be read from the caption's word order (docs/demo-model.md,
+    /// thirtieth session).
+    #[arg(long, default_value_t = 0.0)]
+    pub related_pairs: f32,
     /// cpu (flex), tch (LibTorch on the CPU; the `tch` feature), gpu (wgpu: Vulkan/Metal/DX12) or
     /// cuda (the `cuda` feature).
     #[arg(long, default_value = "cpu")]
@@ -211,6 +217,8 @@ pub struct Data {
     pub size: Option<usize>,
     /// `--pooled-drop`.
     pub pooled_drop: f32,
+    /// `--related-pairs`.
+    pub related_pairs: f32,
 }
 
 impl Data {
@@ -221,6 +229,7 @@ impl Data {
             crop: None,
             size: None,
             pooled_drop: 0.0,
+            related_pairs: 0.0,
         }
     }
 }
@@ -337,7 +346,13 @@ pub fn make_batch_sized(
             };
             (caption, rgb, Some((e, i)), None)
         } else {
-            let scene = Scene::random(rng, &|c, sh| !held_out(c, sh));
+            let allow = |c, sh| !held_out(c, sh);
+            // Drawn only when asked, so runs without it keep their data stream.
+            let scene = if data.related_pairs > 0.0 && rng.f32() < data.related_pairs {
+                Scene::related_pair(rng, &allow)
+            } else {
+                Scene::random(rng, &allow)
+            };
             // Supersampled to the same 256-px detail as the emoji (64 px: 4×4 samples per pixel).
             let rgb = render(&scene, s, if cfg.super_res { 2 } else { 256 / s });
             (scene.caption(), rgb, None, Some(scene))
@@ -999,6 +1014,9 @@ pub fn prepare(args: &Args, size: Option<usize>) -> Result<(Device, std::path::P
     if !(0.0..=1.0).contains(&args.pooled_drop) {
         bail!("--pooled-drop is a probability (0..=1)");
     }
+    if !(0.0..=1.0).contains(&args.related_pairs) {
+        bail!("--related-pairs is a probability (0..=1)");
+    }
     let mut emoji = args.emoji.as_deref().map(Emoji::load).transpose()?;
     if let (Some(e), Some(p)) = (&mut emoji, &args.emoji_concepts) {
         e.keep_concepts(&read_name_list(p)?)?;
@@ -1009,6 +1027,7 @@ pub fn prepare(args: &Args, size: Option<usize>) -> Result<(Device, std::path::P
         crop: args.crop,
         size,
         pooled_drop: args.pooled_drop,
+        related_pairs: args.related_pairs,
     };
     Ok((dev, out, data))
 }
@@ -1140,7 +1159,7 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} text_lr_scale {} text_aux {} pooled_drop {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} text_lr_scale {} text_aux {} pooled_drop {} related_pairs {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         stage_size,
         full_size_every.map_or("-".into(), |n| n.to_string()),
@@ -1152,6 +1171,7 @@ pub fn run(args: &Args) -> Result<()> {
         args.text_lr_scale,
         args.text_aux,
         args.pooled_drop,
+        args.related_pairs,
         args.device,
         args.conv,
         data.emoji.as_ref().map_or(0, |e| e.entries.len() - e.left_out),
@@ -1845,6 +1865,41 @@ mod tests {
                 assert!(b.keep.contains(&0.0) && b.keep.contains(&1.0));
             }
         }
+    }
+
+    /// `--related-pairs` draws that share of the scenes as two related
+    /// objects of one colour (the caption names the colour twice, with a
+    /// relation between).
+    #[test]
+    fn related_pairs_draw_two_related_objects_of_one_colour() {
+        use engine::demo::shapes::{COLORS, RELATIONS};
+        let tok = tokenizer().unwrap();
+        let cfg = demo_config("base").unwrap();
+        let with = |p: f32| Data {
+            size: Some(16),
+            related_pairs: p,
+            ..Data::shapes()
+        };
+        let paired = |c: &str| {
+            let rel = RELATIONS.iter().find(|r| c.contains(*r));
+            let colours: Vec<&str> = COLORS
+                .iter()
+                .map(|(name, _)| *name)
+                .filter(|name| c.split(' ').any(|w| w == *name))
+                .collect();
+            rel.is_some() && colours.len() == 1 && c.matches(colours[0]).count() == 2
+        };
+        let share = |p: f32| {
+            let b = make_batch(&cfg, &tok, &with(p), &mut Rng(9), 300, 0.0).unwrap();
+            b.captions.iter().filter(|c| paired(c)).count() as f64 / 300.0
+        };
+        // Scene::random pairs a colour with itself in 2 of 3 scenes × 1 in 8.
+        let (off, half, all) = (share(0.0), share(0.5), share(1.0));
+        assert!(
+            off < 0.15 && (half - 0.5 - 0.5 * off).abs() < 0.08,
+            "{off} {half}"
+        );
+        assert_eq!(all, 1.0);
     }
 
     /// `--pooled-drop` cuts the pooled text of captioned samples only, at
