@@ -68,6 +68,11 @@ pub struct EvalArgs {
     /// separates learning the scenes from generalising to unseen pairs.
     #[arg(long)]
     pub seen: bool,
+    /// Prompts of two related objects of one colour (`--related-pairs`'
+    /// scenes, no held-out pair): is the relation read where nothing else
+    /// tells the objects' places apart?
+    #[arg(long, conflicts_with = "seen")]
+    pub pairs: bool,
     /// A PNG of the predicted x0 at every sampling step (columns, the first
     /// at the noisiest step) for the first 4 prompts of the first guidance
     /// scale (rows): at which noise level does a sample go wrong?
@@ -136,11 +141,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             if args.inpaint { "base-inpaint" } else { "base" }
         );
     }
-    if args.inpaint && (args.probe || args.seen || !args.clip_guidance.is_empty()) {
-        bail!("--inpaint takes none of --probe, --seen, --clip-guidance");
+    if args.inpaint && (args.probe || args.seen || args.pairs || !args.clip_guidance.is_empty()) {
+        bail!("--inpaint takes none of --probe, --seen, --pairs, --clip-guidance");
     }
-    if args.prompts.is_some() && (args.inpaint || args.probe || args.seen || args.grid.is_none()) {
-        bail!("--prompts needs --grid PNG and takes none of --inpaint, --probe, --seen");
+    if args.prompts.is_some()
+        && (args.inpaint || args.probe || args.seen || args.pairs || args.grid.is_none())
+    {
+        bail!("--prompts needs --grid PNG and takes none of --inpaint, --probe, --seen, --pairs");
     }
     if args.emoji.is_some() && args.prompts.is_none() {
         bail!("--emoji goes with --prompts");
@@ -230,14 +237,21 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         cases.iter().map(|c| c.target.clone()).collect()
     } else if args.seen {
         seen_scenes(args.n, args.seed)
+    } else if args.pairs {
+        pair_scenes(args.n, args.seed)
     } else {
         eval_scenes(args.n, args.seed)
     };
     let tok = tokenizer()?;
     if args.probe {
         println!(
-            "{} evaluation scenes at {size} px, eps mean squared error by caption, {}",
+            "{} evaluation scenes{} at {size} px, eps mean squared error by caption, {}",
             args.n,
+            if args.pairs {
+                " (related pairs of one colour)"
+            } else {
+                ""
+            },
             source.display()
         );
         probe(&model, &tok, &scenes, size, args.batch, args.seed, &dev)?;
@@ -318,6 +332,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             "inpainting one object's box as a held-out colour–shape pair"
         } else if args.seen {
             "of the training distribution (no held-out pair)"
+        } else if args.pairs {
+            "of two related objects of one colour (no held-out pair)"
         } else {
             "with held-out colour–shape pairs"
         },
@@ -452,6 +468,14 @@ fn seen_scenes(n: usize, seed: u64) -> Vec<Scene> {
     let mut rng = Rng(seed ^ 0x5ee4);
     (0..n)
         .map(|_| Scene::random(&mut rng, &|c, s| !held_out(c, s)))
+        .collect()
+}
+
+/// `--pairs`: related pairs of one colour, from their own stream.
+fn pair_scenes(n: usize, seed: u64) -> Vec<Scene> {
+    let mut rng = Rng(seed ^ 0x9a12);
+    (0..n)
+        .map(|_| Scene::related_pair(&mut rng, &|c, s| !held_out(c, s)))
         .collect()
 }
 
@@ -851,15 +875,23 @@ fn probe(
     };
     let probe_errors = run.caption_errors()?;
     let errors = &probe_errors.by_caption;
+    // "-" where no scene has the variant (e.g. --pairs: no colours to swap).
+    let gain = |v: &VariantError| {
+        if v.n == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}%", 100.0 * v.gain())
+        }
+    };
     for (t, e) in ts.iter().zip(errors) {
         println!(
-            "{t:>5} {:>10.5} | {:>29} {:>6.1}% {:>7.1}% {:>15.1}% {:>17.1}%",
+            "{t:>5} {:>10.5} | {:>29} {:>7} {:>8} {:>16} {:>18}",
             e[0].error / e[0].n.max(1) as f64,
             "",
-            100.0 * e[1].gain(),
-            100.0 * e[2].gain(),
-            100.0 * e[3].gain(),
-            100.0 * e[4].gain()
+            gain(&e[1]),
+            gain(&e[2]),
+            gain(&e[3]),
+            gain(&e[4])
         );
     }
     if let Some(e) = errors.first() {
@@ -1385,13 +1417,22 @@ mod tests {
     }
 
     #[test]
-    fn seen_scenes_have_no_held_out_pair_and_held_out_ones_have_one() {
+    fn seen_and_pair_scenes_have_no_held_out_pair_and_held_out_ones_have_one() {
         let seen = seen_scenes(200, 3);
         assert_eq!(seen, seen_scenes(200, 3));
         let pairs = |s: &Scene| -> Vec<(usize, usize)> {
             s.objects.iter().map(|o| (o.color, o.shape)).collect()
         };
         assert!(seen
+            .iter()
+            .all(|s| pairs(s).iter().all(|&(c, sh)| !held_out(c, sh))));
+        let related = pair_scenes(200, 3);
+        assert_eq!(related, pair_scenes(200, 3));
+        assert!(related.iter().all(|s| {
+            let o = &s.objects;
+            s.relation.is_some() && o.len() == 2 && o[0].color == o[1].color
+        }));
+        assert!(related
             .iter()
             .all(|s| pairs(s).iter().all(|&(c, sh)| !held_out(c, sh))));
         assert!(eval_scenes(200, 3)
