@@ -1127,7 +1127,121 @@ fn first_step_ground(
     let trained = x0 * ac.sqrt() + noise.clone() * (1.0 - ac).sqrt();
     println!("  from the scenes noised       {}", rgb(&x0_mean(trained)?));
     println!("  from pure noise (sampling)   {}", rgb(&x0_mean(noise)?));
+    first_step_relation(model, tok, scenes, size, t, dev)
+}
+
+/// The side where the relation puts object 0 (a unit vector, y downwards)
+/// and the first two objects' colours; None without a relation or when the
+/// two share a colour (their amounts could not be told apart).
+fn pull_axis(scene: &Scene) -> Option<((f32, f32), usize, usize)> {
+    let rel = scene.relation?;
+    let (c0, c1) = (scene.objects[0].color, scene.objects[1].color);
+    // above, below, left of, right of
+    let side = [(0.0, -1.0), (0.0, 1.0), (-1.0, 0.0), (1.0, 0.0)][rel];
+    (c0 != c1).then_some((side, c0, c1))
+}
+
+/// Pure-noise draws per scene for `first_step_relation`.
+const RELATION_DRAWS: usize = 4;
+
+/// Whether the first sampling step's layout reads the relation: from the
+/// same pure noise, the predicted x0 under the true caption minus that under
+/// the relation reversed (`relation_pull`), over the scenes whose first two
+/// objects differ in colour. Chance is half the draws pulling each way; a
+/// model that reads the relation pulls object 0's colour to its side.
+fn first_step_relation(
+    model: &Glide,
+    tok: &engine::glide::tokenizer::GlideTokenizer,
+    scenes: &[Scene],
+    size: usize,
+    t: usize,
+    dev: &Device,
+) -> Result<()> {
+    let ac = full_schedule(&model.config)?.alphas_cumprod[t];
+    let cases: Vec<&Scene> = scenes.iter().filter(|s| pull_axis(s).is_some()).collect();
+    let (mut toward, mut total, mut pull) = (0usize, 0usize, 0.0f64);
+    for chunk in cases.chunks(16) {
+        let n = chunk.len();
+        let captions: Vec<String> = chunk
+            .iter()
+            .flat_map(|s| {
+                let reversed = Scene {
+                    relation: s.relation.map(|r| r ^ 1),
+                    ..(*s).clone()
+                };
+                [s.caption(), reversed.caption()]
+            })
+            .collect();
+        let cond = text_cond(
+            tok,
+            model.config.text_ctx,
+            &captions.iter().collect::<Vec<_>>(),
+            dev,
+        );
+        let t_in = Tensor::<1>::from_data(TensorData::new(vec![t as f32; 2 * n], [2 * n]), dev);
+        for _ in 0..RELATION_DRAWS {
+            // Each scene's noise twice in a row: the captions' order.
+            let noise =
+                Tensor::<4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), dev)
+                    .repeat_dim(1, 2)
+                    .reshape([2 * n, 3, size, size]);
+            let eps = model
+                .forward(noise.clone(), t_in.clone(), &cond)
+                .narrow(1, 0, 3);
+            let x0 = (noise * (1.0 / ac).sqrt() - eps * (1.0 / ac - 1.0).sqrt()).clamp(-1.0, 1.0);
+            let x0 = floats(x0)?;
+            let plane = 3 * size * size;
+            for (i, scene) in chunk.iter().enumerate() {
+                let (a, b) = (&x0[2 * i * plane..], &x0[(2 * i + 1) * plane..]);
+                if let Some(p) = relation_pull(&a[..plane], &b[..plane], scene, size) {
+                    toward += usize::from(p > 0.0);
+                    total += 1;
+                    pull += p as f64;
+                }
+            }
+        }
+    }
+    println!(
+        "  the relation's pull (x0 under the true caption minus the reversed one, same noise): \
+         toward the relation in {toward} of {total} draws ({:.1}%; chance 50%), mean {:+.5}",
+        100.0 * toward as f64 / total.max(1) as f64,
+        pull / total.max(1) as f64
+    );
     Ok(())
+}
+
+/// How far the difference `x0 - x0_reversed` (planar RGB in [-1, 1]) moves
+/// object 0's colour, relative to object 1's, along the scene's relation:
+/// each colour's amount per pixel (the difference as a mix of the two
+/// colours' offsets from white), weighted by the pixel's offset from the centre along
+/// the side where the relation puts object 0 (in image widths), averaged
+/// over the pixels. Positive: the true caption put object 0 more to its
+/// side. None when `pull_axis` is.
+fn relation_pull(x0: &[f32], x0_reversed: &[f32], scene: &Scene, size: usize) -> Option<f32> {
+    let ((dx, dy), c0, c1) = pull_axis(scene)?;
+    let hw = size * size;
+    let offset = |c: usize| {
+        engine::demo::shapes::COLORS[c]
+            .1
+            .map(|v| v as f32 / 127.5 - 2.0)
+    };
+    let (u0, u1) = (offset(c0), offset(c1));
+    let dot = |a: [f32; 3], b: [f32; 3]| (0..3).map(|ch| a[ch] * b[ch]).sum::<f32>();
+    // The two colours' amounts per pixel, unmixed jointly (least squares):
+    // orange projects onto pink more than onto itself.
+    let (g00, g01, g11) = (dot(u0, u0), dot(u0, u1), dot(u1, u1));
+    let det = g00 * g11 - g01 * g01;
+    let pull: f32 = (0..hw)
+        .map(|p| {
+            let d = [0, 1, 2].map(|ch| x0[ch * hw + p] - x0_reversed[ch * hw + p]);
+            let (b0, b1) = (dot(u0, d), dot(u1, d));
+            let (a0, a1) = ((g11 * b0 - g01 * b1) / det, (g00 * b1 - g01 * b0) / det);
+            let x = ((p % size) as f32 + 0.5) / size as f32 - 0.5;
+            let y = ((p / size) as f32 + 0.5) / size as f32 - 0.5;
+            (a0 - a1) * (dx * x + dy * y)
+        })
+        .sum();
+    Some(pull / hw.max(1) as f32)
 }
 
 /// The model's full (unrespaced) schedule, as training noises with it.
@@ -1414,6 +1528,42 @@ mod tests {
             seed: 5,
             dev,
         }
+    }
+
+    /// The relation's pull reads a layout: a clean render minus the render
+    /// with objects 0 and 1 trading places pulls toward the relation, the
+    /// other way round away from it, and nothing from itself; every relation
+    /// and odd sizes; none for a pair of one colour.
+    #[test]
+    fn the_relation_pull_reads_which_side_object_0_is_on() {
+        let mut rng = Rng(11);
+        let mut relations = [0; 4];
+        let mut tried = 0;
+        while relations.iter().any(|&n| n < 3) {
+            let scene = Scene::random(&mut rng, &|_, _| true);
+            if pull_axis(&scene).is_none() {
+                continue;
+            }
+            tried += 1;
+            let size = [32, 27, 19][tried % 3];
+            let mut traded = scene.clone();
+            let (a, b) = (&scene.objects[0], &scene.objects[1]);
+            (traded.objects[0].cx, traded.objects[0].cy) = (b.cx, b.cy);
+            (traded.objects[1].cx, traded.objects[1].cy) = (a.cx, a.cy);
+            let planes = |s: &Scene| crate::train::planes(&render(s, size, 4), size);
+            let (x, y) = (planes(&scene), planes(&traded));
+            let pull = |u: &[f32], v: &[f32]| relation_pull(u, v, &scene, size).unwrap();
+            assert!(
+                pull(&x, &y) > 0.0 && pull(&y, &x) < 0.0,
+                "{}",
+                scene.caption()
+            );
+            assert!((pull(&x, &y) + pull(&y, &x)).abs() < 1e-5);
+            assert_eq!(pull(&x, &x), 0.0);
+            relations[scene.relation.unwrap()] += 1;
+        }
+        let one_colour = pair_scenes(1, 4).remove(0);
+        assert_eq!(relation_pull(&[], &[], &one_colour, 0), None);
     }
 
     #[test]
