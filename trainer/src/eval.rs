@@ -1050,14 +1050,7 @@ fn probe_captions(scenes: &[Scene], i: usize) -> [Option<String>; 5] {
         }
         s.caption()
     });
-    let reversed = scene.relation.map(|r| {
-        // above <-> below, left of <-> right of.
-        Scene {
-            relation: Some(r ^ 1),
-            ..scene.clone()
-        }
-        .caption()
-    });
+    let reversed = relation_reversed(scene).map(|s| s.caption());
     [
         Some(scene.caption()),
         Some(String::new()),
@@ -1065,6 +1058,15 @@ fn probe_captions(scenes: &[Scene], i: usize) -> [Option<String>; 5] {
         swapped,
         reversed,
     ]
+}
+
+/// `scene` with its relation reversed (above <-> below, left of <-> right
+/// of); None without one.
+fn relation_reversed(scene: &Scene) -> Option<Scene> {
+    scene.relation.map(|r| Scene {
+        relation: Some(r ^ 1),
+        ..scene.clone()
+    })
 }
 
 /// One caption variant's summed eps error over the images it applies to,
@@ -1111,12 +1113,7 @@ fn first_step_ground(
     let captions: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
     let cond = text_cond(tok, cfg.text_ctx, &captions.iter().collect::<Vec<_>>(), dev);
     let t_in = Tensor::<1>::from_data(TensorData::new(vec![t as f32; n], [n]), dev);
-    let predict = |x_t: Tensor<4>| {
-        let eps = model
-            .forward(x_t.clone(), t_in.clone(), &cond)
-            .narrow(1, 0, 3);
-        (x_t * (1.0 / ac).sqrt() - eps * (1.0 / ac - 1.0).sqrt()).clamp(-1.0, 1.0)
-    };
+    let predict = |x_t: Tensor<4>| predicted_x0(model, x_t, &t_in, &cond, ac);
     let summary = |x: Tensor<4>| -> Result<String> {
         let v = floats(x)?;
         let hw = size * size;
@@ -1200,19 +1197,18 @@ fn first_step_relation(
     dev: &Device,
 ) -> Result<()> {
     let ac = full_schedule(&model.config)?.alphas_cumprod[t];
-    let cases: Vec<&Scene> = scenes.iter().filter(|s| pull_axis(s).is_some()).collect();
+    // Each scene with its relation reversed (pull_axis implies a relation).
+    let cases: Vec<(&Scene, Scene)> = scenes
+        .iter()
+        .filter(|s| pull_axis(s).is_some())
+        .filter_map(|s| Some((s, relation_reversed(s)?)))
+        .collect();
     let (mut toward, mut total, mut pull) = (0usize, 0usize, 0.0f64);
     for chunk in cases.chunks(16) {
         let n = chunk.len();
         let captions: Vec<String> = chunk
             .iter()
-            .flat_map(|s| {
-                let reversed = Scene {
-                    relation: s.relation.map(|r| r ^ 1),
-                    ..(*s).clone()
-                };
-                [s.caption(), reversed.caption()]
-            })
+            .flat_map(|(s, reversed)| [s.caption(), reversed.caption()])
             .collect();
         let cond = text_cond(
             tok,
@@ -1227,13 +1223,9 @@ fn first_step_relation(
                 Tensor::<4>::random([n, 3, size, size], Distribution::Normal(0.0, 1.0), dev)
                     .repeat_dim(1, 2)
                     .reshape([2 * n, 3, size, size]);
-            let eps = model
-                .forward(noise.clone(), t_in.clone(), &cond)
-                .narrow(1, 0, 3);
-            let x0 = (noise * (1.0 / ac).sqrt() - eps * (1.0 / ac - 1.0).sqrt()).clamp(-1.0, 1.0);
-            let x0 = floats(x0)?;
+            let x0 = floats(predicted_x0(model, noise, &t_in, &cond, ac))?;
             let plane = 3 * size * size;
-            for (i, scene) in chunk.iter().enumerate() {
+            for (i, (scene, _)) in chunk.iter().enumerate() {
                 let (a, b) = (&x0[2 * i * plane..], &x0[(2 * i + 1) * plane..]);
                 if let Some(p) = relation_pull(&a[..plane], &b[..plane], scene, size) {
                     toward += usize::from(p > 0.0);
@@ -1255,7 +1247,7 @@ fn first_step_relation(
     let planes = |s: &Scene| crate::train::planes(&render(s, size, 256 / size), size);
     let ideal: f64 = cases
         .iter()
-        .filter_map(|s| relation_pull(&planes(s), &planes(&traded(s)), s, size))
+        .filter_map(|(s, _)| relation_pull(&planes(s), &planes(&traded(s)), s, size))
         .map(f64::from)
         .sum();
     println!(
@@ -1307,6 +1299,21 @@ fn relation_pull(x0: &[f32], x0_reversed: &[f32], scene: &Scene, size: usize) ->
         })
         .sum();
     Some(pull / hw.max(1) as f32)
+}
+
+/// The x0 that one step at `t` (`ac`: its alphas_cumprod) predicts from
+/// `x_t`, clamped to [-1, 1] as sampling does.
+fn predicted_x0(
+    model: &Glide,
+    x_t: Tensor<4>,
+    t_in: &Tensor<1>,
+    cond: &Cond,
+    ac: f64,
+) -> Tensor<4> {
+    let eps = model
+        .forward(x_t.clone(), t_in.clone(), cond)
+        .narrow(1, 0, 3);
+    (x_t * (1.0 / ac).sqrt() - eps * (1.0 / ac - 1.0).sqrt()).clamp(-1.0, 1.0)
 }
 
 /// The model's full (unrespaced) schedule, as training noises with it.
