@@ -11,7 +11,10 @@
 //!   relation;
 //! - at every word's tokens (what the UNet's cross-attention reads, token by
 //!   token): which object the word belongs to, and that object's colour and
-//!   shape — "circle" in "a blue square above a red circle" must say red.
+//!   shape — "circle" in "a blue square above a red circle" must say red —
+//!   and, for the two related objects, the side of the other it is on
+//!   ("above" for the square, "below" for the circle): what a place in the
+//!   image must look up to find its object (thirty-first session).
 //!
 //! An anchor keeps the features near the run's own (relative squared change),
 //! so the UNet is not handed a new language. Captions with a held-out
@@ -42,6 +45,9 @@ const NO_SHAPE: usize = SHAPES.len();
 const NO_RELATION: usize = RELATIONS.len();
 /// The slot of a word that names no object ("above", "and").
 const JOINER: usize = SLOTS;
+/// Sides are named as the relations are: object 0 is on the relation's
+/// side of object 1, object 1 on the opposite one (`RELATIONS[r ^ 1]`).
+const NO_SIDE: usize = RELATIONS.len();
 
 /// Classes of the pooled head's groups: each slot's colour and shape (or
 /// none), then the relation (or none).
@@ -54,8 +60,11 @@ const POOLED: [usize; 2 * SLOTS + 1] = [
     NO_SHAPE + 1,
     NO_RELATION + 1,
 ];
-/// Classes of the per-token head's groups: slot (or joiner), colour, shape.
-const TOKEN: [usize; 3] = [SLOTS + 1, NO_COLOR + 1, NO_SHAPE + 1];
+/// Classes of the per-token head's groups: slot (or joiner), colour, shape,
+/// side (or none: a joiner, a third object, a caption without relation).
+const TOKEN: [usize; 4] = [SLOTS + 1, NO_COLOR + 1, NO_SHAPE + 1, NO_SIDE + 1];
+/// Rows of the token head of runs from before the side group.
+const TOKEN_WITHOUT_SIDE: usize = SLOTS + 1 + NO_COLOR + 1 + NO_SHAPE + 1;
 
 /// A caption parsed back into its objects, relation and words.
 #[derive(Debug, PartialEq)]
@@ -119,8 +128,8 @@ pub struct Labels {
     pub ids: Vec<u32>,
     /// One class per `POOLED` group.
     pub pooled: [usize; 2 * SLOTS + 1],
-    /// One `TOKEN` triple per id.
-    pub tokens: Vec<[usize; 3]>,
+    /// One `TOKEN` class per group and id.
+    pub tokens: Vec<[usize; 4]>,
 }
 
 /// `None` for a caption `parse` does not read, or whose words do not
@@ -143,7 +152,12 @@ pub fn labels(caption: &str, tok: &GlideTokenizer) -> Option<Labels> {
             format!(" {word}")
         });
         let (c, s) = object(slot);
-        tokens.extend(w.iter().map(|_| [slot, c, s]));
+        let side = match (slot, p.relation) {
+            (0, Some(r)) => r,
+            (1, Some(r)) => r ^ 1,
+            _ => NO_SIDE,
+        };
+        tokens.extend(w.iter().map(|_| [slot, c, s, side]));
         ids.extend(w);
     }
     (ids == tok.encode(caption)).then_some(Labels {
@@ -245,10 +259,23 @@ impl Head {
     }
 
     /// The heads a run keeps (`head_path`), checked against the shapes this
-    /// width needs: a file of another width or a damaged one is an error.
+    /// width needs: a file of another width or a damaged one is an error. A
+    /// token head from before the side group gets fresh side rows.
     pub fn load(path: &Path, dev: &Device, width: usize) -> Result<Head> {
-        let weights = read_safetensors(path)?;
-        for (name, shape, _) in Head::new(&Init::Train, dev, width).export() {
+        let mut weights = read_safetensors(path)?;
+        let fresh = Head::new(&Init::Train, dev, width).export();
+        for (name, shape, values) in fresh.iter().filter(|(n, ..)| n.starts_with("aux.token")) {
+            let old_shape: Vec<usize> = std::iter::once(TOKEN_WITHOUT_SIDE)
+                .chain(shape[1..].iter().copied())
+                .collect();
+            if let Some((s, v)) = weights.get_mut(name) {
+                if *s == old_shape && v.len() == old_shape.iter().product::<usize>() {
+                    v.extend_from_slice(&values[v.len()..]);
+                    *s = shape.clone();
+                }
+            }
+        }
+        for (name, shape, _) in fresh {
             match weights.get(&name) {
                 Some((s, v)) if *s == shape && v.len() == shape.iter().product::<usize>() => {}
                 _ => bail!(
@@ -306,19 +333,22 @@ pub struct Accuracy {
     pub token_slot: f64,
     pub token_color: f64,
     pub token_shape: f64,
+    /// Among the words of the two related objects.
+    pub token_side: f64,
 }
 
 impl std::fmt::Display for Accuracy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "pooled colour {:.3} shape {:.3} relation {:.3} | tokens slot {:.3} colour {:.3} shape {:.3}",
+            "pooled colour {:.3} shape {:.3} relation {:.3} | tokens slot {:.3} colour {:.3} shape {:.3} side {:.3}",
             self.slot_color,
             self.slot_shape,
             self.relation,
             self.token_slot,
             self.token_color,
-            self.token_shape
+            self.token_shape,
+            self.token_side
         )
     }
 }
@@ -342,7 +372,7 @@ fn accuracy(head: &Head, f: &Features, labels: &[Labels]) -> Result<Accuracy> {
     let (pooled, token) = (crate::eval::floats(pooled)?, crate::eval::floats(token)?);
     let (np, nt) = (POOLED.iter().sum::<usize>(), TOKEN.iter().sum::<usize>());
     // (right, counted) per measure, in `Accuracy`'s order.
-    let mut tally = [(0usize, 0usize); 6];
+    let mut tally = [(0usize, 0usize); 7];
     let mut count = |i: usize, right: bool| {
         tally[i].0 += right as usize;
         tally[i].1 += 1;
@@ -367,6 +397,9 @@ fn accuracy(head: &Head, f: &Features, labels: &[Labels]) -> Result<Accuracy> {
             for k in 0..3 {
                 count(3 + k, got[k] == want[k]);
             }
+            if want[3] != NO_SIDE {
+                count(6, got[3] == want[3]);
+            }
         }
     }
     let f = |(r, n): (usize, usize)| r as f64 / n.max(1) as f64;
@@ -377,6 +410,7 @@ fn accuracy(head: &Head, f: &Features, labels: &[Labels]) -> Result<Accuracy> {
         token_slot: f(tally[3]),
         token_color: f(tally[4]),
         token_shape: f(tally[5]),
+        token_side: f(tally[6]),
     })
 }
 
@@ -450,7 +484,7 @@ fn shape_word_features(
     for (i, l) in labels.iter().enumerate() {
         let n = l.tokens.len().min(ctx);
         for p in 0..n {
-            let [slot, c, s] = l.tokens[p];
+            let [slot, c, s, _] = l.tokens[p];
             let last_of_object = slot < SLOTS && (p + 1 == n || l.tokens[p + 1][0] != slot);
             if last_of_object && (!held_only || held_out(c, s)) {
                 let row = (i * ctx + p) * w;
@@ -729,9 +763,56 @@ mod tests {
         // four words none, "a blue square" object 1.
         let slots: Vec<usize> = l.tokens.iter().map(|t| t[0]).collect();
         assert_eq!(slots, [0, 0, 0, JOINER, JOINER, JOINER, JOINER, 1, 1, 1]);
-        assert_eq!(l.tokens[2], [0, red, circle]);
-        assert_eq!(l.tokens[8], [1, blue, square]);
-        assert_eq!(l.tokens[4], [JOINER, NO_COLOR, NO_SHAPE]);
+        let (left, right) = (2, 3);
+        assert_eq!(l.tokens[2], [0, red, circle, left]);
+        assert_eq!(l.tokens[8], [1, blue, square, right]);
+        assert_eq!(l.tokens[4], [JOINER, NO_COLOR, NO_SHAPE, NO_SIDE]);
+        let l = labels("a red circle below a blue square and a red star", &tok).unwrap();
+        let sides: Vec<usize> = l.tokens.iter().map(|t| t[3]).collect();
+        let (above, below, none) = (0, 1, NO_SIDE);
+        assert_eq!(
+            sides,
+            [below, below, below, none, above, above, above, none, none, none, none]
+        );
+        let l = labels("a red circle", &tok).unwrap();
+        assert!(l.tokens.iter().all(|t| t[3] == NO_SIDE));
+    }
+
+    /// A run's heads from before the side group load with their rows kept
+    /// and fresh side rows; heads of another width are refused.
+    #[test]
+    fn heads_without_the_side_group_load_with_fresh_side_rows() {
+        let dev = device("cpu").unwrap();
+        let dir = std::env::temp_dir().join(format!("webglide-aux-head-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("head.safetensors");
+        let width = 8;
+        let head = Head::new(&Init::Random(4), &dev, width).export();
+        let old: Named = head
+            .iter()
+            .map(|(n, shape, v)| {
+                if !n.starts_with("aux.token") {
+                    return (n.clone(), shape.clone(), v.clone());
+                }
+                let row = v.len() / shape[0];
+                let mut s = shape.clone();
+                s[0] = TOKEN_WITHOUT_SIDE;
+                (n.clone(), s, v[..TOKEN_WITHOUT_SIDE * row].to_vec())
+            })
+            .collect();
+        write_safetensors(&path, &old).unwrap();
+        let loaded = Head::load(&path, &dev, width).unwrap().export();
+        for ((n, s, v), (_, s_old, v_old)) in loaded.iter().zip(&old) {
+            let want: Vec<usize> = match n.as_str() {
+                "aux.token.weight" => vec![TOKEN.iter().sum(), width],
+                "aux.token.bias" => vec![TOKEN.iter().sum()],
+                _ => s_old.clone(),
+            };
+            assert_eq!(s, &want, "{n}");
+            assert_eq!(&v[..v_old.len()], &v_old[..], "{n}");
+        }
+        assert!(Head::load(&path, &dev, width + 1).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Additive features fit to the noise's share for seen and held-out
@@ -818,6 +899,7 @@ mod tests {
         eprintln!("start {start}\nend {end}");
         assert!(end.slot_color > 0.9 && end.slot_shape > 0.9, "{end}");
         assert!(end.token_slot > 0.95 && end.token_color > 0.9, "{end}");
+        assert!(end.token_side > 0.9, "{end}");
         assert!(start.token_color < 0.5, "{start}");
         // The UNet's weights are untouched: only text weights had gradients.
         let (a, b) = (model.export(), model_t.export());

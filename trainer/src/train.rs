@@ -77,6 +77,14 @@ pub struct Args {
     /// thirtieth session).
     #[arg(long, default_value_t = 0.0)]
     pub related_pairs: f32,
+    /// Probability that a shapes scene with a relation is followed in its
+    /// batch by its twin (`Scene::twin`: the two objects trade places, the
+    /// relation word is reversed), with the same timestep and noise: the
+    /// pair's only difference in caption is the relation word, so the
+    /// gradient of their losses is the relation's own (docs/demo-model.md,
+    /// thirty-first session).
+    #[arg(long, default_value_t = 0.0)]
+    pub twins: f32,
     /// cpu (flex), tch (LibTorch on the CPU; the `tch` feature), gpu (wgpu: Vulkan/Metal/DX12) or
     /// cuda (the `cuda` feature).
     #[arg(long, default_value = "cpu")]
@@ -219,6 +227,8 @@ pub struct Data {
     pub pooled_drop: f32,
     /// `--related-pairs`.
     pub related_pairs: f32,
+    /// `--twins`.
+    pub twins: f32,
 }
 
 impl Data {
@@ -230,6 +240,7 @@ impl Data {
             size: None,
             pooled_drop: 0.0,
             related_pairs: 0.0,
+            twins: 0.0,
         }
     }
 }
@@ -269,6 +280,21 @@ pub struct Batch {
     pub captions: Vec<String>,
     /// Per sample: 0 where `--pooled-drop` cut the pooled text, else 1.
     pub pooled_keep: Vec<f32>,
+    /// Per sample: the sample whose timestep and noise it shares — the
+    /// scene it is the twin of (`--twins`), else itself.
+    pub twin_of: Vec<usize>,
+}
+
+impl Batch {
+    /// Whether any sample is another's twin.
+    pub fn has_twins(&self) -> bool {
+        self.twin_of.iter().enumerate().any(|(i, &j)| i != j)
+    }
+
+    /// Per-sample `t` with each twin's replaced by its scene's.
+    pub fn shared_with_twins(&self, t: Vec<usize>) -> Vec<usize> {
+        self.twin_of.iter().map(|&j| t[j]).collect()
+    }
 }
 
 pub fn make_batch(
@@ -330,13 +356,23 @@ pub fn make_batch_sized(
         mask: Vec::new(),
         captions: Vec::new(),
         pooled_keep: Vec::new(),
+        twin_of: Vec::new(),
     };
-    for _ in 0..b {
+    // The twin of the previous sample, drawn there, placed here.
+    let mut pending_twin: Option<Scene> = None;
+    // Supersampled to the same 256-px detail as the emoji (64 px: 4×4 samples per pixel).
+    let ss = if cfg.super_res { 2 } else { 256 / s };
+    for i in 0..b {
+        let twin = pending_twin.take();
+        out.twin_of.push(if twin.is_some() { i - 1 } else { i });
         let emoji = data
             .emoji
             .as_ref()
-            .filter(|_| rng.f32() >= data.shapes_share);
-        let (mut caption, rgb, object, scene) = if let Some(e) = emoji {
+            .filter(|_| twin.is_none() && rng.f32() >= data.shapes_share);
+        let (mut caption, rgb, object, scene) = if let Some(scene) = twin {
+            let rgb = render(&scene, s, ss);
+            (scene.caption(), rgb, None, Some(scene))
+        } else if let Some(e) = emoji {
             let i = e.sample(rng);
             let caption = e.caption(i, rng);
             let rgb = if s == 64 {
@@ -353,8 +389,11 @@ pub fn make_batch_sized(
             } else {
                 Scene::random(rng, &allow)
             };
-            // Supersampled to the same 256-px detail as the emoji (64 px: 4×4 samples per pixel).
-            let rgb = render(&scene, s, if cfg.super_res { 2 } else { 256 / s });
+            // Drawn only when asked, so runs without it keep their data stream.
+            if data.twins > 0.0 && i + 1 < b && rng.f32() < data.twins {
+                pending_twin = scene.twin();
+            }
+            let rgb = render(&scene, s, ss);
             (scene.caption(), rgb, None, Some(scene))
         };
         if rng.f32() < drop {
@@ -628,6 +667,19 @@ pub fn training_noise(b: usize, s: usize, offset: f64, dev: &Device) -> Tensor<4
     } else {
         noise
     }
+}
+
+/// `noise` with each twin's sample replaced by its scene's (`--twins`).
+pub fn shared_with_twins(noise: Tensor<4>, batch: &Batch, dev: &Device) -> Tensor<4> {
+    if !batch.has_twins() {
+        return noise;
+    }
+    let source: Vec<i64> = batch.twin_of.iter().map(|&j| j as i64).collect();
+    let n = source.len();
+    noise.select(
+        0,
+        Tensor::<1, Int>::from_data(TensorData::new(source, [n]), dev),
+    )
 }
 
 /// GLIDE's hybrid loss for a batch: (total, mse, vb in bits).
@@ -1017,6 +1069,9 @@ pub fn prepare(args: &Args, size: Option<usize>) -> Result<(Device, std::path::P
     if !(0.0..=1.0).contains(&args.related_pairs) {
         bail!("--related-pairs is a probability (0..=1)");
     }
+    if !(0.0..=1.0).contains(&args.twins) {
+        bail!("--twins is a probability (0..=1)");
+    }
     let mut emoji = args.emoji.as_deref().map(Emoji::load).transpose()?;
     if let (Some(e), Some(p)) = (&mut emoji, &args.emoji_concepts) {
         e.keep_concepts(&read_name_list(p)?)?;
@@ -1028,6 +1083,7 @@ pub fn prepare(args: &Args, size: Option<usize>) -> Result<(Device, std::path::P
         size,
         pooled_drop: args.pooled_drop,
         related_pairs: args.related_pairs,
+        twins: args.twins,
     };
     Ok((dev, out, data))
 }
@@ -1159,7 +1215,7 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} text_lr_scale {} text_aux {} pooled_drop {} related_pairs {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} text_lr_scale {} text_aux {} pooled_drop {} related_pairs {} twins {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         stage_size,
         full_size_every.map_or("-".into(), |n| n.to_string()),
@@ -1172,6 +1228,7 @@ pub fn run(args: &Args) -> Result<()> {
         args.text_aux,
         args.pooled_drop,
         args.related_pairs,
+        args.twins,
         args.device,
         args.conv,
         data.emoji.as_ref().map_or(0, |e| e.entries.len() - e.left_out),
@@ -1245,6 +1302,7 @@ pub fn run(args: &Args) -> Result<()> {
                 make_batch_sized(cfg, tok, data, size, &mut rng, batch_size, drop_caption).map(
                     |batch| {
                         let t = (0..batch_size).map(|_| rng.below(t_max)).collect();
+                        let t = batch.shared_with_twins(t);
                         Prepared { batch, t }
                     },
                 );
@@ -1256,6 +1314,7 @@ pub fn run(args: &Args) -> Result<()> {
             let Prepared { batch, t } = rx.recv()??;
             let s = batch.size;
             let noise = training_noise(args.batch, s, args.offset_noise, &dev);
+            let noise = shared_with_twins(noise, &batch, &dev);
             let (total, mse, vb) = loss(&model, &sched, &batch, &t, noise, &dev, weighting);
             let aux_loss = aux
                 .as_ref()
@@ -1900,6 +1959,62 @@ mod tests {
             "{off} {half}"
         );
         assert_eq!(all, 1.0);
+    }
+
+    /// `--twins` follows that share of the scenes with a relation by their
+    /// twin: the next sample, whose caption differs in the relation word
+    /// alone, whose image differs (the objects traded places), and whose
+    /// timestep and noise are its scene's. Off, nothing is a twin.
+    #[test]
+    fn twins_share_timestep_and_noise_and_differ_in_the_relation() {
+        use engine::demo::shapes::RELATIONS;
+        let tok = tokenizer().unwrap();
+        let cfg = demo_config("base").unwrap();
+        let dev = device("cpu").unwrap();
+        let with = |p: f32| Data {
+            size: Some(16),
+            twins: p,
+            ..Data::shapes()
+        };
+        let b = make_batch(&cfg, &tok, &with(0.0), &mut Rng(3), 40, 0.0).unwrap();
+        assert!(!b.has_twins() && b.twin_of == (0..40).collect::<Vec<_>>());
+        let n = 301;
+        let b = make_batch(&cfg, &tok, &with(1.0), &mut Rng(3), n, 0.0).unwrap();
+        let plane = 3 * 16 * 16;
+        let (mut twins, mut same) = (0, 0);
+        for (i, &j) in b.twin_of.iter().enumerate().filter(|(i, j)| i != *j) {
+            twins += 1;
+            assert_eq!(j + 1, i, "a twin follows its scene");
+            assert_eq!(b.twin_of[j], j, "a scene is not itself a twin");
+            let words = |c: &str| c.split(' ').map(str::to_owned).collect::<Vec<_>>();
+            let (a, t) = (words(&b.captions[j]), words(&b.captions[i]));
+            let differ: Vec<_> = a.iter().zip(&t).filter(|(x, y)| x != y).collect();
+            assert!(a.len() == t.len() && differ.len() == 1, "{a:?} {t:?}");
+            assert!(RELATIONS.iter().any(|r| r.contains(differ[0].0.as_str())));
+            if b.x0[i * plane..(i + 1) * plane] == b.x0[j * plane..(j + 1) * plane] {
+                same += 1; // the two objects are alike ("a red circle above a red circle")
+            }
+        }
+        assert!(
+            same * 10 < twins,
+            "{same} of {twins} twins drew their scene"
+        );
+        // Scene::random has a relation in 2 of 3 scenes; each twin takes a slot.
+        assert!((twins as f64 / n as f64 - 0.4).abs() < 0.08, "{twins}");
+        let noise = training_noise(n, 16, 0.1, &dev);
+        let shared = shared_with_twins(noise.clone(), &b, &dev);
+        let (noise, shared): (Vec<f32>, Vec<f32>) = (
+            noise.into_data().to_vec().unwrap(),
+            shared.into_data().to_vec().unwrap(),
+        );
+        let t = b.shared_with_twins((0..n).map(|i| 1000 + i).collect());
+        for (i, &j) in b.twin_of.iter().enumerate() {
+            assert_eq!(
+                shared[i * plane..(i + 1) * plane],
+                noise[j * plane..(j + 1) * plane]
+            );
+            assert_eq!(t[i], 1000 + j);
+        }
     }
 
     /// `--pooled-drop` cuts the pooled text of captioned samples only, at

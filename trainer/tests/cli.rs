@@ -403,7 +403,7 @@ fn text_aux_then_training_with_its_heads() {
     );
     let log = std::fs::read_to_string(dir.join("loss.log")).unwrap();
     assert!(
-        log.contains("text_aux 0.01 pooled_drop 0 related_pairs 0 device"),
+        log.contains("text_aux 0.01 pooled_drop 0 related_pairs 0 twins 0 device"),
         "{log}"
     );
     // A committed checkpoint carries the heads, so a new machine goes on with them.

@@ -92,6 +92,22 @@ impl Scene {
         Scene::place(rng, allow, 2, true)
     }
 
+    /// The scene whose caption differs only in the relation word: objects 0
+    /// and 1 trade places (centre and size) and the relation is reversed, so
+    /// the relation still holds and a third object stays where it is. `None`
+    /// without a relation.
+    pub fn twin(&self) -> Option<Scene> {
+        let relation = self.relation? ^ 1; // above <-> below, left <-> right
+        let mut objects = self.objects.clone();
+        let (a, b) = (&self.objects[0], &self.objects[1]);
+        (objects[0].cx, objects[0].cy, objects[0].r) = (b.cx, b.cy, b.r);
+        (objects[1].cx, objects[1].cy, objects[1].r) = (a.cx, a.cy, a.r);
+        Some(Scene {
+            objects,
+            relation: Some(relation),
+        })
+    }
+
     /// `n` objects placed at random; with `shared_color`, object 1 takes
     /// object 0's colour and another shape.
     fn place(
@@ -783,6 +799,47 @@ mod tests {
             paired > 0.85 && (paired - other).abs() < 0.06,
             "{paired} vs {other}"
         );
+    }
+
+    /// A twin names the same objects with the reversed relation, which holds
+    /// for its geometry (and fails for the original's), draws the same
+    /// discs, reads back as exact, and is its own twin's twin.
+    #[test]
+    fn twins_trade_places_and_reverse_the_relation() {
+        let mut rng = Rng(11);
+        let allow = |c: usize, s: usize| !held_out(c, s);
+        let (mut twins, mut exact) = (0, 0.0);
+        for i in 0..300 {
+            let s = if i % 3 == 0 {
+                Scene::related_pair(&mut rng, &allow)
+            } else {
+                Scene::random(&mut rng, &allow)
+            };
+            let Some(t) = s.twin() else {
+                assert!(s.objects.len() == 1 && s.relation.is_none());
+                continue;
+            };
+            twins += 1;
+            let (r, rt) = (s.relation.unwrap(), t.relation.unwrap());
+            assert_ne!(r, rt);
+            let words = |c: String| c.split(' ').map(str::to_owned).collect::<Vec<_>>();
+            let (ws, wt) = (words(s.caption()), words(t.caption()));
+            let differ = ws.iter().zip(&wt).filter(|(a, b)| a != b).count();
+            assert!(ws.len() == wt.len() && differ == 1, "{ws:?} {wt:?}");
+            assert!(relation_holds(rt, &t.objects[0], &t.objects[1], 0.05, 0.7));
+            assert!(!relation_holds(rt, &s.objects[0], &s.objects[1], 0.0, 10.0));
+            let geometry = |o: &Object| (o.cx, o.cy, o.r);
+            let discs = |sc: &Scene| {
+                let mut g: Vec<_> = sc.objects.iter().map(geometry).collect();
+                g.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                g
+            };
+            assert_eq!(discs(&s), discs(&t));
+            assert_eq!(t.twin().as_ref(), Some(&s));
+            exact += score(&t, &detect(&render(&t, 64, 4), 64)).exact;
+        }
+        assert!(twins > 150, "{twins}");
+        assert!(exact / twins as f32 > 0.85, "{}", exact / twins as f32);
     }
 
     /// A perfect inpainting (the source outside the region, the target
