@@ -2004,8 +2004,8 @@ mod tests {
         let noise = training_noise(n, 16, 0.1, &dev);
         let shared = shared_with_twins(noise.clone(), &b, &dev);
         let (noise, shared): (Vec<f32>, Vec<f32>) = (
-            noise.into_data().to_vec().unwrap(),
-            shared.into_data().to_vec().unwrap(),
+            noise.into_data().try_to_vec::<f32>().unwrap(),
+            shared.into_data().try_to_vec::<f32>().unwrap(),
         );
         let t = b.shared_with_twins((0..n).map(|i| 1000 + i).collect());
         for (i, &j) in b.twin_of.iter().enumerate() {
