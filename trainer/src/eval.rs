@@ -1050,7 +1050,7 @@ fn probe_captions(scenes: &[Scene], i: usize) -> [Option<String>; 5] {
         }
         s.caption()
     });
-    let reversed = relation_reversed(scene).map(|s| s.caption());
+    let reversed = scene.relation_reversed().map(|s| s.caption());
     [
         Some(scene.caption()),
         Some(String::new()),
@@ -1058,15 +1058,6 @@ fn probe_captions(scenes: &[Scene], i: usize) -> [Option<String>; 5] {
         swapped,
         reversed,
     ]
-}
-
-/// `scene` with its relation reversed (above <-> below, left of <-> right
-/// of); None without one.
-fn relation_reversed(scene: &Scene) -> Option<Scene> {
-    scene.relation.map(|r| Scene {
-        relation: Some(r ^ 1),
-        ..scene.clone()
-    })
 }
 
 /// One caption variant's summed eps error over the images it applies to,
@@ -1201,7 +1192,7 @@ fn first_step_relation(
     let cases: Vec<(&Scene, Scene)> = scenes
         .iter()
         .filter(|s| pull_axis(s).is_some())
-        .filter_map(|s| Some((s, relation_reversed(s)?)))
+        .filter_map(|s| Some((s, s.relation_reversed()?)))
         .collect();
     let (mut toward, mut total, mut pull) = (0usize, 0usize, 0.0f64);
     for chunk in cases.chunks(16) {

@@ -28,7 +28,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use engine::demo::shapes::{held_out, Rng, Scene, COLORS, RELATIONS, SHAPES};
+use engine::demo::shapes::{held_out, opposite_relation, Rng, Scene, COLORS, RELATIONS, SHAPES};
 use engine::glide::model::GlideConfig;
 use engine::glide::tokenizer::{pad_tokens, GlideTokenizer};
 
@@ -46,7 +46,7 @@ const NO_RELATION: usize = RELATIONS.len();
 /// The slot of a word that names no object ("above", "and").
 const JOINER: usize = SLOTS;
 /// Sides are named as the relations are: object 0 is on the relation's
-/// side of object 1, object 1 on the opposite one (`RELATIONS[r ^ 1]`).
+/// side of object 1, object 1 on the opposite one (`opposite_relation`).
 const NO_SIDE: usize = RELATIONS.len();
 
 /// Classes of the pooled head's groups: each slot's colour and shape (or
@@ -154,7 +154,7 @@ pub fn labels(caption: &str, tok: &GlideTokenizer) -> Option<Labels> {
         let (c, s) = object(slot);
         let side = match (slot, p.relation) {
             (0, Some(r)) => r,
-            (1, Some(r)) => r ^ 1,
+            (1, Some(r)) => opposite_relation(r),
             _ => NO_SIDE,
         };
         tokens.extend(w.iter().map(|_| [slot, c, s, side]));

@@ -16,6 +16,11 @@ pub const COLORS: [(&str, [u8; 3]); 8] = [
 pub const SHAPES: [&str; 6] = ["circle", "square", "triangle", "diamond", "star", "cross"];
 pub const RELATIONS: [&str; 4] = ["above", "below", "to the left of", "to the right of"];
 
+/// The relation that reverses `relation` (above <-> below, left of <-> right of).
+pub fn opposite_relation(relation: usize) -> usize {
+    relation ^ 1
+}
+
 /// Colour–shape pairs never shown in training, so evaluation prompts are new.
 pub const HELD_OUT: [(usize, usize); 6] = [(0, 4), (4, 2), (3, 0), (2, 1), (5, 3), (6, 5)];
 
@@ -92,20 +97,25 @@ impl Scene {
         Scene::place(rng, allow, 2, true)
     }
 
+    /// The same objects where they are, with the relation reversed (a
+    /// caption the layout contradicts); `None` without a relation.
+    pub fn relation_reversed(&self) -> Option<Scene> {
+        Some(Scene {
+            relation: Some(opposite_relation(self.relation?)),
+            ..self.clone()
+        })
+    }
+
     /// The scene whose caption differs only in the relation word: objects 0
     /// and 1 trade places (centre and size) and the relation is reversed, so
     /// the relation still holds and a third object stays where it is. `None`
     /// without a relation.
     pub fn twin(&self) -> Option<Scene> {
-        let relation = self.relation? ^ 1; // above <-> below, left <-> right
-        let mut objects = self.objects.clone();
+        let mut twin = self.relation_reversed()?;
         let (a, b) = (&self.objects[0], &self.objects[1]);
-        (objects[0].cx, objects[0].cy, objects[0].r) = (b.cx, b.cy, b.r);
-        (objects[1].cx, objects[1].cy, objects[1].r) = (a.cx, a.cy, a.r);
-        Some(Scene {
-            objects,
-            relation: Some(relation),
-        })
+        (twin.objects[0].cx, twin.objects[0].cy, twin.objects[0].r) = (b.cx, b.cy, b.r);
+        (twin.objects[1].cx, twin.objects[1].cy, twin.objects[1].r) = (a.cx, a.cy, a.r);
+        Some(twin)
     }
 
     /// `n` objects placed at random; with `shared_color`, object 1 takes
