@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use engine::demo::shapes::{
     detect, eval_scenes, held_out, inpaint_cases, region_keep_mask, render, score, tile_rows,
-    InpaintCase, Rng, Scene, Tally,
+    Found, InpaintCase, Rng, Scene, Score, Tally, COLORS, SHAPES,
 };
 use engine::glide::model::GlideConfig;
 use engine::glide::schedule::Schedule;
@@ -20,7 +20,7 @@ use engine::glide::weights::WeightSource;
 
 use crate::emoji::Emoji;
 use crate::model::{Cond, Glide, Init, WeightMap};
-use crate::train::{read_safetensors, tokenizer};
+use crate::train::{read_safetensors, tokenizer, write_atomic};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
@@ -64,6 +64,11 @@ pub struct EvalArgs {
     /// A PNG with the first 8 images of every guidance scale (one row each).
     #[arg(long)]
     pub grid: Option<PathBuf>,
+    /// A text file with one line per image of the shapes evaluation: its
+    /// row, caption, score and every object the checker found (what the
+    /// counts in `fewer / as many / more` are made of).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
     /// Prompts of the training distribution (no held-out pair) instead:
     /// separates learning the scenes from generalising to unseen pairs.
     #[arg(long)]
@@ -357,6 +362,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         );
     }
     let mut trace = args.trace.as_ref().map(|_| Vec::new());
+    let mut report = String::new();
     for (label, g, clip_scale) in &rows {
         // Every row from the same starting noise, as `webglide eval shapes`
         // does: the rows compare guidance scales on the same draws, and a
@@ -388,7 +394,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             )?;
             for (i, (scene, img)) in chunk.iter().zip(rgb).enumerate() {
                 let found = detect(&img, size);
-                tally.add(&score(scene, &found));
+                let scored = score(scene, &found);
+                if args.report.is_some() {
+                    report += &report_line(label, start + i, scene, &scored, &found);
+                }
+                tally.add(&scored);
                 if let Some(case) = cases.get(start + i) {
                     tally.add_new(case.shows_new_object(&found));
                 }
@@ -422,6 +432,10 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 .collect(),
         );
         grid_rows.push(big);
+    }
+    if let Some(path) = &args.report {
+        write_atomic(path, report.as_bytes())?;
+        println!("wrote {}", path.display());
     }
     if let Some(path) = &args.grid {
         let side = upsampler.as_ref().map_or(size, |u| size * u.factor);
@@ -1556,6 +1570,30 @@ impl ProbeRun<'_> {
     }
 }
 
+/// One image of the report: row, index, caption, named / found, exact,
+/// relation (`-` without one), then each found object as
+/// `colour shape @cx,cy r=… px=…` (centres and sizes in image fractions).
+fn report_line(label: &str, i: usize, scene: &Scene, s: &Score, found: &[Found]) -> String {
+    let relation = s.relation.map_or("-".to_string(), |r| format!("{r:.0}"));
+    let objects: Vec<String> = found
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {} @{:.2},{:.2} r={:.2} px={}",
+                COLORS[f.color].0, SHAPES[f.shape], f.cx, f.cy, f.r, f.pixels
+            )
+        })
+        .collect();
+    format!(
+        "{label}\t{i}\t{}\t{}/{}\texact {:.0}\trelation {relation}\t{}\n",
+        scene.caption(),
+        s.named,
+        s.detected,
+        s.exact,
+        objects.join("; ")
+    )
+}
+
 fn write_grid(path: &std::path::Path, rows: &[Vec<Vec<u8>>], size: usize) -> Result<()> {
     let (img, w, h) = tile_rows(rows, size);
     let tmp = path.with_extension("partial");
@@ -1627,6 +1665,25 @@ mod tests {
 
     /// Ink centre/edge: 1 for a flat image (any size), above 1 for a
     /// central blot, below for a frame; and the scenes are central.
+    #[test]
+    fn the_report_lists_what_the_checker_found() {
+        for scene in eval_scenes(6, 11) {
+            let found = detect(&render(&scene, 64, 4), 64);
+            let line = report_line("cfg 3", 5, &scene, &score(&scene, &found), &found);
+            let fields: Vec<&str> = line.trim_end().split('\t').collect();
+            assert_eq!(fields[..3], ["cfg 3", "5", &scene.caption()]);
+            let n = scene.objects.len();
+            assert_eq!(fields[3], format!("{n}/{n}"), "{line}");
+            assert_eq!(fields[4], "exact 1");
+            assert_eq!(fields[5] == "relation -", scene.relation.is_none() || n < 2);
+            assert_eq!(fields[6].split("; ").count(), n, "{line}");
+            for o in &scene.objects {
+                let name = format!("{} {} @", COLORS[o.color].0, SHAPES[o.shape]);
+                assert!(fields[6].contains(&name), "{name} missing from {line}");
+            }
+        }
+    }
+
     #[test]
     fn ink_centre_over_edge_sees_where_the_ink_is() {
         for size in [8, 13, 32] {

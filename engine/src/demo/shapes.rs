@@ -305,6 +305,8 @@ fn template(shape: usize) -> Vec<bool> {
     let (x0, x1, y0, y1) = match shape {
         1 => (-0.85, 0.85, -0.85, 0.85),
         2 => (-1.0, 1.0, -1.0, 0.8),
+        // Points at radius 1, the first up: sin 72° wide, cos 36° low.
+        4 => (-0.951, 0.951, -1.0, 0.809),
         _ => (-1.0, 1.0, -1.0, 1.0),
     };
     let mut t = vec![false; GRID * GRID];
@@ -318,26 +320,37 @@ fn template(shape: usize) -> Vec<bool> {
     t
 }
 
+/// The colour a pixel shows, or 255 for the ground. An edge pixel is part
+/// object, part white ground, so it lies between the two: the colour is the
+/// one whose line to white passes nearest the pixel, and the pixel is ground
+/// when less than a third of it is that colour. (The nearest colour alone
+/// read a blue edge, half blue and half white, as pink: rims of clean renders
+/// became extra objects.)
+fn pixel_label(p: &[u8]) -> u8 {
+    let d = [0, 1, 2].map(|j| p[j] as f32 - 255.0);
+    let mut best = (f32::INFINITY, 255u8, 0.0f32);
+    for (k, (_, c)) in COLORS.iter().enumerate() {
+        let e = [0, 1, 2].map(|j| c[j] as f32 - 255.0);
+        let ee: f32 = e.iter().map(|v| v * v).sum();
+        let cover = ((0..3).map(|j| d[j] * e[j]).sum::<f32>() / ee).clamp(0.0, 1.0);
+        let miss: f32 = (0..3).map(|j| (d[j] - cover * e[j]).powi(2)).sum();
+        if miss < best.0 {
+            best = (miss, k as u8, cover);
+        }
+    }
+    if best.2 < 0.5 {
+        255
+    } else {
+        best.1
+    }
+}
+
 /// Parses an RGB8 image (white background) into coloured objects.
 pub fn detect(rgb: &[u8], size: usize) -> Vec<Found> {
     let n = size * size;
     // Colour label per pixel; 255 = background.
     let label: Vec<u8> = (0..n)
-        .map(|i| {
-            let p = &rgb[i * 3..i * 3 + 3];
-            let whiteness = p.iter().map(|&v| 255 - v as i32).max().unwrap_or(0);
-            if whiteness < 70 {
-                return 255;
-            }
-            let mut best = (i32::MAX, 255u8);
-            for (k, (_, c)) in COLORS.iter().enumerate() {
-                let d: i32 = (0..3).map(|j| (p[j] as i32 - c[j] as i32).pow(2)).sum();
-                if d < best.0 {
-                    best = (d, k as u8);
-                }
-            }
-            best.1
-        })
+        .map(|i| pixel_label(&rgb[i * 3..i * 3 + 3]))
         .collect();
     let templates: Vec<Vec<bool>> = (0..SHAPES.len()).map(template).collect();
     let mut seen = vec![false; n];
@@ -692,13 +705,19 @@ pub fn score(scene: &Scene, found: &[Found]) -> Score {
     };
     let binding = frac(&bound);
     let relation = scene.relation.map(|rel| {
-        // The detections bound to an object, largest first.
-        let bound_to = |o: &Object| {
+        // The detections that can be an object: the largest ones of its
+        // colour and shape, as many as the caption names of it.
+        let candidates = |o: &Object| {
             let mut v: Vec<&Found> = found
                 .iter()
                 .filter(|f| f.color == o.color && f.shape == o.shape)
                 .collect();
             v.sort_by_key(|f| std::cmp::Reverse(f.pixels));
+            let named = objs
+                .iter()
+                .filter(|p| (p.color, p.shape) == (o.color, o.shape))
+                .count();
+            v.truncate(named);
             v
         };
         let as_obj = |f: &Found| Object {
@@ -708,19 +727,15 @@ pub fn score(scene: &Scene, found: &[Found]) -> Score {
             cy: f.cy,
             r: 0.0,
         };
-        let holds = |a: &Found, b: &Found| relation_holds(rel, &as_obj(a), &as_obj(b), 0.0, 1.5);
-        // "A red circle above a red circle": that pair's two largest, either way round.
-        let same = (objs[0].color, objs[0].shape) == (objs[1].color, objs[1].shape);
-        let first = bound_to(&objs[0]);
-        let second = if same {
-            first.get(1).copied()
-        } else {
-            bound_to(&objs[1]).first().copied()
-        };
-        let met = match (first.first(), second) {
-            (Some(a), Some(b)) => holds(a, b) || (same && holds(b, a)),
-            _ => false,
-        };
+        // The caption does not say which of two alike objects is which
+        // ("a red circle above a red circle", or a third object like the
+        // second): any two distinct candidates will do.
+        let (first, second) = (candidates(&objs[0]), candidates(&objs[1]));
+        let met = first.iter().any(|a| {
+            second.iter().any(|b| {
+                !std::ptr::eq(*a, *b) && relation_holds(rel, &as_obj(a), &as_obj(b), 0.0, 1.5)
+            })
+        });
         if met {
             1.0
         } else {
@@ -971,7 +986,7 @@ mod tests {
         assert!(bind > 0.95, "binding accuracy on clean renders {bind}");
         assert!(rel > 0.95, "relation accuracy on clean renders {rel}");
         let exact = exact / n as f32;
-        assert!(exact > 0.9, "exact matches of clean renders {exact}");
+        assert!(exact > 0.99, "exact matches of clean renders {exact}");
         // A scene with an object the caption does not name is no exact match.
         let mut two = Scene::random(&mut rng, &|_, _| true);
         while two.objects.len() < 2 {
@@ -1014,5 +1029,77 @@ mod tests {
             (sc.color, sc.shape, sc.binding, sc.exact),
             (0.0, 0.0, 0.0, 0.0)
         );
+    }
+
+    #[test]
+    fn edge_pixels_read_as_their_colour_or_the_ground() {
+        // An edge pixel is its colour blended with the white ground.
+        let blend = |c: [u8; 3], cover: f32| {
+            c.map(|v| (cover * v as f32 + (1.0 - cover) * 255.0).round() as u8)
+        };
+        for (k, (name, c)) in COLORS.iter().enumerate() {
+            for cover in [0.55, 0.7, 0.85, 1.0] {
+                assert_eq!(pixel_label(&blend(*c, cover)), k as u8, "{name} at {cover}");
+            }
+            for cover in [0.0, 0.2, 0.4] {
+                assert_eq!(pixel_label(&blend(*c, cover)), 255, "{name} at {cover}");
+            }
+        }
+        // The case that made rims into objects: half blue, half white is
+        // nearer pink than blue, but lies on blue's line to white.
+        assert_eq!(pixel_label(&[147, 172, 237]), 4);
+    }
+
+    #[test]
+    fn every_shape_reads_as_itself_at_the_smallest_size() {
+        for shape in 0..SHAPES.len() {
+            for (cx, cy) in [(0.3, 0.3), (0.52, 0.61), (0.77, 0.4)] {
+                let scene = Scene {
+                    objects: vec![Object {
+                        color: shape % COLORS.len(),
+                        shape,
+                        cx,
+                        cy,
+                        r: 0.11,
+                    }],
+                    relation: None,
+                };
+                let found = detect(&render(&scene, 64, 4), 64);
+                assert_eq!(
+                    score(&scene, &found).exact,
+                    1.0,
+                    "{}: {found:?}",
+                    scene.caption()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_relation_may_hold_with_either_of_two_alike_objects() {
+        // "a pink cross below a purple square and a purple square": the
+        // cross is below the smaller square, the larger one is beside it.
+        let o = |color, shape, cx, cy, r| Object {
+            color,
+            shape,
+            cx,
+            cy,
+            r,
+        };
+        let scene = Scene {
+            objects: vec![
+                o(6, 5, 0.3, 0.75, 0.14),
+                o(5, 1, 0.3, 0.3, 0.12),
+                o(5, 1, 0.75, 0.7, 0.17),
+            ],
+            relation: Some(1),
+        };
+        let found = detect(&render(&scene, 64, 4), 64);
+        assert_eq!(score(&scene, &found).relation, Some(1.0), "{found:?}");
+        // Without the square it is below, it does not hold.
+        let mut two = scene.clone();
+        two.objects.remove(1);
+        let found = detect(&render(&two, 64, 4), 64);
+        assert_eq!(score(&scene, &found).relation, Some(0.0), "{found:?}");
     }
 }
