@@ -363,12 +363,22 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let mut trace = args.trace.as_ref().map(|_| Vec::new());
     let mut report = String::new();
+    // The objects' size as the checker measures it on clean renders of the
+    // prompts: a 32-px stage draws objects of its own pixel size, too small
+    // at 64 px, until the 64-px stage has relearnt them.
+    let clean_size = mean_radius(
+        scenes
+            .iter()
+            .flat_map(|s| detect(&render(s, size, 4), size))
+            .map(|f| f.r),
+    );
     for (label, g, clip_scale) in &rows {
         // Every row from the same starting noise, as `webglide eval shapes`
         // does: the rows compare guidance scales on the same draws, and a
         // row's scores do not depend on which rows ran before it.
         dev.seed(args.seed);
         let mut tally = Tally::default();
+        let mut found_sizes = Vec::new();
         let mut row = Vec::new();
         for (ci, chunk) in scenes.chunks(args.batch).enumerate() {
             let start = ci * args.batch;
@@ -399,6 +409,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     report += &report_line(label, start + i, scene, &scored, &found);
                 }
                 tally.add(&scored);
+                found_sizes.extend(found.iter().map(|f| f.r));
                 if let Some(case) = cases.get(start + i) {
                     tally.add_new(case.shows_new_object(&found));
                 }
@@ -409,6 +420,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
         println!("{}", tally.row(label));
         println!("{}", tally.breakdown());
+        println!(
+            "{:>9} object size (the checker's radius): {:.3}, clean renders of the prompts {clean_size:.3}",
+            "",
+            mean_radius(found_sizes.into_iter())
+        );
         let Some(up) = &upsampler else {
             grid_rows.push(row);
             continue;
@@ -1570,6 +1586,12 @@ impl ProbeRun<'_> {
     }
 }
 
+/// The mean of the radii `r` (0 when empty).
+fn mean_radius(r: impl Iterator<Item = f32>) -> f32 {
+    let (sum, n) = r.fold((0.0, 0), |(s, n), r| (s + r, n + 1));
+    sum / n.max(1) as f32
+}
+
 /// One image of the report: row, index, caption, named / found, exact,
 /// relation (`-` without one), then each found object as
 /// `colour shape @cx,cy r=… px=…` (centres and sizes in image fractions).
@@ -1665,6 +1687,12 @@ mod tests {
 
     /// Ink centre/edge: 1 for a flat image (any size), above 1 for a
     /// central blot, below for a frame; and the scenes are central.
+    #[test]
+    fn mean_radius_is_the_mean_or_zero() {
+        assert_eq!(mean_radius([0.1, 0.2, 0.3].into_iter()), 0.2);
+        assert_eq!(mean_radius(std::iter::empty()), 0.0);
+    }
+
     #[test]
     fn the_report_lists_what_the_checker_found() {
         for scene in eval_scenes(6, 11) {
