@@ -902,7 +902,10 @@ mod tests {
                 }
             }
             if size == 64 {
-                assert!(exact / 60.0 > 0.98, "checker on perfect inpaintings {exact}");
+                assert!(
+                    exact / 60.0 > 0.98,
+                    "checker on perfect inpaintings {exact}"
+                );
                 assert_eq!(stale, 0.0, "the source already holds the new object");
             }
         }
