@@ -1685,8 +1685,6 @@ mod tests {
         assert_eq!(relation_pull(&[], &[], &one_colour, 0), None);
     }
 
-    /// Ink centre/edge: 1 for a flat image (any size), above 1 for a
-    /// central blot, below for a frame; and the scenes are central.
     #[test]
     fn mean_radius_is_the_mean_or_zero() {
         assert_eq!(mean_radius([0.1, 0.2, 0.3].into_iter()), 0.2);
@@ -1712,6 +1710,8 @@ mod tests {
         }
     }
 
+    /// Ink centre/edge: 1 for a flat image (any size), above 1 for a
+    /// central blot, below for a frame; and the scenes are central.
     #[test]
     fn ink_centre_over_edge_sees_where_the_ink_is() {
         for size in [8, 13, 32] {

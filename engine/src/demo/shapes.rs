@@ -323,7 +323,7 @@ fn template(shape: usize) -> Vec<bool> {
 /// The colour a pixel shows, or 255 for the ground. An edge pixel is part
 /// object, part white ground, so it lies between the two: the colour is the
 /// one whose line to white passes nearest the pixel, and the pixel is ground
-/// when less than a third of it is that colour. (The nearest colour alone
+/// when less than half of it is that colour. (The nearest colour alone
 /// read a blue edge, half blue and half white, as pink: rims of clean renders
 /// became extra objects.)
 fn pixel_label(p: &[u8]) -> u8 {
