@@ -77,6 +77,12 @@ pub struct Args {
     /// thirtieth session).
     #[arg(long, default_value_t = 0.0)]
     pub related_pairs: f32,
+    /// Share of the other shapes scenes drawn with three objects (the rest
+    /// draw one, two or three alike): the eval's prompts each hold a
+    /// held-out pair, so half of them name three objects, the count drawn
+    /// worst (docs/demo-model.md, thirty-third session).
+    #[arg(long, default_value_t = 0.0)]
+    pub three_objects: f32,
     /// Probability that a shapes scene with a relation is followed in its
     /// batch by its twin (`Scene::twin`: the two objects trade places, the
     /// relation word is reversed), with the same timestep and noise: the
@@ -227,6 +233,8 @@ pub struct Data {
     pub pooled_drop: f32,
     /// `--related-pairs`.
     pub related_pairs: f32,
+    /// `--three-objects`.
+    pub three_objects: f32,
     /// `--twins`.
     pub twins: f32,
 }
@@ -240,6 +248,7 @@ impl Data {
             size: None,
             pooled_drop: 0.0,
             related_pairs: 0.0,
+            three_objects: 0.0,
             twins: 0.0,
         }
     }
@@ -386,6 +395,8 @@ pub fn make_batch_sized(
             // Drawn only when asked, so runs without it keep their data stream.
             let scene = if data.related_pairs > 0.0 && rng.f32() < data.related_pairs {
                 Scene::related_pair(rng, &allow)
+            } else if data.three_objects > 0.0 && rng.f32() < data.three_objects {
+                Scene::random_of(rng, &allow, 3)
             } else {
                 Scene::random(rng, &allow)
             };
@@ -1069,6 +1080,9 @@ pub fn prepare(args: &Args, size: Option<usize>) -> Result<(Device, std::path::P
     if !(0.0..=1.0).contains(&args.related_pairs) {
         bail!("--related-pairs is a probability (0..=1)");
     }
+    if !(0.0..=1.0).contains(&args.three_objects) {
+        bail!("--three-objects is a probability (0..=1)");
+    }
     if !(0.0..=1.0).contains(&args.twins) {
         bail!("--twins is a probability (0..=1)");
     }
@@ -1083,6 +1097,7 @@ pub fn prepare(args: &Args, size: Option<usize>) -> Result<(Device, std::path::P
         size,
         pooled_drop: args.pooled_drop,
         related_pairs: args.related_pairs,
+        three_objects: args.three_objects,
         twins: args.twins,
     };
     Ok((dev, out, data))
@@ -1215,7 +1230,7 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} text_lr_scale {} text_aux {} pooled_drop {} related_pairs {} twins {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} text_lr_scale {} text_aux {} pooled_drop {} related_pairs {} three_objects {} twins {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         stage_size,
         full_size_every.map_or("-".into(), |n| n.to_string()),
@@ -1228,6 +1243,7 @@ pub fn run(args: &Args) -> Result<()> {
         args.text_aux,
         args.pooled_drop,
         args.related_pairs,
+        args.three_objects,
         args.twins,
         args.device,
         args.conv,
@@ -1958,6 +1974,34 @@ mod tests {
             off < 0.15 && (half - 0.5 - 0.5 * off).abs() < 0.08,
             "{off} {half}"
         );
+        assert_eq!(all, 1.0);
+    }
+
+    /// `--three-objects` draws that share of the scenes (beside the related
+    /// pairs) with three objects; off, a third of them name three.
+    #[test]
+    fn three_objects_draws_that_share_of_scenes_with_three() {
+        use engine::demo::shapes::RELATIONS;
+        let tok = tokenizer().unwrap();
+        let cfg = demo_config("base").unwrap();
+        let share = |p: f32| {
+            let data = Data {
+                size: Some(16),
+                three_objects: p,
+                ..Data::shapes()
+            };
+            let b = make_batch(&cfg, &tok, &data, &mut Rng(5), 300, 0.0).unwrap();
+            let named = |c: &String| c.matches(" a ").count() + usize::from(c.starts_with("a "));
+            let three = b.captions.iter().filter(|c| named(c) == 3).count();
+            assert!(b
+                .captions
+                .iter()
+                .all(|c| named(c) < 2 || RELATIONS.iter().any(|r| c.contains(r))));
+            three as f64 / 300.0
+        };
+        let (off, half, all) = (share(0.0), share(0.5), share(1.0));
+        assert!((off - 1.0 / 3.0).abs() < 0.08, "{off}");
+        assert!((half - (0.5 + 0.5 / 3.0)).abs() < 0.08, "{half}");
         assert_eq!(all, 1.0);
     }
 

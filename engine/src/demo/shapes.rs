@@ -89,6 +89,12 @@ impl Scene {
         Scene::place(rng, allow, n, false)
     }
 
+    /// A random scene of exactly `n` objects (1–3; the caption names three at
+    /// most). `allow(color, shape)` filters the pairs.
+    pub fn random_of(rng: &mut Rng, allow: &dyn Fn(usize, usize) -> bool, n: usize) -> Scene {
+        Scene::place(rng, allow, n.clamp(1, 3), false)
+    }
+
     /// Two related objects of one colour and different shapes: once the
     /// colour shows in a noisy image, only the relation says which shape goes
     /// where, so these scenes teach it where the noise is low enough for the
