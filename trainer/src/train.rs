@@ -77,8 +77,10 @@ pub struct Args {
     /// thirtieth session).
     #[arg(long, default_value_t = 0.0)]
     pub related_pairs: f32,
-    /// Share of the other shapes scenes drawn with three objects (the rest
-    /// draw one, two or three alike): the eval's prompts each hold a
+    /// Share of the shapes scenes that are not related pairs drawn with
+    /// three objects (the rest draw one, two or three with equal odds;
+    /// drawn only when asked, so runs without it keep their data stream):
+    /// the eval's prompts each hold a
     /// held-out pair, so half of them name three objects, the count drawn
     /// worst (docs/demo-model.md, thirty-third session).
     #[arg(long, default_value_t = 0.0)]
