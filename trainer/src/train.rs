@@ -80,9 +80,9 @@ pub struct Args {
     /// Share of the shapes scenes that are not related pairs drawn with
     /// three objects (the rest draw one, two or three with equal odds;
     /// drawn only when asked, so runs without it keep their data stream):
-    /// the eval's prompts each hold a
-    /// held-out pair, so half of them name three objects, the count drawn
-    /// worst (docs/demo-model.md, thirty-third session).
+    /// the eval's prompts each hold a held-out pair, so half of them name
+    /// three objects, the count drawn worst (docs/demo-model.md,
+    /// thirty-third session).
     #[arg(long, default_value_t = 0.0)]
     pub three_objects: f32,
     /// Probability that a shapes scene with a relation is followed in its
@@ -1983,7 +1983,6 @@ mod tests {
     /// pairs) with three objects; off, a third of them name three.
     #[test]
     fn three_objects_draws_that_share_of_scenes_with_three() {
-        use engine::demo::shapes::RELATIONS;
         let tok = tokenizer().unwrap();
         let cfg = demo_config("base").unwrap();
         let share = |p: f32| {
@@ -1993,12 +1992,15 @@ mod tests {
                 ..Data::shapes()
             };
             let b = make_batch(&cfg, &tok, &data, &mut Rng(5), 300, 0.0).unwrap();
-            let named = |c: &String| c.matches(" a ").count() + usize::from(c.starts_with("a "));
-            let three = b.captions.iter().filter(|c| named(c) == 3).count();
-            assert!(b
+            let parsed: Vec<_> = b
                 .captions
                 .iter()
-                .all(|c| named(c) < 2 || RELATIONS.iter().any(|r| c.contains(r))));
+                .map(|c| crate::text_aux::parse(c).expect("a shapes caption"))
+                .collect();
+            assert!(parsed
+                .iter()
+                .all(|p| p.objects.len() < 2 || p.relation.is_some()));
+            let three = parsed.iter().filter(|p| p.objects.len() == 3).count();
             three as f64 / 300.0
         };
         let (off, half, all) = (share(0.0), share(0.5), share(1.0));

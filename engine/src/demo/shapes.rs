@@ -86,7 +86,7 @@ impl Scene {
     /// A random scene of 1–3 objects. `allow(color, shape)` filters the pairs.
     pub fn random(rng: &mut Rng, allow: &dyn Fn(usize, usize) -> bool) -> Scene {
         let n = 1 + rng.below(3);
-        Scene::place(rng, allow, n, false)
+        Scene::random_of(rng, allow, n)
     }
 
     /// A random scene of exactly `n` objects (1–3; the caption names three at
