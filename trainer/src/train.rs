@@ -1232,7 +1232,7 @@ pub fn run(args: &Args) -> Result<()> {
         .open(out.join("loss.log"))?;
     writeln!(
         log,
-        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} adam_eps {:e} text_lr_scale {} text_aux {} pooled_drop {} related_pairs {} three_objects {} twins {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
+        "# kind {kind} params {params} batch {} size {} full_size_every {} min_snr {} low_snr_boost {} offset_noise {} lr {} warmup {} decay_from {} decay_steps {} lr_final {} ema {} adam_eps {:e} text_lr_scale {} text_aux {} pooled_drop {} related_pairs {} three_objects {} twins {} device {} conv {} resume {resume} emoji {} concepts {} shapes_share {} crop {} init {}",
         args.batch,
         stage_size,
         full_size_every.map_or("-".into(), |n| n.to_string()),
@@ -1240,6 +1240,12 @@ pub fn run(args: &Args) -> Result<()> {
         args.low_snr_boost,
         args.offset_noise,
         args.lr,
+        args.warmup,
+        // The rate's schedule, so a decayed run's log says so.
+        args.decay_from.map_or("-".into(), |from| from.to_string()),
+        args.decay_steps,
+        args.lr_final,
+        args.ema,
         args.adam_eps,
         args.text_lr_scale,
         args.text_aux,
