@@ -1634,22 +1634,28 @@ mod tests {
     }
 
     #[test]
-    fn name_lists_skip_comments_and_blanks_and_the_shipped_one_loads() {
+    fn name_lists_skip_comments_and_blanks_and_the_shipped_ones_load() {
         let p = std::env::temp_dir().join(format!("webglide-names-{}", std::process::id()));
         std::fs::write(&p, "# heading\n\n red heart \nfire # hot\n").unwrap();
         assert_eq!(read_name_list(&p).unwrap(), ["red heart", "fire"]);
         std::fs::remove_file(&p).unwrap();
         assert!(read_name_list(&p).is_err());
-        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/emoji-concepts.txt");
-        let names = read_name_list(&shipped).unwrap();
-        assert_eq!(names.len(), 100);
-        let unique: std::collections::BTreeSet<_> = names.iter().collect();
-        assert_eq!(unique.len(), names.len());
-        // The emoji evaluation asks for concepts the list trains.
+        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+        let all = read_name_list(&data.join("emoji-concepts.txt")).unwrap();
+        let narrow = read_name_list(&data.join("emoji-concepts-32.txt")).unwrap();
+        assert_eq!((all.len(), narrow.len()), (100, 32));
+        // The narrow list is drawn from the wide one, which names cache concepts.
+        assert!(narrow.iter().all(|n| all.contains(n)));
         let prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/demo/emoji-prompts.txt");
-        for p in read_name_list(&prompts).unwrap() {
-            let label = p.trim_start_matches("emoji of ");
-            assert!(names.iter().any(|n| n == label), "{p}");
+        let prompts = read_name_list(&prompts).unwrap();
+        for names in [&all, &narrow] {
+            let unique: std::collections::BTreeSet<_> = names.iter().collect();
+            assert_eq!(unique.len(), names.len());
+            // The emoji evaluation asks for concepts each list trains.
+            for p in &prompts {
+                let label = p.trim_start_matches("emoji of ");
+                assert!(names.iter().any(|n| n == label), "{p}");
+            }
         }
     }
 
